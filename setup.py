@@ -1,0 +1,32 @@
+"""Build the one compiled extension, vyre_uring._ring (Cython over raw io_uring syscalls).
+
+VYRE_URING_DEBUG=1 builds it with AddressSanitizer, UBSan and assertions.
+"""
+import os
+import sys
+
+from setuptools import Extension, setup
+
+if not sys.platform.startswith("linux"):
+    sys.exit("vyre_uring needs Linux: io_uring is a Linux kernel interface")
+
+from Cython.Build import cythonize  # noqa: E402
+
+debug = os.environ.get("VYRE_URING_DEBUG") == "1"
+compile_args = ["-O2", "-Wall", "-Wno-unused-function"]
+link_args = []
+if debug:
+    compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
+    link_args = ["-fsanitize=address,undefined"]
+
+ring = Extension(
+    "vyre_uring._ring",
+    ["vyre_uring/_ring.pyx"],
+    include_dirs=["vyre_uring/includes"],
+    extra_compile_args=compile_args,
+    extra_link_args=link_args,
+    undef_macros=["NDEBUG"] if debug else [],
+)
+
+setup(ext_modules=cythonize([ring], compiler_directives={"language_level": 3},
+                            include_path=["."]))

@@ -1,0 +1,30 @@
+"""vyre_uring: io_uring for Python, with the hot loops in C.
+
+``Ring`` is the engine (raw io_uring syscalls, mmap'd queues, batch methods whose
+loops run in C). See README.md for the kernel it needs and what happens where
+io_uring is blocked.
+"""
+import sys
+
+if not sys.platform.startswith("linux"):
+    raise ImportError(f"vyre_uring needs Linux (io_uring); this is {sys.platform}")
+
+from ._ring import (FEAT_EXT_ARG, FEAT_NODROP, FEAT_SINGLE_MMAP, FILE_INDEX_ALLOC,  # noqa: E402
+                    SETUP_COOP_TASKRUN, SETUP_DEFER_TASKRUN, SETUP_SINGLE_ISSUER,
+                    SETUP_SQPOLL, SQE_ASYNC, SQE_FIXED_FILE, SQE_IO_DRAIN, SQE_IO_HARDLINK,
+                    SQE_IO_LINK, Completion, Op, Ring, Statx)
+from .availability import Availability, check  # noqa: E402
+from .buffers import alloc_buffer  # noqa: E402
+from .errors import (RingBusyError, RingClosedError, RingForkedError,  # noqa: E402
+                     RingFullError, UringError, UringSyscallError, UringUnavailableError)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Ring", "Completion", "Statx", "Op", "alloc_buffer", "check", "Availability",
+    "UringError", "UringSyscallError", "UringUnavailableError", "RingClosedError",
+    "RingBusyError", "RingForkedError", "RingFullError",
+    "SQE_FIXED_FILE", "SQE_IO_DRAIN", "SQE_IO_LINK", "SQE_IO_HARDLINK", "SQE_ASYNC",
+    "FILE_INDEX_ALLOC", "SETUP_SQPOLL", "SETUP_SINGLE_ISSUER", "SETUP_DEFER_TASKRUN",
+    "SETUP_COOP_TASKRUN", "FEAT_SINGLE_MMAP", "FEAT_NODROP", "FEAT_EXT_ARG",
+]

@@ -1,0 +1,146 @@
+# ReadBatch: the arguments of prep_reads / prep_read_fixed_batch, validated whole in
+# one C pass before any SQE is written, then filled chunk by chunk.
+
+cdef struct ReadBatch:
+    IntArray fd, off, length, boff, ud, index
+    Py_ssize_t n
+    char *base              # prep_reads: the destination buffer
+    Py_ssize_t base_len
+    uint8_t opcode, flags
+    int64_t cursor          # next packed offset when buffer_offsets is None
+
+# Why a range is refused (see _batch_error).
+cdef enum:
+    BAD_FD = 1
+    BAD_FIXED_FD
+    BAD_OFFSET
+    BAD_LENGTH
+    BAD_BUFFER_OFFSET
+    BAD_RANGE
+    BAD_INDEX
+
+
+cdef inline int64_t _buffer_offset(ReadBatch *b, Py_ssize_t i) noexcept nogil:
+    """Range i's offset in its destination. buffer_offsets=None packs prep_reads'
+    ranges back to back, and puts each fixed read at the start of its buffer."""
+    cdef int64_t v
+    if b.boff.buf != NULL:
+        return ia_get(&b.boff, i)
+    if b.opcode == IORING_OP_READ_FIXED:
+        return 0
+    v = b.cursor
+    b.cursor += ia_get(&b.length, i)
+    return v
+
+
+cdef Py_ssize_t _first_bad_range(ReadBatch *b, int64_t nfiles, Hold *reg, uint32_t nbufs,
+                                 int *why) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int64_t fd, off, length, boff, index, limit
+    cdef int64_t saved = b.cursor
+    for i in range(b.n):
+        fd = ia_get(&b.fd, i)
+        off = ia_get(&b.off, i)
+        length = ia_get(&b.length, i)
+        boff = _buffer_offset(b, i)
+        limit = b.base_len
+        why[0] = 0
+        if b.flags & IOSQE_FIXED_FILE:
+            if not 0 <= fd < nfiles:
+                why[0] = BAD_FIXED_FD
+        elif not 0 <= fd <= 0x7FFFFFFF:
+            why[0] = BAD_FD
+        if why[0] == 0 and off < 0:
+            why[0] = BAD_OFFSET
+        elif why[0] == 0 and not 0 <= length <= UINT32_MAX:
+            why[0] = BAD_LENGTH
+        elif why[0] == 0 and boff < 0:
+            why[0] = BAD_BUFFER_OFFSET
+        if why[0] == 0 and b.opcode == IORING_OP_READ_FIXED:
+            index = ia_get(&b.index, i)
+            if not 0 <= index < nbufs:
+                why[0] = BAD_INDEX
+            else:
+                limit = reg.views[index].len
+        if why[0] == 0 and (boff > limit or length > limit - boff):
+            why[0] = BAD_RANGE
+        if why[0]:
+            b.cursor = saved
+            return i
+    b.cursor = saved
+    return -1
+
+
+cdef str _batch_error(ReadBatch *b, Py_ssize_t i, int why, int64_t nfiles, uint32_t nbufs):
+    cdef int64_t boff
+    cdef Py_ssize_t j
+    if b.boff.buf != NULL:
+        boff = ia_get(&b.boff, i)
+    elif b.opcode == IORING_OP_READ_FIXED:
+        boff = 0
+    else:
+        boff = sum(ia_get(&b.length, j) for j in range(i))
+    fd, off, length = ia_get(&b.fd, i), ia_get(&b.off, i), ia_get(&b.length, i)
+    where = f"range {i} (fd {fd}, offset {off}, length {length}, buffer offset {boff})"
+    if why == BAD_FD:
+        return f"{where}: fd must be a non-negative file descriptor"
+    if why == BAD_FIXED_FD:
+        return f"{where}: fd is not a slot of the registered file table ({nfiles} slots)"
+    if why == BAD_OFFSET:
+        return f"{where}: offset must be >= 0"
+    if why == BAD_LENGTH:
+        return f"{where}: length must be between 0 and {UINT32_MAX}"
+    if why == BAD_BUFFER_OFFSET:
+        return f"{where}: buffer offset must be >= 0"
+    if why == BAD_INDEX:
+        return (f"{where}: buf_index {ia_get(&b.index, i)} is outside the registered "
+                f"buffers ({nbufs} registered)")
+    return f"{where}: the range does not fit in the destination buffer"
+
+
+cdef void _close_batch(ReadBatch *b) noexcept:
+    int_array_close(&b.fd)
+    int_array_close(&b.off)
+    int_array_close(&b.length)
+    int_array_close(&b.boff)
+    int_array_close(&b.ud)
+    int_array_close(&b.index)
+
+
+cdef int _check_same_length(IntArray *a, str name, Py_ssize_t n) except -1:
+    if a.n >= 0 and a.n != n:
+        raise ValueError(f"{name} has {a.n} elements but offsets has {n}: the arrays must "
+                         f"have equal lengths")
+    return 0
+
+
+cdef int _check_offset(int64_t offset) except -1:
+    if offset < -1:
+        raise ValueError(f"offset must be >= 0 (or -1 for the file position), not {offset}")
+    return 0
+
+
+cdef Py_ssize_t _checked_range(Py_ssize_t buflen, Py_ssize_t buf_offset, object nbytes) \
+        except -1:
+    """The byte count of a request on buf[buf_offset:buf_offset + nbytes], checked."""
+    cdef int64_t n
+    if not 0 <= buf_offset <= buflen:
+        raise ValueError(f"buf_offset {buf_offset} is outside the buffer ({buflen} bytes)")
+    n = buflen - buf_offset if nbytes is None else nbytes
+    if n < 0:
+        raise ValueError(f"nbytes must be >= 0, not {n}")
+    if n > UINT32_MAX:
+        raise ValueError(f"nbytes {n} exceeds {UINT32_MAX}, the most one request can "
+                         f"carry; split it")
+    if n > buflen - buf_offset:
+        raise ValueError(f"nbytes {n} at buf_offset {buf_offset} runs past the end of the "
+                         f"buffer ({buflen} bytes)")
+    return <Py_ssize_t>n
+
+
+cdef int *_array_i_pointer(object table) except NULL:
+    """The data of an array('i') (a file table the kernel copies during the call)."""
+    cdef carray.array a = table
+    if len(a) == 0:
+        raise ValueError("empty file table")
+    return a.data.as_ints

@@ -1,0 +1,1591 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: embedsignature=True
+"""The io_uring engine: a Ring over raw syscalls and mmap'd queues.
+
+Kernel `user_data` is our slot index, never the caller's value: each request owns a
+slot that records the caller's user_data and what keeps its memory alive, so
+completions map back exactly once whatever order they arrive in, and an index read
+back from the shared ring is bounds-checked before it is used. There are as many
+slots as CQ entries, which bounds the outstanding requests by the CQ's capacity.
+"""
+import array
+import os
+import warnings
+from enum import IntEnum
+
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_SIMPLE,
+                             PyBUF_WRITABLE, PyBuffer_Release, PyObject_CheckBuffer,
+                             PyObject_GetBuffer)
+from cpython cimport array as carray
+from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
+                          uint64_t, UINT32_MAX)
+from libc.errno cimport EAGAIN, EBUSY, EINTR, EINVAL, ETIME
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memset
+
+from vyre_uring.includes.kernel cimport *
+
+from vyre_uring.availability import is_unavailable_errno, unavailable_error
+from vyre_uring.errors import (RingBusyError, RingClosedError, RingForkedError,
+                               RingFullError, syscall_error)
+
+include "_holds.pxi"
+include "_intarrays.pxi"
+include "_batch.pxi"
+
+__all__ = ["Ring", "Completion", "Statx", "Op", "try_setup"]
+
+Op = IntEnum("Op", [
+    ("NOP", IORING_OP_NOP), ("READV", IORING_OP_READV), ("WRITEV", IORING_OP_WRITEV),
+    ("FSYNC", IORING_OP_FSYNC), ("READ_FIXED", IORING_OP_READ_FIXED),
+    ("WRITE_FIXED", IORING_OP_WRITE_FIXED), ("POLL_ADD", IORING_OP_POLL_ADD),
+    ("POLL_REMOVE", IORING_OP_POLL_REMOVE), ("SYNC_FILE_RANGE", IORING_OP_SYNC_FILE_RANGE),
+    ("SENDMSG", IORING_OP_SENDMSG), ("RECVMSG", IORING_OP_RECVMSG),
+    ("TIMEOUT", IORING_OP_TIMEOUT), ("TIMEOUT_REMOVE", IORING_OP_TIMEOUT_REMOVE),
+    ("ACCEPT", IORING_OP_ACCEPT), ("ASYNC_CANCEL", IORING_OP_ASYNC_CANCEL),
+    ("LINK_TIMEOUT", IORING_OP_LINK_TIMEOUT), ("CONNECT", IORING_OP_CONNECT),
+    ("FALLOCATE", IORING_OP_FALLOCATE), ("OPENAT", IORING_OP_OPENAT),
+    ("CLOSE", IORING_OP_CLOSE), ("FILES_UPDATE", IORING_OP_FILES_UPDATE),
+    ("STATX", IORING_OP_STATX), ("READ", IORING_OP_READ), ("WRITE", IORING_OP_WRITE),
+    ("FADVISE", IORING_OP_FADVISE), ("MADVISE", IORING_OP_MADVISE),
+    ("SEND", IORING_OP_SEND), ("RECV", IORING_OP_RECV), ("OPENAT2", IORING_OP_OPENAT2),
+    ("EPOLL_CTL", IORING_OP_EPOLL_CTL), ("SPLICE", IORING_OP_SPLICE),
+    ("PROVIDE_BUFFERS", IORING_OP_PROVIDE_BUFFERS),
+    ("REMOVE_BUFFERS", IORING_OP_REMOVE_BUFFERS), ("TEE", IORING_OP_TEE),
+    ("SHUTDOWN", IORING_OP_SHUTDOWN), ("RENAMEAT", IORING_OP_RENAMEAT),
+    ("UNLINKAT", IORING_OP_UNLINKAT), ("MKDIRAT", IORING_OP_MKDIRAT),
+    ("SYMLINKAT", IORING_OP_SYMLINKAT), ("LINKAT", IORING_OP_LINKAT),
+    ("MSG_RING", IORING_OP_MSG_RING),
+])
+Op.__doc__ = "io_uring opcodes, numbered as in the kernel's <linux/io_uring.h>."
+
+SQE_FIXED_FILE = IOSQE_FIXED_FILE
+SQE_IO_DRAIN = IOSQE_IO_DRAIN
+SQE_IO_LINK = IOSQE_IO_LINK
+SQE_IO_HARDLINK = IOSQE_IO_HARDLINK
+SQE_ASYNC = IOSQE_ASYNC
+FILE_INDEX_ALLOC = -1
+SETUP_SQPOLL = IORING_SETUP_SQPOLL
+SETUP_SINGLE_ISSUER = IORING_SETUP_SINGLE_ISSUER
+SETUP_DEFER_TASKRUN = IORING_SETUP_DEFER_TASKRUN
+SETUP_COOP_TASKRUN = IORING_SETUP_COOP_TASKRUN
+FEAT_SINGLE_MMAP = IORING_FEAT_SINGLE_MMAP
+FEAT_NODROP = IORING_FEAT_NODROP
+FEAT_EXT_ARG = IORING_FEAT_EXT_ARG
+
+# CQE_SKIP_SUCCESS would leave a slot without its completion; BUFFER_SELECT needs
+# provided buffers, which this engine does not manage.
+cdef uint8_t _ALLOWED_SQE_FLAGS = (IOSQE_FIXED_FILE | IOSQE_IO_DRAIN | IOSQE_IO_LINK |
+                                   IOSQE_IO_HARDLINK | IOSQE_ASYNC)
+cdef uint32_t _NO_SLOT = UINT32_MAX
+# user_data of the engine's own requests (cancels at close); never a slot index.
+cdef uint64_t _INTERNAL_USER_DATA = 0xFFFFFFFFFFFFFFFF
+cdef int _MAX_ENTRIES = 32768
+cdef double _DRAIN_PATIENCE_S = 10.0
+
+if vy_install_atfork() != 0:
+    raise ImportError("pthread_atfork failed: cannot guard rings across fork()")
+
+
+cdef struct Slot:
+    uint64_t user_data      # the caller's value, returned with the completion
+    Hold *hold              # what keeps the request's memory alive, or NULL
+    uint32_t next_free
+    bint live
+    vy_timespec ts          # prep_timeout's timespec, stable while the slot lives
+
+
+cdef class Completion:
+    """One completed request: `user_data` as given, `res` (>= 0, or -errno) and `flags`."""
+    cdef readonly uint64_t user_data
+    cdef readonly int32_t res
+    cdef readonly uint32_t flags
+
+    def __repr__(self):
+        return f"Completion(user_data={self.user_data}, res={self.res}, flags={self.flags})"
+
+    def __eq__(self, other):
+        if not isinstance(other, Completion):
+            return NotImplemented
+        return (self.user_data, self.res, self.flags) == \
+            ((<Completion>other).user_data, (<Completion>other).res, (<Completion>other).flags)
+
+    def __hash__(self):
+        return hash((self.user_data, self.res, self.flags))
+
+
+cdef Completion _completion(uint64_t user_data, int32_t res, uint32_t flags):
+    cdef Completion c = Completion.__new__(Completion)
+    c.user_data = user_data
+    c.res = res
+    c.flags = flags
+    return c
+
+
+cdef class Statx:
+    """The destination of prep_statx: the kernel fills it when the request completes."""
+    cdef statx buf
+
+    @property
+    def mask(self): return self.buf.stx_mask
+    @property
+    def size(self): return self.buf.stx_size
+    @property
+    def mode(self): return self.buf.stx_mode
+    @property
+    def ino(self): return self.buf.stx_ino
+    @property
+    def nlink(self): return self.buf.stx_nlink
+    @property
+    def uid(self): return self.buf.stx_uid
+    @property
+    def gid(self): return self.buf.stx_gid
+    @property
+    def blksize(self): return self.buf.stx_blksize
+    @property
+    def blocks(self): return self.buf.stx_blocks
+    @property
+    def mtime_ns(self):
+        return self.buf.stx_mtime.tv_sec * 1000000000 + self.buf.stx_mtime.tv_nsec
+
+    def __repr__(self):
+        return f"Statx(size={self.size}, mode=0o{self.mode:o}, ino={self.ino})"
+
+
+def try_setup():
+    """Create and destroy a one-entry ring; return 0, or the errno io_uring_setup gave."""
+    cdef io_uring_params p
+    memset(&p, 0, sizeof(p))
+    cdef int fd = vy_io_uring_setup(1, &p)
+    if fd < 0:
+        return -fd
+    close(fd)
+    return 0
+
+
+cdef double _timeout_seconds(object timeout) except? -2.0:
+    """None -> -1 (wait for ever); otherwise seconds >= 0."""
+    if timeout is None:
+        return -1.0
+    cdef double t = timeout
+    if not t >= 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+    return t
+
+
+cdef bytes _path_bytes(object path):
+    cdef bytes b = os.fsencode(path)
+    if b"\0" in b:
+        raise ValueError(f"path contains a NUL byte: {path!r}")
+    return b
+
+
+cdef class Ring:
+    """An io_uring instance: submission and completion queues shared with the kernel.
+
+    Prepare requests with the prep_* methods (or the batch methods for many at
+    once), submit them, and reap their completions. A Ring belongs to one thread at
+    a time: a second thread calling in while the first is inside gets RingBusyError.
+    Use it as a context manager, or call close(): closing cancels and drains every
+    request still in flight before the memory they use is released.
+    """
+    cdef int _fd
+    cdef int _busy
+    cdef bint _closed
+    cdef unsigned long _fork_gen
+    cdef uint32_t _setup_flags, _features
+    cdef void *_sq_map
+    cdef size_t _sq_map_len
+    cdef void *_cq_map
+    cdef size_t _cq_map_len
+    cdef io_uring_sqe *_sqes
+    cdef size_t _sqes_len
+    cdef uint32_t *_sq_khead
+    cdef uint32_t *_sq_ktail
+    cdef uint32_t *_sq_kflags
+    cdef uint32_t _sq_mask, _sq_entries
+    cdef uint32_t _sqe_tail         # next SQE to fill; local, free-running
+    cdef uint32_t _sqe_published    # the SQ tail value we last stored for the kernel
+    cdef uint32_t *_cq_khead
+    cdef uint32_t *_cq_ktail
+    cdef uint32_t *_cq_koverflow
+    cdef io_uring_cqe *_cqes
+    cdef uint32_t _cq_mask, _cq_entries
+    cdef Slot *_slots
+    cdef uint32_t _nslots, _free_head, _slots_used
+    cdef Hold **_released           # holds whose last request a reap completed
+    cdef uint32_t _nreleased
+    cdef uint64_t *_scratch_ud      # completions() reaps through these
+    cdef int32_t *_scratch_res
+    cdef uint32_t *_scratch_flags
+    cdef int32_t _internal_res      # res of the engine's own last cancel
+    cdef Hold *_reg_buffers
+    cdef uint32_t _reg_buffer_count
+    cdef int64_t _reg_file_count
+
+    def __cinit__(self, *args, **kwargs):
+        self._fd = -1
+        self._closed = True
+
+    def __init__(self, unsigned int entries=256, *, cq_entries=None, bint sqpoll=False,
+                 unsigned int sq_thread_idle_ms=1000, sq_thread_cpu=None,
+                 bint single_issuer=False, bint defer_taskrun=False,
+                 bint coop_taskrun=False, unsigned int _test_overcommit=0):
+        """Create a ring of `entries` submission slots (a power of two is used by the kernel).
+
+        cq_entries: completion-queue size (default: twice `entries`); it bounds how many
+        requests can be outstanding. sqpoll: a kernel thread polls the SQ (opt-in; it
+        costs a core). single_issuer, defer_taskrun, coop_taskrun: the kernel's
+        IORING_SETUP_* hints for rings used by one thread. `_test_overcommit` lets the
+        tests push more requests than the CQ holds, to exercise overflow recovery.
+        """
+        cdef io_uring_params p
+        cdef int fd
+        if self._fd >= 0 or not self._closed and self._slots != NULL:
+            raise RuntimeError("Ring.__init__ was already called")
+        if not 1 <= entries <= _MAX_ENTRIES:
+            raise ValueError(f"entries must be between 1 and {_MAX_ENTRIES}, not {entries}")
+        memset(&p, 0, sizeof(p))
+        self._setup_params(&p, entries, cq_entries, sqpoll, sq_thread_idle_ms, sq_thread_cpu,
+                           single_issuer, defer_taskrun, coop_taskrun)
+        with nogil:
+            fd = vy_io_uring_setup(entries, &p)
+        if fd < 0:
+            if is_unavailable_errno(-fd):
+                raise unavailable_error(-fd, sqpoll)
+            raise syscall_error("io_uring_setup", -fd)
+        try:
+            self._map_rings(fd, &p)
+            self._alloc_slots(p.cq_entries + _test_overcommit)
+        except BaseException:
+            self._unmap()
+            close(fd)
+            raise
+        self._fd = fd
+        self._setup_flags = p.flags
+        self._features = p.features
+        self._reg_file_count = 0
+        self._fork_gen = vy_fork_gen()
+        self._closed = False
+
+    cdef int _setup_params(self, io_uring_params *p, unsigned int entries, object cq_entries,
+                           bint sqpoll, unsigned int idle_ms, object cpu, bint single_issuer,
+                           bint defer_taskrun, bint coop_taskrun) except -1:
+        if cq_entries is not None:
+            if not entries <= cq_entries <= 2 * _MAX_ENTRIES:
+                raise ValueError(f"cq_entries must be between entries ({entries}) and "
+                                 f"{2 * _MAX_ENTRIES}, not {cq_entries}")
+            p.flags |= IORING_SETUP_CQSIZE
+            p.cq_entries = cq_entries
+        if sqpoll:
+            p.flags |= IORING_SETUP_SQPOLL
+            p.sq_thread_idle = idle_ms
+            if cpu is not None:
+                p.flags |= IORING_SETUP_SQ_AFF
+                p.sq_thread_cpu = cpu
+        elif cpu is not None:
+            raise ValueError("sq_thread_cpu needs sqpoll=True")
+        if defer_taskrun and not single_issuer:
+            raise ValueError("defer_taskrun=True needs single_issuer=True (a kernel rule)")
+        if defer_taskrun and sqpoll:
+            raise ValueError("defer_taskrun cannot be combined with sqpoll (a kernel rule)")
+        if single_issuer:
+            p.flags |= IORING_SETUP_SINGLE_ISSUER
+        if defer_taskrun:
+            p.flags |= IORING_SETUP_DEFER_TASKRUN
+        if coop_taskrun:
+            p.flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG
+        return 0
+
+    cdef int _map_rings(self, int fd, io_uring_params *p) except -1:
+        """mmap the SQ ring, CQ ring and SQE array (one mapping for both rings when the
+        kernel reports IORING_FEAT_SINGLE_MMAP). Sizes are u32 offsets plus u32 counts
+        times small records: they cannot overflow a 64-bit size_t."""
+        cdef int err = 0
+        cdef uint32_t i
+        cdef uint32_t *sq_array
+        self._sq_map_len = p.sq_off.array + p.sq_entries * sizeof(uint32_t)
+        self._cq_map_len = p.cq_off.cqes + p.cq_entries * sizeof(io_uring_cqe)
+        if p.features & IORING_FEAT_SINGLE_MMAP:
+            self._sq_map_len = max(self._sq_map_len, self._cq_map_len)
+            self._cq_map_len = self._sq_map_len
+        self._sq_map = vy_mmap_ring(fd, self._sq_map_len, IORING_OFF_SQ_RING, &err)
+        if self._sq_map == MAP_FAILED:
+            self._sq_map = NULL
+            raise syscall_error("mmap(SQ ring)", err)
+        if p.features & IORING_FEAT_SINGLE_MMAP:
+            self._cq_map = self._sq_map
+        else:
+            self._cq_map = vy_mmap_ring(fd, self._cq_map_len, IORING_OFF_CQ_RING, &err)
+            if self._cq_map == MAP_FAILED:
+                self._cq_map = NULL
+                raise syscall_error("mmap(CQ ring)", err)
+        self._sqes_len = p.sq_entries * sizeof(io_uring_sqe)
+        self._sqes = <io_uring_sqe *>vy_mmap_ring(fd, self._sqes_len, IORING_OFF_SQES, &err)
+        if <void *>self._sqes == MAP_FAILED:
+            self._sqes = NULL
+            raise syscall_error("mmap(SQE array)", err)
+        cdef char *sq = <char *>self._sq_map
+        cdef char *cq = <char *>self._cq_map
+        self._sq_khead = <uint32_t *>(sq + p.sq_off.head)
+        self._sq_ktail = <uint32_t *>(sq + p.sq_off.tail)
+        self._sq_kflags = <uint32_t *>(sq + p.sq_off.flags)
+        self._sq_mask = (<uint32_t *>(sq + p.sq_off.ring_mask))[0]
+        self._sq_entries = (<uint32_t *>(sq + p.sq_off.ring_entries))[0]
+        self._cq_khead = <uint32_t *>(cq + p.cq_off.head)
+        self._cq_ktail = <uint32_t *>(cq + p.cq_off.tail)
+        self._cq_koverflow = <uint32_t *>(cq + p.cq_off.overflow)
+        self._cq_mask = (<uint32_t *>(cq + p.cq_off.ring_mask))[0]
+        self._cq_entries = (<uint32_t *>(cq + p.cq_off.ring_entries))[0]
+        self._cqes = <io_uring_cqe *>(cq + p.cq_off.cqes)
+        # The SQ index array maps ring positions to SQEs; fill it once with the
+        # identity so publishing a batch is a single tail store. The kernel reads it
+        # only after our release store of the tail, which orders these writes.
+        sq_array = <uint32_t *>(sq + p.sq_off.array)
+        for i in range(self._sq_entries):
+            sq_array[i] = i
+        # Our local tail starts where the kernel's is (0 on a new ring).
+        self._sqe_tail = vy_load_relaxed(self._sq_ktail)
+        self._sqe_published = self._sqe_tail
+        return 0
+
+    cdef int _alloc_slots(self, uint32_t nslots) except -1:
+        cdef uint32_t i
+        self._slots = <Slot *>calloc(nslots, sizeof(Slot))
+        self._released = <Hold **>calloc(nslots, sizeof(Hold *))
+        self._scratch_ud = <uint64_t *>calloc(nslots, sizeof(uint64_t))
+        self._scratch_res = <int32_t *>calloc(nslots, sizeof(int32_t))
+        self._scratch_flags = <uint32_t *>calloc(nslots, sizeof(uint32_t))
+        if (self._slots == NULL or self._released == NULL or self._scratch_ud == NULL
+                or self._scratch_res == NULL or self._scratch_flags == NULL):
+            raise MemoryError()
+        for i in range(nslots):
+            self._slots[i].next_free = i + 1 if i + 1 < nslots else _NO_SLOT
+        self._nslots = nslots
+        self._free_head = 0
+        self._slots_used = 0
+        return 0
+
+    # ---- guards -----------------------------------------------------------------
+
+    cdef int _enter_api(self) except -1:
+        """Every public operation starts here; pair with _leave_api in a finally."""
+        if self._closed:
+            raise RingClosedError("the Ring is closed")
+        if self._fork_gen != vy_fork_gen():
+            raise RingForkedError("this Ring was created before fork(); a child process "
+                                  "must create its own Ring")
+        if not vy_try_lock(&self._busy):
+            raise RingBusyError("another thread is using this Ring; give each thread its "
+                                "own Ring or serialise access with a lock")
+        return 0
+
+    cdef inline void _leave_api(self) noexcept:
+        vy_unlock(&self._busy)
+
+    # ---- queue arithmetic (indices are free-running u32: slot = idx & mask) -------
+
+    cdef inline uint32_t _sq_pending(self) noexcept nogil:
+        # Acquire pairs with the kernel's store-release of the SQ head once it has
+        # consumed the SQEs: only then may their slots be reused.
+        return self._sqe_tail - vy_load_acquire(self._sq_khead)
+
+    cdef inline uint32_t _cq_ready(self) noexcept nogil:
+        # Acquire pairs with the kernel's store-release of the CQ tail, which it
+        # makes after writing the CQEs: the CQEs below the tail are complete.
+        return vy_load_acquire(self._cq_ktail) - vy_load_relaxed(self._cq_khead)
+
+    cdef inline void _publish(self) noexcept nogil:
+        if self._sqe_published != self._sqe_tail:
+            # Release: every SQE written above is visible before the kernel sees the
+            # new tail; pairs with the kernel's load-acquire of the SQ tail. Once
+            # per batch, never per SQE.
+            vy_store_release(self._sq_ktail, self._sqe_tail)
+            self._sqe_published = self._sqe_tail
+
+    cdef inline bint _cq_needs_flush(self) noexcept nogil:
+        # Relaxed: a hint re-checked by the kernel inside io_uring_enter.
+        if vy_load_relaxed(self._sq_kflags) & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN):
+            return True
+        # DEFER_TASKRUN completions are posted only when we enter with GETEVENTS.
+        return (self._setup_flags & IORING_SETUP_DEFER_TASKRUN) != 0 and \
+            self._slots_used > self._sq_pending()
+
+    # ---- slots and SQEs ---------------------------------------------------------
+
+    cdef inline io_uring_sqe *_take_sqe(self, uint64_t user_data, Hold *hold) noexcept nogil:
+        """Claim a slot and a zeroed SQE; the caller checked there is room for both."""
+        cdef uint32_t idx = self._free_head
+        cdef Slot *slot = &self._slots[idx]
+        cdef io_uring_sqe *sqe = &self._sqes[self._sqe_tail & self._sq_mask]
+        self._free_head = slot.next_free
+        self._slots_used += 1
+        slot.live = True
+        slot.user_data = user_data
+        slot.hold = hold
+        if hold != NULL:
+            hold.refs += 1
+        # Every SQE starts zeroed: a stale flag (IOSQE_FIXED_FILE) or field from an
+        # earlier request must never leak into this one.
+        memset(sqe, 0, sizeof(io_uring_sqe))
+        sqe.user_data = idx
+        self._sqe_tail += 1
+        return sqe
+
+    cdef inline void _free_slot(self, uint32_t idx) noexcept nogil:
+        cdef Slot *slot = &self._slots[idx]
+        cdef Hold *hold = slot.hold
+        if hold != NULL:
+            hold.refs -= 1
+            if hold.refs == 0:
+                self._released[self._nreleased] = hold
+                self._nreleased += 1
+            slot.hold = NULL
+        slot.live = False
+        slot.next_free = self._free_head
+        self._free_head = idx
+        self._slots_used -= 1
+
+    cdef void _drop_released(self) noexcept:
+        cdef uint32_t i
+        for i in range(self._nreleased):
+            hold_free(self._released[i])
+        self._nreleased = 0
+
+    cdef uint32_t _room(self, uint32_t wanted) except? 0xFFFFFFFF:
+        """How many of `wanted` new requests fit now, submitting to free SQ space.
+        Zero means the CQ's capacity is reached: completions must be reaped first."""
+        cdef uint32_t space
+        if self._slots_used >= self._nslots:
+            return 0
+        space = self._sq_entries - self._sq_pending()
+        if space == 0:
+            self._make_sq_room()
+            space = self._sq_entries - self._sq_pending()
+        return min(wanted, space, self._nslots - self._slots_used)
+
+    cdef int _make_sq_room(self) except -1:
+        cdef int ret
+        if not (self._setup_flags & IORING_SETUP_SQPOLL):
+            self._submit_and_wait(0, -1.0)
+            return 0
+        self._publish()
+        while self._sq_pending() >= self._sq_entries:
+            with nogil:
+                ret = vy_io_uring_enter(self._fd, 0, 0, IORING_ENTER_SQ_WAIT, NULL, 0)
+            if ret == -EINTR:
+                PyErr_CheckSignals()
+            elif ret < 0:
+                raise syscall_error("io_uring_enter(SQ_WAIT)", -ret)
+        return 0
+
+    cdef io_uring_sqe *_next_sqe(self, uint64_t user_data, uint8_t flags, Hold *hold) \
+            except NULL:
+        """One SQE for a per-op prep. On failure the unused `hold` is freed."""
+        try:
+            if self._room(1) == 0:
+                raise RingFullError(
+                    f"{self._slots_used} requests are outstanding, as many as the completion "
+                    f"queue holds ({self._nslots}); reap completions before preparing more")
+        except BaseException:
+            if hold != NULL and hold.refs == 0:
+                hold_free(hold)
+            raise
+        cdef io_uring_sqe *sqe = self._take_sqe(user_data, hold)
+        sqe.flags = flags
+        return sqe
+
+    cdef int _check_fd(self, int64_t fd, uint8_t flags) except -1:
+        if flags & ~_ALLOWED_SQE_FLAGS:
+            raise ValueError(f"flags 0x{flags:x}: only SQE_FIXED_FILE, SQE_IO_DRAIN, "
+                             f"SQE_IO_LINK, SQE_IO_HARDLINK and SQE_ASYNC are allowed")
+        if flags & IOSQE_FIXED_FILE:
+            if not 0 <= fd < self._reg_file_count:
+                raise ValueError(f"fd {fd} is not a slot of the registered file table "
+                                 f"({self._reg_file_count} slots)")
+        elif not 0 <= fd <= 0x7FFFFFFF:
+            raise ValueError(f"fd must be a non-negative file descriptor, not {fd}")
+        return 0
+
+    # ---- submission and waiting -------------------------------------------------
+
+    cdef int _submit_and_wait(self, uint32_t min_complete, double timeout) except -1:
+        """Submit every pending SQE, then wait until `min_complete` completions are
+        ready or `timeout` seconds pass (< 0: no limit). Returns how many SQEs the
+        kernel consumed. EINTR runs the signal handlers (Ctrl-C raises) and retries;
+        EAGAIN/EBUSY wait for a completion and retry; partial submits loop."""
+        cdef double deadline = vy_monotonic() + timeout if timeout >= 0 else -1.0
+        cdef int submitted = 0
+        cdef int ret
+        cdef uint32_t to_submit, enter_flags, wait_nr
+        cdef bint sqpoll = (self._setup_flags & IORING_SETUP_SQPOLL) != 0
+        cdef bint waiting
+        self._publish()
+        while True:
+            to_submit = self._sq_pending()
+            waiting = min_complete > 0 and self._cq_ready() < min_complete
+            enter_flags = 0
+            if sqpoll:
+                submitted += to_submit
+                to_submit = 0
+                # Full fence between our tail store and the NEED_WAKEUP load: without
+                # it the kernel thread can go to sleep after missing our new tail
+                # while we miss its flag, and the SQEs sit unsubmitted (a lost
+                # wakeup; liburing's io_uring_flush_sq/sq_ring_needs_enter). Pairs
+                # with the smp_mb() the SQPOLL thread makes after setting the flag.
+                vy_fence_full()
+                if vy_load_relaxed(self._sq_kflags) & IORING_SQ_NEED_WAKEUP:
+                    enter_flags |= IORING_ENTER_SQ_WAKEUP
+            if waiting or self._cq_needs_flush():
+                enter_flags |= IORING_ENTER_GETEVENTS
+            if to_submit == 0 and enter_flags == 0:
+                return submitted
+            ret = self._enter(to_submit, min_complete if waiting else 0, enter_flags,
+                              deadline if waiting else -1.0)
+            if ret == -ETIME:
+                return submitted
+            if ret < 0:
+                continue                  # EINTR (signals ran), EAGAIN or EBUSY: retry
+            if not sqpoll:
+                submitted += ret
+            if sqpoll:
+                to_submit = 0
+                if not waiting:
+                    return submitted
+            if waiting and deadline >= 0 and vy_monotonic() >= deadline:
+                return submitted
+            if not waiting and self._sq_pending() == 0:
+                return submitted
+
+    cdef int _enter(self, uint32_t to_submit, uint32_t min_complete, uint32_t flags,
+                    double deadline) except? -1000:
+        """One io_uring_enter with the GIL released. Returns its result, or -EINTR,
+        -EAGAIN, -EBUSY (retry) or -ETIME (deadline passed); raises on anything else."""
+        cdef vy_getevents_arg arg
+        cdef vy_timespec ts
+        cdef double left
+        cdef int ret, ms
+        cdef void *argp = NULL
+        cdef size_t argsz = 0
+        if min_complete and deadline >= 0:
+            left = deadline - vy_monotonic()
+            if left <= 0:
+                return -ETIME
+            if self._features & IORING_FEAT_EXT_ARG:
+                ts.tv_sec = <int64_t>left
+                ts.tv_nsec = <long long>((left - ts.tv_sec) * 1e9)
+                memset(&arg, 0, sizeof(arg))
+                arg.ts = <uint64_t><size_t>&ts
+                argp = &arg
+                argsz = sizeof(arg)
+                flags |= IORING_ENTER_EXT_ARG
+            else:
+                # Kernels before 5.11 take no timeout: submit, then poll the ring fd.
+                ms = <int>(left * 1000) + 1
+                with nogil:
+                    ret = vy_io_uring_enter(self._fd, to_submit, 0, flags & ~IORING_ENTER_GETEVENTS,
+                                            NULL, 0)
+                    if ret >= 0 and self._cq_ready() < min_complete:
+                        vy_poll_in(self._fd, ms)
+                return self._enter_result(ret, "io_uring_enter")
+        with nogil:
+            ret = vy_io_uring_enter(self._fd, to_submit, min_complete, flags, argp, argsz)
+        return self._enter_result(ret, "io_uring_enter")
+
+    cdef int _enter_result(self, int ret, str syscall) except? -1000:
+        cdef int rc
+        if ret >= 0 or ret == -ETIME:
+            return ret
+        if ret == -EINTR:
+            PyErr_CheckSignals()       # raises KeyboardInterrupt on Ctrl-C
+            return ret
+        if ret == -EAGAIN or ret == -EBUSY:
+            # The kernel is short of request memory, or holds overflowed CQEs:
+            # wait for one completion (this also flushes the overflow) and retry.
+            if self._slots_used > self._sq_pending():
+                with nogil:
+                    rc = vy_io_uring_enter(self._fd, 0, 1, IORING_ENTER_GETEVENTS, NULL, 0)
+            return ret
+        raise syscall_error(syscall, -ret)
+
+    cdef int _get_events(self) except -1:
+        """Enter with GETEVENTS and no wait: flushes overflowed CQEs, runs task work."""
+        cdef int ret = -EINTR
+        while ret == -EINTR:
+            ret = self._enter(0, 0, IORING_ENTER_GETEVENTS, -1.0)
+        return 0
+
+    cdef int _check_waitable(self, uint32_t min_complete) except -1:
+        if min_complete > self._slots_used:
+            raise ValueError(f"cannot wait for {min_complete} completions: only "
+                             f"{self._slots_used} requests are outstanding")
+        return 0
+
+    # ---- reaping ------------------------------------------------------------------
+
+    cdef uint32_t _reap_some(self, IntArray *ud, IntArray *res, IntArray *flg,
+                             uint32_t offset, uint32_t maxn) noexcept nogil:
+        """Copy up to `maxn` CQEs out, map them to their slots and free the slots."""
+        cdef uint32_t head = vy_load_relaxed(self._cq_khead)   # only we store it
+        # Acquire pairs with the kernel's store-release of the CQ tail.
+        cdef uint32_t tail = vy_load_acquire(self._cq_ktail)
+        cdef uint32_t n = 0
+        cdef io_uring_cqe *cqe
+        cdef uint64_t idx
+        while head != tail and n < maxn:
+            cqe = &self._cqes[head & self._cq_mask]
+            head += 1
+            idx = cqe.user_data
+            # Never index with a value read back from shared memory unchecked.
+            if idx >= self._nslots or not self._slots[idx].live:
+                if idx == _INTERNAL_USER_DATA:
+                    self._internal_res = cqe.res
+                continue
+            ia_set(ud, offset + n, <int64_t>self._slots[idx].user_data)
+            ia_set(res, offset + n, cqe.res)
+            if flg != NULL:
+                ia_set(flg, offset + n, cqe.flags)
+            n += 1
+            self._free_slot(<uint32_t>idx)
+        # Release: the CQEs are copied out before the kernel may reuse their
+        # entries; pairs with the kernel's load-acquire of the CQ head. Once per reap.
+        vy_store_release(self._cq_khead, head)
+        return n
+
+    cdef uint32_t _reap(self, IntArray *ud, IntArray *res, IntArray *flg, uint32_t maxn) \
+            except? 0xFFFFFFFF:
+        """Reap up to `maxn`, flushing CQ overflow (or deferred task work) when flagged."""
+        cdef uint32_t total = 0, got
+        cdef bint flushed = False
+        while True:
+            got = self._reap_some(ud, res, flg, total, maxn - total)
+            self._drop_released()
+            total += got
+            if total == maxn or (flushed and got == 0) or not self._cq_needs_flush():
+                return total
+            self._get_events()
+            flushed = True
+
+    cdef void _scratch_sinks(self, IntArray *ud, IntArray *res, IntArray *flg) noexcept:
+        """IntArrays over the ring's own scratch arrays (capacity: one per slot)."""
+        memset(ud, 0, sizeof(IntArray))
+        memset(res, 0, sizeof(IntArray))
+        memset(flg, 0, sizeof(IntArray))
+        ud.buf = <char *>self._scratch_ud
+        ud.itemsize = 8
+        res.buf = <char *>self._scratch_res
+        res.itemsize = 4
+        flg.buf = <char *>self._scratch_flags
+        flg.itemsize = 4
+
+    cdef list _reap_list(self):
+        cdef IntArray ud, res, flg
+        cdef uint32_t i, n
+        self._scratch_sinks(&ud, &res, &flg)
+        n = self._reap(&ud, &res, &flg, self._nslots)
+        return [_completion(self._scratch_ud[i], self._scratch_res[i], self._scratch_flags[i])
+                for i in range(n)]
+
+    # ---- public: state ------------------------------------------------------------
+
+    @property
+    def sq_entries(self):
+        """Submission queue size (the kernel rounds `entries` up to a power of two)."""
+        return self._sq_entries
+
+    @property
+    def cq_entries(self):
+        """Completion queue size; also the most requests that can be outstanding."""
+        return self._cq_entries
+
+    @property
+    def features(self):
+        """IORING_FEAT_* bits the kernel reported."""
+        return self._features
+
+    @property
+    def setup_flags(self):
+        """IORING_SETUP_* bits the ring was created with."""
+        return self._setup_flags
+
+    @property
+    def closed(self):
+        return self._closed
+
+    @property
+    def pending(self):
+        """Requests prepared but not yet consumed by the kernel."""
+        return 0 if self._closed else self._sq_pending()
+
+    @property
+    def in_flight(self):
+        """Requests submitted whose completion has not been reaped yet."""
+        return 0 if self._closed else self._slots_used - self._sq_pending()
+
+    @property
+    def registered_files(self):
+        """Slots in the registered file table (0 when none is registered)."""
+        return self._reg_file_count
+
+    @property
+    def registered_buffers(self):
+        """Buffers registered with register_buffers (0 when none)."""
+        return self._reg_buffer_count
+
+    def fileno(self):
+        """The ring's file descriptor."""
+        if self._closed:
+            raise RingClosedError("the Ring is closed")
+        return self._fd
+
+    def __repr__(self):
+        if self._closed:
+            return "<Ring closed>"
+        return (f"<Ring fd={self._fd} sq={self._sq_entries} cq={self._cq_entries} "
+                f"pending={self.pending} in_flight={self.in_flight}>")
+
+    # ---- public: per-op prep ------------------------------------------------------
+
+    def prep_nop(self, *, uint64_t user_data=0, uint8_t flags=0):
+        """A request that does nothing and completes with res 0."""
+        self._enter_api()
+        try:
+            self._check_fd(0, flags & ~IOSQE_FIXED_FILE)
+            self._next_sqe(user_data, flags, NULL).opcode = IORING_OP_NOP
+        finally:
+            self._leave_api()
+
+    def prep_read(self, int64_t fd, buf, int64_t offset=0, *, nbytes=None,
+                  Py_ssize_t buf_offset=0, uint64_t user_data=0, uint8_t flags=0):
+        """Read up to `nbytes` (default: the rest of `buf`) at file `offset` (-1: the
+        file position) into writable `buf` starting at `buf_offset`."""
+        self._prep_rw(IORING_OP_READ, fd, buf, offset, nbytes, buf_offset, user_data, flags,
+                      True)
+
+    def prep_write(self, int64_t fd, buf, int64_t offset=0, *, nbytes=None,
+                   Py_ssize_t buf_offset=0, uint64_t user_data=0, uint8_t flags=0):
+        """Write `nbytes` (default: the rest of `buf`) from `buf[buf_offset:]` at `offset`."""
+        self._prep_rw(IORING_OP_WRITE, fd, buf, offset, nbytes, buf_offset, user_data, flags,
+                      False)
+
+    cdef int _prep_rw(self, uint8_t opcode, int64_t fd, object buf, int64_t offset,
+                      object nbytes, Py_ssize_t buf_offset, uint64_t user_data, uint8_t flags,
+                      bint writable) except -1:
+        cdef Hold *hold
+        cdef io_uring_sqe *sqe
+        cdef Py_ssize_t n
+        self._enter_api()
+        try:
+            self._check_fd(fd, flags)
+            _check_offset(offset)
+            hold = hold_new(1)
+            try:
+                hold_export(hold, buf, writable, "buf")
+                n = _checked_range(hold.views[0].len, buf_offset, nbytes)
+            except BaseException:
+                hold_free(hold)
+                raise
+            sqe = self._next_sqe(user_data, flags, hold)
+            sqe.opcode = opcode
+            sqe.fd = <int32_t>fd
+            sqe.off = <uint64_t>offset
+            sqe.addr = <uint64_t>(<char *>hold.views[0].buf + buf_offset)
+            sqe.len = <uint32_t>n
+        finally:
+            self._leave_api()
+        return 0
+
+    def prep_readv(self, int64_t fd, buffers, int64_t offset=0, *, uint64_t user_data=0,
+                   uint8_t flags=0):
+        """Scatter-read into each writable buffer of `buffers` in turn."""
+        self._prep_rwv(IORING_OP_READV, fd, buffers, offset, user_data, flags, True)
+
+    def prep_writev(self, int64_t fd, buffers, int64_t offset=0, *, uint64_t user_data=0,
+                    uint8_t flags=0):
+        """Gather-write each buffer of `buffers` in turn."""
+        self._prep_rwv(IORING_OP_WRITEV, fd, buffers, offset, user_data, flags, False)
+
+    cdef int _prep_rwv(self, uint8_t opcode, int64_t fd, object buffers, int64_t offset,
+                       uint64_t user_data, uint8_t flags, bint writable) except -1:
+        cdef list bufs = list(buffers)
+        cdef Py_ssize_t i, n = len(bufs)
+        cdef Hold *hold
+        cdef io_uring_sqe *sqe
+        if not 0 < n <= 1024:
+            raise ValueError(f"buffers must hold 1 to 1024 buffers (IOV_MAX), not {n}")
+        self._enter_api()
+        try:
+            self._check_fd(fd, flags)
+            _check_offset(offset)
+            hold = hold_new(n)
+            try:
+                hold.iov = <iovec *>malloc(n * sizeof(iovec))
+                if hold.iov == NULL:
+                    raise MemoryError()
+                for i in range(n):
+                    hold_export(hold, bufs[i], writable, f"buffers[{i}]")
+                    hold.iov[i].iov_base = hold.views[i].buf
+                    hold.iov[i].iov_len = hold.views[i].len
+            except BaseException:
+                hold_free(hold)
+                raise
+            sqe = self._next_sqe(user_data, flags, hold)
+            sqe.opcode = opcode
+            sqe.fd = <int32_t>fd
+            sqe.off = <uint64_t>offset
+            sqe.addr = <uint64_t><size_t>hold.iov
+            sqe.len = <uint32_t>n
+        finally:
+            self._leave_api()
+        return 0
+
+    def prep_read_fixed(self, int64_t fd, uint32_t buf_index, int64_t offset, nbytes,
+                        Py_ssize_t buf_offset=0, *, uint64_t user_data=0, uint8_t flags=0):
+        """Read `nbytes` at `offset` into registered buffer `buf_index` at `buf_offset`."""
+        self._prep_fixed(IORING_OP_READ_FIXED, fd, buf_index, offset, nbytes, buf_offset,
+                         user_data, flags)
+
+    def prep_write_fixed(self, int64_t fd, uint32_t buf_index, int64_t offset, nbytes,
+                         Py_ssize_t buf_offset=0, *, uint64_t user_data=0, uint8_t flags=0):
+        """Write `nbytes` from registered buffer `buf_index` at `buf_offset` to `offset`."""
+        self._prep_fixed(IORING_OP_WRITE_FIXED, fd, buf_index, offset, nbytes, buf_offset,
+                         user_data, flags)
+
+    cdef int _prep_fixed(self, uint8_t opcode, int64_t fd, uint32_t buf_index, int64_t offset,
+                         object nbytes, Py_ssize_t buf_offset, uint64_t user_data,
+                         uint8_t flags) except -1:
+        cdef io_uring_sqe *sqe
+        cdef Py_ssize_t n
+        self._enter_api()
+        try:
+            self._check_fd(fd, flags)
+            _check_offset(offset)
+            self._check_buf_index(buf_index)
+            n = _checked_range(self._reg_buffers.views[buf_index].len, buf_offset, nbytes)
+            sqe = self._next_sqe(user_data, flags, self._reg_buffers)
+            sqe.opcode = opcode
+            sqe.fd = <int32_t>fd
+            sqe.off = <uint64_t>offset
+            sqe.addr = <uint64_t>(<char *>self._reg_buffers.views[buf_index].buf + buf_offset)
+            sqe.len = <uint32_t>n
+            sqe.buf_index = <uint16_t>buf_index
+        finally:
+            self._leave_api()
+        return 0
+
+    cdef int _check_buf_index(self, int64_t buf_index) except -1:
+        if not 0 <= buf_index < self._reg_buffer_count:
+            raise ValueError(f"buf_index {buf_index} is outside the registered buffers "
+                             f"({self._reg_buffer_count} registered)")
+        return 0
+
+    def prep_openat(self, path, int flags=os.O_RDONLY, int mode=0o644, *, int dir_fd=AT_FDCWD,
+                    file_index=None, uint64_t user_data=0, uint8_t sqe_flags=0):
+        """Open `path` (relative to `dir_fd`); res is the new fd. With `file_index`, open
+        into that slot of the registered file table (a direct descriptor; res is 0), or
+        into a free slot with FILE_INDEX_ALLOC (res is the slot). O_CLOEXEC is added."""
+        cdef bytes b = _path_bytes(path)
+        cdef io_uring_sqe *sqe
+        cdef uint32_t direct = 0
+        self._enter_api()
+        try:
+            self._check_fd(0, sqe_flags & ~IOSQE_FIXED_FILE)
+            if file_index is not None:
+                direct = self._direct_slot(file_index)
+            sqe = self._next_sqe(user_data, sqe_flags, hold_object(b))
+            sqe.opcode = IORING_OP_OPENAT
+            sqe.fd = dir_fd
+            sqe.addr = <uint64_t><size_t>PyBytes_AS_STRING(b)
+            sqe.len = <uint32_t>mode
+            sqe.open_flags = <uint32_t>(flags | os.O_CLOEXEC)
+            sqe.file_index = direct
+        finally:
+            self._leave_api()
+
+    cdef uint32_t _direct_slot(self, object file_index) except? 0xFFFFFFFE:
+        """sqe.file_index for a direct descriptor: slot + 1, or IORING_FILE_INDEX_ALLOC."""
+        if self._reg_file_count == 0:
+            raise ValueError("file_index needs a registered file table: call "
+                             "register_files([-1] * n) first")
+        if file_index == FILE_INDEX_ALLOC:
+            return IORING_FILE_INDEX_ALLOC
+        if not 0 <= file_index < self._reg_file_count:
+            raise ValueError(f"file_index {file_index} is outside the registered file table "
+                             f"({self._reg_file_count} slots)")
+        return <uint32_t>file_index + 1
+
+    def prep_close(self, int64_t fd, bint fixed=False, *, uint64_t user_data=0,
+                   uint8_t flags=0):
+        """Close `fd`, or with fixed=True the direct descriptor in registered slot `fd`."""
+        cdef io_uring_sqe *sqe
+        self._enter_api()
+        try:
+            self._check_fd(fd, IOSQE_FIXED_FILE if fixed else 0)
+            self._check_fd(0, flags & ~IOSQE_FIXED_FILE)
+            sqe = self._next_sqe(user_data, flags & ~IOSQE_FIXED_FILE, NULL)
+            sqe.opcode = IORING_OP_CLOSE
+            if fixed:
+                sqe.file_index = <uint32_t>fd + 1
+            else:
+                sqe.fd = <int32_t>fd
+        finally:
+            self._leave_api()
+
+    def prep_statx(self, path, Statx statx_buf not None, *, int flags=0,
+                   unsigned int mask=STATX_BASIC_STATS, int dir_fd=AT_FDCWD,
+                   uint64_t user_data=0, uint8_t sqe_flags=0):
+        """statx(2) of `path` into `statx_buf` (a Statx); `flags` are AT_* flags."""
+        cdef bytes b = _path_bytes(path)
+        cdef io_uring_sqe *sqe
+        cdef Hold *hold
+        self._enter_api()
+        try:
+            self._check_fd(0, sqe_flags & ~IOSQE_FIXED_FILE)
+            hold = hold_object((b, statx_buf))
+            sqe = self._next_sqe(user_data, sqe_flags, hold)
+            sqe.opcode = IORING_OP_STATX
+            sqe.fd = dir_fd
+            sqe.addr = <uint64_t><size_t>PyBytes_AS_STRING(b)
+            sqe.len = mask
+            sqe.off = <uint64_t><size_t>&statx_buf.buf
+            sqe.statx_flags = <uint32_t>flags
+        finally:
+            self._leave_api()
+
+    def prep_fsync(self, int64_t fd, bint datasync=False, *, uint64_t user_data=0,
+                   uint8_t flags=0):
+        """fsync(2) `fd`, or fdatasync(2) with datasync=True."""
+        cdef io_uring_sqe *sqe
+        self._enter_api()
+        try:
+            self._check_fd(fd, flags)
+            sqe = self._next_sqe(user_data, flags, NULL)
+            sqe.opcode = IORING_OP_FSYNC
+            sqe.fd = <int32_t>fd
+            sqe.fsync_flags = IORING_FSYNC_DATASYNC if datasync else 0
+        finally:
+            self._leave_api()
+
+    def prep_timeout(self, double seconds, uint32_t count=0, *, uint64_t user_data=0,
+                     uint8_t flags=0):
+        """Complete after `seconds` (res -ETIME), or once `count` other requests have
+        completed (res 0), whichever is first; count=0 is a pure timer."""
+        cdef io_uring_sqe *sqe
+        cdef Slot *slot
+        if not seconds >= 0:
+            raise ValueError(f"seconds must be >= 0, not {seconds}")
+        self._enter_api()
+        try:
+            self._check_fd(0, flags & ~IOSQE_FIXED_FILE)
+            sqe = self._next_sqe(user_data, flags, NULL)
+            # The timespec lives in the request's slot, which outlives the request.
+            slot = &self._slots[sqe.user_data]
+            slot.ts.tv_sec = <int64_t>seconds
+            slot.ts.tv_nsec = <long long>((seconds - slot.ts.tv_sec) * 1e9)
+            sqe.opcode = IORING_OP_TIMEOUT
+            sqe.addr = <uint64_t><size_t>&slot.ts
+            sqe.len = 1
+            sqe.off = count
+        finally:
+            self._leave_api()
+
+    def prep_cancel(self, uint64_t target_user_data, *, uint64_t user_data=0,
+                    uint8_t flags=0):
+        """Cancel the oldest outstanding request whose user_data is `target_user_data`.
+        res is 0 when it was cancelled, -ENOENT when no such request was found, and
+        -EALREADY when it was already running."""
+        cdef io_uring_sqe *sqe
+        cdef uint64_t target = self._find_slot(target_user_data)
+        self._enter_api()
+        try:
+            self._check_fd(0, flags & ~IOSQE_FIXED_FILE)
+            sqe = self._next_sqe(user_data, flags, NULL)
+            sqe.opcode = IORING_OP_ASYNC_CANCEL
+            sqe.addr = target
+        finally:
+            self._leave_api()
+
+    cdef uint64_t _find_slot(self, uint64_t user_data):
+        """The kernel user_data of the live request carrying `user_data`; when none,
+        a key no request has, so the kernel answers -ENOENT."""
+        cdef uint32_t i
+        for i in range(self._nslots):
+            if self._slots[i].live and self._slots[i].user_data == user_data:
+                return i
+        return _INTERNAL_USER_DATA - 1
+
+    # ---- public: batch prep -------------------------------------------------------
+
+    def prep_nops(self, user_data, *, uint8_t flags=0):
+        """One NOP per element of `user_data` (a 1-D integer buffer). Returns how many
+        were prepared: fewer than asked when the CQ's capacity is reached."""
+        cdef IntArray ud
+        cdef Py_ssize_t done = 0, n
+        cdef uint32_t k, i
+        self._enter_api()
+        try:
+            self._check_fd(0, flags & ~IOSQE_FIXED_FILE)
+            int_array_open(&ud, user_data, "user_data", False, False)
+            try:
+                n = ia_len(&ud)
+                while done < n:
+                    k = self._room(<uint32_t>min(n - done, <Py_ssize_t>UINT32_MAX))
+                    if k == 0:
+                        break
+                    for i in range(k):
+                        self._take_sqe(<uint64_t>ia_get(&ud, done + i), NULL).flags = flags
+                    done += k
+            finally:
+                int_array_close(&ud)
+        finally:
+            self._leave_api()
+        return done
+
+    def prep_reads(self, fd, buffer, offsets, lengths, buffer_offsets=None, user_data=None,
+                   *, uint8_t flags=0):
+        """Read many ranges into one writable `buffer`: range i reads lengths[i] bytes at
+        offsets[i] of fd (an int, or one fd per range) into buffer[buffer_offsets[i]:].
+        buffer_offsets=None packs the ranges back to back; user_data=None numbers them
+        0..n-1. Every range is checked before any is prepared. Returns how many were
+        prepared: fewer than asked when the CQ's capacity is reached."""
+        return self._prep_batch(IORING_OP_READ, fd, buffer, offsets, lengths, buffer_offsets,
+                                user_data, flags)
+
+    def prep_read_fixed_batch(self, fd, buf_index, offsets, lengths, buffer_offsets=None,
+                              user_data=None, *, uint8_t flags=0):
+        """prep_reads into registered buffers: range i goes to registered buffer
+        buf_index (an int, or one index per range) at buffer_offsets[i]."""
+        return self._prep_batch(IORING_OP_READ_FIXED, fd, buf_index, offsets, lengths,
+                                buffer_offsets, user_data, flags)
+
+    cdef Py_ssize_t _prep_batch(self, uint8_t opcode, object fd, object target, object offsets,
+                                object lengths, object buffer_offsets, object user_data,
+                                uint8_t flags) except -1:
+        cdef ReadBatch b
+        cdef Hold *hold = NULL
+        cdef Py_ssize_t done = 0
+        memset(&b, 0, sizeof(ReadBatch))
+        self._enter_api()
+        try:
+            self._check_fd(0, flags & ~IOSQE_FIXED_FILE)
+            b.opcode = opcode
+            b.flags = flags
+            try:
+                self._open_batch(&b, fd, target, offsets, lengths, buffer_offsets, user_data)
+                if opcode == IORING_OP_READ:
+                    hold = hold_new(1)
+                    hold_export(hold, target, True, "buffer")
+                    b.base = <char *>hold.views[0].buf
+                    b.base_len = hold.views[0].len
+                else:
+                    hold = self._reg_buffers
+                self._validate_batch(&b)
+                done = self._fill_batch(&b, hold)
+            finally:
+                if hold != NULL and hold.refs == 0:
+                    hold_free(hold)
+                _close_batch(&b)
+        finally:
+            self._leave_api()
+        return done
+
+    cdef int _open_batch(self, ReadBatch *b, object fd, object target, object offsets,
+                         object lengths, object buffer_offsets, object user_data) except -1:
+        int_array_open(&b.fd, fd, "fd", False, True)
+        int_array_open(&b.off, offsets, "offsets", False, False)
+        int_array_open(&b.length, lengths, "lengths", False, False)
+        b.n = b.off.n
+        if b.opcode == IORING_OP_READ_FIXED:
+            int_array_open(&b.index, target, "buf_index", False, True)
+            _check_same_length(&b.index, "buf_index", b.n)
+        if buffer_offsets is not None:
+            int_array_open(&b.boff, buffer_offsets, "buffer_offsets", False, False)
+            _check_same_length(&b.boff, "buffer_offsets", b.n)
+        if user_data is not None:
+            int_array_open(&b.ud, user_data, "user_data", False, False)
+            _check_same_length(&b.ud, "user_data", b.n)
+        _check_same_length(&b.length, "lengths", b.n)
+        _check_same_length(&b.fd, "fd", b.n)
+        return 0
+
+    cdef int _validate_batch(self, ReadBatch *b) except -1:
+        """Check every range before any SQE is written: a batch is prepared whole or
+        not at all (apart from the CQ capacity limit)."""
+        cdef Py_ssize_t bad
+        cdef int why
+        bad = _first_bad_range(b, self._reg_file_count, self._reg_buffers,
+                               self._reg_buffer_count, &why)
+        if bad >= 0:
+            raise ValueError(_batch_error(b, bad, why, self._reg_file_count,
+                                          self._reg_buffer_count))
+        return 0
+
+    cdef Py_ssize_t _fill_batch(self, ReadBatch *b, Hold *hold) except -1:
+        cdef Py_ssize_t done = 0
+        cdef uint32_t k
+        while done < b.n:
+            k = self._room(<uint32_t>min(b.n - done, <Py_ssize_t>UINT32_MAX))
+            if k == 0:
+                break
+            self._fill_reads(b, done, k, hold)
+            done += k
+        return done
+
+    cdef void _fill_reads(self, ReadBatch *b, Py_ssize_t start, uint32_t count,
+                          Hold *hold) noexcept nogil:
+        """Write `count` validated read SQEs, ranges start.., in one C loop."""
+        cdef Py_ssize_t i, end = start + count
+        cdef int64_t boff, index = 0
+        cdef char *base = b.base
+        cdef uint64_t ud
+        cdef io_uring_sqe *sqe
+        for i in range(start, end):
+            boff = _buffer_offset(b, i)
+            ud = <uint64_t>ia_get(&b.ud, i) if b.ud.buf != NULL or b.ud.n < 0 else <uint64_t>i
+            sqe = self._take_sqe(ud, hold)
+            sqe.opcode = b.opcode
+            sqe.flags = b.flags
+            sqe.fd = <int32_t>ia_get(&b.fd, i)
+            sqe.off = <uint64_t>ia_get(&b.off, i)
+            sqe.len = <uint32_t>ia_get(&b.length, i)
+            if b.opcode == IORING_OP_READ_FIXED:
+                index = ia_get(&b.index, i)
+                base = <char *>self._reg_buffers.views[index].buf
+                sqe.buf_index = <uint16_t>index
+            sqe.addr = <uint64_t>(base + boff)
+
+    # ---- public: submit and reap --------------------------------------------------
+
+    def submit(self):
+        """Hand every prepared request to the kernel; returns how many it took."""
+        self._enter_api()
+        try:
+            return self._submit_and_wait(0, -1.0)
+        finally:
+            self._leave_api()
+
+    def submit_and_wait(self, uint32_t min_complete=1, timeout=None):
+        """Submit, then wait until `min_complete` completions are ready or `timeout`
+        seconds pass (on timeout it returns normally, with fewer ready). Returns how
+        many requests were submitted."""
+        cdef double t = _timeout_seconds(timeout)
+        self._enter_api()
+        try:
+            self._check_waitable(min_complete)
+            return self._submit_and_wait(min_complete, t)
+        finally:
+            self._leave_api()
+
+    def completions(self):
+        """Every completion available now, without blocking, as Completion objects."""
+        self._enter_api()
+        try:
+            return self._reap_list()
+        finally:
+            self._leave_api()
+
+    def wait(self, uint32_t min_complete=1, timeout=None):
+        """Submit what is pending, wait until `min_complete` completions are ready or
+        `timeout` seconds pass, and return every completion available. On timeout it
+        returns what is there, possibly an empty list; it never raises TimeoutError."""
+        cdef double t = _timeout_seconds(timeout)
+        self._enter_api()
+        try:
+            self._check_waitable(min_complete)
+            self._submit_and_wait(min_complete, t)
+            return self._reap_list()
+        finally:
+            self._leave_api()
+
+    def reap(self, user_data_out, res_out, flags_out=None, *, uint32_t min_complete=0,
+             timeout=None):
+        """Fill the caller's 1-D integer arrays with up to len(user_data_out)
+        completions (user_data_out 8-byte items, res_out and flags_out 4 or 8) and
+        return how many. With min_complete > 0 it first submits what is pending and
+        waits for that many (or until `timeout` seconds pass)."""
+        cdef double t = _timeout_seconds(timeout)
+        cdef IntArray ud, res, flg
+        cdef uint32_t n = 0
+        memset(&flg, 0, sizeof(IntArray))
+        self._enter_api()
+        try:
+            int_array_open(&ud, user_data_out, "user_data_out", True, False)
+            try:
+                int_array_open(&res, res_out, "res_out", True, False)
+                try:
+                    if flags_out is not None:
+                        int_array_open(&flg, flags_out, "flags_out", True, False)
+                    n = self._reap_checked(&ud, &res, &flg if flags_out is not None else NULL,
+                                           min_complete, t)
+                finally:
+                    int_array_close(&flg)
+                    int_array_close(&res)
+            finally:
+                int_array_close(&ud)
+        finally:
+            self._leave_api()
+        return n
+
+    cdef uint32_t _reap_checked(self, IntArray *ud, IntArray *res, IntArray *flg,
+                                uint32_t min_complete, double timeout) except? 0xFFFFFFFF:
+        if ud.itemsize != 8:
+            raise TypeError("user_data_out must hold 8-byte integers (array('Q'), uint64)")
+        if res.itemsize < 4 or not res.is_signed:
+            raise TypeError("res_out must hold signed 4- or 8-byte integers (array('i'), int32)")
+        _check_same_length(res, "res_out", ud.n)
+        if flg != NULL:
+            if flg.itemsize < 4:
+                raise TypeError("flags_out must hold 4- or 8-byte integers (array('I'))")
+            _check_same_length(flg, "flags_out", ud.n)
+        if min_complete > ud.n:
+            raise ValueError(f"min_complete ({min_complete}) exceeds the output arrays' "
+                             f"length ({ud.n})")
+        if min_complete:
+            self._check_waitable(min_complete)
+            self._submit_and_wait(min_complete, timeout)
+        return self._reap(ud, res, flg, <uint32_t>min(ud.n, <Py_ssize_t>UINT32_MAX))
+
+    # ---- public: registration -------------------------------------------------------
+
+    def probe(self):
+        """The opcodes the running kernel supports (IORING_REGISTER_PROBE), as a
+        frozenset of Op members (plain ints for opcodes newer than this build)."""
+        cdef size_t size = sizeof(io_uring_probe) + 256 * sizeof(io_uring_probe_op)
+        cdef io_uring_probe *p
+        cdef int ret, i
+        self._enter_api()
+        try:
+            p = <io_uring_probe *>calloc(1, size)
+            if p == NULL:
+                raise MemoryError()
+            try:
+                ret = vy_io_uring_register(self._fd, IORING_REGISTER_PROBE, p, 256)
+                if ret < 0:
+                    raise syscall_error("io_uring_register(PROBE)", -ret)
+                ops = [p.ops[i].op for i in range(p.ops_len)
+                       if p.ops[i].flags & IO_URING_OP_SUPPORTED]
+            finally:
+                free(p)
+        finally:
+            self._leave_api()
+        known = Op._value2member_map_
+        return frozenset(known.get(op, op) for op in ops)
+
+    def register_buffers(self, buffers):
+        """Register writable buffers for prep_read_fixed (the kernel pins their pages).
+        They stay exported, so they cannot be resized or freed, until
+        unregister_buffers() and the completion of every fixed request using them."""
+        cdef list bufs = list(buffers)
+        cdef Py_ssize_t i, n = len(bufs)
+        cdef Hold *hold
+        cdef int ret
+        if not 0 < n <= 16384:
+            raise ValueError(f"register 1 to 16384 buffers, not {n}")
+        self._enter_api()
+        try:
+            hold = hold_new(n)
+            try:
+                hold.iov = <iovec *>malloc(n * sizeof(iovec))
+                if hold.iov == NULL:
+                    raise MemoryError()
+                for i in range(n):
+                    hold_export(hold, bufs[i], True, f"buffers[{i}]")
+                    if hold.views[i].len == 0:
+                        raise ValueError(f"buffers[{i}] is empty")
+                    hold.iov[i].iov_base = hold.views[i].buf
+                    hold.iov[i].iov_len = hold.views[i].len
+                with nogil:
+                    ret = vy_io_uring_register(self._fd, IORING_REGISTER_BUFFERS, hold.iov, n)
+                if ret < 0:
+                    raise syscall_error("io_uring_register(REGISTER_BUFFERS)", -ret)
+            except BaseException:
+                hold_free(hold)
+                raise
+            hold.refs = 1                      # the registration's own reference
+            self._reg_buffers = hold
+            self._reg_buffer_count = <uint32_t>n
+        finally:
+            self._leave_api()
+
+    def unregister_buffers(self):
+        """Unregister the buffers. Fixed requests still in flight keep theirs alive."""
+        cdef int ret
+        self._enter_api()
+        try:
+            with nogil:
+                ret = vy_io_uring_register(self._fd, IORING_UNREGISTER_BUFFERS, NULL, 0)
+            if ret < 0:
+                raise syscall_error("io_uring_register(UNREGISTER_BUFFERS)", -ret)
+            self._release_registered_buffers()
+        finally:
+            self._leave_api()
+
+    cdef void _release_registered_buffers(self) noexcept:
+        cdef Hold *hold = self._reg_buffers
+        self._reg_buffers = NULL
+        self._reg_buffer_count = 0
+        if hold != NULL:
+            hold.refs -= 1
+            if hold.refs == 0:
+                hold_free(hold)
+
+    def register_files(self, fds):
+        """Register a file table; -1 leaves a slot empty (for direct descriptors)."""
+        cdef object table = array.array("i", fds)
+        cdef int ret
+        cdef Py_ssize_t n = len(table)
+        cdef int *p
+        if not 0 < n <= 1 << 20:
+            raise ValueError(f"register 1 to {1 << 20} file slots, not {n}")
+        self._enter_api()
+        try:
+            p = _array_i_pointer(table)
+            with nogil:
+                ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES, p, n)
+            if ret < 0:
+                raise syscall_error("io_uring_register(REGISTER_FILES)", -ret)
+            self._reg_file_count = n
+        finally:
+            self._leave_api()
+
+    def update_files(self, uint32_t offset, fds):
+        """Replace registered file slots offset.. with `fds` (-1 empties a slot)."""
+        cdef object table = array.array("i", fds)
+        cdef io_uring_files_update up
+        cdef int ret
+        cdef Py_ssize_t n = len(table)
+        self._enter_api()
+        try:
+            if n == 0 or offset + n > self._reg_file_count:
+                raise ValueError(f"slots {offset}..{offset + n - 1} are outside the registered "
+                                 f"file table ({self._reg_file_count} slots)")
+            memset(&up, 0, sizeof(up))
+            up.offset = offset
+            up.fds = <uint64_t><size_t>_array_i_pointer(table)
+            with nogil:
+                ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES_UPDATE, &up, n)
+            if ret < 0:
+                raise syscall_error("io_uring_register(FILES_UPDATE)", -ret)
+            return ret
+        finally:
+            self._leave_api()
+
+    def unregister_files(self):
+        """Unregister the file table (requests in flight keep their files open)."""
+        cdef int ret
+        self._enter_api()
+        try:
+            with nogil:
+                ret = vy_io_uring_register(self._fd, IORING_UNREGISTER_FILES, NULL, 0)
+            if ret < 0:
+                raise syscall_error("io_uring_register(UNREGISTER_FILES)", -ret)
+            self._reg_file_count = 0
+        finally:
+            self._leave_api()
+
+    # ---- closing ------------------------------------------------------------------
+
+    def close(self):
+        """Cancel and drain every request in flight, release what they held, then
+        unmap the rings and close the fd. Prepared but unsubmitted requests are
+        discarded. Idempotent."""
+        if self._closed:
+            return
+        if self._fork_gen != vy_fork_gen():
+            self._teardown()               # the parent's ring: never cancel or drain it
+            return
+        if not vy_try_lock(&self._busy):
+            raise RingBusyError("another thread is using this Ring; close it from there")
+        try:
+            self._cancel_and_drain(True)
+        finally:
+            self._leave_api()
+        self._teardown()
+
+    def __enter__(self):
+        if self._closed:
+            raise RingClosedError("the Ring is closed")
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if self._closed:
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+        if self._fork_gen == vy_fork_gen():
+            self._cancel_and_drain(False)
+        self._teardown()
+
+    def __dealloc__(self):
+        if not self._closed:
+            if self._fork_gen == vy_fork_gen():
+                self._cancel_and_drain(False)
+            self._teardown()
+
+    cdef int _cancel_and_drain(self, bint interruptible) except -1:
+        """Discard unsubmitted requests, cancel the rest and reap until none is left.
+        When `interruptible`, Ctrl-C stops the drain with the ring still open and
+        consistent. A request that will not finish within _DRAIN_PATIENCE_S keeps its
+        memory alive for ever (leaked, never freed under the kernel)."""
+        cdef double deadline
+        self._discard_unsubmitted()
+        if self._slots_used == 0:
+            return 0
+        self._cancel_all()
+        deadline = vy_monotonic() + _DRAIN_PATIENCE_S
+        while self._slots_used > 0:
+            if vy_monotonic() > deadline:
+                self._leak_outstanding()
+                return 0
+            self._drain_step(interruptible)
+        return 0
+
+    cdef void _discard_unsubmitted(self) noexcept:
+        """Drop SQEs prepared but never consumed: their slots and holds go back."""
+        cdef uint32_t khead
+        if self._setup_flags & IORING_SETUP_SQPOLL:
+            self._publish()                # the kernel thread may already be reading them
+            return
+        khead = vy_load_acquire(self._sq_khead)   # pairs with the kernel's head release
+        while self._sqe_tail != khead:
+            self._sqe_tail -= 1
+            self._free_slot(<uint32_t>self._sqes[self._sqe_tail & self._sq_mask].user_data)
+        self._drop_released()
+        # Release: pairs with the kernel's tail acquire, as in _publish.
+        vy_store_release(self._sq_ktail, self._sqe_tail)
+        self._sqe_published = self._sqe_tail
+
+    cdef void _cancel_all(self) noexcept:
+        """IORING_ASYNC_CANCEL_ANY (5.19); older kernels get one cancel per request."""
+        cdef io_uring_sqe *sqe
+        cdef uint32_t i
+        self._internal_res = 0
+        sqe = self._internal_sqe()
+        if sqe == NULL:
+            return
+        sqe.opcode = IORING_OP_ASYNC_CANCEL
+        sqe.cancel_flags = IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL
+        self._enter_quietly(1)
+        if self._internal_res != -EINVAL:
+            return
+        for i in range(self._nslots):
+            if self._slots[i].live:
+                sqe = self._internal_sqe()
+                if sqe == NULL:
+                    return
+                sqe.opcode = IORING_OP_ASYNC_CANCEL
+                sqe.addr = i
+                self._enter_quietly(0)
+
+    cdef io_uring_sqe *_internal_sqe(self) noexcept:
+        cdef io_uring_sqe *sqe
+        if self._sq_entries - self._sq_pending() == 0:
+            return NULL
+        sqe = &self._sqes[self._sqe_tail & self._sq_mask]
+        memset(sqe, 0, sizeof(io_uring_sqe))
+        sqe.user_data = _INTERNAL_USER_DATA
+        self._sqe_tail += 1
+        self._publish()
+        return sqe
+
+    cdef void _enter_quietly(self, uint32_t wait_nr) noexcept:
+        """Submit the engine's own SQEs and optionally wait; errors end the attempt."""
+        cdef int ret
+        cdef uint32_t to_submit = self._sq_pending()
+        if self._setup_flags & IORING_SETUP_SQPOLL:
+            to_submit = 0
+        with nogil:
+            ret = vy_io_uring_enter(self._fd, to_submit, wait_nr,
+                                    IORING_ENTER_GETEVENTS | IORING_ENTER_SQ_WAKEUP, NULL, 0)
+        self._reap_discard()
+
+    cdef void _reap_discard(self) noexcept:
+        cdef IntArray ud, res, flg
+        cdef uint32_t i
+        self._scratch_sinks(&ud, &res, &flg)
+        for i in range(4):                 # flush overflow a few times, then re-wait
+            self._reap_some(&ud, &res, NULL, 0, self._nslots)
+            self._drop_released()
+            if not (vy_load_relaxed(self._sq_kflags) & IORING_SQ_CQ_OVERFLOW):
+                return
+            with nogil:
+                vy_io_uring_enter(self._fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0)
+
+    cdef int _drain_step(self, bint interruptible) except -1:
+        cdef vy_getevents_arg arg
+        cdef vy_timespec ts
+        cdef int ret
+        ts.tv_sec = 0
+        ts.tv_nsec = 200000000             # re-check the drain deadline every 0.2 s
+        memset(&arg, 0, sizeof(arg))
+        arg.ts = <uint64_t><size_t>&ts
+        with nogil:
+            if self._features & IORING_FEAT_EXT_ARG:
+                ret = vy_io_uring_enter(self._fd, 0, 1,
+                                        IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                                        &arg, sizeof(arg))
+            else:
+                ret = vy_poll_in(self._fd, 200)
+        if ret == -EINTR and interruptible:
+            PyErr_CheckSignals()
+        self._reap_discard()
+        return 0
+
+    cdef void _leak_outstanding(self) noexcept:
+        """Keep every outstanding request's memory alive for ever: the kernel's ring
+        teardown may still write into it after we close the fd."""
+        cdef uint32_t i
+        for i in range(self._nslots):
+            if self._slots[i].live:
+                self._slots[i].hold = NULL
+                self._slots[i].live = False
+        if self._reg_buffers != NULL:
+            self._reg_buffers.refs += 1     # never reaches zero
+        self._slots_used = 0
+        warnings.warn("Ring.close: requests did not finish after cancellation within "
+                      f"{_DRAIN_PATIENCE_S:.0f} s; their buffers are kept alive for ever",
+                      ResourceWarning)
+
+    cdef void _teardown(self) noexcept:
+        """Unmap, close, and release every hold; nothing may be in flight any more
+        (or this is a forked child, where the kernel writes only into the parent)."""
+        cdef uint32_t i
+        self._closed = True
+        if self._slots != NULL:
+            for i in range(self._nslots):
+                if self._slots[i].live and self._slots[i].hold != NULL:
+                    self._free_slot(i)
+            self._drop_released()
+        self._release_registered_buffers()
+        self._unmap()
+        if self._fd >= 0:
+            close(self._fd)
+            self._fd = -1
+        free(self._slots)
+        free(self._released)
+        free(self._scratch_ud)
+        free(self._scratch_res)
+        free(self._scratch_flags)
+        self._slots = NULL
+        self._released = NULL
+        self._scratch_ud = NULL
+        self._scratch_res = NULL
+        self._scratch_flags = NULL
+
+    cdef void _unmap(self) noexcept:
+        if self._sqes != NULL:
+            munmap(self._sqes, self._sqes_len)
+            self._sqes = NULL
+        if self._cq_map != NULL and self._cq_map != self._sq_map:
+            munmap(self._cq_map, self._cq_map_len)
+        self._cq_map = NULL
+        if self._sq_map != NULL:
+            munmap(self._sq_map, self._sq_map_len)
+            self._sq_map = NULL
+

@@ -1,0 +1,174 @@
+/*
+ * The few things of the ring core that must be exact C: constants newer than the
+ * build machine's <linux/io_uring.h>, the memory-ordering vocabulary, and raw
+ * syscall wrappers that return -errno (errno is read at once, never later).
+ *
+ * The system header is used for the structs; whatever a newer kernel offers that an
+ * older header (Debian 12 ships Linux 6.1's) lacks is defined here behind #ifndef,
+ * with the kernel's own values. Opcodes are an enum in the kernel header, so they
+ * come from there; the build needs headers from Linux 5.15 or newer.
+ */
+#ifndef VYRE_URING_ABI_H
+#define VYRE_URING_ABI_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/io_uring.h>
+
+/* Syscall numbers are the same on every architecture since Linux 5.1. */
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#endif
+#ifndef __NR_io_uring_enter
+#define __NR_io_uring_enter 426
+#endif
+#ifndef __NR_io_uring_register
+#define __NR_io_uring_register 427
+#endif
+
+#ifndef IORING_SETUP_SUBMIT_ALL
+#define IORING_SETUP_SUBMIT_ALL (1U << 7)      /* 5.18 */
+#endif
+#ifndef IORING_SETUP_COOP_TASKRUN
+#define IORING_SETUP_COOP_TASKRUN (1U << 8)    /* 5.19 */
+#endif
+#ifndef IORING_SETUP_TASKRUN_FLAG
+#define IORING_SETUP_TASKRUN_FLAG (1U << 9)    /* 5.19 */
+#endif
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER (1U << 12)  /* 6.0 */
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)  /* 6.1 */
+#endif
+#ifndef IORING_SQ_TASKRUN
+#define IORING_SQ_TASKRUN (1U << 2)            /* 5.19 */
+#endif
+#ifndef IORING_ENTER_EXT_ARG
+#define IORING_ENTER_EXT_ARG (1U << 3)         /* 5.11 */
+#endif
+#ifndef IORING_FEAT_EXT_ARG
+#define IORING_FEAT_EXT_ARG (1U << 8)          /* 5.11 */
+#endif
+#ifndef IORING_FEAT_NODROP
+#define IORING_FEAT_NODROP (1U << 1)           /* 5.5 */
+#endif
+#ifndef IORING_ASYNC_CANCEL_ALL
+#define IORING_ASYNC_CANCEL_ALL (1U << 0)      /* 5.19 */
+#endif
+#ifndef IORING_ASYNC_CANCEL_ANY
+#define IORING_ASYNC_CANCEL_ANY (1U << 2)      /* 5.19 */
+#endif
+#ifndef IORING_FILE_INDEX_ALLOC
+#define IORING_FILE_INDEX_ALLOC (~0U)          /* 5.19 */
+#endif
+#ifndef IORING_REGISTER_PROBE
+#define IORING_REGISTER_PROBE 8
+#endif
+#ifndef IO_URING_OP_SUPPORTED
+#define IO_URING_OP_SUPPORTED (1U << 0)
+#endif
+
+/* struct io_uring_getevents_arg (5.11) under our own name, so an older header
+ * that lacks it still builds; the layout is the kernel's. */
+struct vy_getevents_arg {
+    uint64_t sigmask;
+    uint32_t sigmask_sz;
+    uint32_t min_wait_usec;   /* "pad" before 6.12 */
+    uint64_t ts;              /* pointer to struct __kernel_timespec */
+};
+
+struct vy_timespec {          /* struct __kernel_timespec */
+    int64_t tv_sec;
+    long long tv_nsec;
+};
+
+/* ---- memory ordering: the whole vocabulary of the ring ------------------- */
+/* Each call site says which kernel access it pairs with. */
+static inline uint32_t vy_load_acquire(const uint32_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+static inline uint32_t vy_load_relaxed(const uint32_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+static inline void vy_store_release(uint32_t *p, uint32_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+static inline void vy_fence_full(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+/* The busy flag that turns concurrent use of one Ring into RingBusyError. */
+static inline int vy_try_lock(int *flag)
+{
+    return __atomic_exchange_n(flag, 1, __ATOMIC_ACQUIRE) == 0;
+}
+static inline void vy_unlock(int *flag)
+{
+    __atomic_store_n(flag, 0, __ATOMIC_RELEASE);
+}
+
+/* ---- raw syscalls, each returning -errno on failure ---------------------- */
+static inline int vy_io_uring_setup(unsigned entries, struct io_uring_params *p)
+{
+    long r = syscall(__NR_io_uring_setup, entries, p);
+    return r < 0 ? -errno : (int)r;
+}
+static inline int vy_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete,
+                                    unsigned flags, void *arg, size_t argsz)
+{
+    long r = syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz);
+    return r < 0 ? -errno : (int)r;
+}
+static inline int vy_io_uring_register(int fd, unsigned opcode, const void *arg,
+                                       unsigned nr_args)
+{
+    long r = syscall(__NR_io_uring_register, fd, opcode, arg, nr_args);
+    return r < 0 ? -errno : (int)r;
+}
+static inline void *vy_mmap_ring(int fd, size_t len, uint64_t offset, int *err)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                   (off_t)offset);
+    *err = (p == MAP_FAILED) ? errno : 0;
+    return p;
+}
+static inline int vy_poll_in(int fd, int timeout_ms)
+{
+    struct pollfd pfd = { .fd = fd, .events = POLLIN, .revents = 0 };
+    int r = poll(&pfd, 1, timeout_ms);
+    return r < 0 ? -errno : r;
+}
+static inline double vy_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- fork detection --------------------------------------------------------
+ * A ring's mappings and fd are inherited by a forked child but belong to the
+ * parent's ring; a child must not submit to it, drain it or cancel its requests.
+ * A pthread_atfork child handler bumps a generation that each Ring compares with
+ * the one it was created in: one load per call, no getpid() syscall. */
+static unsigned long vy_fork_generation = 0;
+static void vy_after_fork_child(void) { vy_fork_generation++; }
+static inline int vy_install_atfork(void)
+{
+    return -pthread_atfork(NULL, NULL, vy_after_fork_child);
+}
+static inline unsigned long vy_fork_gen(void) { return vy_fork_generation; }
+
+#endif /* VYRE_URING_ABI_H */
