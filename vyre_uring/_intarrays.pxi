@@ -17,10 +17,12 @@ cdef const char *_FORMAT_UNSIGNED_BYTE = b"B"   # a buffer with no format is byt
 
 cdef int int_array_open(IntArray *a, object obj, str name, bint writable,
                         bint allow_scalar) except -1:
-    """Fill `a` from `obj`; release with int_array_close."""
+    """Fill `a` from `obj`; release with int_array_close. The common case (a native
+    integer buffer) takes no Python-level exception handling: it is a hot path."""
     cdef const char *fmt
     cdef char code
-    memset(a, 0, sizeof(IntArray))
+    a.has_view = False
+    a.n = 0
     if allow_scalar and isinstance(obj, int):
         a.n = -1
         a.scalar = obj
@@ -30,16 +32,14 @@ cdef int int_array_open(IntArray *a, object obj, str name, bint writable,
             raise TypeError(f"{name} must be a 1-D integer buffer (array.array, numpy array), "
                             f"not {type(obj).__name__}")
         obj = _array_q(obj, name)
-    try:
-        PyObject_GetBuffer(obj, &a.view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS |
-                           (PyBUF_WRITABLE if writable else 0))
-    except BufferError as exc:
-        raise TypeError(f"{name}: {exc}") from None
+    if _get_buffer_noraise(obj, &a.view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS |
+                           (PyBUF_WRITABLE if writable else 0)) < 0:
+        _reraise_buffer_error(name)
     a.has_view = True
     fmt = a.view.format
     if fmt == NULL:
         fmt = _FORMAT_UNSIGNED_BYTE
-    if fmt[0] in b"@=<":
+    if fmt[0] == b"@" or fmt[0] == b"=" or fmt[0] == b"<":
         fmt += 1
     code = fmt[0]
     if a.view.ndim != 1 or code == 0 or fmt[1] != 0 or code not in b"bBhHiIlLqQnN" \
@@ -53,6 +53,14 @@ cdef int int_array_open(IntArray *a, object obj, str name, bint writable,
     a.itemsize = <int>a.view.itemsize
     a.is_signed = code in b"bhilqn"
     return 0
+
+
+cdef int _reraise_buffer_error(str name) except -1:
+    """Turn the pending BufferError of a failed export into a TypeError naming `name`."""
+    try:
+        raise
+    except BufferError as exc:
+        raise TypeError(f"{name}: {exc}") from None
 
 
 cdef object _array_q(object obj, str name):

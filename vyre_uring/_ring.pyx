@@ -226,9 +226,12 @@ cdef class Ring:
     cdef Hold *_reg_buffers
     cdef uint32_t _reg_buffer_count
     cdef int64_t _reg_file_count
+    cdef int _ring_index            # registered ring fd (-1: none), valid in _ring_thread
+    cdef unsigned long _ring_thread
 
     def __cinit__(self, *args, **kwargs):
         self._fd = -1
+        self._ring_index = -1
         self._closed = True
 
     def __init__(self, unsigned int entries=256, *, cq_entries=None, bint sqpoll=False,
@@ -271,6 +274,29 @@ cdef class Ring:
         self._reg_file_count = 0
         self._fork_gen = vy_fork_gen()
         self._closed = False
+        self._register_ring_fd()
+
+    cdef void _register_ring_fd(self) noexcept:
+        """Register the ring fd with the kernel (5.18) so io_uring_enter skips the fd
+        lookup (fget/fput) on every call. Optional: older kernels, or a thread that
+        already registered 16 rings, simply use the plain fd."""
+        cdef vy_rsrc_update up
+        memset(&up, 0, sizeof(up))
+        up.offset = UINT32_MAX             # let the kernel pick the slot
+        up.data = <uint64_t>self._fd
+        if vy_io_uring_register(self._fd, IORING_REGISTER_RING_FDS, &up, 1) == 1:
+            self._ring_index = <int>up.offset
+            self._ring_thread = vy_thread_id()
+
+    cdef void _unregister_ring_fd(self) noexcept:
+        """Only the registering thread can unregister; elsewhere the kernel releases
+        the registration when that thread exits."""
+        cdef vy_rsrc_update up
+        if self._ring_index >= 0 and vy_thread_id() == self._ring_thread:
+            memset(&up, 0, sizeof(up))
+            up.offset = <uint32_t>self._ring_index
+            vy_io_uring_register(self._fd, IORING_UNREGISTER_RING_FDS, &up, 1)
+        self._ring_index = -1
 
     cdef int _setup_params(self, io_uring_params *p, unsigned int entries, object cq_entries,
                            bint sqpoll, unsigned int idle_ms, object cpu, bint single_issuer,
@@ -550,15 +576,15 @@ cdef class Ring:
                 return submitted
             if ret < 0:
                 continue                  # EINTR (signals ran), EAGAIN or EBUSY: retry
-            if not sqpoll:
-                submitted += ret
             if sqpoll:
-                to_submit = 0
                 if not waiting:
                     return submitted
+            else:
+                submitted += ret
+                if <uint32_t>ret == to_submit and (
+                        not waiting or self._cq_ready() >= min_complete):
+                    return submitted
             if waiting and deadline >= 0 and vy_monotonic() >= deadline:
-                return submitted
-            if not waiting and self._sq_pending() == 0:
                 return submitted
 
     cdef int _enter(self, uint32_t to_submit, uint32_t min_complete, uint32_t flags,
@@ -592,8 +618,12 @@ cdef class Ring:
                     if ret >= 0 and self._cq_ready() < min_complete:
                         vy_poll_in(self._fd, ms)
                 return self._enter_result(ret, "io_uring_enter")
+        cdef int fd = self._fd
+        if self._ring_index >= 0 and vy_thread_id() == self._ring_thread:
+            fd = self._ring_index
+            flags |= IORING_ENTER_REGISTERED_RING
         with nogil:
-            ret = vy_io_uring_enter(self._fd, to_submit, min_complete, flags, argp, argsz)
+            ret = vy_io_uring_enter(fd, to_submit, min_complete, flags, argp, argsz)
         return self._enter_result(ret, "io_uring_enter")
 
     cdef int _enter_result(self, int ret, str syscall) except? -1000:
@@ -1564,6 +1594,7 @@ cdef class Ring:
             self._drop_released()
         self._release_registered_buffers()
         self._unmap()
+        self._unregister_ring_fd()
         if self._fd >= 0:
             close(self._fd)
             self._fd = -1

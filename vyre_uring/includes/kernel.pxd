@@ -56,6 +56,10 @@ cdef extern from "uring_abi.h" nogil:
         uint32_t sigmask_sz
         uint64_t ts
 
+    struct vy_rsrc_update:
+        uint32_t offset
+        uint64_t data
+
     struct vy_timespec:
         int64_t tv_sec
         long long tv_nsec
@@ -94,13 +98,14 @@ cdef extern from "uring_abi.h" nogil:
         IORING_SQ_NEED_WAKEUP, IORING_SQ_CQ_OVERFLOW, IORING_SQ_TASKRUN
 
         IORING_ENTER_GETEVENTS, IORING_ENTER_SQ_WAKEUP, IORING_ENTER_SQ_WAIT
-        IORING_ENTER_EXT_ARG
+        IORING_ENTER_EXT_ARG, IORING_ENTER_REGISTERED_RING
 
         IORING_OFF_SQ_RING, IORING_OFF_CQ_RING, IORING_OFF_SQES
 
         IORING_REGISTER_BUFFERS, IORING_UNREGISTER_BUFFERS
         IORING_REGISTER_FILES, IORING_UNREGISTER_FILES
         IORING_REGISTER_FILES_UPDATE, IORING_REGISTER_PROBE
+        IORING_REGISTER_RING_FDS, IORING_UNREGISTER_RING_FDS
 
         IORING_FSYNC_DATASYNC, IORING_TIMEOUT_ABS
         IORING_ASYNC_CANCEL_ALL, IORING_ASYNC_CANCEL_ANY
@@ -122,11 +127,17 @@ cdef extern from "uring_abi.h" nogil:
     double vy_monotonic()
     int vy_install_atfork()
     unsigned long vy_fork_gen()
+    unsigned long vy_thread_id()
 
     void *MAP_FAILED
     int munmap(void *addr, size_t length)
     int close(int fd)
     int AT_FDCWD
+
+cdef extern from "Python.h":
+    # PyObject_GetBuffer declared without Cython's "except -1": the caller checks the
+    # result, so the hot path sets up no exception handling.
+    int _get_buffer_noraise "PyObject_GetBuffer" (object obj, Py_buffer *view, int flags)
 
 cdef extern from "<linux/stat.h>" nogil:
     struct statx_timestamp:

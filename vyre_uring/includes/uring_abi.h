@@ -62,6 +62,13 @@
 #ifndef IORING_FEAT_NODROP
 #define IORING_FEAT_NODROP (1U << 1)           /* 5.5 */
 #endif
+#ifndef IORING_ENTER_REGISTERED_RING
+#define IORING_ENTER_REGISTERED_RING (1U << 4) /* 5.18 */
+#endif
+#ifndef IORING_REGISTER_RING_FDS
+#define IORING_REGISTER_RING_FDS 20            /* 5.18 */
+#define IORING_UNREGISTER_RING_FDS 21
+#endif
 #ifndef IORING_ASYNC_CANCEL_ALL
 #define IORING_ASYNC_CANCEL_ALL (1U << 0)      /* 5.19 */
 #endif
@@ -85,6 +92,13 @@ struct vy_getevents_arg {
     uint32_t sigmask_sz;
     uint32_t min_wait_usec;   /* "pad" before 6.12 */
     uint64_t ts;              /* pointer to struct __kernel_timespec */
+};
+
+/* struct io_uring_rsrc_update (5.13), for registering the ring fd itself. */
+struct vy_rsrc_update {
+    uint32_t offset;
+    uint32_t resv;
+    uint64_t data;
 };
 
 struct vy_timespec {          /* struct __kernel_timespec */
@@ -170,5 +184,9 @@ static inline int vy_install_atfork(void)
     return -pthread_atfork(NULL, NULL, vy_after_fork_child);
 }
 static inline unsigned long vy_fork_gen(void) { return vy_fork_generation; }
+
+/* Registered ring fds belong to the registering thread (the kernel keeps them in
+ * the task's io_uring context); a Ring uses its registered index only there. */
+static inline unsigned long vy_thread_id(void) { return (unsigned long)pthread_self(); }
 
 #endif /* VYRE_URING_ABI_H */

@@ -1,0 +1,51 @@
+"""Shared fixtures for the vyre_uring tests."""
+import os
+import random
+
+import pytest
+
+import vyre_uring
+
+TMP_FILE_SIZE = 1 << 20
+
+
+@pytest.fixture
+def ring():
+    """A Ring(64), closed after the test."""
+    r = vyre_uring.Ring(64)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture
+def tmp_file(tmp_path):
+    """(path, data): a 1 MiB file of deterministic random bytes."""
+    data = random.Random(1234).randbytes(TMP_FILE_SIZE)
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    return str(path), data
+
+
+@pytest.fixture
+def fd(tmp_file):
+    """tmp_file opened O_RDONLY, closed after the test."""
+    path, _ = tmp_file
+    f = os.open(path, os.O_RDONLY)
+    try:
+        yield f
+    finally:
+        os.close(f)
+
+
+@pytest.fixture
+def pipe():
+    """(read_fd, write_fd) of a fresh pipe; both closed after the test if still open."""
+    r, w = os.pipe()
+    yield r, w
+    for f in (r, w):
+        try:
+            os.close(f)
+        except OSError:
+            pass
