@@ -2,6 +2,7 @@
 import array
 import errno
 import os
+import re
 import stat
 import time
 
@@ -278,44 +279,65 @@ def test_openat_missing_path_is_enoent(ring, tmp_path):
     assert one(ring).res == -errno.ENOENT
 
 
-def _direct_open_or_skip(ring, path, file_index):
-    ring.prep_openat(path, file_index=file_index)
-    res = one(ring).res
-    if res == -errno.EINVAL:
-        pytest.skip("kernel does not support direct descriptors for openat (needs 5.15)")
-    return res
+def _kernel_at_least(major, minor):
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (major, minor)
 
 
 def test_openat_into_fixed_file_slot_then_fixed_read(ring, tmp_file):
+    if not _kernel_at_least(5, 15):
+        pytest.skip("direct descriptors for openat need Linux 5.15")
     path, data = tmp_file
     ring.register_files([-1] * 4)
     assert ring.registered_files == 4
-    res = _direct_open_or_skip(ring, path, 2)
-    assert res == 0
+    ring.prep_openat(path, file_index=2)
+    assert one(ring).res == 0
     buf = bytearray(256)
     ring.prep_read(2, buf, 4096, flags=SQE_FIXED_FILE)
     assert one(ring).res == 256
     assert bytes(buf) == data[4096:4096 + 256]
-    ring.prep_close(2, fixed=True)
-    assert one(ring).res == 0
-    # the slot is empty now: a fixed read from it fails with EBADF
-    ring.prep_read(2, buf, 0, flags=SQE_FIXED_FILE)
-    assert one(ring).res == -errno.EBADF
 
 
 def test_openat_file_index_alloc_returns_slot(ring, tmp_file):
+    if not _kernel_at_least(5, 19):
+        pytest.skip("IORING_FILE_INDEX_ALLOC needs Linux 5.19")
     path, data = tmp_file
     ring.register_files([-1] * 4)
-    slot = _direct_open_or_skip(ring, path, FILE_INDEX_ALLOC)
-    if slot == -errno.EINVAL:
-        pytest.skip("kernel lacks IORING_FILE_INDEX_ALLOC (needs 5.19)")
+    ring.prep_openat(path, file_index=FILE_INDEX_ALLOC)
+    slot = one(ring).res
     assert 0 <= slot < 4
     buf = bytearray(64)
     ring.prep_read(slot, buf, 10, flags=SQE_FIXED_FILE)
     assert one(ring).res == 64 and bytes(buf) == data[10:74]
-    # a second alloc gets a different slot
-    slot2 = _direct_open_or_skip(ring, path, FILE_INDEX_ALLOC)
+    ring.prep_openat(path, file_index=FILE_INDEX_ALLOC)
+    slot2 = one(ring).res
     assert 0 <= slot2 < 4 and slot2 != slot
+
+
+def test_openat_file_index_without_table_is_refused(ring, tmp_file):
+    path, _ = tmp_file
+    with pytest.raises(ValueError, match="register_files"):
+        ring.prep_openat(path, file_index=0)
+    assert ring.pending == 0
+
+
+def test_close_fixed_slot(ring, fd, tmp_file):
+    _, data = tmp_file
+    dup = os.dup(fd)
+    try:
+        ring.register_files([-1, dup])
+    finally:
+        os.close(dup)                       # the table keeps its own reference
+    buf = bytearray(8)
+    ring.prep_read(1, buf, 0, flags=SQE_FIXED_FILE)
+    assert one(ring).res == 8 and bytes(buf) == data[:8]
+    ring.prep_close(1, fixed=True, user_data=5)
+    c = one(ring)
+    if c.res == -errno.EINVAL and not _kernel_at_least(5, 15):
+        pytest.skip("closing direct descriptors needs Linux 5.15")
+    assert (c.user_data, c.res) == (5, 0)
+    ring.prep_read(1, buf, 0, flags=SQE_FIXED_FILE)
+    assert one(ring).res == -errno.EBADF
 
 
 def test_close_plain_fd(ring, tmp_file):
@@ -431,6 +453,19 @@ def test_cancel_a_pending_timeout(ring):
 def test_cancel_unknown_user_data_is_enoent(ring):
     ring.prep_cancel(123456, user_data=1)
     assert one(ring).res == -errno.ENOENT
+
+
+def test_cancel_picks_the_oldest_of_equal_user_data(ring, pipe):
+    ring.prep_nops([0, 1, 2, 3])                 # cycle slots through the free list
+    collect(ring, 4)
+    buf = bytearray(4)
+    ring.prep_read(pipe[0], buf, -1, user_data=7)        # older
+    ring.prep_timeout(10.0, user_data=7)                 # newer
+    ring.submit()
+    ring.prep_cancel(7, user_data=1)
+    got = collect(ring, 2)
+    assert got[1].res == 0 and got[7].res == -errno.ECANCELED
+    buf.extend(b"x")          # BufferError unless the older read was the one cancelled
 
 
 def test_failing_linked_read_cancels_the_next(ring, tmp_path):
@@ -552,7 +587,8 @@ def test_prep_reads_explicit_buffer_offsets_and_user_data(ring, fd):
     for ud, off, n, bo in zip(uds, offs, lens, boffs):
         assert got[ud].res == n
         assert bytes(buf[bo:bo + n]) == os.pread(fd, n, off)
-    assert buf[100:5000] == b"\x55" * 4900
+    assert buf[200:5000] == b"\x55" * 4800
+    assert buf[5300:9000] == b"\x55" * 3700
 
 
 def test_prep_reads_user_data_list(ring, fd):

@@ -107,10 +107,11 @@ cdef void _close_batch(ReadBatch *b) noexcept:
     int_array_close(&b.index)
 
 
-cdef int _check_same_length(IntArray *a, str name, Py_ssize_t n) except -1:
+cdef int _check_same_length(IntArray *a, str name, Py_ssize_t n,
+                            str reference="offsets") except -1:
     if a.n >= 0 and a.n != n:
-        raise ValueError(f"{name} has {a.n} elements but offsets has {n}: the arrays must "
-                         f"have equal lengths")
+        raise ValueError(f"{name} has {a.n} elements but {reference} has {n}: the arrays "
+                         f"must have equal lengths")
     return 0
 
 
@@ -144,3 +145,40 @@ cdef int *_array_i_pointer(object table) except NULL:
     if len(a) == 0:
         raise ValueError("empty file table")
     return a.data.as_ints
+
+
+# Sinks: the caller's output arrays of reap(), borrowed for one C copy.
+cdef struct Sinks:
+    IntArray ud, res, flags
+    bint has_flags
+
+
+cdef Py_ssize_t _open_sinks(Sinks *s, object ud_out, object res_out, object flags_out) \
+        except -1:
+    """Borrow and check reap()'s output arrays; returns their common length."""
+    s.has_flags = False
+    s.ud.has_view = s.res.has_view = s.flags.has_view = False
+    try:
+        int_array_open(&s.ud, ud_out, "user_data_out", True, False, True)
+        if s.ud.itemsize != 8:
+            raise TypeError("user_data_out must hold 8-byte integers (array('Q'), uint64)")
+        int_array_open(&s.res, res_out, "res_out", True, False, True)
+        if s.res.itemsize < 4 or not s.res.is_signed:
+            raise TypeError("res_out must hold signed 4- or 8-byte integers (array('i'))")
+        _check_same_length(&s.res, "res_out", s.ud.n, "user_data_out")
+        if flags_out is not None:
+            int_array_open(&s.flags, flags_out, "flags_out", True, False, True)
+            s.has_flags = True
+            if s.flags.itemsize < 4:
+                raise TypeError("flags_out must hold 4- or 8-byte integers (array('I'))")
+            _check_same_length(&s.flags, "flags_out", s.ud.n, "user_data_out")
+    except BaseException:
+        _close_sinks(s)
+        raise
+    return s.ud.n
+
+
+cdef void _close_sinks(Sinks *s) noexcept:
+    int_array_close(&s.ud)
+    int_array_close(&s.res)
+    int_array_close(&s.flags)

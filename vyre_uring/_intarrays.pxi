@@ -16,9 +16,13 @@ cdef const char *_FORMAT_UNSIGNED_BYTE = b"B"   # a buffer with no format is byt
 
 
 cdef int int_array_open(IntArray *a, object obj, str name, bint writable,
-                        bint allow_scalar) except -1:
+                        bint allow_scalar, bint borrow=False) except -1:
     """Fill `a` from `obj`; release with int_array_close. The common case (a native
-    integer buffer) takes no Python-level exception handling: it is a hot path."""
+    integer buffer) takes no Python-level exception handling: it is a hot path.
+
+    With `borrow`, an array.array is read in place without a buffer export. Such a
+    view is valid only while the GIL stays held and no Python code runs: the caller
+    must not release the GIL, call into Python or free holds before closing it."""
     cdef const char *fmt
     cdef char code
     a.has_view = False
@@ -27,14 +31,16 @@ cdef int int_array_open(IntArray *a, object obj, str name, bint writable,
         a.n = -1
         a.scalar = obj
         return 0
+    if borrow and isinstance(obj, carray.array):
+        return _borrow_array(a, <carray.array>obj, name)
     if not PyObject_CheckBuffer(obj):
         if writable or obj is None or isinstance(obj, (str, bytes)):
             raise TypeError(f"{name} must be a 1-D integer buffer (array.array, numpy array), "
                             f"not {type(obj).__name__}")
         obj = _array_q(obj, name)
-    if _get_buffer_noraise(obj, &a.view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS |
-                           (PyBUF_WRITABLE if writable else 0)) < 0:
-        _reraise_buffer_error(name)
+    cdef int flags = PyBUF_FORMAT | PyBUF_C_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0)
+    if _get_buffer_noraise(obj, &a.view, flags) < 0:
+        _reraise_buffer_error(obj, flags, name)
     a.has_view = True
     fmt = a.view.format
     if fmt == NULL:
@@ -55,12 +61,28 @@ cdef int int_array_open(IntArray *a, object obj, str name, bint writable,
     return 0
 
 
-cdef int _reraise_buffer_error(str name) except -1:
-    """Turn the pending BufferError of a failed export into a TypeError naming `name`."""
+cdef int _borrow_array(IntArray *a, carray.array arr, str name) except -1:
+    cdef char code = arr.ob_descr.typecode
+    if code not in b"bBhHiIlLqQ":
+        raise TypeError(f"{name} must be an array of integers, not typecode {chr(code)!r}")
+    a.buf = arr.data.as_chars
+    a.n = Py_SIZE(arr)
+    a.itemsize = arr.ob_descr.itemsize
+    a.is_signed = code in b"bhilq"
+    return 0
+
+
+cdef int _reraise_buffer_error(object obj, int flags, str name) except -1:
+    """A failed export, asked again the raising way (cold path), as a TypeError
+    naming `name`."""
+    cdef Py_buffer view
+    PyErr_Clear()
     try:
-        raise
+        PyObject_GetBuffer(obj, &view, flags)
     except BufferError as exc:
         raise TypeError(f"{name}: {exc}") from None
+    PyBuffer_Release(&view)
+    raise TypeError(f"{name}: the buffer export failed")
 
 
 cdef object _array_q(object obj, str name):

@@ -18,9 +18,10 @@ from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_SIMPLE,
                              PyObject_GetBuffer)
 from cpython cimport array as carray
 from cpython.bytes cimport PyBytes_AS_STRING
-from cpython.exc cimport PyErr_CheckSignals
-from cpython.object cimport PyObject
+from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear
+from cpython.object cimport PyObject, Py_SIZE
 from cpython.ref cimport Py_INCREF, Py_XDECREF
+from libc.limits cimport LLONG_MAX
 from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
                           uint64_t, UINT32_MAX)
 from libc.errno cimport EAGAIN, EBUSY, EINTR, EINVAL, ETIME
@@ -97,6 +98,7 @@ cdef struct Slot:
     uint32_t next_free
     bint live
     vy_timespec ts          # prep_timeout's timespec, stable while the slot lives
+    uint64_t seq            # order of preparation (prep_cancel targets the oldest)
 
 
 cdef class Completion:
@@ -184,6 +186,37 @@ cdef bytes _path_bytes(object path):
     return b
 
 
+cdef int64_t _i64(object v, str name) except? -1:
+    """An int argument as int64; a float or a str is a TypeError, never truncated."""
+    if not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+    return v
+
+
+cdef uint64_t _u64(object v, str name) except? 0xFFFFFFFFFFFFFFFF:
+    if not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+    if not 0 <= v <= 0xFFFFFFFFFFFFFFFF:
+        raise OverflowError(f"{name} must be between 0 and 2**64-1, not {v}")
+    return v
+
+
+cdef uint32_t _count(object v, str name) except? 0xFFFFFFFF:
+    if not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+    if not 0 <= v <= 0xFFFFFFFF:
+        raise ValueError(f"{name} must be between 0 and 2**32-1, not {v}")
+    return v
+
+
+cdef uint8_t _u8(object v, str name) except? 0xFF:
+    if not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+    if not 0 <= v <= 0xFF:
+        raise ValueError(f"{name} must be IOSQE_* bits (0..255), not {v}")
+    return v
+
+
 cdef class Ring:
     """An io_uring instance: submission and completion queues shared with the kernel.
 
@@ -217,6 +250,7 @@ cdef class Ring:
     cdef uint32_t _cq_mask, _cq_entries
     cdef Slot *_slots
     cdef uint32_t _nslots, _free_head, _slots_used
+    cdef uint64_t _seq              # requests prepared so far
     cdef Hold **_released           # holds whose last request a reap completed
     cdef uint32_t _nreleased
     cdef uint64_t *_scratch_ud      # completions() reaps through these
@@ -452,6 +486,8 @@ cdef class Ring:
         self._slots_used += 1
         slot.live = True
         slot.user_data = user_data
+        slot.seq = self._seq
+        self._seq += 1
         slot.hold = hold
         if hold != NULL:
             hold.refs += 1
@@ -686,37 +722,48 @@ cdef class Ring:
         vy_store_release(self._cq_khead, head)
         return n
 
-    cdef uint32_t _reap(self, IntArray *ud, IntArray *res, IntArray *flg, uint32_t maxn) \
-            except? 0xFFFFFFFF:
-        """Reap up to `maxn`, flushing CQ overflow (or deferred task work) when flagged."""
-        cdef uint32_t total = 0, got
+    cdef Py_ssize_t _reap(self, object ud_out, object res_out, object flags_out,
+                          Py_ssize_t capacity) except -1:
+        """Reap up to `capacity` completions into the caller's arrays (None: into the
+        ring's scratch arrays), flushing CQ overflow or deferred task work when the
+        kernel flags it. The arrays are borrowed only around the C copy: never while
+        the GIL is released or while holds are freed (which may run Python code)."""
+        cdef Sinks sinks
+        cdef Py_ssize_t total = 0
+        cdef uint32_t got
         cdef bint flushed = False
+        if self._cq_ready() == 0 and self._cq_needs_flush():
+            self._get_events()
+            flushed = True
         while True:
-            got = self._reap_some(ud, res, flg, total, maxn - total)
+            if ud_out is None:
+                self._scratch_sinks(&sinks)
+            else:
+                capacity = min(capacity, _open_sinks(&sinks, ud_out, res_out, flags_out))
+            got = self._reap_some(&sinks.ud, &sinks.res,
+                                  &sinks.flags if sinks.has_flags else NULL, <uint32_t>total,
+                                  <uint32_t>min(capacity - total, <Py_ssize_t>UINT32_MAX))
+            _close_sinks(&sinks)
             self._drop_released()
             total += got
-            if total == maxn or (flushed and got == 0) or not self._cq_needs_flush():
+            if total >= capacity or (flushed and got == 0) or not self._cq_needs_flush():
                 return total
             self._get_events()
             flushed = True
 
-    cdef void _scratch_sinks(self, IntArray *ud, IntArray *res, IntArray *flg) noexcept:
-        """IntArrays over the ring's own scratch arrays (capacity: one per slot)."""
-        memset(ud, 0, sizeof(IntArray))
-        memset(res, 0, sizeof(IntArray))
-        memset(flg, 0, sizeof(IntArray))
-        ud.buf = <char *>self._scratch_ud
-        ud.itemsize = 8
-        res.buf = <char *>self._scratch_res
-        res.itemsize = 4
-        flg.buf = <char *>self._scratch_flags
-        flg.itemsize = 4
+    cdef void _scratch_sinks(self, Sinks *sinks) noexcept:
+        """Sinks over the ring's own scratch arrays (capacity: one per slot)."""
+        memset(sinks, 0, sizeof(Sinks))
+        sinks.ud.buf = <char *>self._scratch_ud
+        sinks.ud.itemsize = 8
+        sinks.res.buf = <char *>self._scratch_res
+        sinks.res.itemsize = 4
+        sinks.flags.buf = <char *>self._scratch_flags
+        sinks.flags.itemsize = 4
+        sinks.has_flags = True
 
     cdef list _reap_list(self):
-        cdef IntArray ud, res, flg
-        cdef uint32_t i, n
-        self._scratch_sinks(&ud, &res, &flg)
-        n = self._reap(&ud, &res, &flg, self._nslots)
+        cdef Py_ssize_t i, n = self._reap(None, None, None, self._nslots)
         return [_completion(self._scratch_ud[i], self._scratch_res[i], self._scratch_flags[i])
                 for i in range(n)]
 
@@ -780,27 +827,29 @@ cdef class Ring:
 
     # ---- public: per-op prep ------------------------------------------------------
 
-    def prep_nop(self, *, uint64_t user_data=0, uint8_t flags=0):
+    def prep_nop(self, *, user_data=0, flags=0):
         """A request that does nothing and completes with res 0."""
+        cdef uint64_t ud = _u64(user_data, "user_data")
+        cdef uint8_t fl = _u8(flags, "flags")
         self._enter_api()
         try:
-            self._check_fd(0, flags & ~IOSQE_FIXED_FILE)
-            self._next_sqe(user_data, flags, NULL).opcode = IORING_OP_NOP
+            self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
+            self._next_sqe(ud, fl, NULL).opcode = IORING_OP_NOP
         finally:
             self._leave_api()
 
-    def prep_read(self, int64_t fd, buf, int64_t offset=0, *, nbytes=None,
-                  Py_ssize_t buf_offset=0, uint64_t user_data=0, uint8_t flags=0):
+    def prep_read(self, fd, buf, offset=0, *, nbytes=None,
+                  Py_ssize_t buf_offset=0, user_data=0, flags=0):
         """Read up to `nbytes` (default: the rest of `buf`) at file `offset` (-1: the
         file position) into writable `buf` starting at `buf_offset`."""
-        self._prep_rw(IORING_OP_READ, fd, buf, offset, nbytes, buf_offset, user_data, flags,
-                      True)
+        self._prep_rw(IORING_OP_READ, _i64(fd, "fd"), buf, _i64(offset, "offset"), nbytes,
+                      buf_offset, _u64(user_data, "user_data"), _u8(flags, "flags"), True)
 
-    def prep_write(self, int64_t fd, buf, int64_t offset=0, *, nbytes=None,
-                   Py_ssize_t buf_offset=0, uint64_t user_data=0, uint8_t flags=0):
+    def prep_write(self, fd, buf, offset=0, *, nbytes=None,
+                   Py_ssize_t buf_offset=0, user_data=0, flags=0):
         """Write `nbytes` (default: the rest of `buf`) from `buf[buf_offset:]` at `offset`."""
-        self._prep_rw(IORING_OP_WRITE, fd, buf, offset, nbytes, buf_offset, user_data, flags,
-                      False)
+        self._prep_rw(IORING_OP_WRITE, _i64(fd, "fd"), buf, _i64(offset, "offset"), nbytes,
+                      buf_offset, _u64(user_data, "user_data"), _u8(flags, "flags"), False)
 
     cdef int _prep_rw(self, uint8_t opcode, int64_t fd, object buf, int64_t offset,
                       object nbytes, Py_ssize_t buf_offset, uint64_t user_data, uint8_t flags,
@@ -829,15 +878,17 @@ cdef class Ring:
             self._leave_api()
         return 0
 
-    def prep_readv(self, int64_t fd, buffers, int64_t offset=0, *, uint64_t user_data=0,
-                   uint8_t flags=0):
+    def prep_readv(self, fd, buffers, offset=0, *, user_data=0,
+                   flags=0):
         """Scatter-read into each writable buffer of `buffers` in turn."""
-        self._prep_rwv(IORING_OP_READV, fd, buffers, offset, user_data, flags, True)
+        self._prep_rwv(IORING_OP_READV, _i64(fd, "fd"), buffers, _i64(offset, "offset"),
+                       _u64(user_data, "user_data"), _u8(flags, "flags"), True)
 
-    def prep_writev(self, int64_t fd, buffers, int64_t offset=0, *, uint64_t user_data=0,
-                    uint8_t flags=0):
+    def prep_writev(self, fd, buffers, offset=0, *, user_data=0,
+                    flags=0):
         """Gather-write each buffer of `buffers` in turn."""
-        self._prep_rwv(IORING_OP_WRITEV, fd, buffers, offset, user_data, flags, False)
+        self._prep_rwv(IORING_OP_WRITEV, _i64(fd, "fd"), buffers, _i64(offset, "offset"),
+                       _u64(user_data, "user_data"), _u8(flags, "flags"), False)
 
     cdef int _prep_rwv(self, uint8_t opcode, int64_t fd, object buffers, int64_t offset,
                        uint64_t user_data, uint8_t flags, bint writable) except -1:
@@ -873,19 +924,21 @@ cdef class Ring:
             self._leave_api()
         return 0
 
-    def prep_read_fixed(self, int64_t fd, uint32_t buf_index, int64_t offset, nbytes,
-                        Py_ssize_t buf_offset=0, *, uint64_t user_data=0, uint8_t flags=0):
+    def prep_read_fixed(self, fd, buf_index, offset, nbytes,
+                        Py_ssize_t buf_offset=0, *, user_data=0, flags=0):
         """Read `nbytes` at `offset` into registered buffer `buf_index` at `buf_offset`."""
-        self._prep_fixed(IORING_OP_READ_FIXED, fd, buf_index, offset, nbytes, buf_offset,
-                         user_data, flags)
+        self._prep_fixed(IORING_OP_READ_FIXED, _i64(fd, "fd"), _i64(buf_index, "buf_index"),
+                         _i64(offset, "offset"), nbytes, buf_offset,
+                         _u64(user_data, "user_data"), _u8(flags, "flags"))
 
-    def prep_write_fixed(self, int64_t fd, uint32_t buf_index, int64_t offset, nbytes,
-                         Py_ssize_t buf_offset=0, *, uint64_t user_data=0, uint8_t flags=0):
+    def prep_write_fixed(self, fd, buf_index, offset, nbytes,
+                         Py_ssize_t buf_offset=0, *, user_data=0, flags=0):
         """Write `nbytes` from registered buffer `buf_index` at `buf_offset` to `offset`."""
-        self._prep_fixed(IORING_OP_WRITE_FIXED, fd, buf_index, offset, nbytes, buf_offset,
-                         user_data, flags)
+        self._prep_fixed(IORING_OP_WRITE_FIXED, _i64(fd, "fd"), _i64(buf_index, "buf_index"),
+                         _i64(offset, "offset"), nbytes, buf_offset,
+                         _u64(user_data, "user_data"), _u8(flags, "flags"))
 
-    cdef int _prep_fixed(self, uint8_t opcode, int64_t fd, uint32_t buf_index, int64_t offset,
+    cdef int _prep_fixed(self, uint8_t opcode, int64_t fd, int64_t buf_index, int64_t offset,
                          object nbytes, Py_ssize_t buf_offset, uint64_t user_data,
                          uint8_t flags) except -1:
         cdef io_uring_sqe *sqe
@@ -913,105 +966,123 @@ cdef class Ring:
                              f"({self._reg_buffer_count} registered)")
         return 0
 
-    def prep_openat(self, path, int flags=os.O_RDONLY, int mode=0o644, *, int dir_fd=AT_FDCWD,
-                    file_index=None, uint64_t user_data=0, uint8_t sqe_flags=0):
-        """Open `path` (relative to `dir_fd`); res is the new fd. With `file_index`, open
-        into that slot of the registered file table (a direct descriptor; res is 0), or
-        into a free slot with FILE_INDEX_ALLOC (res is the slot). O_CLOEXEC is added."""
+    def prep_openat(self, path, flags=os.O_RDONLY, mode=0o644, *, dir_fd=AT_FDCWD,
+                    file_index=None, user_data=0, sqe_flags=0):
+        """Open `path` (relative to `dir_fd`); res is the new fd, opened O_CLOEXEC as
+        Python opens files. With `file_index`, open into that slot of the registered
+        file table instead (a direct descriptor; res is 0), or into a free slot with
+        FILE_INDEX_ALLOC (res is the slot); direct descriptors have no close-on-exec."""
         cdef bytes b = _path_bytes(path)
-        cdef io_uring_sqe *sqe
+        cdef uint32_t open_flags = <uint32_t>_i64(flags, "flags")
         cdef uint32_t direct = 0
+        cdef uint64_t ud = _u64(user_data, "user_data")
+        cdef uint8_t fl = _u8(sqe_flags, "sqe_flags")
+        cdef int32_t dfd = <int32_t>_i64(dir_fd, "dir_fd")
+        cdef uint32_t perms = <uint32_t>_i64(mode, "mode")
+        cdef io_uring_sqe *sqe
         self._enter_api()
         try:
-            self._check_fd(0, sqe_flags & ~IOSQE_FIXED_FILE)
-            if file_index is not None:
+            self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
+            if file_index is None:
+                open_flags |= os.O_CLOEXEC
+            else:
                 direct = self._direct_slot(file_index)
-            sqe = self._next_sqe(user_data, sqe_flags, hold_object(b))
+                open_flags &= ~os.O_CLOEXEC        # the kernel refuses it for direct slots
+            sqe = self._next_sqe(ud, fl, hold_object(b))
             sqe.opcode = IORING_OP_OPENAT
-            sqe.fd = dir_fd
+            sqe.fd = dfd
             sqe.addr = <uint64_t><size_t>PyBytes_AS_STRING(b)
-            sqe.len = <uint32_t>mode
-            sqe.open_flags = <uint32_t>(flags | os.O_CLOEXEC)
+            sqe.len = perms
+            sqe.open_flags = open_flags
             sqe.file_index = direct
         finally:
             self._leave_api()
 
     cdef uint32_t _direct_slot(self, object file_index) except? 0xFFFFFFFE:
         """sqe.file_index for a direct descriptor: slot + 1, or IORING_FILE_INDEX_ALLOC."""
+        cdef int64_t index = _i64(file_index, "file_index")
         if self._reg_file_count == 0:
             raise ValueError("file_index needs a registered file table: call "
                              "register_files([-1] * n) first")
-        if file_index == FILE_INDEX_ALLOC:
+        if index == FILE_INDEX_ALLOC:
             return IORING_FILE_INDEX_ALLOC
-        if not 0 <= file_index < self._reg_file_count:
-            raise ValueError(f"file_index {file_index} is outside the registered file table "
+        if not 0 <= index < self._reg_file_count:
+            raise ValueError(f"file_index {index} is outside the registered file table "
                              f"({self._reg_file_count} slots)")
-        return <uint32_t>file_index + 1
+        return <uint32_t>index + 1
 
-    def prep_close(self, int64_t fd, bint fixed=False, *, uint64_t user_data=0,
-                   uint8_t flags=0):
+    def prep_close(self, fd, bint fixed=False, *, user_data=0, flags=0):
         """Close `fd`, or with fixed=True the direct descriptor in registered slot `fd`."""
+        cdef int64_t f = _i64(fd, "fd")
+        cdef uint64_t ud = _u64(user_data, "user_data")
+        cdef uint8_t fl = _u8(flags, "flags") & ~IOSQE_FIXED_FILE
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
-            self._check_fd(fd, IOSQE_FIXED_FILE if fixed else 0)
-            self._check_fd(0, flags & ~IOSQE_FIXED_FILE)
-            sqe = self._next_sqe(user_data, flags & ~IOSQE_FIXED_FILE, NULL)
+            self._check_fd(f, IOSQE_FIXED_FILE if fixed else 0)
+            self._check_fd(0, fl)
+            sqe = self._next_sqe(ud, fl, NULL)
             sqe.opcode = IORING_OP_CLOSE
             if fixed:
-                sqe.file_index = <uint32_t>fd + 1
+                sqe.file_index = <uint32_t>f + 1
             else:
-                sqe.fd = <int32_t>fd
+                sqe.fd = <int32_t>f
         finally:
             self._leave_api()
 
-    def prep_statx(self, path, Statx statx_buf not None, *, int flags=0,
-                   unsigned int mask=STATX_BASIC_STATS, int dir_fd=AT_FDCWD,
-                   uint64_t user_data=0, uint8_t sqe_flags=0):
+    def prep_statx(self, path, Statx statx_buf not None, *, flags=0,
+                   mask=STATX_BASIC_STATS, dir_fd=AT_FDCWD, user_data=0, sqe_flags=0):
         """statx(2) of `path` into `statx_buf` (a Statx); `flags` are AT_* flags."""
         cdef bytes b = _path_bytes(path)
+        cdef uint32_t at_flags = <uint32_t>_i64(flags, "flags")
+        cdef uint32_t want = <uint32_t>_i64(mask, "mask")
+        cdef int32_t dfd = <int32_t>_i64(dir_fd, "dir_fd")
+        cdef uint64_t ud = _u64(user_data, "user_data")
+        cdef uint8_t fl = _u8(sqe_flags, "sqe_flags")
         cdef io_uring_sqe *sqe
-        cdef Hold *hold
         self._enter_api()
         try:
-            self._check_fd(0, sqe_flags & ~IOSQE_FIXED_FILE)
-            hold = hold_object((b, statx_buf))
-            sqe = self._next_sqe(user_data, sqe_flags, hold)
+            self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
+            sqe = self._next_sqe(ud, fl, hold_object((b, statx_buf)))
             sqe.opcode = IORING_OP_STATX
-            sqe.fd = dir_fd
+            sqe.fd = dfd
             sqe.addr = <uint64_t><size_t>PyBytes_AS_STRING(b)
-            sqe.len = mask
+            sqe.len = want
             sqe.off = <uint64_t><size_t>&statx_buf.buf
-            sqe.statx_flags = <uint32_t>flags
+            sqe.statx_flags = at_flags
         finally:
             self._leave_api()
 
-    def prep_fsync(self, int64_t fd, bint datasync=False, *, uint64_t user_data=0,
-                   uint8_t flags=0):
+    def prep_fsync(self, fd, bint datasync=False, *, user_data=0, flags=0):
         """fsync(2) `fd`, or fdatasync(2) with datasync=True."""
+        cdef int64_t f = _i64(fd, "fd")
+        cdef uint64_t ud = _u64(user_data, "user_data")
+        cdef uint8_t fl = _u8(flags, "flags")
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
-            self._check_fd(fd, flags)
-            sqe = self._next_sqe(user_data, flags, NULL)
+            self._check_fd(f, fl)
+            sqe = self._next_sqe(ud, fl, NULL)
             sqe.opcode = IORING_OP_FSYNC
-            sqe.fd = <int32_t>fd
+            sqe.fd = <int32_t>f
             sqe.fsync_flags = IORING_FSYNC_DATASYNC if datasync else 0
         finally:
             self._leave_api()
 
-    def prep_timeout(self, double seconds, uint32_t count=0, *, uint64_t user_data=0,
-                     uint8_t flags=0):
+    def prep_timeout(self, double seconds, count=0, *, user_data=0, flags=0):
         """Complete after `seconds` (res -ETIME), or once `count` other requests have
         completed (res 0), whichever is first; count=0 is a pure timer."""
+        cdef uint32_t n = <uint32_t>_u64(count, "count")
+        cdef uint64_t ud = _u64(user_data, "user_data")
+        cdef uint8_t fl = _u8(flags, "flags")
         cdef io_uring_sqe *sqe
         cdef Slot *slot
         if not seconds >= 0:
             raise ValueError(f"seconds must be >= 0, not {seconds}")
         self._enter_api()
         try:
-            self._check_fd(0, flags & ~IOSQE_FIXED_FILE)
-            sqe = self._next_sqe(user_data, flags, NULL)
+            self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
+            sqe = self._next_sqe(ud, fl, NULL)
             # The timespec lives in the request's slot, which outlives the request.
             slot = &self._slots[sqe.user_data]
             slot.ts.tv_sec = <int64_t>seconds
@@ -1019,78 +1090,90 @@ cdef class Ring:
             sqe.opcode = IORING_OP_TIMEOUT
             sqe.addr = <uint64_t><size_t>&slot.ts
             sqe.len = 1
-            sqe.off = count
+            sqe.off = n
         finally:
             self._leave_api()
 
-    def prep_cancel(self, uint64_t target_user_data, *, uint64_t user_data=0,
-                    uint8_t flags=0):
+    def prep_cancel(self, target_user_data, *, user_data=0, flags=0):
         """Cancel the oldest outstanding request whose user_data is `target_user_data`.
         res is 0 when it was cancelled, -ENOENT when no such request was found, and
         -EALREADY when it was already running."""
+        cdef uint64_t target = _u64(target_user_data, "target_user_data")
+        cdef uint64_t ud = _u64(user_data, "user_data")
+        cdef uint8_t fl = _u8(flags, "flags")
         cdef io_uring_sqe *sqe
-        cdef uint64_t target = self._find_slot(target_user_data)
         self._enter_api()
         try:
-            self._check_fd(0, flags & ~IOSQE_FIXED_FILE)
-            sqe = self._next_sqe(user_data, flags, NULL)
+            self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
+            target = self._find_slot(target)
+            sqe = self._next_sqe(ud, fl, NULL)
             sqe.opcode = IORING_OP_ASYNC_CANCEL
             sqe.addr = target
         finally:
             self._leave_api()
 
-    cdef uint64_t _find_slot(self, uint64_t user_data):
-        """The kernel user_data of the live request carrying `user_data`; when none,
-        a key no request has, so the kernel answers -ENOENT."""
+    cdef uint64_t _find_slot(self, uint64_t user_data) noexcept:
+        """The kernel user_data of the oldest live request carrying `user_data`; when
+        none, a key no request has, so the kernel answers -ENOENT."""
         cdef uint32_t i
+        cdef uint64_t best = _INTERNAL_USER_DATA - 1
+        cdef uint64_t best_seq = 0xFFFFFFFFFFFFFFFF
         for i in range(self._nslots):
-            if self._slots[i].live and self._slots[i].user_data == user_data:
-                return i
-        return _INTERNAL_USER_DATA - 1
+            if self._slots[i].live and self._slots[i].user_data == user_data \
+                    and self._slots[i].seq < best_seq:
+                best = i
+                best_seq = self._slots[i].seq
+        return best
 
     # ---- public: batch prep -------------------------------------------------------
 
-    def prep_nops(self, user_data, *, uint8_t flags=0):
+    def prep_nops(self, user_data, *, flags=0):
         """One NOP per element of `user_data` (a 1-D integer buffer). Returns how many
         were prepared: fewer than asked when the CQ's capacity is reached."""
         cdef IntArray ud
         cdef Py_ssize_t done = 0, n
         cdef uint32_t k, i
+        cdef uint8_t fl = _u8(flags, "flags")
         self._enter_api()
         try:
-            self._check_fd(0, flags & ~IOSQE_FIXED_FILE)
-            int_array_open(&ud, user_data, "user_data", False, False)
-            try:
-                n = ia_len(&ud)
-                while done < n:
-                    k = self._room(<uint32_t>min(n - done, <Py_ssize_t>UINT32_MAX))
-                    if k == 0:
-                        break
+            self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
+            int_array_open(&ud, user_data, "user_data", False, False, True)
+            n = ud.n
+            int_array_close(&ud)
+            while done < n:
+                # _room may submit (releasing the GIL): no borrowed array is open then.
+                k = self._room(<uint32_t>min(n - done, <Py_ssize_t>UINT32_MAX))
+                if k == 0:
+                    break
+                int_array_open(&ud, user_data, "user_data", False, False, True)
+                try:
+                    if ud.n < done + k:
+                        raise RuntimeError("user_data shrank while prep_nops was running")
                     for i in range(k):
-                        self._take_sqe(<uint64_t>ia_get(&ud, done + i), NULL).flags = flags
-                    done += k
-            finally:
-                int_array_close(&ud)
+                        self._take_sqe(<uint64_t>ia_get(&ud, done + i), NULL).flags = fl
+                finally:
+                    int_array_close(&ud)
+                done += k
         finally:
             self._leave_api()
         return done
 
     def prep_reads(self, fd, buffer, offsets, lengths, buffer_offsets=None, user_data=None,
-                   *, uint8_t flags=0):
+                   *, flags=0):
         """Read many ranges into one writable `buffer`: range i reads lengths[i] bytes at
         offsets[i] of fd (an int, or one fd per range) into buffer[buffer_offsets[i]:].
         buffer_offsets=None packs the ranges back to back; user_data=None numbers them
         0..n-1. Every range is checked before any is prepared. Returns how many were
         prepared: fewer than asked when the CQ's capacity is reached."""
         return self._prep_batch(IORING_OP_READ, fd, buffer, offsets, lengths, buffer_offsets,
-                                user_data, flags)
+                                user_data, _u8(flags, "flags"))
 
     def prep_read_fixed_batch(self, fd, buf_index, offsets, lengths, buffer_offsets=None,
-                              user_data=None, *, uint8_t flags=0):
+                              user_data=None, *, flags=0):
         """prep_reads into registered buffers: range i goes to registered buffer
         buf_index (an int, or one index per range) at buffer_offsets[i]."""
         return self._prep_batch(IORING_OP_READ_FIXED, fd, buf_index, offsets, lengths,
-                                buffer_offsets, user_data, flags)
+                                buffer_offsets, user_data, _u8(flags, "flags"))
 
     cdef Py_ssize_t _prep_batch(self, uint8_t opcode, object fd, object target, object offsets,
                                 object lengths, object buffer_offsets, object user_data,
@@ -1198,15 +1281,16 @@ cdef class Ring:
         finally:
             self._leave_api()
 
-    def submit_and_wait(self, uint32_t min_complete=1, timeout=None):
+    def submit_and_wait(self, min_complete=1, timeout=None):
         """Submit, then wait until `min_complete` completions are ready or `timeout`
         seconds pass (on timeout it returns normally, with fewer ready). Returns how
         many requests were submitted."""
         cdef double t = _timeout_seconds(timeout)
+        cdef uint32_t want = _count(min_complete, "min_complete")
         self._enter_api()
         try:
-            self._check_waitable(min_complete)
-            return self._submit_and_wait(min_complete, t)
+            self._check_waitable(want)
+            return self._submit_and_wait(want, t)
         finally:
             self._leave_api()
 
@@ -1218,66 +1302,42 @@ cdef class Ring:
         finally:
             self._leave_api()
 
-    def wait(self, uint32_t min_complete=1, timeout=None):
+    def wait(self, min_complete=1, timeout=None):
         """Submit what is pending, wait until `min_complete` completions are ready or
         `timeout` seconds pass, and return every completion available. On timeout it
         returns what is there, possibly an empty list; it never raises TimeoutError."""
         cdef double t = _timeout_seconds(timeout)
+        cdef uint32_t want = _count(min_complete, "min_complete")
         self._enter_api()
         try:
-            self._check_waitable(min_complete)
-            self._submit_and_wait(min_complete, t)
+            self._check_waitable(want)
+            self._submit_and_wait(want, t)
             return self._reap_list()
         finally:
             self._leave_api()
 
-    def reap(self, user_data_out, res_out, flags_out=None, *, uint32_t min_complete=0,
-             timeout=None):
+    def reap(self, user_data_out, res_out, flags_out=None, *, min_complete=0, timeout=None):
         """Fill the caller's 1-D integer arrays with up to len(user_data_out)
         completions (user_data_out 8-byte items, res_out and flags_out 4 or 8) and
         return how many. With min_complete > 0 it first submits what is pending and
         waits for that many (or until `timeout` seconds pass)."""
         cdef double t = _timeout_seconds(timeout)
-        cdef IntArray ud, res, flg
-        cdef uint32_t n = 0
-        memset(&flg, 0, sizeof(IntArray))
+        cdef uint32_t want = _count(min_complete, "min_complete")
+        cdef Sinks sinks
+        cdef Py_ssize_t capacity = <Py_ssize_t>LLONG_MAX
         self._enter_api()
         try:
-            int_array_open(&ud, user_data_out, "user_data_out", True, False)
-            try:
-                int_array_open(&res, res_out, "res_out", True, False)
-                try:
-                    if flags_out is not None:
-                        int_array_open(&flg, flags_out, "flags_out", True, False)
-                    n = self._reap_checked(&ud, &res, &flg if flags_out is not None else NULL,
-                                           min_complete, t)
-                finally:
-                    int_array_close(&flg)
-                    int_array_close(&res)
-            finally:
-                int_array_close(&ud)
+            if want:
+                capacity = _open_sinks(&sinks, user_data_out, res_out, flags_out)
+                _close_sinks(&sinks)
+                if want > capacity:
+                    raise ValueError(f"min_complete ({want}) exceeds the output arrays' "
+                                     f"length ({capacity})")
+                self._check_waitable(want)
+                self._submit_and_wait(want, t)
+            return self._reap(user_data_out, res_out, flags_out, capacity)
         finally:
             self._leave_api()
-        return n
-
-    cdef uint32_t _reap_checked(self, IntArray *ud, IntArray *res, IntArray *flg,
-                                uint32_t min_complete, double timeout) except? 0xFFFFFFFF:
-        if ud.itemsize != 8:
-            raise TypeError("user_data_out must hold 8-byte integers (array('Q'), uint64)")
-        if res.itemsize < 4 or not res.is_signed:
-            raise TypeError("res_out must hold signed 4- or 8-byte integers (array('i'), int32)")
-        _check_same_length(res, "res_out", ud.n)
-        if flg != NULL:
-            if flg.itemsize < 4:
-                raise TypeError("flags_out must hold 4- or 8-byte integers (array('I'))")
-            _check_same_length(flg, "flags_out", ud.n)
-        if min_complete > ud.n:
-            raise ValueError(f"min_complete ({min_complete}) exceeds the output arrays' "
-                             f"length ({ud.n})")
-        if min_complete:
-            self._check_waitable(min_complete)
-            self._submit_and_wait(min_complete, timeout)
-        return self._reap(ud, res, flg, <uint32_t>min(ud.n, <Py_ssize_t>UINT32_MAX))
 
     # ---- public: registration -------------------------------------------------------
 
@@ -1536,11 +1596,11 @@ cdef class Ring:
         self._reap_discard()
 
     cdef void _reap_discard(self) noexcept:
-        cdef IntArray ud, res, flg
+        cdef Sinks sinks
         cdef uint32_t i
-        self._scratch_sinks(&ud, &res, &flg)
+        self._scratch_sinks(&sinks)
         for i in range(4):                 # flush overflow a few times, then re-wait
-            self._reap_some(&ud, &res, NULL, 0, self._nslots)
+            self._reap_some(&sinks.ud, &sinks.res, NULL, 0, self._nslots)
             self._drop_released()
             if not (vy_load_relaxed(self._sq_kflags) & IORING_SQ_CQ_OVERFLOW):
                 return

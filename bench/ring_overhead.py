@@ -1,0 +1,181 @@
+"""Ring overhead: IORING_OP_NOP operations per second, vyre_uring against C liburing.
+
+A NOP does no I/O, so this measures what the engine itself costs per request: SQE
+fill, tail publish, io_uring_enter, CQE reap. Contenders, at batch 1, 16 and 256:
+
+  C liburing         bench/c/nop_liburing.c, compiled here with cc -O2 -luring
+  vyre batch         Ring.prep_nops(user_data_array) + Ring.reap(arrays, min_complete=B)
+  vyre per-op        B x Ring.prep_nop(user_data=u) + Ring.reap(arrays, min_complete=B)
+
+Contenders run interleaved round by round (C, batch, per-op, C, ...) so machine drift
+hits all alike. The table gives min/median/max ops/s and the ratio of medians to C
+measured in the same run. Usage: python bench/ring_overhead.py [--rounds N] [--json F]
+"""
+import argparse
+import array
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import vyre_uring
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BATCHES = (1, 16, 256)
+# Operations per timed run, per batch size: about 0.2 s each on the machine we measured.
+OPS = {1: 300_000, 16: 1_500_000, 256: 2_500_000}
+RING_ENTRIES = 256
+
+
+def build_c(source, workdir):
+    """Compile a liburing program; return (path, None) or (None, why it is not available)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None, "not available: no C compiler (cc) on PATH"
+    if not os.path.exists("/usr/include/liburing.h"):
+        return None, "not available: liburing.h missing (apt-get install liburing-dev)"
+    out = os.path.join(workdir, os.path.splitext(os.path.basename(source))[0])
+    proc = subprocess.run([cc, "-O2", "-o", out, source, "-luring"], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        return None, f"not available: cc failed: {proc.stderr.strip().splitlines()[-1]}"
+    return out, None
+
+
+def c_nops(binary, batch, ops):
+    """ops/s of the C program (it times its own loop, not its start-up)."""
+    out = subprocess.run([binary, str(batch), str(ops)], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip())
+
+
+def vyre_batch_nops(ring, batch, ops):
+    user_data = array.array("Q", range(batch))
+    ud_out = array.array("Q", bytes(8 * batch))
+    res_out = array.array("i", bytes(4 * batch))
+    prep, reap = ring.prep_nops, ring.reap
+    done = 0
+    start = time.perf_counter()
+    while done < ops:
+        prep(user_data)
+        got = reap(ud_out, res_out, min_complete=batch)
+        if got != batch:
+            raise AssertionError(f"reaped {got} of {batch}")
+        done += got
+    elapsed = time.perf_counter() - start
+    _check_batch(ud_out, res_out, batch)
+    return done / elapsed
+
+
+def vyre_perop_nops(ring, batch, ops):
+    user_data = list(range(batch))
+    ud_out = array.array("Q", bytes(8 * batch))
+    res_out = array.array("i", bytes(4 * batch))
+    prep, reap = ring.prep_nop, ring.reap
+    done = 0
+    start = time.perf_counter()
+    while done < ops:
+        for u in user_data:
+            prep(user_data=u)
+        got = reap(ud_out, res_out, min_complete=batch)
+        if got != batch:
+            raise AssertionError(f"reaped {got} of {batch}")
+        done += got
+    elapsed = time.perf_counter() - start
+    _check_batch(ud_out, res_out, batch)
+    return done / elapsed
+
+
+def _check_batch(ud_out, res_out, batch):
+    """The last batch came back whole: every user_data once, every res 0."""
+    if sorted(ud_out[:batch]) != list(range(batch)) or any(res_out[:batch]):
+        raise AssertionError("NOP completions came back wrong")
+
+
+def environment():
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "kernel": platform.release(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "vyre_uring": vyre_uring.__version__,
+    }
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run(rounds):
+    """{batch: {contender: [ops/s per round]}} and {contender: why not available}."""
+    results = {b: {} for b in BATCHES}
+    missing = {}
+    with tempfile.TemporaryDirectory(prefix="vyre-bench-") as workdir, \
+            vyre_uring.Ring(RING_ENTRIES) as ring:
+        binary, why = build_c(os.path.join(HERE, "c", "nop_liburing.c"), workdir)
+        contenders = [("vyre batch", lambda b, n: vyre_batch_nops(ring, b, n)),
+                      ("vyre per-op", lambda b, n: vyre_perop_nops(ring, b, n))]
+        if binary:
+            contenders.insert(0, ("C liburing", lambda b, n: c_nops(binary, b, n)))
+        else:
+            missing["C liburing"] = why
+        for r in range(rounds):
+            for batch in BATCHES:
+                for name, fn in contenders:
+                    results[batch].setdefault(name, []).append(fn(batch, OPS[batch]))
+            print(f"  round {r + 1}/{rounds} done", file=sys.stderr)
+    return results, missing
+
+
+def table(results, missing):
+    lines = [f"{'batch':>5}  {'contender':<12} {'min':>9} {'median':>9} {'max':>9}  "
+             f"{'vs C (median)':>13}"]
+    for batch, rows in results.items():
+        ref = statistics.median(rows["C liburing"]) if "C liburing" in rows else None
+        for name, vals in rows.items():
+            ratio = f"{statistics.median(vals) / ref:.2f}x" if ref else "n/a"
+            lines.append(f"{batch:>5}  {name:<12} {_m(min(vals))} {_m(statistics.median(vals))} "
+                         f"{_m(max(vals))}  {ratio:>13}")
+        for name, why in missing.items():
+            lines.append(f"{batch:>5}  {name:<12} {why}")
+    return "\n".join(lines)
+
+
+def _m(ops_per_s):
+    return f"{ops_per_s / 1e6:7.2f} M"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (>= 5)")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
+    env = environment()
+    print("ring overhead: NOP ops/s, " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    results, missing = run(args.rounds)
+    print(table(results, missing))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "rounds": args.rounds,
+                       "results": {str(b): r for b, r in results.items()},
+                       "not_available": missing}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
