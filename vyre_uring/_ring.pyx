@@ -92,13 +92,11 @@ if vy_install_atfork() != 0:
     raise ImportError("pthread_atfork failed: cannot guard rings across fork()")
 
 
-cdef struct Slot:
+cdef struct Slot:           # 24 bytes: the reap loop touches one per completion
     uint64_t user_data      # the caller's value, returned with the completion
     Hold *hold              # what keeps the request's memory alive, or NULL
     uint32_t next_free
     bint live
-    vy_timespec ts          # prep_timeout's timespec, stable while the slot lives
-    uint64_t seq            # order of preparation (prep_cancel targets the oldest)
 
 
 cdef class Completion:
@@ -186,14 +184,14 @@ cdef bytes _path_bytes(object path):
     return b
 
 
-cdef int64_t _i64(object v, str name) except? -1:
+cdef inline int64_t _i64(object v, str name) except? -1:
     """An int argument as int64; a float or a str is a TypeError, never truncated."""
     if not isinstance(v, int):
         raise TypeError(f"{name} must be an int, not {type(v).__name__}")
     return v
 
 
-cdef uint64_t _u64(object v, str name) except? 0xFFFFFFFFFFFFFFFF:
+cdef inline uint64_t _u64(object v, str name) except? 0xFFFFFFFFFFFFFFFF:
     if not isinstance(v, int):
         raise TypeError(f"{name} must be an int, not {type(v).__name__}")
     if not 0 <= v <= 0xFFFFFFFFFFFFFFFF:
@@ -201,7 +199,7 @@ cdef uint64_t _u64(object v, str name) except? 0xFFFFFFFFFFFFFFFF:
     return v
 
 
-cdef uint32_t _count(object v, str name) except? 0xFFFFFFFF:
+cdef inline uint32_t _count(object v, str name) except? 0xFFFFFFFF:
     if not isinstance(v, int):
         raise TypeError(f"{name} must be an int, not {type(v).__name__}")
     if not 0 <= v <= 0xFFFFFFFF:
@@ -209,7 +207,7 @@ cdef uint32_t _count(object v, str name) except? 0xFFFFFFFF:
     return v
 
 
-cdef uint8_t _u8(object v, str name) except? 0xFF:
+cdef inline uint8_t _u8(object v, str name) except? 0xFF:
     if not isinstance(v, int):
         raise TypeError(f"{name} must be an int, not {type(v).__name__}")
     if not 0 <= v <= 0xFF:
@@ -251,6 +249,8 @@ cdef class Ring:
     cdef Slot *_slots
     cdef uint32_t _nslots, _free_head, _slots_used
     cdef uint64_t _seq              # requests prepared so far
+    cdef uint64_t *_slot_seq        # per slot: its request's _seq (prep_cancel: oldest)
+    cdef vy_timespec *_slot_ts      # per slot: prep_timeout's timespec, stable meanwhile
     cdef Hold **_released           # holds whose last request a reap completed
     cdef uint32_t _nreleased
     cdef uint64_t *_scratch_ud      # completions() reaps through these
@@ -420,8 +420,11 @@ cdef class Ring:
         self._scratch_ud = <uint64_t *>calloc(nslots, sizeof(uint64_t))
         self._scratch_res = <int32_t *>calloc(nslots, sizeof(int32_t))
         self._scratch_flags = <uint32_t *>calloc(nslots, sizeof(uint32_t))
+        self._slot_seq = <uint64_t *>calloc(nslots, sizeof(uint64_t))
+        self._slot_ts = <vy_timespec *>calloc(nslots, sizeof(vy_timespec))
         if (self._slots == NULL or self._released == NULL or self._scratch_ud == NULL
-                or self._scratch_res == NULL or self._scratch_flags == NULL):
+                or self._scratch_res == NULL or self._scratch_flags == NULL
+                or self._slot_seq == NULL or self._slot_ts == NULL):
             raise MemoryError()
         for i in range(nslots):
             self._slots[i].next_free = i + 1 if i + 1 < nslots else _NO_SLOT
@@ -486,7 +489,7 @@ cdef class Ring:
         self._slots_used += 1
         slot.live = True
         slot.user_data = user_data
-        slot.seq = self._seq
+        self._slot_seq[idx] = self._seq
         self._seq += 1
         slot.hold = hold
         if hold != NULL:
@@ -693,9 +696,10 @@ cdef class Ring:
 
     # ---- reaping ------------------------------------------------------------------
 
-    cdef uint32_t _reap_some(self, IntArray *ud, IntArray *res, IntArray *flg,
-                             uint32_t offset, uint32_t maxn) noexcept nogil:
-        """Copy up to `maxn` CQEs out, map them to their slots and free the slots."""
+    cdef uint32_t _reap_some(self, uint64_t *ud, int32_t *res, uint32_t *flg,
+                             uint32_t maxn) noexcept nogil:
+        """Copy up to `maxn` CQEs out (flg may be NULL), map them to their slots and
+        free the slots."""
         cdef uint32_t head = vy_load_relaxed(self._cq_khead)   # only we store it
         # Acquire pairs with the kernel's store-release of the CQ tail.
         cdef uint32_t tail = vy_load_acquire(self._cq_ktail)
@@ -711,15 +715,34 @@ cdef class Ring:
                 if idx == _INTERNAL_USER_DATA:
                     self._internal_res = cqe.res
                 continue
-            ia_set(ud, offset + n, <int64_t>self._slots[idx].user_data)
-            ia_set(res, offset + n, cqe.res)
+            ud[n] = self._slots[idx].user_data
+            res[n] = cqe.res
             if flg != NULL:
-                ia_set(flg, offset + n, cqe.flags)
+                flg[n] = cqe.flags
             n += 1
             self._free_slot(<uint32_t>idx)
         # Release: the CQEs are copied out before the kernel may reuse their
         # entries; pairs with the kernel's load-acquire of the CQ head. Once per reap.
         vy_store_release(self._cq_khead, head)
+        return n
+
+    cdef uint32_t _reap_to_sinks(self, Sinks *sinks, Py_ssize_t offset, uint32_t maxn) \
+            noexcept:
+        """_reap_some into the caller's arrays: straight in when they have the native
+        types (uint64 / int32 / uint32), else through the scratch arrays and widened."""
+        cdef uint32_t i, n
+        if sinks.ud.itemsize == 8 and sinks.res.itemsize == 4 and \
+                (not sinks.has_flags or sinks.flags.itemsize == 4):
+            return self._reap_some(
+                <uint64_t *>sinks.ud.buf + offset, <int32_t *>sinks.res.buf + offset,
+                <uint32_t *>sinks.flags.buf + offset if sinks.has_flags else NULL, maxn)
+        n = self._reap_some(self._scratch_ud, self._scratch_res, self._scratch_flags,
+                            min(maxn, self._nslots))
+        for i in range(n):
+            ia_set(&sinks.ud, offset + i, <int64_t>self._scratch_ud[i])
+            ia_set(&sinks.res, offset + i, self._scratch_res[i])
+            if sinks.has_flags:
+                ia_set(&sinks.flags, offset + i, self._scratch_flags[i])
         return n
 
     cdef Py_ssize_t _reap(self, object ud_out, object res_out, object flags_out,
@@ -738,12 +761,13 @@ cdef class Ring:
         while True:
             if ud_out is None:
                 self._scratch_sinks(&sinks)
-            else:
-                capacity = min(capacity, _open_sinks(&sinks, ud_out, res_out, flags_out))
-            got = self._reap_some(&sinks.ud, &sinks.res,
-                                  &sinks.flags if sinks.has_flags else NULL, <uint32_t>total,
-                                  <uint32_t>min(capacity - total, <Py_ssize_t>UINT32_MAX))
-            _close_sinks(&sinks)
+            try:
+                if ud_out is not None:
+                    capacity = min(capacity, _open_sinks(&sinks, ud_out, res_out, flags_out))
+                got = self._reap_to_sinks(&sinks, total, <uint32_t>min(
+                    capacity - total, <Py_ssize_t>UINT32_MAX))
+            finally:
+                _close_sinks(&sinks)
             self._drop_released()
             total += got
             if total >= capacity or (flushed and got == 0) or not self._cq_needs_flush():
@@ -1076,7 +1100,7 @@ cdef class Ring:
         cdef uint64_t ud = _u64(user_data, "user_data")
         cdef uint8_t fl = _u8(flags, "flags")
         cdef io_uring_sqe *sqe
-        cdef Slot *slot
+        cdef vy_timespec *ts
         if not seconds >= 0:
             raise ValueError(f"seconds must be >= 0, not {seconds}")
         self._enter_api()
@@ -1084,11 +1108,11 @@ cdef class Ring:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
             sqe = self._next_sqe(ud, fl, NULL)
             # The timespec lives in the request's slot, which outlives the request.
-            slot = &self._slots[sqe.user_data]
-            slot.ts.tv_sec = <int64_t>seconds
-            slot.ts.tv_nsec = <long long>((seconds - slot.ts.tv_sec) * 1e9)
+            ts = &self._slot_ts[sqe.user_data]
+            ts.tv_sec = <int64_t>seconds
+            ts.tv_nsec = <long long>((seconds - ts.tv_sec) * 1e9)
             sqe.opcode = IORING_OP_TIMEOUT
-            sqe.addr = <uint64_t><size_t>&slot.ts
+            sqe.addr = <uint64_t><size_t>ts
             sqe.len = 1
             sqe.off = n
         finally:
@@ -1120,9 +1144,9 @@ cdef class Ring:
         cdef uint64_t best_seq = 0xFFFFFFFFFFFFFFFF
         for i in range(self._nslots):
             if self._slots[i].live and self._slots[i].user_data == user_data \
-                    and self._slots[i].seq < best_seq:
+                    and self._slot_seq[i] < best_seq:
                 best = i
-                best_seq = self._slots[i].seq
+                best_seq = self._slot_seq[i]
         return best
 
     # ---- public: batch prep -------------------------------------------------------
@@ -1139,6 +1163,12 @@ cdef class Ring:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
             int_array_open(&ud, user_data, "user_data", False, False, True)
             n = ud.n
+            if n <= self._sq_entries - self._sq_pending() and \
+                    n <= self._nslots - self._slots_used:
+                # Fast path: everything fits without submitting, so the GIL stays held.
+                for i in range(n):
+                    self._take_sqe(<uint64_t>ia_get(&ud, i), NULL).flags = fl
+                done = n
             int_array_close(&ud)
             while done < n:
                 # _room may submit (releasing the GIL): no borrowed array is open then.
@@ -1328,8 +1358,10 @@ cdef class Ring:
         self._enter_api()
         try:
             if want:
-                capacity = _open_sinks(&sinks, user_data_out, res_out, flags_out)
-                _close_sinks(&sinks)
+                try:
+                    capacity = _open_sinks(&sinks, user_data_out, res_out, flags_out)
+                finally:
+                    _close_sinks(&sinks)
                 if want > capacity:
                     raise ValueError(f"min_complete ({want}) exceeds the output arrays' "
                                      f"length ({capacity})")
@@ -1596,11 +1628,9 @@ cdef class Ring:
         self._reap_discard()
 
     cdef void _reap_discard(self) noexcept:
-        cdef Sinks sinks
         cdef uint32_t i
-        self._scratch_sinks(&sinks)
         for i in range(4):                 # flush overflow a few times, then re-wait
-            self._reap_some(&sinks.ud, &sinks.res, NULL, 0, self._nslots)
+            self._reap_some(self._scratch_ud, self._scratch_res, NULL, self._nslots)
             self._drop_released()
             if not (vy_load_relaxed(self._sq_kflags) & IORING_SQ_CQ_OVERFLOW):
                 return
@@ -1663,6 +1693,10 @@ cdef class Ring:
         free(self._scratch_ud)
         free(self._scratch_res)
         free(self._scratch_flags)
+        free(self._slot_seq)
+        free(self._slot_ts)
+        self._slot_seq = NULL
+        self._slot_ts = NULL
         self._slots = NULL
         self._released = NULL
         self._scratch_ud = NULL
