@@ -535,17 +535,32 @@ cdef class Ring:
 
     cdef int _make_sq_room(self) except -1:
         cdef int ret
+        cdef uint32_t flags
         if not (self._setup_flags & IORING_SETUP_SQPOLL):
             self._submit_and_wait(0, -1.0)
             return 0
         self._publish()
         while self._sq_pending() >= self._sq_entries:
+            flags = IORING_ENTER_SQ_WAIT | self._sqpoll_wakeup()
             with nogil:
-                ret = vy_io_uring_enter(self._fd, 0, 0, IORING_ENTER_SQ_WAIT, NULL, 0)
+                ret = vy_io_uring_enter(self._fd, 0, 0, flags, NULL, 0)
             if ret == -EINTR:
                 PyErr_CheckSignals()
             elif ret < 0:
                 raise syscall_error("io_uring_enter(SQ_WAIT)", -ret)
+        return 0
+
+    cdef inline uint32_t _sqpoll_wakeup(self) noexcept nogil:
+        """IORING_ENTER_SQ_WAKEUP when the SQPOLL thread sleeps, else 0. Call after
+        publishing the tail."""
+        # Full fence between our tail store and the NEED_WAKEUP load: without it
+        # the kernel thread can go to sleep after missing our new tail while we
+        # miss its flag, and the SQEs sit unsubmitted (a lost wakeup; liburing's
+        # sq_ring_needs_enter). Pairs with the smp_mb() the SQPOLL thread makes
+        # after setting the flag and before its last look at the SQ tail.
+        vy_fence_full()
+        if vy_load_relaxed(self._sq_kflags) & IORING_SQ_NEED_WAKEUP:
+            return IORING_ENTER_SQ_WAKEUP
         return 0
 
     cdef io_uring_sqe *_next_sqe(self, uint64_t user_data, uint8_t flags, Hold *hold) \
@@ -597,14 +612,7 @@ cdef class Ring:
             if sqpoll:
                 submitted += to_submit
                 to_submit = 0
-                # Full fence between our tail store and the NEED_WAKEUP load: without
-                # it the kernel thread can go to sleep after missing our new tail
-                # while we miss its flag, and the SQEs sit unsubmitted (a lost
-                # wakeup; liburing's io_uring_flush_sq/sq_ring_needs_enter). Pairs
-                # with the smp_mb() the SQPOLL thread makes after setting the flag.
-                vy_fence_full()
-                if vy_load_relaxed(self._sq_kflags) & IORING_SQ_NEED_WAKEUP:
-                    enter_flags |= IORING_ENTER_SQ_WAKEUP
+                enter_flags |= self._sqpoll_wakeup()
             if waiting or self._cq_needs_flush():
                 enter_flags |= IORING_ENTER_GETEVENTS
             if to_submit == 0 and enter_flags == 0:
