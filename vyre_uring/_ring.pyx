@@ -82,7 +82,6 @@ FEAT_EXT_ARG = IORING_FEAT_EXT_ARG
 # provided buffers, which this engine does not manage.
 cdef uint8_t _ALLOWED_SQE_FLAGS = (IOSQE_FIXED_FILE | IOSQE_IO_DRAIN | IOSQE_IO_LINK |
                                    IOSQE_IO_HARDLINK | IOSQE_ASYNC)
-cdef uint32_t _NO_SLOT = UINT32_MAX
 # user_data of the engine's own requests (cancels at close); never a slot index.
 cdef uint64_t _INTERNAL_USER_DATA = 0xFFFFFFFFFFFFFFFF
 cdef int _MAX_ENTRIES = 32768
@@ -95,8 +94,63 @@ if vy_install_atfork() != 0:
 cdef struct Slot:           # 24 bytes: the reap loop touches one per completion
     uint64_t user_data      # the caller's value, returned with the completion
     Hold *hold              # what keeps the request's memory alive, or NULL
-    uint32_t next_free
     bint live
+
+
+cdef struct Claim:
+    # The SQ and slot allocation state, copied into locals for a batch: the compiler
+    # keeps them in registers instead of reloading the Ring after every SQE write.
+    io_uring_sqe *sqes
+    Slot *slots
+    uint32_t *free_stack
+    uint64_t *slot_seq
+    uint32_t sq_mask
+    uint32_t tail           # next SQE to fill
+    uint32_t free_top       # free slots on the stack
+    uint64_t seq
+
+
+cdef struct Reclaim:
+    # The reap side's counterpart of Claim: slots go back on the free stack, and a
+    # hold whose last request completed is queued for release under the GIL.
+    Slot *slots
+    uint32_t *free_stack
+    uint32_t free_top
+    Hold **released
+    uint32_t nreleased
+
+
+cdef inline void reclaim_slot(Reclaim *r, uint32_t idx) noexcept nogil:
+    cdef Slot *slot = &r.slots[idx]
+    cdef Hold *hold = slot.hold
+    if hold != NULL:
+        hold.refs -= 1
+        if hold.refs == 0:
+            r.released[r.nreleased] = hold
+            r.nreleased += 1
+        slot.hold = NULL
+    slot.live = False
+    r.free_stack[r.free_top] = idx
+    r.free_top += 1
+
+
+cdef inline io_uring_sqe *claim_sqe(Claim *c, uint64_t user_data, Hold *hold) noexcept nogil:
+    """Claim a slot and a zeroed SQE; the caller checked there is room for both."""
+    c.free_top -= 1
+    cdef uint32_t idx = c.free_stack[c.free_top]
+    cdef Slot *slot = &c.slots[idx]
+    cdef io_uring_sqe *sqe = &c.sqes[c.tail & c.sq_mask]
+    c.tail += 1
+    slot.live = True
+    slot.user_data = user_data
+    slot.hold = hold
+    c.slot_seq[idx] = c.seq
+    c.seq += 1
+    # Every SQE starts zeroed: a stale flag (IOSQE_FIXED_FILE) or field from an
+    # earlier request must never leak into this one.
+    memset(sqe, 0, sizeof(io_uring_sqe))
+    sqe.user_data = idx
+    return sqe
 
 
 cdef class Completion:
@@ -247,7 +301,9 @@ cdef class Ring:
     cdef io_uring_cqe *_cqes
     cdef uint32_t _cq_mask, _cq_entries
     cdef Slot *_slots
-    cdef uint32_t _nslots, _free_head, _slots_used
+    cdef uint32_t _nslots
+    cdef uint32_t *_free_stack      # indices of free slots; _free_top of them
+    cdef uint32_t _free_top
     cdef uint64_t _seq              # requests prepared so far
     cdef uint64_t *_slot_seq        # per slot: its request's _seq (prep_cancel: oldest)
     cdef vy_timespec *_slot_ts      # per slot: prep_timeout's timespec, stable meanwhile
@@ -421,16 +477,17 @@ cdef class Ring:
         self._scratch_res = <int32_t *>calloc(nslots, sizeof(int32_t))
         self._scratch_flags = <uint32_t *>calloc(nslots, sizeof(uint32_t))
         self._slot_seq = <uint64_t *>calloc(nslots, sizeof(uint64_t))
+        self._free_stack = <uint32_t *>calloc(nslots, sizeof(uint32_t))
         self._slot_ts = <vy_timespec *>calloc(nslots, sizeof(vy_timespec))
         if (self._slots == NULL or self._released == NULL or self._scratch_ud == NULL
                 or self._scratch_res == NULL or self._scratch_flags == NULL
-                or self._slot_seq == NULL or self._slot_ts == NULL):
+                or self._slot_seq == NULL or self._slot_ts == NULL
+                or self._free_stack == NULL):
             raise MemoryError()
         for i in range(nslots):
-            self._slots[i].next_free = i + 1 if i + 1 < nslots else _NO_SLOT
+            self._free_stack[i] = nslots - 1 - i
         self._nslots = nslots
-        self._free_head = 0
-        self._slots_used = 0
+        self._free_top = nslots
         return 0
 
     # ---- guards -----------------------------------------------------------------
@@ -476,44 +533,57 @@ cdef class Ring:
             return True
         # DEFER_TASKRUN completions are posted only when we enter with GETEVENTS.
         return (self._setup_flags & IORING_SETUP_DEFER_TASKRUN) != 0 and \
-            self._slots_used > self._sq_pending()
+            self._used() > self._sq_pending()
 
     # ---- slots and SQEs ---------------------------------------------------------
 
+    cdef inline uint32_t _used(self) noexcept nogil:
+        """Slots owned by requests: prepared, in flight, or completed but not reaped."""
+        return self._nslots - self._free_top
+
+    cdef inline void _claim_begin(self, Claim *c) noexcept nogil:
+        c.sqes = self._sqes
+        c.slots = self._slots
+        c.free_stack = self._free_stack
+        c.slot_seq = self._slot_seq
+        c.sq_mask = self._sq_mask
+        c.tail = self._sqe_tail
+        c.free_top = self._free_top
+        c.seq = self._seq
+
+    cdef inline void _claim_end(self, Claim *c) noexcept nogil:
+        self._sqe_tail = c.tail
+        self._free_top = c.free_top
+        self._seq = c.seq
+
     cdef inline io_uring_sqe *_take_sqe(self, uint64_t user_data, Hold *hold) noexcept nogil:
-        """Claim a slot and a zeroed SQE; the caller checked there is room for both."""
-        cdef uint32_t idx = self._free_head
-        cdef Slot *slot = &self._slots[idx]
-        cdef io_uring_sqe *sqe = &self._sqes[self._sqe_tail & self._sq_mask]
-        self._free_head = slot.next_free
-        self._slots_used += 1
-        slot.live = True
-        slot.user_data = user_data
-        self._slot_seq[idx] = self._seq
-        self._seq += 1
-        slot.hold = hold
+        """One slot and zeroed SQE (per-op prep); the caller checked there is room."""
+        cdef Claim c
+        cdef io_uring_sqe *sqe
+        self._claim_begin(&c)
+        sqe = claim_sqe(&c, user_data, hold)
+        self._claim_end(&c)
         if hold != NULL:
             hold.refs += 1
-        # Every SQE starts zeroed: a stale flag (IOSQE_FIXED_FILE) or field from an
-        # earlier request must never leak into this one.
-        memset(sqe, 0, sizeof(io_uring_sqe))
-        sqe.user_data = idx
-        self._sqe_tail += 1
         return sqe
 
+    cdef inline void _reclaim_begin(self, Reclaim *r) noexcept nogil:
+        r.slots = self._slots
+        r.free_stack = self._free_stack
+        r.free_top = self._free_top
+        r.released = self._released
+        r.nreleased = self._nreleased
+
+    cdef inline void _reclaim_end(self, Reclaim *r) noexcept nogil:
+        self._free_top = r.free_top
+        self._nreleased = r.nreleased
+
     cdef inline void _free_slot(self, uint32_t idx) noexcept nogil:
-        cdef Slot *slot = &self._slots[idx]
-        cdef Hold *hold = slot.hold
-        if hold != NULL:
-            hold.refs -= 1
-            if hold.refs == 0:
-                self._released[self._nreleased] = hold
-                self._nreleased += 1
-            slot.hold = NULL
-        slot.live = False
-        slot.next_free = self._free_head
-        self._free_head = idx
-        self._slots_used -= 1
+        """Give one slot back (outside the reap loop)."""
+        cdef Reclaim r
+        self._reclaim_begin(&r)
+        reclaim_slot(&r, idx)
+        self._reclaim_end(&r)
 
     cdef void _drop_released(self) noexcept:
         cdef uint32_t i
@@ -525,13 +595,13 @@ cdef class Ring:
         """How many of `wanted` new requests fit now, submitting to free SQ space.
         Zero means the CQ's capacity is reached: completions must be reaped first."""
         cdef uint32_t space
-        if self._slots_used >= self._nslots:
+        if self._used() >= self._nslots:
             return 0
         space = self._sq_entries - self._sq_pending()
         if space == 0:
             self._make_sq_room()
             space = self._sq_entries - self._sq_pending()
-        return min(wanted, space, self._nslots - self._slots_used)
+        return min(wanted, space, self._nslots - self._used())
 
     cdef int _make_sq_room(self) except -1:
         cdef int ret
@@ -569,7 +639,7 @@ cdef class Ring:
         try:
             if self._room(1) == 0:
                 raise RingFullError(
-                    f"{self._slots_used} requests are outstanding, as many as the completion "
+                    f"{self._used()} requests are outstanding, as many as the completion "
                     f"queue holds ({self._nslots}); reap completions before preparing more")
         except BaseException:
             if hold != NULL and hold.refs == 0:
@@ -683,7 +753,7 @@ cdef class Ring:
         if ret == -EAGAIN or ret == -EBUSY:
             # The kernel is short of request memory, or holds overflowed CQEs:
             # wait for one completion (this also flushes the overflow) and retry.
-            if self._slots_used > self._sq_pending():
+            if self._used() > self._sq_pending():
                 with nogil:
                     rc = vy_io_uring_enter(self._fd, 0, 1, IORING_ENTER_GETEVENTS, NULL, 0)
             return ret
@@ -697,9 +767,9 @@ cdef class Ring:
         return 0
 
     cdef int _check_waitable(self, uint32_t min_complete) except -1:
-        if min_complete > self._slots_used:
+        if min_complete > self._used():
             raise ValueError(f"cannot wait for {min_complete} completions: only "
-                             f"{self._slots_used} requests are outstanding")
+                             f"{self._used()} requests are outstanding")
         return 0
 
     # ---- reaping ------------------------------------------------------------------
@@ -714,21 +784,24 @@ cdef class Ring:
         cdef uint32_t n = 0
         cdef io_uring_cqe *cqe
         cdef uint64_t idx
+        cdef Reclaim r
+        self._reclaim_begin(&r)
         while head != tail and n < maxn:
             cqe = &self._cqes[head & self._cq_mask]
             head += 1
             idx = cqe.user_data
             # Never index with a value read back from shared memory unchecked.
-            if idx >= self._nslots or not self._slots[idx].live:
+            if idx >= self._nslots or not r.slots[idx].live:
                 if idx == _INTERNAL_USER_DATA:
                     self._internal_res = cqe.res
                 continue
-            ud[n] = self._slots[idx].user_data
+            ud[n] = r.slots[idx].user_data
             res[n] = cqe.res
             if flg != NULL:
                 flg[n] = cqe.flags
             n += 1
-            self._free_slot(<uint32_t>idx)
+            reclaim_slot(&r, <uint32_t>idx)
+        self._reclaim_end(&r)
         # Release: the CQEs are copied out before the kernel may reuse their
         # entries; pairs with the kernel's load-acquire of the CQ head. Once per reap.
         vy_store_release(self._cq_khead, head)
@@ -833,7 +906,7 @@ cdef class Ring:
     @property
     def in_flight(self):
         """Requests submitted whose completion has not been reaped yet."""
-        return 0 if self._closed else self._slots_used - self._sq_pending()
+        return 0 if self._closed else self._used() - self._sq_pending()
 
     @property
     def registered_files(self):
@@ -1172,10 +1245,9 @@ cdef class Ring:
             int_array_open(&ud, user_data, "user_data", False, False, True)
             n = ud.n
             if n <= self._sq_entries - self._sq_pending() and \
-                    n <= self._nslots - self._slots_used:
+                    n <= self._nslots - self._used():
                 # Fast path: everything fits without submitting, so the GIL stays held.
-                for i in range(n):
-                    self._take_sqe(<uint64_t>ia_get(&ud, i), NULL).flags = fl
+                self._fill_nops(&ud, 0, <uint32_t>n, fl)
                 done = n
             int_array_close(&ud)
             while done < n:
@@ -1187,14 +1259,22 @@ cdef class Ring:
                 try:
                     if ud.n < done + k:
                         raise RuntimeError("user_data shrank while prep_nops was running")
-                    for i in range(k):
-                        self._take_sqe(<uint64_t>ia_get(&ud, done + i), NULL).flags = fl
+                    self._fill_nops(&ud, done, k, fl)
                 finally:
                     int_array_close(&ud)
                 done += k
         finally:
             self._leave_api()
         return done
+
+    cdef void _fill_nops(self, IntArray *ud, Py_ssize_t start, uint32_t count,
+                         uint8_t flags) noexcept nogil:
+        cdef Claim c
+        cdef Py_ssize_t i
+        self._claim_begin(&c)
+        for i in range(start, start + count):
+            claim_sqe(&c, <uint64_t>ia_get(ud, i), NULL).flags = flags
+        self._claim_end(&c)
 
     def prep_reads(self, fd, buffer, offsets, lengths, buffer_offsets=None, user_data=None,
                    *, flags=0):
@@ -1294,10 +1374,12 @@ cdef class Ring:
         cdef char *base = b.base
         cdef uint64_t ud
         cdef io_uring_sqe *sqe
+        cdef Claim c
+        self._claim_begin(&c)
         for i in range(start, end):
             boff = _buffer_offset(b, i)
             ud = <uint64_t>ia_get(&b.ud, i) if b.ud.buf != NULL or b.ud.n < 0 else <uint64_t>i
-            sqe = self._take_sqe(ud, hold)
+            sqe = claim_sqe(&c, ud, hold)
             sqe.opcode = b.opcode
             sqe.flags = b.flags
             sqe.fd = <int32_t>ia_get(&b.fd, i)
@@ -1308,6 +1390,8 @@ cdef class Ring:
                 base = <char *>self._reg_buffers.views[index].buf
                 sqe.buf_index = <uint16_t>index
             sqe.addr = <uint64_t>(base + boff)
+        self._claim_end(&c)
+        hold.refs += count
 
     # ---- public: submit and reap --------------------------------------------------
 
@@ -1565,11 +1649,11 @@ cdef class Ring:
         memory alive for ever (leaked, never freed under the kernel)."""
         cdef double deadline
         self._discard_unsubmitted()
-        if self._slots_used == 0:
+        if self._used() == 0:
             return 0
         self._cancel_all()
         deadline = vy_monotonic() + _DRAIN_PATIENCE_S
-        while self._slots_used > 0:
+        while self._used() > 0:
             if vy_monotonic() > deadline:
                 self._leak_outstanding()
                 return 0
@@ -1675,7 +1759,7 @@ cdef class Ring:
                 self._slots[i].live = False
         if self._reg_buffers != NULL:
             self._reg_buffers.refs += 1     # never reaches zero
-        self._slots_used = 0
+        self._free_top = self._nslots       # the table is freed next, unused
         warnings.warn("Ring.close: requests did not finish after cancellation within "
                       f"{_DRAIN_PATIENCE_S:.0f} s; their buffers are kept alive for ever",
                       ResourceWarning)
@@ -1703,6 +1787,8 @@ cdef class Ring:
         free(self._scratch_flags)
         free(self._slot_seq)
         free(self._slot_ts)
+        free(self._free_stack)
+        self._free_stack = NULL
         self._slot_seq = NULL
         self._slot_ts = NULL
         self._slots = NULL
