@@ -13,7 +13,7 @@ if not sys.platform.startswith("linux"):
 from Cython.Build import cythonize  # noqa: E402
 
 debug = os.environ.get("VYRE_URING_DEBUG") == "1"
-compile_args = ["-O2", "-Wall", "-Wno-unused-function"]
+compile_args = ["-O3", "-Wall", "-Wno-unused-function"]
 link_args = []
 if debug:
     compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
