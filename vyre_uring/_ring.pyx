@@ -245,28 +245,27 @@ cdef inline int64_t _i64(object v, str name) except? -1:
     return v
 
 
-cdef inline uint64_t _u64(object v, str name) except? 0xFFFFFFFFFFFFFFFF:
+cdef inline uint64_t _u64(object v, str name, uint64_t hi=0xFFFFFFFFFFFFFFFF) \
+        except? 0xFFFFFFFFFFFFFFFF:
+    """A non-negative int argument up to `hi`, named in the error when it is not."""
+    cdef uint64_t x
     if not isinstance(v, int):
         raise TypeError(f"{name} must be an int, not {type(v).__name__}")
-    if not 0 <= v <= 0xFFFFFFFFFFFFFFFF:
-        raise OverflowError(f"{name} must be between 0 and 2**64-1, not {v}")
-    return v
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, not {v}")
+    x = v
+    if x > hi:
+        raise ValueError(f"{name} must be at most {hi}, not {x}")
+    return x
 
 
 cdef inline uint32_t _count(object v, str name) except? 0xFFFFFFFF:
-    if not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
-    if not 0 <= v <= 0xFFFFFFFF:
-        raise ValueError(f"{name} must be between 0 and 2**32-1, not {v}")
-    return v
+    return <uint32_t>_u64(v, name, 0xFFFFFFFF)
 
 
 cdef inline uint8_t _u8(object v, str name) except? 0xFF:
-    if not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
-    if not 0 <= v <= 0xFF:
-        raise ValueError(f"{name} must be IOSQE_* bits (0..255), not {v}")
-    return v
+    """IOSQE_* flag bits."""
+    return <uint8_t>_u64(v, name, 0xFF)
 
 
 cdef class Ring:
