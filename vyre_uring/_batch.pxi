@@ -158,18 +158,24 @@ cdef Py_ssize_t _open_sinks(Sinks *s, object ud_out, object res_out, object flag
     """Borrow and check reap()'s output arrays; returns their common length. The
     caller closes the sinks, also when this raises (no exception handling here: it
     runs on every reap)."""
+    # Borrow only when all three are array.array: exporting any other object can
+    # run Python code (a __buffer__ method), which must not happen while a borrow
+    # is open.
+    cdef bint borrow = isinstance(ud_out, carray.array) and \
+        isinstance(res_out, carray.array) and \
+        (flags_out is None or isinstance(flags_out, carray.array))
     s.has_flags = False
     s.ud.has_view = s.res.has_view = s.flags.has_view = False
-    int_array_open(&s.ud, ud_out, "user_data_out", True, False, True)
+    int_array_open(&s.ud, ud_out, "user_data_out", True, False, borrow)
     if s.ud.itemsize != 8:
         raise TypeError("user_data_out must hold 8-byte integers (array('Q'), uint64)")
-    int_array_open(&s.res, res_out, "res_out", True, False, True)
+    int_array_open(&s.res, res_out, "res_out", True, False, borrow)
     if s.res.itemsize < 4 or not s.res.is_signed:
         raise TypeError("res_out must hold signed 4- or 8-byte integers (array('i'))")
     if s.res.n != s.ud.n:
         _check_same_length(&s.res, "res_out", s.ud.n, "user_data_out")
     if flags_out is not None:
-        int_array_open(&s.flags, flags_out, "flags_out", True, False, True)
+        int_array_open(&s.flags, flags_out, "flags_out", True, False, borrow)
         s.has_flags = True
         if s.flags.itemsize < 4:
             raise TypeError("flags_out must hold 4- or 8-byte integers (array('I'))")

@@ -32,7 +32,7 @@ from vyre_uring.includes.kernel cimport *
 
 from vyre_uring.availability import is_unavailable_errno, unavailable_error
 from vyre_uring.errors import (RingBusyError, RingClosedError, RingForkedError,
-                               RingFullError, syscall_error)
+                               RingFullError, UringError, syscall_error)
 
 include "_holds.pxi"
 include "_intarrays.pxi"
@@ -228,7 +228,7 @@ cdef double _timeout_seconds(object timeout) except? -2.0:
     cdef double t = timeout
     if not t >= 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
-    return t
+    return t if t < 1e9 else -1.0      # 30 years or infinity: no limit
 
 
 cdef bytes _path_bytes(object path):
@@ -316,7 +316,7 @@ cdef class Ring:
     cdef uint32_t _reg_buffer_count
     cdef int64_t _reg_file_count
     cdef int _ring_index            # registered ring fd (-1: none), valid in _ring_thread
-    cdef unsigned long _ring_thread
+    cdef uint64_t _ring_thread
 
     def __cinit__(self, *args, **kwargs):
         self._fd = -1
@@ -354,6 +354,7 @@ cdef class Ring:
             self._map_rings(fd, &p)
             self._alloc_slots(p.cq_entries + _test_overcommit)
         except BaseException:
+            self._free_tables()
             self._unmap()
             close(fd)
             raise
@@ -375,13 +376,13 @@ cdef class Ring:
         up.data = <uint64_t>self._fd
         if vy_io_uring_register(self._fd, IORING_REGISTER_RING_FDS, &up, 1) == 1:
             self._ring_index = <int>up.offset
-            self._ring_thread = vy_thread_id()
+            self._ring_thread = vy_thread_token()
 
     cdef void _unregister_ring_fd(self) noexcept:
         """Only the registering thread can unregister; elsewhere the kernel releases
         the registration when that thread exits."""
         cdef vy_rsrc_update up
-        if self._ring_index >= 0 and vy_thread_id() == self._ring_thread:
+        if self._ring_index >= 0 and vy_thread_token() == self._ring_thread:
             memset(&up, 0, sizeof(up))
             up.offset = <uint32_t>self._ring_index
             vy_io_uring_register(self._fd, IORING_UNREGISTER_RING_FDS, &up, 1)
@@ -664,23 +665,24 @@ cdef class Ring:
 
     cdef int _submit_and_wait(self, uint32_t min_complete, double timeout) except -1:
         """Submit every pending SQE, then wait until `min_complete` completions are
-        ready or `timeout` seconds pass (< 0: no limit). Returns how many SQEs the
-        kernel consumed. EINTR runs the signal handlers (Ctrl-C raises) and retries;
-        EAGAIN/EBUSY wait for a completion and retry; partial submits loop."""
+        ready or `timeout` seconds pass (< 0: no limit). Returns how many SQEs this
+        call handed to the kernel. Signals run their handlers (Ctrl-C raises) and the
+        wait resumes; EAGAIN/EBUSY back off and retry; partial submits loop."""
         cdef double deadline = vy_monotonic() + timeout if timeout >= 0 else -1.0
+        cdef bint sqpoll = (self._setup_flags & IORING_SETUP_SQPOLL) != 0
         cdef int submitted = 0
         cdef int ret
-        cdef uint32_t to_submit, enter_flags, wait_nr
-        cdef bint sqpoll = (self._setup_flags & IORING_SETUP_SQPOLL) != 0
+        cdef uint32_t to_submit, enter_flags
         cdef bint waiting
+        if sqpoll:
+            submitted = <int>(self._sqe_tail - self._sqe_published)
         self._publish()
         while True:
-            to_submit = self._sq_pending()
-            waiting = min_complete > 0 and self._cq_ready() < min_complete
+            waiting = min_complete > 0 and self._cq_ready() < min_complete and not (
+                deadline >= 0 and vy_monotonic() >= deadline)
+            to_submit = 0 if sqpoll else self._sq_pending()
             enter_flags = 0
-            if sqpoll:
-                submitted += to_submit
-                to_submit = 0
+            if sqpoll and self._sq_pending():
                 enter_flags |= self._sqpoll_wakeup()
             if waiting or self._cq_needs_flush():
                 enter_flags |= IORING_ENTER_GETEVENTS
@@ -688,36 +690,40 @@ cdef class Ring:
                 return submitted
             ret = self._enter(to_submit, min_complete if waiting else 0, enter_flags,
                               deadline if waiting else -1.0)
-            if ret == -ETIME:
-                return submitted
             if ret < 0:
-                continue                  # EINTR (signals ran), EAGAIN or EBUSY: retry
-            if sqpoll:
-                if not waiting:
-                    return submitted
-            else:
+                continue               # EINTR (handlers ran), ETIME, EAGAIN or EBUSY
+            if not sqpoll:
+                if ret == 0 and to_submit > 0:
+                    raise UringError(f"io_uring_enter consumed none of {to_submit} "
+                                     f"pending requests")
                 submitted += ret
-                if <uint32_t>ret == to_submit and (
-                        not waiting or self._cq_ready() >= min_complete):
+            if min_complete == 0 or self._cq_ready() >= min_complete:
+                if sqpoll or <uint32_t>ret == to_submit:
                     return submitted
-            if waiting and deadline >= 0 and vy_monotonic() >= deadline:
-                return submitted
+            elif waiting:
+                # A signal can cut the wait short while the call still reports its
+                # submissions as success: run the handlers here (Ctrl-C raises).
+                PyErr_CheckSignals()
 
     cdef int _enter(self, uint32_t to_submit, uint32_t min_complete, uint32_t flags,
                     double deadline) except? -1000:
         """One io_uring_enter with the GIL released. Returns its result, or -EINTR,
-        -EAGAIN, -EBUSY (retry) or -ETIME (deadline passed); raises on anything else."""
+        -ETIME, -EAGAIN or -EBUSY (the caller loops); raises on anything else. Past the
+        deadline it still submits, without waiting."""
         cdef vy_getevents_arg arg
         cdef vy_timespec ts
         cdef double left
-        cdef int ret, ms
+        cdef int ret
         cdef void *argp = NULL
         cdef size_t argsz = 0
         if min_complete and deadline >= 0:
             left = deadline - vy_monotonic()
             if left <= 0:
-                return -ETIME
-            if self._features & IORING_FEAT_EXT_ARG:
+                if to_submit == 0:
+                    return -ETIME
+                min_complete = 0
+                flags &= ~IORING_ENTER_GETEVENTS
+            elif self._features & IORING_FEAT_EXT_ARG:
                 ts.tv_sec = <int64_t>left
                 ts.tv_nsec = <long long>((left - ts.tv_sec) * 1e9)
                 memset(&arg, 0, sizeof(arg))
@@ -726,44 +732,47 @@ cdef class Ring:
                 argsz = sizeof(arg)
                 flags |= IORING_ENTER_EXT_ARG
             else:
-                # Kernels before 5.11 take no timeout: submit, then poll the ring fd.
-                ms = <int>(left * 1000) + 1
-                with nogil:
-                    ret = vy_io_uring_enter(self._fd, to_submit, 0, flags & ~IORING_ENTER_GETEVENTS,
-                                            NULL, 0)
-                    if ret >= 0 and self._cq_ready() < min_complete:
-                        vy_poll_in(self._fd, ms)
-                return self._enter_result(ret, "io_uring_enter")
+                return self._enter_then_poll(to_submit, flags, left)
         cdef int fd = self._fd
-        if self._ring_index >= 0 and vy_thread_id() == self._ring_thread:
-            fd = self._ring_index
-            flags |= IORING_ENTER_REGISTERED_RING
+        if self._ring_index >= 0:
+            if vy_thread_token() == self._ring_thread:
+                fd = self._ring_index
+                flags |= IORING_ENTER_REGISTERED_RING
         with nogil:
             ret = vy_io_uring_enter(fd, to_submit, min_complete, flags, argp, argsz)
-        return self._enter_result(ret, "io_uring_enter")
+        return self._enter_result(ret)
 
-    cdef int _enter_result(self, int ret, str syscall) except? -1000:
-        cdef int rc
+    cdef int _enter_then_poll(self, uint32_t to_submit, uint32_t flags, double left) \
+            except? -1000:
+        """Kernels before 5.11 take no timeout: submit, then poll the ring fd."""
+        cdef int ret, ms = <int>(min(left, 3600.0) * 1000) + 1
+        with nogil:
+            ret = vy_io_uring_enter(self._fd, to_submit, 0, flags & ~IORING_ENTER_GETEVENTS,
+                                    NULL, 0)
+            if ret >= 0:
+                vy_poll_in(self._fd, ms)   # EINTR or not: the caller re-checks
+        return self._enter_result(ret)
+
+    cdef int _enter_result(self, int ret) except? -1000:
         if ret >= 0 or ret == -ETIME:
             return ret
         if ret == -EINTR:
             PyErr_CheckSignals()       # raises KeyboardInterrupt on Ctrl-C
             return ret
         if ret == -EAGAIN or ret == -EBUSY:
-            # The kernel is short of request memory, or holds overflowed CQEs:
-            # wait for one completion (this also flushes the overflow) and retry.
-            if self._used() > self._sq_pending():
-                with nogil:
-                    rc = vy_io_uring_enter(self._fd, 0, 1, IORING_ENTER_GETEVENTS, NULL, 0)
+            # The kernel is short of request memory, or holds overflowed CQEs: back
+            # off until a completion arrives (at most 1 ms), then the caller retries.
+            with nogil:
+                vy_poll_in(self._fd, 1)
             return ret
-        raise syscall_error(syscall, -ret)
+        raise syscall_error("io_uring_enter", -ret)
 
-    cdef int _get_events(self) except -1:
-        """Enter with GETEVENTS and no wait: flushes overflowed CQEs, runs task work."""
-        cdef int ret = -EINTR
-        while ret == -EINTR:
-            ret = self._enter(0, 0, IORING_ENTER_GETEVENTS, -1.0)
-        return 0
+    cdef void _flush_cq(self) noexcept:
+        """Enter with GETEVENTS and no wait, keeping the GIL: the call does not block
+        (it moves overflowed CQEs into the ring, or runs deferred task work), and the
+        caller may hold borrowed arrays. An error just ends the flush; a signal stays
+        pending for the next check."""
+        vy_io_uring_enter(self._fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0)
 
     cdef int _check_waitable(self, uint32_t min_complete) except -1:
         if min_complete > self._used():
@@ -829,31 +838,32 @@ cdef class Ring:
                           Py_ssize_t capacity) except -1:
         """Reap up to `capacity` completions into the caller's arrays (None: into the
         ring's scratch arrays), flushing CQ overflow or deferred task work when the
-        kernel flags it. The arrays are borrowed only around the C copy: never while
-        the GIL is released or while holds are freed (which may run Python code)."""
+        kernel flags it. Between borrowing the arrays and returning, nothing releases
+        the GIL or runs Python code: holds are freed only at the end."""
         cdef Sinks sinks
         cdef Py_ssize_t total = 0
         cdef uint32_t got
         cdef bint flushed = False
         if self._cq_ready() == 0 and self._cq_needs_flush():
-            self._get_events()
+            self._flush_cq()
             flushed = True
-        while True:
-            if ud_out is None:
-                self._scratch_sinks(&sinks)
-            try:
-                if ud_out is not None:
-                    capacity = min(capacity, _open_sinks(&sinks, ud_out, res_out, flags_out))
+        if ud_out is None:
+            self._scratch_sinks(&sinks)
+        try:
+            if ud_out is not None:
+                capacity = min(capacity, _open_sinks(&sinks, ud_out, res_out, flags_out))
+            while total < capacity:
                 got = self._reap_to_sinks(&sinks, total, <uint32_t>min(
                     capacity - total, <Py_ssize_t>UINT32_MAX))
-            finally:
-                _close_sinks(&sinks)
+                total += got
+                if (flushed and got == 0) or not self._cq_needs_flush():
+                    break
+                self._flush_cq()
+                flushed = True
+        finally:
+            _close_sinks(&sinks)
             self._drop_released()
-            total += got
-            if total >= capacity or (flushed and got == 0) or not self._cq_needs_flush():
-                return total
-            self._get_events()
-            flushed = True
+        return total
 
     cdef void _scratch_sinks(self, Sinks *sinks) noexcept:
         """Sinks over the ring's own scratch arrays (capacity: one per slot)."""
@@ -1176,13 +1186,13 @@ cdef class Ring:
     def prep_timeout(self, double seconds, count=0, *, user_data=0, flags=0):
         """Complete after `seconds` (res -ETIME), or once `count` other requests have
         completed (res 0), whichever is first; count=0 is a pure timer."""
-        cdef uint32_t n = <uint32_t>_u64(count, "count")
+        cdef uint32_t n = _count(count, "count")
         cdef uint64_t ud = _u64(user_data, "user_data")
         cdef uint8_t fl = _u8(flags, "flags")
         cdef io_uring_sqe *sqe
         cdef vy_timespec *ts
-        if not seconds >= 0:
-            raise ValueError(f"seconds must be >= 0, not {seconds}")
+        if not 0 <= seconds < 1e15:
+            raise ValueError(f"seconds must be >= 0 and finite, not {seconds}")
         self._enter_api()
         try:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
@@ -1216,17 +1226,29 @@ cdef class Ring:
         finally:
             self._leave_api()
 
-    cdef uint64_t _find_slot(self, uint64_t user_data) noexcept:
-        """The kernel user_data of the oldest live request carrying `user_data`; when
-        none, a key no request has, so the kernel answers -ENOENT."""
-        cdef uint32_t i
-        cdef uint64_t best = _INTERNAL_USER_DATA - 1
+    cdef uint64_t _find_slot(self, uint64_t user_data) except? 0:
+        """The kernel user_data of the oldest request carrying `user_data` that has
+        not completed yet (completions waiting in the CQ are skipped); when none, a
+        key no request has, so the kernel answers -ENOENT."""
+        cdef uint32_t i, head, tail
+        cdef uint64_t idx, best = _INTERNAL_USER_DATA - 1
         cdef uint64_t best_seq = 0xFFFFFFFFFFFFFFFF
+        cdef uint8_t *completed = <uint8_t *>calloc(self._nslots, 1)
+        if completed == NULL:
+            raise MemoryError()
+        head = vy_load_relaxed(self._cq_khead)
+        tail = vy_load_acquire(self._cq_ktail)   # pairs with the kernel's tail release
+        while head != tail:
+            idx = self._cqes[head & self._cq_mask].user_data
+            if idx < self._nslots:
+                completed[idx] = 1
+            head += 1
         for i in range(self._nslots):
-            if self._slots[i].live and self._slots[i].user_data == user_data \
-                    and self._slot_seq[i] < best_seq:
+            if self._slots[i].live and not completed[i] and \
+                    self._slots[i].user_data == user_data and self._slot_seq[i] < best_seq:
                 best = i
                 best_seq = self._slot_seq[i]
+        free(completed)
         return best
 
     # ---- public: batch prep -------------------------------------------------------
@@ -1644,79 +1666,101 @@ cdef class Ring:
     cdef int _cancel_and_drain(self, bint interruptible) except -1:
         """Discard unsubmitted requests, cancel the rest and reap until none is left.
         When `interruptible`, Ctrl-C stops the drain with the ring still open and
-        consistent. A request that will not finish within _DRAIN_PATIENCE_S keeps its
-        memory alive for ever (leaked, never freed under the kernel)."""
+        consistent. If the kernel refuses to cancel or drain (a single-issuer ring
+        closed from another thread) or requests outlive _DRAIN_PATIENCE_S, their
+        memory is kept alive for ever instead (closing the fd cancels them)."""
         cdef double deadline
         self._discard_unsubmitted()
         if self._used() == 0:
             return 0
-        self._cancel_all()
+        if not self._cancel_all():
+            self._leak_outstanding("the kernel refused to cancel them (a single-issuer "
+                                   "ring closed from another thread?)")
+            return 0
         deadline = vy_monotonic() + _DRAIN_PATIENCE_S
         while self._used() > 0:
             if vy_monotonic() > deadline:
-                self._leak_outstanding()
+                self._leak_outstanding(f"they did not finish within {_DRAIN_PATIENCE_S:.0f} "
+                                       f"s of being cancelled")
                 return 0
-            self._drain_step(interruptible)
+            if not self._drain_step(interruptible):
+                self._leak_outstanding("the kernel refused to reap them (a single-issuer "
+                                       "ring closed from another thread?)")
+                return 0
         return 0
 
     cdef void _discard_unsubmitted(self) noexcept:
-        """Drop SQEs prepared but never consumed: their slots and holds go back."""
+        """Roll back SQEs the kernel has not consumed: their slots and holds go back.
+        (Under SQPOLL the kernel thread may be reading them: they are submitted.)"""
         cdef uint32_t khead
+        cdef uint64_t idx
         if self._setup_flags & IORING_SETUP_SQPOLL:
-            self._publish()                # the kernel thread may already be reading them
+            self._publish()
             return
         khead = vy_load_acquire(self._sq_khead)   # pairs with the kernel's head release
         while self._sqe_tail != khead:
             self._sqe_tail -= 1
-            self._free_slot(<uint32_t>self._sqes[self._sqe_tail & self._sq_mask].user_data)
+            idx = self._sqes[self._sqe_tail & self._sq_mask].user_data
+            if idx < self._nslots and self._slots[idx].live:   # not an internal SQE
+                self._free_slot(<uint32_t>idx)
         self._drop_released()
         # Release: pairs with the kernel's tail acquire, as in _publish.
         vy_store_release(self._sq_ktail, self._sqe_tail)
         self._sqe_published = self._sqe_tail
 
-    cdef void _cancel_all(self) noexcept:
-        """IORING_ASYNC_CANCEL_ANY (5.19); older kernels get one cancel per request."""
-        cdef io_uring_sqe *sqe
+    cdef bint _cancel_all(self) noexcept:
+        """Cancel every request: IORING_ASYNC_CANCEL_ANY (5.19), or on older kernels
+        one cancel per request. False when the kernel refuses the submission."""
         cdef uint32_t i
         self._internal_res = 0
-        sqe = self._internal_sqe()
-        if sqe == NULL:
-            return
-        sqe.opcode = IORING_OP_ASYNC_CANCEL
-        sqe.cancel_flags = IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL
-        self._enter_quietly(1)
+        if not self._push_internal(IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL, 0):
+            return False
+        if self._enter_quietly(1) < 0:
+            self._discard_unsubmitted()
+            return False
         if self._internal_res != -EINVAL:
-            return
+            return True
         for i in range(self._nslots):
             if self._slots[i].live:
-                sqe = self._internal_sqe()
-                if sqe == NULL:
-                    return
-                sqe.opcode = IORING_OP_ASYNC_CANCEL
-                sqe.addr = i
-                self._enter_quietly(0)
+                if self._sq_entries == self._sq_pending() and self._enter_quietly(0) < 0:
+                    break
+                self._push_internal(0, i)
+        if self._enter_quietly(0) < 0:
+            self._discard_unsubmitted()
+            return False
+        return True
 
-    cdef io_uring_sqe *_internal_sqe(self) noexcept:
+    cdef bint _push_internal(self, uint32_t cancel_flags, uint64_t target) noexcept:
+        """Queue one of the engine's own ASYNC_CANCEL requests, filled completely
+        before the tail store publishes it (the SQPOLL thread may read it at once)."""
         cdef io_uring_sqe *sqe
         if self._sq_entries - self._sq_pending() == 0:
-            return NULL
+            return False
         sqe = &self._sqes[self._sqe_tail & self._sq_mask]
         memset(sqe, 0, sizeof(io_uring_sqe))
+        sqe.opcode = IORING_OP_ASYNC_CANCEL
+        sqe.cancel_flags = cancel_flags
+        sqe.addr = target
         sqe.user_data = _INTERNAL_USER_DATA
         self._sqe_tail += 1
         self._publish()
-        return sqe
+        return True
 
-    cdef void _enter_quietly(self, uint32_t wait_nr) noexcept:
-        """Submit the engine's own SQEs and optionally wait; errors end the attempt."""
-        cdef int ret
-        cdef uint32_t to_submit = self._sq_pending()
-        if self._setup_flags & IORING_SETUP_SQPOLL:
-            to_submit = 0
-        with nogil:
-            ret = vy_io_uring_enter(self._fd, to_submit, wait_nr,
-                                    IORING_ENTER_GETEVENTS | IORING_ENTER_SQ_WAKEUP, NULL, 0)
+    cdef int _enter_quietly(self, uint32_t wait_nr) noexcept:
+        """Submit the engine's own SQEs, optionally wait, reap and discard; returns
+        the syscall's result (EINTR retried a few times)."""
+        cdef int ret = -EINTR, tries = 0
+        cdef uint32_t to_submit = 0
+        if not (self._setup_flags & IORING_SETUP_SQPOLL):
+            to_submit = self._sq_pending()
+        while ret == -EINTR and tries < 100:
+            tries += 1
+            with nogil:
+                ret = vy_io_uring_enter(self._fd, to_submit, wait_nr,
+                                        IORING_ENTER_GETEVENTS | IORING_ENTER_SQ_WAKEUP,
+                                        NULL, 0)
         self._reap_discard()
+        return ret
 
     cdef void _reap_discard(self) noexcept:
         cdef uint32_t i
@@ -1725,10 +1769,11 @@ cdef class Ring:
             self._drop_released()
             if not (vy_load_relaxed(self._sq_kflags) & IORING_SQ_CQ_OVERFLOW):
                 return
-            with nogil:
-                vy_io_uring_enter(self._fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0)
+            self._flush_cq()
 
     cdef int _drain_step(self, bint interruptible) except -1:
+        """Wait up to 0.2 s for completions and discard them. Returns 0 when the
+        kernel refuses (the drain cannot progress), 1 otherwise."""
         cdef vy_getevents_arg arg
         cdef vy_timespec ts
         cdef int ret
@@ -1746,9 +1791,9 @@ cdef class Ring:
         if ret == -EINTR and interruptible:
             PyErr_CheckSignals()
         self._reap_discard()
-        return 0
+        return ret >= 0 or ret in (-EINTR, -ETIME, -EAGAIN, -EBUSY)
 
-    cdef void _leak_outstanding(self) noexcept:
+    cdef void _leak_outstanding(self, str why) noexcept:
         """Keep every outstanding request's memory alive for ever: the kernel's ring
         teardown may still write into it after we close the fd."""
         cdef uint32_t i
@@ -1759,9 +1804,8 @@ cdef class Ring:
         if self._reg_buffers != NULL:
             self._reg_buffers.refs += 1     # never reaches zero
         self._free_top = self._nslots       # the table is freed next, unused
-        warnings.warn("Ring.close: requests did not finish after cancellation within "
-                      f"{_DRAIN_PATIENCE_S:.0f} s; their buffers are kept alive for ever",
-                      ResourceWarning)
+        warnings.warn(f"Ring.close: {why}; the buffers of the requests still in flight "
+                      f"are kept alive for ever", ResourceWarning)
 
     cdef void _teardown(self) noexcept:
         """Unmap, close, and release every hold; nothing may be in flight any more
@@ -1779,6 +1823,9 @@ cdef class Ring:
         if self._fd >= 0:
             close(self._fd)
             self._fd = -1
+        self._free_tables()
+
+    cdef void _free_tables(self) noexcept:
         free(self._slots)
         free(self._released)
         free(self._scratch_ud)

@@ -27,6 +27,9 @@ class UringSyscallError(UringError, OSError):
         self.hint = hint
         self.detail = detail
 
+    def __reduce__(self):                 # picklable across process pools
+        return (type(self), (self.errno, self.syscall, self.hint, self.detail))
+
     def __str__(self):
         name = _errno.errorcode.get(self.errno, str(self.errno))
         text = f"{self.syscall} failed: {name} ({self.strerror})"

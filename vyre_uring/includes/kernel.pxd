@@ -127,7 +127,7 @@ cdef extern from "uring_abi.h" nogil:
     double vy_monotonic()
     int vy_install_atfork()
     unsigned long vy_fork_gen()
-    unsigned long vy_thread_id()
+    uint64_t vy_thread_token()
 
     void *MAP_FAILED
     int munmap(void *addr, size_t length)

@@ -186,7 +186,16 @@ static inline int vy_install_atfork(void)
 static inline unsigned long vy_fork_gen(void) { return vy_fork_generation; }
 
 /* Registered ring fds belong to the registering thread (the kernel keeps them in
- * the task's io_uring context); a Ring uses its registered index only there. */
-static inline unsigned long vy_thread_id(void) { return (unsigned long)pthread_self(); }
+ * the task's io_uring context); a Ring uses its registered index only there. A
+ * pthread_t is reused once its thread exits, so threads are told apart by a token
+ * drawn from a counter on first use, never reused. */
+static uint64_t vy_thread_tokens = 0;
+static __thread uint64_t vy_this_thread_token = 0;
+static inline uint64_t vy_thread_token(void)
+{
+    if (vy_this_thread_token == 0)
+        vy_this_thread_token = __atomic_add_fetch(&vy_thread_tokens, 1, __ATOMIC_RELAXED);
+    return vy_this_thread_token;
+}
 
 #endif /* VYRE_URING_ABI_H */
