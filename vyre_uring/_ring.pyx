@@ -379,13 +379,21 @@ cdef class Ring:
             self._ring_thread = vy_thread_token()
 
     cdef void _unregister_ring_fd(self) noexcept:
-        """Only the registering thread can unregister; elsewhere the kernel releases
-        the registration when that thread exits."""
+        """Only the registering thread can unregister. Closed from another thread,
+        the registration keeps the kernel's ring object until the registering thread
+        exits, so what is heavy goes first: the registered files and buffers (not in
+        a forked child, whose ring object is the parent's). The rest is a few pages,
+        and at most 16 rings per thread (the kernel's limit of registrations)."""
         cdef vy_rsrc_update up
-        if self._ring_index >= 0 and vy_thread_token() == self._ring_thread:
+        if self._ring_index < 0:
+            return
+        if vy_thread_token() == self._ring_thread:
             memset(&up, 0, sizeof(up))
             up.offset = <uint32_t>self._ring_index
             vy_io_uring_register(self._fd, IORING_UNREGISTER_RING_FDS, &up, 1)
+        elif self._fork_gen == vy_fork_gen():
+            vy_io_uring_register(self._fd, IORING_UNREGISTER_FILES, NULL, 0)
+            vy_io_uring_register(self._fd, IORING_UNREGISTER_BUFFERS, NULL, 0)
         self._ring_index = -1
 
     cdef int _setup_params(self, io_uring_params *p, unsigned int entries, object cq_entries,
@@ -1817,9 +1825,9 @@ cdef class Ring:
                 if self._slots[i].live and self._slots[i].hold != NULL:
                     self._free_slot(i)
             self._drop_released()
+        self._unregister_ring_fd()
         self._release_registered_buffers()
         self._unmap()
-        self._unregister_ring_fd()
         if self._fd >= 0:
             close(self._fd)
             self._fd = -1

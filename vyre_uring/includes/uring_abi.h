@@ -177,14 +177,6 @@ static inline double vy_monotonic(void)
  * parent's ring; a child must not submit to it, drain it or cancel its requests.
  * A pthread_atfork child handler bumps a generation that each Ring compares with
  * the one it was created in: one load per call, no getpid() syscall. */
-static unsigned long vy_fork_generation = 0;
-static void vy_after_fork_child(void) { vy_fork_generation++; }
-static inline int vy_install_atfork(void)
-{
-    return -pthread_atfork(NULL, NULL, vy_after_fork_child);
-}
-static inline unsigned long vy_fork_gen(void) { return vy_fork_generation; }
-
 /* Registered ring fds belong to the registering thread (the kernel keeps them in
  * the task's io_uring context); a Ring uses its registered index only there. A
  * pthread_t is reused once its thread exits, so threads are told apart by a token
@@ -197,5 +189,21 @@ static inline uint64_t vy_thread_token(void)
         vy_this_thread_token = __atomic_add_fetch(&vy_thread_tokens, 1, __ATOMIC_RELAXED);
     return vy_this_thread_token;
 }
+
+static unsigned long vy_fork_generation = 0;
+/* The child's thread is a new task with an empty registered-ring table: it must
+ * not pass for the thread that registered the parent's rings. */
+static void vy_after_fork_child(void)
+{
+    vy_fork_generation++;
+    vy_this_thread_token = 0;
+}
+static inline int vy_install_atfork(void)
+{
+    return -pthread_atfork(NULL, NULL, vy_after_fork_child);
+}
+static inline unsigned long vy_fork_gen(void) { return vy_fork_generation; }
+
+
 
 #endif /* VYRE_URING_ABI_H */

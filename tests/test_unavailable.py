@@ -1,0 +1,278 @@
+"""Where io_uring is blocked (sysctl, seccomp), Ring() raises UringUnavailableError
+saying why and what to do, and check() reports it; every syscall error names the
+syscall, the errno and a fix."""
+import errno
+import json
+import os
+import pickle
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import vyre_uring
+from vyre_uring import Ring, UringSyscallError, UringUnavailableError
+
+SYSCTL = "/proc/sys/kernel/io_uring_disabled"
+
+
+def _read_sysctl():
+    with open(SYSCTL) as f:
+        return int(f.read().strip())
+
+
+def _write_sysctl(value):
+    with open(SYSCTL, "w") as f:
+        f.write(f"{value}\n")
+
+
+@pytest.fixture
+def io_uring_disabled():
+    """set(value): write kernel.io_uring_disabled; the old value is restored after."""
+    if not os.path.exists(SYSCTL):
+        pytest.skip(f"{SYSCTL} is missing (kernel older than 6.6)")
+    if os.geteuid() != 0:
+        pytest.skip("changing kernel.io_uring_disabled needs root")
+    old = _read_sysctl()
+    try:
+        _write_sysctl(old)
+    except OSError as e:
+        pytest.skip(f"{SYSCTL} is not writable here: {e}")
+
+    def set_value(value):
+        _write_sysctl(value)
+        assert _read_sysctl() == value
+
+    try:
+        yield set_value
+    finally:
+        _write_sysctl(old)
+
+
+# ---- kernel.io_uring_disabled ------------------------------------------------------
+
+def test_disabled_2_makes_ring_raise_unavailable_with_the_fix(io_uring_disabled):
+    io_uring_disabled(2)
+    with pytest.raises(UringUnavailableError) as ei:
+        Ring(4)
+    e = ei.value
+    assert isinstance(e, OSError) and isinstance(e, UringSyscallError)
+    assert e.errno == errno.EPERM
+    assert e.syscall == "io_uring_setup"
+    text = str(e)
+    assert "io_uring_disabled" in text and "= 2" in text
+    assert "fix:" in text and "sysctl kernel.io_uring_disabled=0" in text
+
+
+def test_disabled_2_check_reports_unavailable_with_reason(io_uring_disabled):
+    io_uring_disabled(2)
+    a = vyre_uring.check()
+    assert a.available is False
+    assert "io_uring_disabled" in a.reason and "2" in a.reason
+    assert "Fix:" in a.reason
+    assert a.sysctl == 2
+
+
+def test_ring_works_again_after_restoring_sysctl(io_uring_disabled):
+    old = _read_sysctl()
+    io_uring_disabled(2)
+    with pytest.raises(UringUnavailableError):
+        Ring(4)
+    io_uring_disabled(old)
+    with Ring(4) as ring:
+        ring.prep_nop(user_data=1)
+        assert [c.user_data for c in ring.wait(timeout=5)] == [1]
+    assert vyre_uring.check().available
+
+
+def test_ring_created_before_disabling_keeps_working(io_uring_disabled):
+    with Ring(4) as ring:
+        io_uring_disabled(2)
+        ring.prep_nop(user_data=2)
+        assert [(c.user_data, c.res) for c in ring.wait(timeout=5)] == [(2, 0)]
+
+
+def test_disabled_1_still_allows_root(io_uring_disabled):
+    io_uring_disabled(1)
+    with Ring(4) as ring:
+        ring.prep_nop(user_data=3)
+        assert [c.user_data for c in ring.wait(timeout=5)] == [3]
+    assert vyre_uring.check().available
+
+
+def _probe_as_nobody():
+    """In a forked child running as uid/gid 65534 (nobody): try Ring() and check();
+    returns the child's findings as a dict ({"setup": why} when it cannot drop)."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        out = {}
+        try:
+            os.close(rfd)
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            except OSError as e:
+                out["setup"] = f"cannot become nobody: {e}"
+            else:
+                out["setup"] = "ok"
+                out["euid"] = os.geteuid()
+                try:
+                    Ring(4).close()
+                    out["ring"] = "ok"
+                except UringUnavailableError as e:
+                    out.update(ring="unavailable", errno=e.errno, text=str(e),
+                               is_oserror=isinstance(e, OSError))
+                except Exception as e:
+                    out["ring"] = repr(e)
+                a = vyre_uring.check()
+                out.update(available=a.available, reason=a.reason)
+            os.write(wfd, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    try:
+        with os.fdopen(rfd, "rb") as f:
+            data = f.read()
+    finally:
+        os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def test_disabled_1_refuses_unprivileged_user_and_names_io_uring_group(io_uring_disabled):
+    with open("/proc/sys/kernel/io_uring_group") as f:
+        group = int(f.read().strip())
+    if group == 65534:
+        pytest.skip("nobody's group is the io_uring_group here")
+    io_uring_disabled(1)
+    out = _probe_as_nobody()
+    if out["setup"] != "ok":
+        pytest.skip(out["setup"])
+    assert out["euid"] == 65534
+    assert out["ring"] == "unavailable", out
+    assert out["errno"] == errno.EPERM and out["is_oserror"]
+    assert "io_uring_group" in out["text"] and "io_uring_disabled" in out["text"]
+    assert "fix:" in out["text"]
+    assert out["available"] is False and "io_uring_group" in out["reason"]
+
+
+def test_disabled_0_allows_unprivileged_user(io_uring_disabled):
+    io_uring_disabled(0)
+    out = _probe_as_nobody()
+    if out["setup"] != "ok":
+        pytest.skip(out["setup"])
+    assert out["ring"] == "ok", out
+    assert out["available"] is True
+
+
+# ---- seccomp -----------------------------------------------------------------------
+
+SECCOMP_CHILD = textwrap.dedent("""
+    import ctypes, json, sys
+    ERR = int(sys.argv[1])
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8),
+                    ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
+    prog = [
+        (BPF_LD_W_ABS, 0, 0, 4),              # seccomp_data.arch
+        (BPF_JEQ_K, 0, 3, 0xC000003E),        # AUDIT_ARCH_X86_64, else allow
+        (BPF_LD_W_ABS, 0, 0, 0),              # seccomp_data.nr
+        (BPF_JEQ_K, 0, 1, 425),               # io_uring_setup
+        (BPF_RET_K, 0, 0, 0x00050000 | ERR),  # SECCOMP_RET_ERRNO | ERR
+        (BPF_RET_K, 0, 0, 0x7FFF0000),        # SECCOMP_RET_ALLOW
+    ]
+    filters = (SockFilter * len(prog))(*[SockFilter(*i) for i in prog])
+    fprog = SockFprog(len(prog), filters)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                           ctypes.c_ulong]
+    if libc.prctl(38, 1, 0, 0, 0) != 0:                       # PR_SET_NO_NEW_PRIVS
+        print(json.dumps({"setup": "no_new_privs errno %d" % ctypes.get_errno()}))
+        sys.exit(0)
+    if libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0) != 0:  # SECCOMP_MODE_FILTER
+        print(json.dumps({"setup": "seccomp errno %d" % ctypes.get_errno()}))
+        sys.exit(0)
+    out = {"setup": "ok"}
+    import vyre_uring
+    try:
+        vyre_uring.Ring(4).close()
+        out["ring"] = "ok"
+    except vyre_uring.UringUnavailableError as e:
+        out.update(ring="unavailable", errno=e.errno, text=str(e),
+                   is_oserror=isinstance(e, OSError), syscall=e.syscall)
+    except Exception as e:
+        out["ring"] = repr(e)
+    a = vyre_uring.check()
+    out.update(available=a.available, reason=a.reason, seccomp=a.seccomp)
+    print(json.dumps(out))
+""")
+
+
+def _run_seccomp_child(err):
+    if platform.machine() != "x86_64":
+        pytest.skip("the seccomp filter is written for x86_64 (io_uring_setup = 425)")
+    r = subprocess.run([sys.executable, "-c", SECCOMP_CHILD, str(err)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    if out["setup"] != "ok":
+        pytest.skip(f"cannot install a seccomp filter here: {out['setup']}")
+    return out
+
+
+@pytest.mark.parametrize("err", [errno.EPERM, errno.ENOSYS], ids=["EPERM", "ENOSYS"])
+def test_seccomp_blocking_io_uring_setup_is_diagnosed(err):
+    out = _run_seccomp_child(err)
+    assert out["ring"] == "unavailable", out
+    assert out["errno"] == err and out["is_oserror"]
+    assert out["syscall"] == "io_uring_setup"
+    assert "seccomp" in out["text"] and "Seccomp:" in out["text"]
+    assert "fix:" in out["text"] and "seccomp profile" in out["text"]
+    assert out["available"] is False
+    assert "seccomp" in out["reason"] and "Seccomp:" in out["reason"]
+    assert out["seccomp"].startswith("Seccomp:") and not out["seccomp"].endswith("0")
+
+
+# ---- every syscall error names syscall, errno and a fix ----------------------------
+
+def test_unregister_buffers_without_registration_is_a_syscall_error_with_a_hint(ring):
+    with pytest.raises(UringSyscallError) as ei:
+        ring.unregister_buffers()
+    e = ei.value
+    assert isinstance(e, OSError)
+    assert not isinstance(e, UringUnavailableError)
+    assert e.errno == errno.ENXIO
+    assert e.strerror == os.strerror(errno.ENXIO)
+    assert "io_uring_register" in e.syscall
+    assert e.hint and e.hint.strip()
+    text = str(e)
+    assert e.syscall in text and "ENXIO" in text and "fix:" in text and e.hint in text
+    # The ring is fine afterwards.
+    ring.prep_nop(user_data=1)
+    assert [c.user_data for c in ring.wait(timeout=5)] == [1]
+
+
+def test_unregister_files_without_registration_is_a_syscall_error_with_a_hint(ring):
+    with pytest.raises(UringSyscallError) as ei:
+        ring.unregister_files()
+    assert ei.value.errno == errno.ENXIO
+    assert "io_uring_register" in ei.value.syscall
+    assert "fix:" in str(ei.value) and ei.value.hint
+
+
+def test_syscall_error_survives_pickling(ring):
+    with pytest.raises(UringSyscallError) as ei:
+        ring.unregister_buffers()
+    e2 = pickle.loads(pickle.dumps(ei.value))
+    assert type(e2) is type(ei.value)
+    assert (e2.errno, e2.syscall, e2.hint, str(e2)) == \
+        (ei.value.errno, ei.value.syscall, ei.value.hint, str(ei.value))
