@@ -49,3 +49,14 @@ def pipe():
             os.close(f)
         except OSError:
             pass
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_outside_the_source_tree(tmp_path_factory):
+    """Child interpreters (`python -c`) put the working directory first on sys.path:
+    run from the repository root, they would import the uncompiled source package
+    instead of the installed one. Work from an empty directory instead."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
