@@ -106,6 +106,7 @@ def environment():
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
+        "cython": vyre_uring._ring.CYTHON_VERSION,
         "vyre_uring": vyre_uring.__version__,
     }
 
@@ -143,14 +144,20 @@ def run(rounds):
 
 
 def table(results, missing):
+    """min/median/max ops/s, and the ratio to C: of the medians, and per round
+    (each round's contender against the C run right before it, so drift cancels)."""
     lines = [f"{'batch':>5}  {'contender':<12} {'min':>9} {'median':>9} {'max':>9}  "
-             f"{'vs C (median)':>13}"]
+             f"{'vs C: medians':>13}  {'per round min/median/max':>24}"]
     for batch, rows in results.items():
-        ref = statistics.median(rows["C liburing"]) if "C liburing" in rows else None
+        ref = rows.get("C liburing")
         for name, vals in rows.items():
-            ratio = f"{statistics.median(vals) / ref:.2f}x" if ref else "n/a"
+            ratio = per_round = "n/a"
+            if ref:
+                ratio = f"{statistics.median(vals) / statistics.median(ref):.2f}x"
+                r = [v / c for v, c in zip(vals, ref)]
+                per_round = f"{min(r):.2f} / {statistics.median(r):.2f} / {max(r):.2f}"
             lines.append(f"{batch:>5}  {name:<12} {_m(min(vals))} {_m(statistics.median(vals))} "
-                         f"{_m(max(vals))}  {ratio:>13}")
+                         f"{_m(max(vals))}  {ratio:>13}  {per_round:>24}")
         for name, why in missing.items():
             lines.append(f"{batch:>5}  {name:<12} {why}")
     return "\n".join(lines)

@@ -64,6 +64,7 @@ Op = IntEnum("Op", [
 ])
 Op.__doc__ = "io_uring opcodes, numbered as in the kernel's <linux/io_uring.h>."
 
+CYTHON_VERSION = (<bytes>VYRE_CYTHON_VERSION).decode()   # the Cython that built this module
 SQE_FIXED_FILE = IOSQE_FIXED_FILE
 SQE_IO_DRAIN = IOSQE_IO_DRAIN
 SQE_IO_LINK = IOSQE_IO_LINK

@@ -129,6 +129,7 @@ cdef extern from "uring_abi.h" nogil:
     unsigned long vy_fork_gen()
     uint64_t vy_thread_token()
 
+    const char *VYRE_CYTHON_VERSION
     void *MAP_FAILED
     int munmap(void *addr, size_t length)
     int close(int fd)

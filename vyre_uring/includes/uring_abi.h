@@ -24,6 +24,10 @@
 #include <unistd.h>
 #include <linux/io_uring.h>
 
+#ifndef VYRE_CYTHON_VERSION
+#define VYRE_CYTHON_VERSION "unknown"
+#endif
+
 /* Syscall numbers are the same on every architecture since Linux 5.1. */
 #ifndef __NR_io_uring_setup
 #define __NR_io_uring_setup 425
