@@ -166,6 +166,12 @@ cdef Py_ssize_t _open_sinks(Sinks *s, object ud_out, object res_out, object flag
         (flags_out is None or isinstance(flags_out, carray.array))
     s.has_flags = False
     s.ud.has_view = s.res.has_view = s.flags.has_view = False
+    if borrow and _native_sink(&s.ud, ud_out, b"QL", 8) and \
+            _native_sink(&s.res, res_out, b"il", 4) and s.res.n == s.ud.n and \
+            (flags_out is None or (_native_sink(&s.flags, flags_out, b"IL", 4)
+                                   and s.flags.n == s.ud.n)):
+        s.has_flags = flags_out is not None
+        return s.ud.n                      # the common case, checked in a few loads
     int_array_open(&s.ud, ud_out, "user_data_out", True, False, borrow)
     if s.ud.itemsize != 8:
         raise TypeError("user_data_out must hold 8-byte integers (array('Q'), uint64)")
@@ -182,6 +188,19 @@ cdef Py_ssize_t _open_sinks(Sinks *s, object ud_out, object res_out, object flag
         if s.flags.n != s.ud.n:
             _check_same_length(&s.flags, "flags_out", s.ud.n, "user_data_out")
     return s.ud.n
+
+
+cdef inline bint _native_sink(IntArray *a, carray.array arr, const char *codes,
+                              int itemsize) noexcept:
+    """Borrow an array.array whose typecode is one of `codes` with `itemsize`."""
+    cdef char code = arr.ob_descr.typecode
+    if arr.ob_descr.itemsize != itemsize or (code != codes[0] and code != codes[1]):
+        return False
+    a.buf = arr.data.as_chars
+    a.n = Py_SIZE(arr)
+    a.itemsize = itemsize
+    a.is_signed = code == b"i" or code == b"l"
+    return True
 
 
 cdef void _close_sinks(Sinks *s) noexcept:

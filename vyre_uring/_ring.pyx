@@ -16,9 +16,10 @@ from enum import IntEnum
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_SIMPLE,
                              PyBUF_WRITABLE, PyBuffer_Release, PyObject_CheckBuffer,
                              PyObject_GetBuffer)
+cimport cython
 from cpython cimport array as carray
 from cpython.bytes cimport PyBytes_AS_STRING
-from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear
+from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear, PyErr_Occurred
 from cpython.object cimport PyObject, Py_SIZE
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.limits cimport LLONG_MAX
@@ -252,11 +253,10 @@ cdef inline uint64_t _u64(object v, str name, uint64_t hi=0xFFFFFFFFFFFFFFFF) \
     cdef uint64_t x
     if not isinstance(v, int):
         raise TypeError(f"{name} must be an int, not {type(v).__name__}")
-    if v < 0:
-        raise ValueError(f"{name} must be >= 0, not {v}")
-    x = v
-    if x > hi:
-        raise ValueError(f"{name} must be at most {hi}, not {x}")
+    x = _as_u64_noraise(v)
+    if x > hi or (x == 0xFFFFFFFFFFFFFFFF and PyErr_Occurred() != NULL):
+        PyErr_Clear()
+        raise ValueError(f"{name} must be between 0 and {hi}, not {v}")
     return x
 
 
@@ -269,6 +269,7 @@ cdef inline uint8_t _u8(object v, str name) except? 0xFF:
     return <uint8_t>_u64(v, name, 0xFF)
 
 
+@cython.final        # cdef methods become direct calls the compiler can inline
 cdef class Ring:
     """An io_uring instance: submission and completion queues shared with the kernel.
 

@@ -139,6 +139,8 @@ cdef extern from "Python.h":
     # PyObject_GetBuffer declared without Cython's "except -1": the caller checks the
     # result, so the hot path sets up no exception handling.
     int _get_buffer_noraise "PyObject_GetBuffer" (object obj, Py_buffer *view, int flags)
+    # Likewise: the caller turns a failure into an error that names the argument.
+    unsigned long long _as_u64_noraise "PyLong_AsUnsignedLongLong" (object v)
 
 cdef extern from "<linux/stat.h>" nogil:
     struct statx_timestamp:
