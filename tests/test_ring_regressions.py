@@ -188,3 +188,12 @@ def test_reap_into_mixed_array_types_widens(ring):
     res = array.array("q", [7] * 3)          # 8-byte res: the widening path
     assert ring.reap(ud, res, min_complete=3) == 3
     assert sorted(ud) == [1, 2, 3] and list(res) == [0, 0, 0]
+
+
+@pytest.mark.parametrize("typecode", ["b", "h", "i", "l", "q"])
+def test_negative_values_in_signed_arrays_stay_negative(ring, typecode):
+    # A C ternary of int32 and uint32 once turned int32 -5 into 4294967291.
+    with pytest.raises(ValueError, match="offset -5"):
+        ring.prep_reads(0, bytearray(10), array.array(typecode, [-5]),
+                        array.array(typecode, [1]))
+    assert ring.pending == 0

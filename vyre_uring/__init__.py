@@ -12,7 +12,7 @@ if not sys.platform.startswith("linux"):
 from ._ring import (FEAT_EXT_ARG, FEAT_NODROP, FEAT_SINGLE_MMAP, FILE_INDEX_ALLOC,  # noqa: E402
                     SETUP_COOP_TASKRUN, SETUP_DEFER_TASKRUN, SETUP_SINGLE_ISSUER,
                     SETUP_SQPOLL, SQE_ASYNC, SQE_FIXED_FILE, SQE_IO_DRAIN, SQE_IO_HARDLINK,
-                    SQE_IO_LINK, Completion, Op, Ring, Statx)
+                    SQE_IO_LINK, Completion, Op, Ring, Statx, StatxArray)
 from .availability import Availability, check  # noqa: E402
 from .buffers import alloc_buffer  # noqa: E402
 from .errors import (RingBusyError, RingClosedError, RingForkedError,  # noqa: E402
@@ -21,7 +21,7 @@ from .errors import (RingBusyError, RingClosedError, RingForkedError,  # noqa: E
 __version__ = "0.1.0"
 
 __all__ = [
-    "Ring", "Completion", "Statx", "Op", "alloc_buffer", "check", "Availability",
+    "Ring", "Completion", "Statx", "StatxArray", "Op", "alloc_buffer", "check", "Availability",
     "UringError", "UringSyscallError", "UringUnavailableError", "RingClosedError",
     "RingBusyError", "RingForkedError", "RingFullError",
     "SQE_FIXED_FILE", "SQE_IO_DRAIN", "SQE_IO_LINK", "SQE_IO_HARDLINK", "SQE_ASYNC",

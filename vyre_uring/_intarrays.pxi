@@ -107,11 +107,19 @@ cdef inline int64_t ia_get(const IntArray *a, Py_ssize_t i) noexcept nogil:
     p = a.buf + i * a.itemsize
     if a.itemsize == 8:
         return (<const int64_t *>p)[0]
+    # Each branch widens on its own: a ternary of int32 and uint32 would make both
+    # unsigned in C, turning -1 into 4294967295.
     if a.itemsize == 4:
-        return (<const int32_t *>p)[0] if a.is_signed else (<const uint32_t *>p)[0]
+        if a.is_signed:
+            return (<const int32_t *>p)[0]
+        return (<const uint32_t *>p)[0]
     if a.itemsize == 2:
-        return (<const int16_t *>p)[0] if a.is_signed else (<const uint16_t *>p)[0]
-    return (<const int8_t *>p)[0] if a.is_signed else (<const uint8_t *>p)[0]
+        if a.is_signed:
+            return (<const int16_t *>p)[0]
+        return (<const uint16_t *>p)[0]
+    if a.is_signed:
+        return (<const int8_t *>p)[0]
+    return (<const uint8_t *>p)[0]
 
 
 cdef inline void ia_set(IntArray *a, Py_ssize_t i, int64_t v) noexcept nogil:

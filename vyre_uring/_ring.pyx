@@ -27,7 +27,7 @@ from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, 
                           uint64_t, UINT32_MAX)
 from libc.errno cimport EAGAIN, EBUSY, EINTR, EINVAL, ETIME
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memset
+from libc.string cimport memset, strlen
 
 from vyre_uring.includes.kernel cimport *
 
@@ -38,8 +38,9 @@ from vyre_uring.errors import (RingBusyError, RingClosedError, RingForkedError,
 include "_holds.pxi"
 include "_intarrays.pxi"
 include "_batch.pxi"
+include "_path_batch.pxi"
 
-__all__ = ["Ring", "Completion", "Statx", "Op", "try_setup"]
+__all__ = ["Ring", "Completion", "Statx", "StatxArray", "Op", "try_setup"]
 
 Op = IntEnum("Op", [
     ("NOP", IORING_OP_NOP), ("READV", IORING_OP_READV), ("WRITEV", IORING_OP_WRITEV),
@@ -1346,7 +1347,7 @@ cdef class Ring:
                 else:
                     hold = self._reg_buffers
                 self._validate_batch(&b)
-                done = self._fill_batch(&b, hold)
+                done = self._fill_loop(&b, NULL, b.n, hold)
             finally:
                 if hold != NULL and hold.refs == 0:
                     hold_free(hold)
@@ -1386,16 +1387,132 @@ cdef class Ring:
                                           self._reg_buffer_count))
         return 0
 
-    cdef Py_ssize_t _fill_batch(self, ReadBatch *b, Hold *hold) except -1:
+    cdef Py_ssize_t _fill_loop(self, ReadBatch *reads, PathBatch *paths, Py_ssize_t n,
+                               Hold *hold) except -1:
+        """Fill a validated batch chunk by chunk, submitting when the SQ is full;
+        returns how many were prepared (short when the CQ's capacity is reached)."""
         cdef Py_ssize_t done = 0
         cdef uint32_t k
-        while done < b.n:
-            k = self._room(<uint32_t>min(b.n - done, <Py_ssize_t>UINT32_MAX))
+        while done < n:
+            k = self._room(<uint32_t>min(n - done, <Py_ssize_t>UINT32_MAX))
             if k == 0:
                 break
-            self._fill_reads(b, done, k, hold)
+            if reads != NULL:
+                self._fill_reads(reads, done, k, hold)
+            else:
+                self._fill_paths(paths, done, k, hold)
             done += k
         return done
+
+    cdef void _fill_paths(self, PathBatch *b, Py_ssize_t start, uint32_t count,
+                          Hold *hold) noexcept nogil:
+        cdef Claim c
+        cdef Py_ssize_t i
+        self._claim_begin(&c)
+        for i in range(start, start + count):
+            _fill_path_sqe(b, i, claim_sqe(&c, _batch_user_data(&b.ud, i), hold))
+        self._claim_end(&c)
+        if hold != NULL:
+            hold.refs += count
+
+    def prep_openat_batch(self, paths, int flags=os.O_RDONLY, int mode=0o644, *,
+                          int dir_fd=AT_FDCWD, file_indexes=None, user_data=None,
+                          sqe_flags=0):
+        """One openat per path (str, bytes or os.PathLike); res is each new fd (opened
+        O_CLOEXEC). With `file_indexes` (an int array, or FILE_INDEX_ALLOC), open into
+        those slots of the registered file table instead (direct descriptors).
+        user_data=None numbers them 0..n-1. Returns how many were prepared."""
+        cdef PathBatch b
+        cdef tuple t = _paths_tuple(paths)
+        memset(&b, 0, sizeof(PathBatch))
+        b.opcode = IORING_OP_OPENAT
+        b.dir_fd = dir_fd
+        b.mode = <uint32_t>mode
+        b.open_flags = <uint32_t>flags | (os.O_CLOEXEC if file_indexes is None else 0)
+        if file_indexes is not None:
+            b.open_flags &= ~(<uint32_t>os.O_CLOEXEC)  # the kernel refuses it for slots
+            b.direct = True
+        return self._prep_paths(&b, t, None, file_indexes, user_data, sqe_flags)
+
+    def prep_statx_batch(self, paths, StatxArray results not None, *, int flags=0,
+                         unsigned int mask=STATX_BASIC_STATS, int dir_fd=AT_FDCWD,
+                         user_data=None, sqe_flags=0):
+        """One statx(2) per path into results[i] (a StatxArray at least as long);
+        `flags` are AT_* flags. Returns how many were prepared."""
+        cdef PathBatch b
+        cdef tuple t = _paths_tuple(paths)
+        if len(t) > results.n:
+            raise ValueError(f"results holds {results.n} entries for {len(t)} paths")
+        memset(&b, 0, sizeof(PathBatch))
+        b.opcode = IORING_OP_STATX
+        b.dir_fd = dir_fd
+        b.at_flags = <uint32_t>flags
+        b.mask = mask
+        b.statx_base = results.items
+        return self._prep_paths(&b, t, results, None, user_data, sqe_flags)
+
+    def prep_close_batch(self, fds, *, bint fixed=False, user_data=None, sqe_flags=0):
+        """Close every fd of `fds` (an int array), or with fixed=True those slots of
+        the registered file table. Returns how many were prepared."""
+        cdef PathBatch b
+        memset(&b, 0, sizeof(PathBatch))
+        b.opcode = IORING_OP_CLOSE
+        b.direct = fixed
+        return self._prep_paths(&b, None, None, fds, user_data, sqe_flags)
+
+    cdef Py_ssize_t _prep_paths(self, PathBatch *b, tuple paths, object keep,
+                                object index, object user_data, object sqe_flags) \
+            except -1:
+        cdef Hold *hold = NULL
+        cdef Py_ssize_t done = 0
+        b.sqe_flags = _u8(sqe_flags, "sqe_flags") & ~IOSQE_FIXED_FILE
+        self._enter_api()
+        try:
+            self._check_fd(0, b.sqe_flags)
+            try:
+                self._open_path_batch(b, paths, index, user_data)
+                if paths is not None:
+                    hold = hold_object((paths, keep))
+                done = self._fill_loop(NULL, b, b.n, hold)
+            finally:
+                if hold != NULL and hold.refs == 0:
+                    hold_free(hold)
+                _close_path_batch(b)
+        finally:
+            self._leave_api()
+        return done
+
+    cdef int _open_path_batch(self, PathBatch *b, tuple paths, object index,
+                              object user_data) except -1:
+        cdef Py_ssize_t i
+        cdef int64_t v
+        if index is not None:
+            int_array_open(&b.index, index, "file_indexes" if paths is not None else "fds",
+                           False, True)
+        b.n = len(paths) if paths is not None else b.index.n
+        if b.n < 0:
+            raise TypeError("fds must be an array of file descriptors, not an int")
+        if index is not None:
+            _check_same_length(&b.index, "file_indexes" if paths is not None else "fds",
+                               b.n, "paths")
+        if user_data is not None:
+            int_array_open(&b.ud, user_data, "user_data", False, False)
+            _check_same_length(&b.ud, "user_data", b.n, "paths")
+        for i in range(b.n if index is not None else 0):
+            v = ia_get(&b.index, i)
+            if b.direct and not (0 <= v < self._reg_file_count or
+                                 (paths is not None and v == FILE_INDEX_ALLOC)):
+                if self._reg_file_count == 0:
+                    raise ValueError("direct descriptors need a registered file table: "
+                                     "call register_files([-1] * n) first")
+                raise ValueError(f"entry {i}: slot {v} is outside the registered file "
+                                 f"table ({self._reg_file_count} slots)")
+            if not b.direct and not 0 <= v <= 0x7FFFFFFF:
+                raise ValueError(f"entry {i}: fd must be a non-negative file descriptor, "
+                                 f"not {v}")
+        if paths is not None:
+            _path_pointers(b, paths)
+        return 0
 
     cdef void _fill_reads(self, ReadBatch *b, Py_ssize_t start, uint32_t count,
                           Hold *hold) noexcept nogil:
