@@ -1,6 +1,5 @@
 """Bad input is refused with a clear exception before anything reaches the kernel."""
 import array
-import errno
 import os
 import subprocess
 import sys
@@ -8,7 +7,6 @@ import textwrap
 
 import pytest
 
-import vyre_uring
 from vyre_uring import (SQE_FIXED_FILE, RingClosedError, RingFullError, Ring, Statx,
                         UringError)
 

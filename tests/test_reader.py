@@ -1,0 +1,229 @@
+"""The batch reader, every test run against both backends and compared with plain
+Python reads (the differential oracle)."""
+import errno
+import mmap
+import os
+import random
+import sysconfig
+import threading
+import warnings
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vyre_uring
+from vyre_uring import BatchReader, UringUnavailableError, read_files, read_ranges, \
+    read_ranges_into
+from vyre_uring import reader as reader_module
+
+SYSCTL = "/proc/sys/kernel/io_uring_disabled"
+
+
+@pytest.fixture(params=["io_uring", "threads"])
+def backend(request):
+    return request.param
+
+
+def plain_read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def make_tree(root, sizes, seed=0):
+    rnd = random.Random(seed)
+    paths = []
+    for i, size in enumerate(sizes):
+        p = root / f"f {i} ñ.bin"
+        p.write_bytes(rnd.randbytes(size))
+        paths.append(str(p))
+    return paths
+
+
+def test_small_tree_matches_plain_reads(tmp_path, backend):
+    paths = make_tree(tmp_path, [0, 1, 4095, 4096, 4097, 100_000, 3 << 20])
+    assert read_files(paths, backend=backend) == [plain_read(p) for p in paths]
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.one_of(st.integers(0, 8192), st.integers(0, 8 << 20)),
+                      min_size=0, max_size=40),
+       queue_depth=st.sampled_from([1, 3, 64]))
+def test_generated_trees_match_plain_reads(tmp_path_factory, backend, sizes, queue_depth):
+    root = tmp_path_factory.mktemp("tree")
+    paths = make_tree(root, sizes)
+    got = read_files(paths, backend=backend, queue_depth=queue_depth)
+    assert got == [plain_read(p) for p in paths]
+
+
+def test_thousands_of_files(tmp_path, backend):
+    paths = make_tree(tmp_path, [random.Random(i).randrange(0, 3000) for i in range(3000)])
+    assert read_files(paths, backend=backend) == [plain_read(p) for p in paths]
+
+
+def test_the_python_standard_library(backend):
+    # A real tree nobody here wrote.
+    root = sysconfig.get_paths()["stdlib"]
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root)
+                   for f in fs if f.endswith(".py"))[:4000]
+    assert len(paths) > 500
+    assert read_files(paths, backend=backend) == [plain_read(p) for p in paths]
+
+
+def test_paths_may_be_str_bytes_or_pathlike(tmp_path, backend):
+    p = make_tree(tmp_path, [10])[0]
+    got = read_files([p, os.fsencode(p), tmp_path / os.path.basename(p)], backend=backend)
+    assert got == [plain_read(p)] * 3
+
+
+def non_regular_paths(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "broken"
+    link.symlink_to(tmp_path / "nowhere")
+    return {str(tmp_path): errno.EISDIR, str(fifo): errno.EINVAL,
+            "/dev/null": errno.EINVAL, str(link): errno.ENOENT,
+            str(tmp_path / "missing"): errno.ENOENT}
+
+
+def test_bad_paths_fail_alone_with_errno_and_filename(tmp_path, backend):
+    good = make_tree(tmp_path, [100, 200])
+    bad = non_regular_paths(tmp_path)
+    paths = [good[0], *bad, good[1]]
+    out = read_files(paths, backend=backend, on_error="return")   # a FIFO must not hang
+    assert out[0] == plain_read(good[0]) and out[-1] == plain_read(good[1])
+    for result, (path, err) in zip(out[1:-1], bad.items()):
+        assert isinstance(result, OSError), (path, result)
+        assert result.errno == err and result.filename == path
+
+
+def test_on_error_raise_raises_the_first_failure(tmp_path, backend):
+    good = make_tree(tmp_path, [10])
+    with pytest.raises(FileNotFoundError) as err:
+        read_files([good[0], str(tmp_path / "a"), str(tmp_path / "b")], backend=backend)
+    assert err.value.filename == str(tmp_path / "a")
+
+
+def test_read_ranges_has_pread_semantics(tmp_path, backend):
+    path = make_tree(tmp_path, [10_000])[0]
+    data = plain_read(path)
+    offsets = [0, 5, 9_990, 10_000, 20_000, 0]
+    lengths = [5, 100, 100, 10, 10, 0]
+    got = read_ranges(path, offsets, lengths, backend=backend)
+    assert got == [data[o:o + n] for o, n in zip(offsets, lengths)]
+
+
+@pytest.mark.parametrize("make_buffer", [bytearray, lambda n: mmap.mmap(-1, n),
+                                         vyre_uring.alloc_buffer])
+def test_read_ranges_into_a_callers_buffer(tmp_path, backend, make_buffer):
+    path = make_tree(tmp_path, [50_000])[0]
+    data = plain_read(path)
+    buf = make_buffer(8192)
+    got = read_ranges_into(path, buf, [100, 49_990, 7], [1000, 100, 10],
+                           [0, 4096, 2000], backend=backend)
+    assert got == [1000, 10, 10]
+    view = bytes(memoryview(buf)[:8192])
+    assert view[:1000] == data[100:1100]
+    assert view[4096:4106] == data[49_990:]
+    assert view[2000:2010] == data[7:17]
+
+
+def test_read_ranges_into_checks_ranges_first(tmp_path, backend):
+    path = make_tree(tmp_path, [100])[0]
+    with pytest.raises(ValueError, match="range 1"):
+        read_ranges_into(path, bytearray(10), [0, 0], [5, 20], backend=backend)
+    with pytest.raises(ValueError, match="equal lengths"):
+        read_ranges_into(path, bytearray(10), [0, 0], [5], backend=backend)
+    with pytest.raises(TypeError):
+        read_ranges_into(path, bytes(10), [0], [5], backend=backend)
+
+
+def test_read_ranges_of_a_bad_path_raise_with_filename(tmp_path, backend):
+    with pytest.raises(IsADirectoryError) as err:
+        read_ranges(str(tmp_path), [0], [1], backend=backend)
+    assert err.value.filename == str(tmp_path)
+
+
+def test_a_reader_is_reusable_and_counts(tmp_path, backend):
+    paths = make_tree(tmp_path, [10, 20, 30])
+    with BatchReader(backend=backend) as r:
+        assert r.read_files(paths) == [plain_read(p) for p in paths]
+        assert r.read_files(paths[:1]) == [plain_read(paths[0])]
+        s = r.stats()
+    assert (s["files"], s["bytes"], s["backend"]) == (4, 70, backend)
+    assert s["fallback_reason"] is None
+
+
+def test_the_environment_variable_forces_a_backend(monkeypatch):
+    monkeypatch.setenv(reader_module.BACKEND_ENV, "threads")
+    with BatchReader(backend="io_uring") as r:
+        assert r.backend == "threads"
+    monkeypatch.setenv(reader_module.BACKEND_ENV, "bogus")
+    with pytest.raises(ValueError, match="VYRE_URING_BACKEND"):
+        BatchReader()
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="backend"):
+        BatchReader(backend="fast")
+    with pytest.raises(ValueError, match="queue_depth"):
+        BatchReader(queue_depth=0)
+    with pytest.raises(ValueError, match="on_error"):
+        read_files([], on_error="ignore")
+
+
+@pytest.fixture
+def io_uring_disabled():
+    if not os.path.exists(SYSCTL) or os.geteuid() != 0:
+        pytest.skip("needs root and kernel.io_uring_disabled (Linux 6.6+)")
+    with open(SYSCTL) as f:
+        old = f.read().strip()
+    with open(SYSCTL, "w") as f:
+        f.write("2")
+    try:
+        yield
+    finally:
+        with open(SYSCTL, "w") as f:
+            f.write(old)
+
+
+def test_auto_falls_back_to_threads_and_says_why(tmp_path, io_uring_disabled, monkeypatch):
+    paths = make_tree(tmp_path, [100, 0, 5000])
+    monkeypatch.setattr(reader_module, "_warned", threading.Event())
+    with pytest.warns(RuntimeWarning, match="io_uring_disabled"):
+        r = BatchReader(backend="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # warned once, not again
+        BatchReader(backend="auto").close()
+    with r:
+        assert r.backend == "threads"
+        assert "io_uring_disabled" in r.stats()["fallback_reason"]
+        assert r.read_files(paths) == [plain_read(p) for p in paths]
+
+
+def test_io_uring_backend_refuses_to_fall_back(io_uring_disabled):
+    with pytest.raises(UringUnavailableError, match="io_uring_disabled"):
+        BatchReader(backend="io_uring")
+
+
+def test_io_uring_counts_syscalls_in_batches(tmp_path):
+    paths = make_tree(tmp_path, [100] * 200)
+    with BatchReader(backend="io_uring", queue_depth=64) as r:
+        r.read_files(paths)
+        s = r.stats()
+    assert s["operations"] >= 4 * 200              # open, statx, read, close per file
+    assert s["syscalls"] < 200                     # batched: far fewer than one per file
+
+
+def test_huge_read_ranges_use_pieces(tmp_path):
+    # A range longer than one request may carry comes back whole (pieces of 1 GiB
+    # are too slow to test here: shrink the piece size).
+    path = make_tree(tmp_path, [300_000])[0]
+    old = vyre_uring._uring_backend.MAX_PIECE
+    vyre_uring._uring_backend.MAX_PIECE = 4096
+    try:
+        got = read_ranges(path, [10], [299_990], backend="io_uring")
+    finally:
+        vyre_uring._uring_backend.MAX_PIECE = old
+    assert got == [plain_read(path)[10:]]

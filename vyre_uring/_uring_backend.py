@@ -1,0 +1,206 @@
+"""The io_uring backend of the reader: batches of openat+statx, reads, closes.
+
+Python runs once per window of files (or per window of completions), never once per
+I/O request: every prep and reap is a batch call whose loop is C.
+"""
+import array
+import os
+import stat
+
+from ._files import OPEN_FLAGS, check_regular, open_regular, path_error
+from ._ring import Ring, StatxArray
+from .buffers import alloc_buffer
+
+__all__ = ["UringBackend", "read_pieces"]
+
+# One read request carries at most this much: Linux caps a single read near 2 GiB.
+MAX_PIECE = 1 << 30
+# Files up to this size share the window's pool buffer; larger ones get their own.
+POOLED_FILE = 1 << 20
+
+OPEN, STATX, READ, CLOSE = range(4)
+
+
+def _tag(kind, index):
+    return (kind << 40) | index
+
+
+class UringBackend:
+    name = "io_uring"
+
+    def __init__(self, queue_depth):
+        self.queue_depth = queue_depth
+        # Each file costs an openat and a statx before its read: room for both.
+        self.ring = Ring(queue_depth, cq_entries=4 * queue_depth)
+        n = 4 * queue_depth
+        self._ud = array.array("Q", bytes(8 * n))
+        self._res = array.array("i", bytes(4 * n))
+        self.stats = {"syscalls": 0, "operations": 0, "short_reads": 0}
+
+    def close(self):
+        self.ring.close()
+
+    # ---- completions -------------------------------------------------------------
+
+    def _reap(self, min_complete):
+        """(user_data, res) pairs: at least `min_complete` of them."""
+        n = self.ring.reap(self._ud, self._res, min_complete=min(min_complete, len(self._ud)))
+        self.stats["syscalls"] += 1
+        self.stats["operations"] += n
+        return zip(self._ud[:n], self._res[:n])
+
+    # ---- whole files ---------------------------------------------------------------
+
+    def read_files(self, paths, on_done):
+        """Read every path; on_done(index, bytes_or_exception) as each finishes."""
+        w = self.queue_depth
+        for start in range(0, len(paths), w):
+            self._read_window(paths, range(start, min(start + w, len(paths))), on_done)
+        self._drain()
+
+    def _read_window(self, paths, window, on_done):
+        names = [paths[i] for i in window]
+        n = len(names)
+        fds = array.array("i", [-1]) * n
+        statx_res = array.array("i", [0]) * n
+        results = StatxArray(n)
+        ring = self.ring
+        ring.prep_openat_batch(names, OPEN_FLAGS, user_data=array.array(
+            "Q", [_tag(OPEN, j) for j in range(n)]))
+        ring.prep_statx_batch(names, results, user_data=array.array(
+            "Q", [_tag(STATX, j) for j in range(n)]))
+        waiting = 2 * n
+        while waiting:
+            for ud, res in self._reap(waiting):
+                kind, j = ud >> 40, ud & 0xFFFFFFFFFF
+                if kind == OPEN:
+                    fds[j] = res
+                elif kind == STATX:
+                    statx_res[j] = res
+                else:
+                    continue                   # a close from the previous window
+                waiting -= 1
+        sizes, modes = results.sizes(), results.modes()
+        readable = []
+        for j, index in enumerate(window):
+            error = _open_error(fds[j], statx_res[j], modes[j], names[j])
+            if error is None:
+                readable.append(j)
+            else:
+                on_done(index, error)
+        if readable:
+            self._read_opened(names, window, fds, sizes, readable, on_done)
+        opened = array.array("i", [fd for fd in fds if fd >= 0])
+        if opened:
+            # Completed by the next window's reaps, or by _drain.
+            ring.prep_close_batch(opened, user_data=array.array(
+                "Q", [_tag(CLOSE, 0)] * len(opened)))
+
+    def _read_opened(self, names, window, fds, sizes, readable, on_done):
+        small = [j for j in readable if sizes[j] <= POOLED_FILE]
+        if small:
+            lengths = array.array("q", [sizes[j] for j in small])
+            starts = array.array("q", [0]) * len(small)
+            pos = 0
+            for k, length in enumerate(lengths):
+                starts[k] = pos
+                pos += length
+            pool = alloc_buffer(max(pos, 1))
+            got = read_pieces(self, array.array("i", [fds[j] for j in small]), pool,
+                              array.array("q", [0]) * len(small), lengths, starts,
+                              lambda k: names[small[k]])
+            for k, j in enumerate(small):
+                result = got[k]
+                if not isinstance(result, OSError):
+                    result = pool[starts[k]:starts[k] + result]
+                on_done(window[j], result)
+            pool.close()
+        for j in readable:
+            if sizes[j] > POOLED_FILE:
+                on_done(window[j], self._read_large(fds[j], sizes[j], names[j]))
+
+    def _read_large(self, fd, size, name):
+        buf = bytearray(size)
+        got = read_pieces(self, array.array("i", [fd]), buf, array.array("q", [0]),
+                          array.array("q", [size]), array.array("q", [0]),
+                          lambda k: name)[0]
+        if isinstance(got, OSError):
+            return got
+        return bytes(memoryview(buf)[:got])
+
+    def _drain(self):
+        """Reap what is still outstanding (the last window's closes)."""
+        while self.ring.in_flight or self.ring.pending:
+            for _ in self._reap(1):
+                pass
+
+    # ---- ranges of one file --------------------------------------------------------
+
+    def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets):
+        fd = open_regular(path)
+        try:
+            got = read_pieces(self, fd, buffer, offsets, lengths, buffer_offsets,
+                              lambda i: path)
+        finally:
+            os.close(fd)
+        for result in got:
+            if isinstance(result, OSError):
+                raise result
+        return got
+
+
+def _open_error(fd, statx_res, mode, name):
+    """The error that stops this file before its read, or None."""
+    if fd < 0:
+        return path_error(-fd, name)
+    if statx_res < 0:
+        return path_error(-statx_res, name)
+    if not stat.S_ISREG(mode):
+        try:
+            check_regular(mode, name)
+        except OSError as exc:
+            return exc
+    return None
+
+
+def read_pieces(backend, fds, buffer, offsets, lengths, buffer_offsets, name_of):
+    """Read range i (fds an int or one fd per range) into buffer[buffer_offsets[i]:],
+    resubmitting the rest after a short read, in pieces of at most MAX_PIECE, until
+    the range is full or EOF. Returns per range the bytes read, or its OSError
+    (named by name_of(i))."""
+    n = len(offsets)
+    done = [0] * n
+    result = [0 if lengths[i] == 0 else None for i in range(n)]
+    todo = [i for i in range(n) if lengths[i]]
+    ring = backend.ring
+    while todo:
+        batch = todo[:len(backend._ud)]
+        todo = todo[len(batch):]
+        piece_len = array.array("q", [min(lengths[i] - done[i], MAX_PIECE) for i in batch])
+        prepared = ring.prep_reads(
+            fds if isinstance(fds, int) else array.array("i", [fds[i] for i in batch]),
+            buffer,
+            array.array("q", [offsets[i] + done[i] for i in batch]),
+            piece_len,
+            array.array("q", [buffer_offsets[i] + done[i] for i in batch]),
+            array.array("Q", [_tag(READ, i) for i in batch]))
+        todo = batch[prepared:] + todo
+        waiting = prepared
+        while waiting:
+            for ud, res in backend._reap(waiting):
+                if ud >> 40 != READ:
+                    continue                   # a close from an earlier window
+                waiting -= 1
+                i = ud & 0xFFFFFFFFFF
+                if res < 0:
+                    result[i] = path_error(-res, name_of(i))
+                elif res == 0:
+                    result[i] = done[i]        # EOF: what pread would return
+                else:
+                    done[i] += res
+                    if done[i] < lengths[i]:
+                        backend.stats["short_reads"] += 1
+                        todo.append(i)
+                    else:
+                        result[i] = done[i]
+    return result

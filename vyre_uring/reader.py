@@ -1,0 +1,174 @@
+"""The batch file reader: many files, many byte ranges, through io_uring or a thread
+pool of os.pread where io_uring is blocked.
+
+    read_files(paths)                  -> list of bytes, in input order
+    read_ranges(path, offsets, lengths) -> list of bytes (pread semantics)
+    read_ranges_into(path, buffer, offsets, lengths, buffer_offsets) -> byte counts
+    BatchReader(...)                   the reusable object behind them
+"""
+import array
+import os
+import threading
+import warnings
+
+from .availability import is_unavailable_errno
+from .errors import UringSyscallError, UringUnavailableError
+
+__all__ = ["BatchReader", "read_files", "read_ranges", "read_ranges_into", "BACKEND_ENV"]
+
+BACKEND_ENV = "VYRE_URING_BACKEND"     # forces a backend: io_uring or threads
+BACKENDS = ("auto", "io_uring", "threads")
+DEFAULT_QUEUE_DEPTH = 64
+
+_warned = threading.Event()            # "auto" warns once per process when it falls back
+
+
+class BatchReader:
+    """Owns a backend (an io_uring ring, or a thread pool) and reads through it.
+
+    backend: "auto" (io_uring, falling back to threads with a warning when io_uring
+    is unavailable here), "io_uring" (UringUnavailableError instead of falling
+    back) or "threads". The environment variable VYRE_URING_BACKEND overrides it.
+    """
+
+    def __init__(self, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH, workers=None):
+        backend = os.environ.get(BACKEND_ENV) or backend
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
+                             f"{' (from ' + BACKEND_ENV + ')' if os.environ.get(BACKEND_ENV) else ''}")
+        if not 1 <= queue_depth <= 4096:
+            raise ValueError(f"queue_depth must be between 1 and 4096, not {queue_depth}")
+        self.fallback_reason = None
+        self._backend = self._make_backend(backend, queue_depth, workers)
+        self._files = self._bytes = 0
+
+    def _make_backend(self, backend, queue_depth, workers):
+        if backend != "threads":
+            try:
+                from ._uring_backend import UringBackend
+                return UringBackend(queue_depth)
+            except UringSyscallError as exc:
+                if backend == "io_uring" or not (isinstance(exc, UringUnavailableError)
+                                                 or is_unavailable_errno(exc.errno)):
+                    raise
+                self.fallback_reason = str(exc)
+                if not _warned.is_set():
+                    _warned.set()
+                    warnings.warn(f"vyre_uring: io_uring is unavailable, reading with "
+                                  f"threads instead: {exc}", RuntimeWarning, stacklevel=4)
+        from ._threads_backend import ThreadsBackend
+        return ThreadsBackend(workers or min(32, (os.cpu_count() or 1) * 4))
+
+    @property
+    def backend(self):
+        """The backend in use: "io_uring" or "threads"."""
+        return self._backend.name
+
+    def close(self):
+        self._backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def stats(self):
+        """Counters since creation: files, bytes, operations, short reads resubmitted,
+        syscalls, the backend, and why it fell back (None when it did not)."""
+        return {"files": self._files, "bytes": self._bytes, **self._backend.stats,
+                "backend": self.backend, "fallback_reason": self.fallback_reason}
+
+    def read_files(self, paths, *, on_error="raise"):
+        """Every file's bytes, in input order. With on_error="return" a failed path's
+        slot holds its OSError (errno and filename set) and the others are still read;
+        with "raise" the first failure (in input order) is raised after the batch."""
+        if on_error not in ("raise", "return"):
+            raise ValueError(f'on_error must be "raise" or "return", not {on_error!r}')
+        paths = [os.fspath(p) for p in paths]
+        out = [None] * len(paths)
+
+        def on_done(index, result):
+            out[index] = result
+
+        self._backend.read_files(paths, on_done)
+        self._files += len(paths)
+        self._bytes += sum(len(r) for r in out if not isinstance(r, BaseException))
+        if on_error == "raise":
+            for r in out:
+                if isinstance(r, BaseException):
+                    raise r
+        return out
+
+    def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets=None):
+        """pread each range into the caller's writable buffer; returns the bytes read
+        per range (fewer than asked past EOF). buffer_offsets=None packs the ranges."""
+        offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
+        if buffer_offsets is None:
+            buffer_offsets = _packed(lengths)
+        buffer_offsets = _int_list(buffer_offsets, "buffer_offsets")
+        with memoryview(buffer) as view:
+            if view.readonly:
+                raise TypeError(f"buffer must be writable (bytearray, mmap, numpy array), "
+                                f"not a read-only {type(buffer).__name__}")
+            _check_ranges(view.nbytes, offsets, lengths, buffer_offsets)
+        got = self._backend.read_ranges_into(os.fspath(path), buffer, offsets, lengths,
+                                             buffer_offsets)
+        self._bytes += sum(got)
+        return got
+
+    def read_ranges(self, path, offsets, lengths):
+        """Each range's bytes (pread semantics: a range past EOF returns what exists)."""
+        lengths = _int_list(lengths, "lengths")
+        starts = _packed(lengths)
+        buf = bytearray(sum(lengths))
+        got = self.read_ranges_into(path, buf, offsets, lengths, starts)
+        view = memoryview(buf)
+        return [bytes(view[s:s + n]) for s, n in zip(starts, got)]
+
+
+def _int_list(values, name):
+    try:
+        out = array.array("q", values)
+    except (TypeError, OverflowError) as exc:
+        raise TypeError(f"{name} must be a sequence of ints: {exc}") from None
+    return out
+
+
+def _packed(lengths):
+    starts, pos = array.array("q"), 0
+    for n in lengths:
+        starts.append(pos)
+        pos += n
+    return starts
+
+
+def _check_ranges(buflen, offsets, lengths, buffer_offsets):
+    if not len(offsets) == len(lengths) == len(buffer_offsets):
+        raise ValueError(f"offsets ({len(offsets)}), lengths ({len(lengths)}) and "
+                         f"buffer_offsets ({len(buffer_offsets)}) must have equal lengths")
+    for i, (off, n, b) in enumerate(zip(offsets, lengths, buffer_offsets)):
+        if off < 0 or n < 0 or b < 0 or b + n > buflen:
+            raise ValueError(f"range {i} (offset {off}, length {n}, buffer offset {b}) "
+                             f"is invalid for a {buflen}-byte buffer")
+
+
+def read_files(paths, *, on_error="raise", backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH,
+               workers=None):
+    """Read whole files; see BatchReader.read_files."""
+    with BatchReader(backend=backend, queue_depth=queue_depth, workers=workers) as r:
+        return r.read_files(paths, on_error=on_error)
+
+
+def read_ranges(path, offsets, lengths, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH):
+    """Read byte ranges of one file; see BatchReader.read_ranges."""
+    with BatchReader(backend=backend, queue_depth=queue_depth) as r:
+        return r.read_ranges(path, offsets, lengths)
+
+
+def read_ranges_into(path, buffer, offsets, lengths, buffer_offsets=None, *, backend="auto",
+                     queue_depth=DEFAULT_QUEUE_DEPTH):
+    """Read byte ranges of one file into a buffer; see BatchReader.read_ranges_into."""
+    with BatchReader(backend=backend, queue_depth=queue_depth) as r:
+        return r.read_ranges_into(path, buffer, offsets, lengths, buffer_offsets)
+
