@@ -5,7 +5,9 @@ I/O request: every prep and reap is a batch call whose loop is C.
 """
 import array
 import os
+import queue
 import stat
+from concurrent.futures import ThreadPoolExecutor
 
 from ._files import OPEN_FLAGS, check_regular, open_regular, path_error
 from ._ring import Ring, StatxArray
@@ -26,10 +28,74 @@ def _tag(kind, index):
 
 
 class UringBackend:
+    """`workers` rings used by as many threads; each window of files goes to whichever
+    ring is free. Waits release the GIL, so the rings' I/O overlaps."""
     name = "io_uring"
 
-    def __init__(self, queue_depth):
+    def __init__(self, queue_depth, workers):
         self.queue_depth = queue_depth
+        self._rings = []
+        try:
+            for _ in range(workers):
+                self._rings.append(_RingReader(queue_depth))
+        except BaseException:
+            self.close()
+            raise
+        self._free = queue.SimpleQueue()
+        for r in self._rings:
+            self._free.put(r)
+        self._pool = ThreadPoolExecutor(workers, "vyre-uring") if workers > 1 else None
+
+    @property
+    def stats(self):
+        return {key: sum(r.stats[key] for r in self._rings)
+                for key in ("syscalls", "operations", "short_reads")}
+
+    def close(self):
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=True)
+        for r in self._rings:
+            r.close()
+
+    def _run(self, tasks):
+        """Run fn(ring) for every fn, on the free rings, in parallel when there are
+        several rings and several tasks; returns the results in order."""
+        def on_a_free_ring(fn):
+            r = self._free.get()
+            try:
+                return fn(r)
+            finally:
+                self._free.put(r)
+        if self._pool is None or len(tasks) < 2:
+            return [on_a_free_ring(fn) for fn in tasks]
+        return list(self._pool.map(on_a_free_ring, tasks))
+
+    def read_files(self, paths, on_done):
+        """Read every path; on_done(index, bytes_or_exception) as each finishes (from
+        several threads when there are several rings)."""
+        w = self.queue_depth
+        windows = [range(s, min(s + w, len(paths))) for s in range(0, len(paths), w)]
+        self._run([lambda r, win=win: r.read_window(paths, win, on_done) for win in windows])
+        for r in self._rings:
+            r.drain()
+
+    def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets):
+        """Range i into buffer[buffer_offsets[i]:]; returns the byte counts. With
+        several rings, each reads a contiguous share of the ranges."""
+        n = len(offsets)
+        share = max(1, -(-n // len(self._rings)))
+        parts = self._run([
+            lambda r, s=s: r.read_ranges_into(path, buffer, offsets[s:s + share],
+                                              lengths[s:s + share],
+                                              buffer_offsets[s:s + share])
+            for s in range(0, n, share)])
+        return [count for part in parts for count in part]
+
+
+class _RingReader:
+    """One ring's worth of the reader: windows of files, ranges of one file."""
+
+    def __init__(self, queue_depth):
         # Each file costs an openat and a statx before its read: room for both.
         self.ring = Ring(queue_depth, cq_entries=4 * queue_depth)
         n = 4 * queue_depth
@@ -51,14 +117,9 @@ class UringBackend:
 
     # ---- whole files ---------------------------------------------------------------
 
-    def read_files(self, paths, on_done):
-        """Read every path; on_done(index, bytes_or_exception) as each finishes."""
-        w = self.queue_depth
-        for start in range(0, len(paths), w):
-            self._read_window(paths, range(start, min(start + w, len(paths))), on_done)
-        self._drain()
-
-    def _read_window(self, paths, window, on_done):
+    def read_window(self, paths, window, on_done):
+        """Open, stat, read and close the files paths[i] for i in `window`; the
+        closes complete during the next window's reaps (or drain())."""
         names = [paths[i] for i in window]
         n = len(names)
         fds = array.array("i", [-1]) * n
@@ -92,7 +153,7 @@ class UringBackend:
             self._read_opened(names, window, fds, sizes, readable, on_done)
         opened = array.array("i", [fd for fd in fds if fd >= 0])
         if opened:
-            # Completed by the next window's reaps, or by _drain.
+            # Completed by the next window's reaps, or by drain().
             ring.prep_close_batch(opened, user_data=array.array(
                 "Q", [_tag(CLOSE, 0)] * len(opened)))
 
@@ -128,7 +189,7 @@ class UringBackend:
             return got
         return bytes(memoryview(buf)[:got])
 
-    def _drain(self):
+    def drain(self):
         """Reap what is still outstanding (the last window's closes)."""
         while self.ring.in_flight or self.ring.pending:
             for _ in self._reap(1):

@@ -2,6 +2,7 @@
 pool of os.pread where io_uring is blocked.
 
     read_files(paths)                  -> list of bytes, in input order
+    iter_files(paths)                  -> (index, path, bytes) as files complete
     read_ranges(path, offsets, lengths) -> list of bytes (pread semantics)
     read_ranges_into(path, buffer, offsets, lengths, buffer_offsets) -> byte counts
     BatchReader(...)                   the reusable object behind them
@@ -14,7 +15,8 @@ import warnings
 from .availability import is_unavailable_errno
 from .errors import UringSyscallError, UringUnavailableError
 
-__all__ = ["BatchReader", "read_files", "read_ranges", "read_ranges_into", "BACKEND_ENV"]
+__all__ = ["BatchReader", "read_files", "iter_files", "read_ranges", "read_ranges_into",
+           "BACKEND_ENV"]
 
 BACKEND_ENV = "VYRE_URING_BACKEND"     # forces a backend: io_uring or threads
 BACKENDS = ("auto", "io_uring", "threads")
@@ -38,7 +40,10 @@ class BatchReader:
                              f"{' (from ' + BACKEND_ENV + ')' if os.environ.get(BACKEND_ENV) else ''}")
         if not 1 <= queue_depth <= 4096:
             raise ValueError(f"queue_depth must be between 1 and 4096, not {queue_depth}")
+        if workers is not None and not 1 <= workers <= 256:
+            raise ValueError(f"workers must be between 1 and 256, not {workers}")
         self.fallback_reason = None
+        self._queue_depth = queue_depth
         self._backend = self._make_backend(backend, queue_depth, workers)
         self._files = self._bytes = 0
 
@@ -46,7 +51,7 @@ class BatchReader:
         if backend != "threads":
             try:
                 from ._uring_backend import UringBackend
-                return UringBackend(queue_depth)
+                return UringBackend(queue_depth, workers or default_workers())
             except UringSyscallError as exc:
                 if backend == "io_uring" or not (isinstance(exc, UringUnavailableError)
                                                  or is_unavailable_errno(exc.errno)):
@@ -79,26 +84,63 @@ class BatchReader:
         return {"files": self._files, "bytes": self._bytes, **self._backend.stats,
                 "backend": self.backend, "fallback_reason": self.fallback_reason}
 
-    def read_files(self, paths, *, on_error="raise"):
+    def read_files(self, paths, *, on_error="raise", progress=None):
         """Every file's bytes, in input order. With on_error="return" a failed path's
         slot holds its OSError (errno and filename set) and the others are still read;
-        with "raise" the first failure (in input order) is raised after the batch."""
+        with "raise" the first failure (in input order) is raised after the batch.
+        progress: True for a tqdm bar (when tqdm is installed), or a callable
+        receiving (files_done, files_total, bytes_done)."""
         if on_error not in ("raise", "return"):
             raise ValueError(f'on_error must be "raise" or "return", not {on_error!r}')
         paths = [os.fspath(p) for p in paths]
         out = [None] * len(paths)
+        report = _Progress(progress, len(paths))
 
         def on_done(index, result):
             out[index] = result
+            report.done(result)
 
-        self._backend.read_files(paths, on_done)
-        self._files += len(paths)
-        self._bytes += sum(len(r) for r in out if not isinstance(r, BaseException))
+        try:
+            self._backend.read_files(paths, on_done)
+        finally:
+            report.close()
+        self._count(out)
         if on_error == "raise":
             for r in out:
                 if isinstance(r, BaseException):
                     raise r
         return out
+
+    def iter_files(self, paths, *, max_bytes_in_flight=64 << 20, progress=None):
+        """Yield (index, path, bytes_or_OSError) window by window, as files complete.
+        Memory stays near `max_bytes_in_flight` whatever the total: a window holds
+        as many files as fit the budget by the sizes seen so far (at least one)."""
+        if max_bytes_in_flight < 1:
+            raise ValueError(f"max_bytes_in_flight must be >= 1, not {max_bytes_in_flight}")
+        paths = [os.fspath(p) for p in paths]
+        report = _Progress(progress, len(paths))
+        window, start = self._queue_depth, 0
+        try:
+            while start < len(paths):
+                batch = paths[start:start + window]
+                ready = []
+                self._backend.read_files(batch, lambda i, r: ready.append((i, r)))
+                self._count(r for _, r in ready)
+                for i, result in sorted(ready, key=lambda item: item[0]):
+                    report.done(result)
+                    yield start + i, batch[i], result
+                start += len(batch)
+                got = sum(len(r) for _, r in ready if not isinstance(r, BaseException))
+                window = _next_window(window, got, len(batch), max_bytes_in_flight,
+                                      self._queue_depth)
+        finally:
+            report.close()
+
+    def _count(self, results):
+        for r in results:
+            self._files += 1
+            if not isinstance(r, BaseException):
+                self._bytes += len(r)
 
     def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets=None):
         """pread each range into the caller's writable buffer; returns the bytes read
@@ -125,6 +167,60 @@ class BatchReader:
         got = self.read_ranges_into(path, buf, offsets, lengths, starts)
         view = memoryview(buf)
         return [bytes(view[s:s + n]) for s, n in zip(starts, got)]
+
+
+def _next_window(window, got_bytes, files, budget, queue_depth):
+    """Files per window so that a window's bytes stay within `budget`, judging by
+    the average file of the last window; between 1 and queue_depth * 16."""
+    if got_bytes == 0:
+        return min(window * 2, queue_depth * 16)
+    fit = int(budget / (got_bytes / files))
+    return max(1, min(fit, queue_depth * 16))
+
+
+class _Progress:
+    """progress=True: a tqdm bar; a callable: (files_done, files_total, bytes_done)."""
+
+    def __init__(self, progress, total):
+        self._lock = threading.Lock()       # on_done runs in several threads
+        self.files = self.bytes = 0
+        self.total = total
+        self._bar = None
+        self._callback = None
+        if progress is True:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                warnings.warn("progress=True needs tqdm (pip install vyre-uring[progress])",
+                              RuntimeWarning, stacklevel=3)
+            else:
+                self._bar = tqdm(total=total, unit="file")
+        elif callable(progress):
+            self._callback = progress
+        elif progress not in (None, False):
+            raise TypeError(f"progress must be True, a callable or None, not {progress!r}")
+
+    def done(self, result):
+        if self._bar is None and self._callback is None:
+            return
+        with self._lock:
+            self.files += 1
+            if not isinstance(result, BaseException):
+                self.bytes += len(result)
+            if self._bar is not None:
+                self._bar.update(1)
+            else:
+                self._callback(self.files, self.total, self.bytes)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
+def default_workers():
+    """Rings (threads) for the io_uring backend: one per core, at most four; each
+    waits with the GIL released, so their I/O overlaps."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _int_list(values, name):
@@ -154,10 +250,18 @@ def _check_ranges(buflen, offsets, lengths, buffer_offsets):
 
 
 def read_files(paths, *, on_error="raise", backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH,
-               workers=None):
+               workers=None, progress=None):
     """Read whole files; see BatchReader.read_files."""
     with BatchReader(backend=backend, queue_depth=queue_depth, workers=workers) as r:
-        return r.read_files(paths, on_error=on_error)
+        return r.read_files(paths, on_error=on_error, progress=progress)
+
+
+def iter_files(paths, *, max_bytes_in_flight=64 << 20, backend="auto",
+               queue_depth=DEFAULT_QUEUE_DEPTH, workers=None, progress=None):
+    """Yield (index, path, bytes_or_OSError) as files complete; see BatchReader.iter_files."""
+    with BatchReader(backend=backend, queue_depth=queue_depth, workers=workers) as r:
+        yield from r.iter_files(paths, max_bytes_in_flight=max_bytes_in_flight,
+                                progress=progress)
 
 
 def read_ranges(path, offsets, lengths, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH):
