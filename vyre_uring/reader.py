@@ -62,7 +62,9 @@ class BatchReader:
                     warnings.warn(f"vyre_uring: io_uring is unavailable, reading with "
                                   f"threads instead: {exc}", RuntimeWarning, stacklevel=4)
         from ._threads_backend import ThreadsBackend
-        return ThreadsBackend(workers or min(32, (os.cpu_count() or 1) * 4))
+        # Blocking reads: a few threads per core keep the disk busy; page-cache reads
+        # gain nothing past the core count, and each thread costs GIL hand-offs.
+        return ThreadsBackend(workers or min(16, (os.cpu_count() or 1) * 2))
 
     @property
     def backend(self):
