@@ -1,0 +1,485 @@
+"""The vyre-uring command line.
+
+    vyre-uring read PATH... [-r] [--checksum ALGO] [--backend B] [--json] ...
+    vyre-uring info [--json]
+
+`read` reads files through vyre_uring.BatchReader and prints checksums in
+sha256sum's format; `info` says whether io_uring works here and what it offers.
+main() returns the exit status (it never calls sys.exit), so tests can run it
+in-process; the console script passes that status to sys.exit.
+"""
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import resource
+import sys
+import textwrap
+import time
+import warnings
+import zlib
+
+import vyre_uring
+
+PROG = "vyre-uring"
+CHECKSUMS = ("crc32", "blake2b", "sha256")
+BACKENDS = ("auto", "io_uring", "threads")
+# Paths per read_files call: bounds the paths (and results) held at once for huge
+# trees. It does not bound bytes; a batch of big files is still read whole.
+BATCH_FILES = 4096
+# A progress bar only moves between batches, so it gets smaller ones.
+PROGRESS_BATCH_FILES = 256
+
+# IORING_FEAT_* bits (include/uapi/linux/io_uring.h). The package exports only three
+# of them; the rest are named here so `info` can decode what newer kernels report.
+FEATURE_NAMES = {
+    vyre_uring.FEAT_SINGLE_MMAP: "SINGLE_MMAP", vyre_uring.FEAT_NODROP: "NODROP",
+    1 << 2: "SUBMIT_STABLE", 1 << 3: "RW_CUR_POS", 1 << 4: "CUR_PERSONALITY",
+    1 << 5: "FAST_POLL", 1 << 6: "POLL_32BITS", 1 << 7: "SQPOLL_NONFIXED",
+    vyre_uring.FEAT_EXT_ARG: "EXT_ARG", 1 << 9: "NATIVE_WORKERS", 1 << 10: "RSRC_TAGS",
+    1 << 11: "CQE_SKIP", 1 << 12: "LINKED_FILE", 1 << 13: "REG_REG_RING",
+    1 << 14: "RECVSEND_BUNDLE", 1 << 15: "MIN_TIMEOUT", 1 << 16: "RW_ATTR",
+    1 << 17: "NO_IOWAIT",
+}
+
+# Ring.probe() returns plain ints for opcodes newer than the engine's Op enum (which
+# stops at MSG_RING = 40); these are their names in the kernel's enum io_uring_op.
+NEWER_OPCODES = dict(enumerate((
+    "FSETXATTR", "SETXATTR", "FGETXATTR", "GETXATTR", "SOCKET", "URING_CMD", "SEND_ZC",
+    "SENDMSG_ZC", "READ_MULTISHOT", "WAITID", "FUTEX_WAIT", "FUTEX_WAKE", "FUTEX_WAITV",
+    "FIXED_FD_INSTALL", "FTRUNCATE", "BIND", "LISTEN", "RECV_ZC", "EPOLL_WAIT",
+    "READV_FIXED", "WRITEV_FIXED", "PIPE"), start=41))
+
+
+# ---- argument parsing ----------------------------------------------------------------
+
+def _positive_int(text):
+    """argparse type: an int >= 1 (the reader checks upper bounds itself)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Read files through io_uring (vyre_uring), or report "
+                               "what io_uring offers on this machine.")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {vyre_uring.__version__}",
+                        help="print the vyre_uring version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_read_parser(sub)
+    _add_info_parser(sub)
+    return parser
+
+
+def _add_read_parser(sub):
+    p = sub.add_parser(
+        "read", help="read files and print checksums and throughput",
+        description="Read every PATH whole with vyre_uring.BatchReader. Failures are "
+                    "reported on stderr as 'vyre-uring: PATH: REASON' and the others are "
+                    "still read; the exit status is 1 if any path failed. Without "
+                    "--checksum or --json only failures and the summary are printed.")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="files to read (directories need -r)")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="read the files under directory arguments, recursively (top-down: "
+                        "a directory's files by name, then its subdirectories); symlinks to files are read, symlinked directories below an "
+                        "argument are not entered")
+    p.add_argument("--checksum", choices=CHECKSUMS,
+                   help="print one line per file in sha256sum's format: hex digest, two "
+                        "spaces, path (crc32: 8 hex digits of zlib.crc32)")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="reader backend (default: auto, i.e. io_uring, falling back to "
+                        "threads where io_uring is blocked); the environment variable "
+                        f"{_backend_env()} overrides it")
+    p.add_argument("--queue-depth", type=_positive_int, metavar="N",
+                   help="io_uring queue depth (the reader's default if not given)")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="threads for the threads backend (the reader's default if not given)")
+    p.add_argument("--direct", action="store_true",
+                   help="read with O_DIRECT, bypassing the page cache (only if this "
+                        "vyre_uring's BatchReader supports it)")
+    p.add_argument("--progress", action="store_true",
+                   help="show a progress bar over files on stderr (needs tqdm)")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object on stdout: {"files": [{"path", "bytes", '
+                        '"checksum"?, "error"?}...], "summary": {...}}')
+    # The subparser rides along so that errors found later show `read`'s usage.
+    p.set_defaults(func=cmd_read, subparser=p)
+
+
+def _add_info_parser(sub):
+    p = sub.add_parser(
+        "info", help="report whether io_uring works here and what the kernel offers",
+        description="Kernel version, whether io_uring works in this process (and if not, "
+                    "why), ring features, supported opcodes and RLIMIT_MEMLOCK. Exits 0 "
+                    "even when io_uring is unavailable.")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_info, subparser=p)
+
+
+def _backend_env():
+    # Imported lazily from the reader so the name stays defined in one place.
+    from .reader import BACKEND_ENV
+    return BACKEND_ENV
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            # A bare `vyre-uring` is a usage error: show what there is to run.
+            parser.print_help(sys.stderr)
+            return 2
+        return args.func(args, args.subparser)
+    except SystemExit as exc:
+        # argparse exits on --help and on bad arguments; return its status instead so
+        # that callers (tests, the console script) see one way out.
+        return exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        # `vyre-uring read ... | head`: the reader went away; that is not our failure.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail too.
+        _silence_stdout()
+        return 1
+
+
+def _silence_stdout():
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+# ---- output helpers ------------------------------------------------------------------
+
+def _write(stream, text):
+    """Write text; a file name that is not valid in the stream's encoding (it carries
+    surrogate escapes from os.walk) goes out as its original bytes, as sha256sum would
+    print it, rather than crashing the run."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        buffer = getattr(stream, "buffer", None)
+        if buffer is None:
+            stream.write(text.encode("ascii", "backslashreplace").decode("ascii"))
+            return
+        stream.flush()
+        buffer.write(os.fsencode(text))
+        buffer.flush()
+
+
+def _err(message):
+    _write(sys.stderr, f"{PROG}: {message}\n")
+
+
+def _checksum_line(digest, path):
+    """sha256sum's line: a name with a backslash or newline is escaped and the line
+    starts with a backslash, so `sha256sum -c` reads it back."""
+    if any(c in path for c in "\\\n\r"):
+        escaped = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+        return f"\\{digest}  {escaped}\n"
+    return f"{digest}  {path}\n"
+
+
+def _digest(algorithm, data):
+    if algorithm == "crc32":
+        return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
+    return hashlib.new(algorithm, data).hexdigest()
+
+
+def _reason(exc):
+    """The strerror of an OSError ("No such file or directory"), else its text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+# ---- read: which paths ---------------------------------------------------------------
+
+def iter_paths(args_paths, recursive):
+    """(path, None) for every file to read, or (path, OSError) for a directory that
+    could not be listed; lazily, so a huge tree is never held whole."""
+    for path in args_paths:
+        # An argument that names a directory (even through a symlink) is walked, as
+        # grep -r does; only links found below it are not followed.
+        if recursive and os.path.isdir(path):
+            yield from _walk(path)
+        else:
+            # Without -r a directory goes to the reader, which reports IsADirectoryError.
+            yield path, None
+
+
+def _walk(top):
+    listing_errors = []
+    # followlinks=False: a symlinked directory shows up in dirnames but is not entered
+    # (it may loop or leave the tree); a symlink to a file is in filenames and is read.
+    for dirpath, dirnames, filenames in os.walk(top, onerror=listing_errors.append,
+                                                followlinks=False):
+        yield from _drain(listing_errors)
+        dirnames.sort()                      # walk order is directory order otherwise
+        for name in sorted(filenames):
+            yield os.path.join(dirpath, name), None
+    yield from _drain(listing_errors)
+
+
+def _drain(errors):
+    for exc in errors:
+        yield exc.filename, exc
+    errors.clear()
+
+
+def _batches(items, size):
+    it = iter(items)
+    while True:
+        batch = list(itertools.islice(it, size))
+        if not batch:
+            return
+        yield batch
+
+
+# ---- read: the reader ----------------------------------------------------------------
+
+def reader_options(args, parser):
+    """BatchReader keyword arguments for the options given (the rest keep the
+    reader's defaults)."""
+    if args.direct:
+        parser.error("--direct is not supported yet: the reader has no O_DIRECT path")
+    wanted = {"backend": args.backend, "queue_depth": args.queue_depth,
+              "workers": args.workers}
+    return {k: v for k, v in wanted.items() if v is not None}
+
+
+def open_reader(args, parser):
+    options = reader_options(args, parser)
+    env = os.environ.get(_backend_env())
+    if args.backend and env and env != args.backend:
+        _err(f"note: {_backend_env()}={env} overrides --backend {args.backend}")
+    try:
+        with warnings.catch_warnings():
+            # "auto" warns when it falls back to threads; the summary reports the
+            # fallback and its reason, so the warning would only say it twice.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return vyre_uring.BatchReader(**options)
+    except ValueError as exc:                # out-of-range queue depth and the like
+        parser.error(str(exc))
+
+
+def _progress_bar(args):
+    """A tqdm bar on stderr, or None (with a note when tqdm is missing)."""
+    if not args.progress:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        _err("note: --progress needs tqdm, which is not installed (pip install tqdm); "
+             "continuing without a progress bar")
+        return None
+    # The total is known only when nothing is walked (a tree is listed lazily).
+    total = None if args.recursive else len(args.paths)
+    return tqdm(total=total, unit="file", file=sys.stderr, desc=PROG)
+
+
+# ---- read: the command ---------------------------------------------------------------
+
+class ReadRun:
+    """Counts and output of one `read`: one record per path, in input order."""
+
+    def __init__(self, args):
+        self.args = args
+        self.files = self.bytes = self.errors = 0
+        self.read_seconds = 0.0
+        self.first_record = True
+
+    def start(self):
+        if self.args.json:
+            # Streamed: records go out as they are made, so memory stays bounded.
+            _write(sys.stdout, '{"files": [')
+
+    def record(self, path, result):
+        if isinstance(result, BaseException):
+            self.errors += 1
+            _err(f"{path}: {_reason(result)}")
+            rec = {"path": path, "bytes": None, "error": _reason(result)}
+        else:
+            self.files += 1
+            self.bytes += len(result)
+            rec = {"path": path, "bytes": len(result)}
+            if self.args.checksum:
+                rec["checksum"] = _digest(self.args.checksum, result)
+                if not self.args.json:
+                    _write(sys.stdout, _checksum_line(rec["checksum"], path))
+        if self.args.json:
+            _write(sys.stdout, ("" if self.first_record else ", ") + json.dumps(rec))
+            self.first_record = False
+
+    def finish(self, reader, elapsed):
+        summary = self.summary(reader, elapsed)
+        if self.args.json:
+            _write(sys.stdout, '], "summary": ' + json.dumps(summary) + "}\n")
+        else:
+            _write(sys.stderr, _summary_text(summary) + "\n")
+
+    def summary(self, reader, elapsed):
+        stats = reader.stats()
+        seconds = self.read_seconds
+        return {
+            "files": self.files, "bytes": self.bytes, "errors": self.errors,
+            "seconds": round(seconds, 6), "elapsed_seconds": round(elapsed, 6),
+            "gb_per_s": round(self.bytes / seconds / 1e9, 4) if seconds > 0 else 0.0,
+            "backend": stats.get("backend", reader.backend),
+            "fallback_reason": stats.get("fallback_reason"),
+            # The backend's own counters (None where it does not count them).
+            **{k: stats.get(k) for k in ("syscalls", "operations", "short_reads")},
+        }
+
+
+def _summary_text(s):
+    text = (f"{PROG}: files {s['files']}, bytes {s['bytes']}, errors {s['errors']}, "
+            f"{s['seconds']:.3f} s reading ({s['elapsed_seconds']:.3f} s total), "
+            f"{s['gb_per_s']:.2f} GB/s, backend {s['backend']}")
+    if s["fallback_reason"]:
+        text += f" (io_uring unavailable, fell back to threads: {s['fallback_reason']})"
+    return text
+
+
+def cmd_read(args, parser):
+    started = time.perf_counter()
+    try:
+        reader = open_reader(args, parser)
+    except OSError as exc:                   # --backend io_uring where it is blocked
+        _err(f"cannot use the {args.backend or 'auto'} backend: {exc}")
+        return 1
+    run, bar = ReadRun(args), _progress_bar(args)
+    size = PROGRESS_BATCH_FILES if bar is not None else BATCH_FILES
+    try:
+        run.start()
+        for batch in _batches(iter_paths(args.paths, args.recursive), size):
+            _read_batch(reader, batch, run)
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()                      # before the summary, so it is not overdrawn
+        run.finish(reader, time.perf_counter() - started)
+    finally:
+        reader.close()
+    return 1 if run.errors else 0
+
+
+def _read_batch(reader, batch, run):
+    """Read one batch's paths and record every entry, failures from the walk included,
+    in their order."""
+    to_read = [path for path, err in batch if err is None]
+    t0 = time.perf_counter()
+    results = reader.read_files(to_read, on_error="return")
+    run.read_seconds += time.perf_counter() - t0
+    results.reverse()                        # pop() from the end hands them out in order
+    for path, err in batch:
+        run.record(path, err if err is not None else results.pop())
+
+
+# ---- info ----------------------------------------------------------------------------
+
+def feature_names(bits):
+    """(names of the set FEAT_* bits, [numbers of set bits we cannot name])."""
+    names = [name for bit, name in sorted(FEATURE_NAMES.items()) if bits & bit]
+    unknown = [i for i in range(32) if bits & (1 << i) and (1 << i) not in FEATURE_NAMES]
+    return names, unknown
+
+
+def opcode_name(op):
+    if isinstance(op, vyre_uring.Op):
+        return op.name
+    return NEWER_OPCODES.get(int(op), f"OPCODE_{int(op)}")
+
+
+def _memlock():
+    def fmt(value):
+        return "unlimited" if value == resource.RLIM_INFINITY else value
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return {"soft": fmt(soft), "hard": fmt(hard)}
+
+
+def gather_info():
+    avail = vyre_uring.check()
+    info = {
+        "vyre_uring": vyre_uring.__version__,
+        "kernel": avail.kernel,
+        "io_uring": {"available": avail.available, "reason": avail.reason,
+                     "sysctl_io_uring_disabled": avail.sysctl, "seccomp": avail.seccomp},
+        "features": None, "opcodes": None,
+        "rlimit_memlock": _memlock(),
+    }
+    if avail.available:
+        _add_ring_info(info)
+    return info
+
+
+def _add_ring_info(info):
+    try:
+        with vyre_uring.Ring(4) as ring:
+            bits, ops = ring.features, ring.probe()
+    except (OSError, vyre_uring.UringError) as exc:
+        # check() made a 1-entry ring; a 4-entry one failing (memlock, say) is news.
+        info["io_uring"]["ring_error"] = str(exc)
+        return
+    names, unknown = feature_names(bits)
+    info["features"] = {"value": bits, "hex": f"{bits:#x}", "names": names,
+                        "unknown_bits": unknown}
+    info["opcodes"] = sorted(opcode_name(op) for op in ops)
+
+
+def cmd_info(args, parser):
+    info = gather_info()
+    if args.json:
+        _write(sys.stdout, json.dumps(info, indent=2) + "\n")
+    else:
+        _write(sys.stdout, _info_text(info))
+    return 0                                 # a report, even of "unavailable"
+
+
+def _info_text(info):
+    uring = info["io_uring"]
+    lines = [f"vyre_uring      {info['vyre_uring']}", f"kernel          {info['kernel']}"]
+    if uring["available"]:
+        lines.append("io_uring        available")
+    else:
+        lines.append("io_uring        NOT AVAILABLE in this process")
+        lines += _wrapped("why", uring["reason"])
+    if uring.get("ring_error"):
+        lines += _wrapped("ring error", uring["ring_error"])
+    features, opcodes = info["features"], info["opcodes"]
+    if features is not None:
+        extra = [f"bit{i}" for i in features["unknown_bits"]]
+        lines += _wrapped("features", " ".join([features["hex"]] + features["names"] + extra))
+    if opcodes is not None:
+        lines += _wrapped(f"opcodes ({len(opcodes)})", " ".join(opcodes))
+    if features is None and opcodes is None:
+        lines.append("features        n/a (no ring)")
+        lines.append("opcodes         n/a (no ring)")
+    mem = info["rlimit_memlock"]
+    lines.append(f"RLIMIT_MEMLOCK  soft {_bytes_text(mem['soft'])}, "
+                 f"hard {_bytes_text(mem['hard'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _wrapped(label, text):
+    return textwrap.wrap(text, width=88, initial_indent=f"{label:<16}",
+                         subsequent_indent=" " * 16, break_on_hyphens=False) or [label]
+
+
+def _bytes_text(value):
+    if value == "unlimited":
+        return value
+    return f"{value} bytes ({value / 1024:g} KiB)"
