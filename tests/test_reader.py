@@ -275,3 +275,35 @@ def test_progress_callable_sees_every_file(tmp_path, backend):
 def test_progress_must_be_true_or_callable(tmp_path):
     with pytest.raises(TypeError, match="progress"):
         read_files([], progress="yes")
+
+
+def test_files_changing_size_while_read_give_no_garbage(tmp_path, backend):
+    # A writer truncates and rewrites files while they are read: no crash, no error,
+    # and no result longer than any version of the file (at most 2999 bytes).
+    paths = [str(tmp_path / f"moving{i}") for i in range(8)]
+    for p in paths:
+        with open(p, "wb") as f:
+            f.write(b"\1" * 1000)
+    stop = threading.Event()
+
+    def writer():
+        rnd = random.Random(5)
+        while not stop.is_set():
+            p = rnd.choice(paths)
+            value = rnd.randrange(1, 200)
+            with open(p, "r+b") as f:
+                f.truncate(rnd.randrange(0, 3000))
+                f.seek(0)
+                f.write(bytes([value]) * rnd.randrange(0, 3000))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        with BatchReader(backend=backend, queue_depth=4) as r:
+            for _ in range(200):
+                for result in r.read_files(paths, on_error="return"):
+                    assert isinstance(result, bytes)
+                    assert len(result) < 3000
+    finally:
+        stop.set()
+        t.join()
