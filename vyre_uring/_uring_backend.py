@@ -1,4 +1,4 @@
-"""The io_uring backend of the reader: batches of openat+statx, reads, closes.
+"""The io_uring backend of the reader: batches of openat, reads, closes.
 
 Python runs once per window of files (or per window of completions), never once per
 I/O request: every prep and reap is a batch call whose loop is C.
@@ -10,7 +10,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 
 from ._files import OPEN_FLAGS, check_regular, open_regular, path_error
-from ._ring import Ring, StatxArray
+from ._ring import Ring, fstat_batch, scatter
 from .buffers import alloc_buffer
 
 __all__ = ["UringBackend", "read_pieces"]
@@ -20,7 +20,7 @@ MAX_PIECE = 1 << 30
 # Files up to this size share the window's pool buffer; larger ones get their own.
 POOLED_FILE = 1 << 20
 
-OPEN, STATX, READ, CLOSE = range(4)
+OPEN, READ, CLOSE = range(3)
 
 
 def _tag(kind, index):
@@ -96,7 +96,6 @@ class _RingReader:
     """One ring's worth of the reader: windows of files, ranges of one file."""
 
     def __init__(self, queue_depth):
-        # Each file costs an openat and a statx before its read: room for both.
         self.ring = Ring(queue_depth, cq_entries=4 * queue_depth)
         n = 4 * queue_depth
         self._ud = array.array("Q", bytes(8 * n))
@@ -109,11 +108,12 @@ class _RingReader:
     # ---- completions -------------------------------------------------------------
 
     def _reap(self, min_complete):
-        """(user_data, res) pairs: at least `min_complete` of them."""
+        """Reap at least `min_complete` completions into self._ud / self._res;
+        returns how many."""
         n = self.ring.reap(self._ud, self._res, min_complete=min(min_complete, len(self._ud)))
         self.stats["syscalls"] += 1
         self.stats["operations"] += n
-        return zip(self._ud[:n], self._res[:n])
+        return n
 
     # ---- whole files ---------------------------------------------------------------
 
@@ -123,28 +123,20 @@ class _RingReader:
         names = [paths[i] for i in window]
         n = len(names)
         fds = array.array("i", [-1]) * n
-        statx_res = array.array("i", [0]) * n
-        results = StatxArray(n)
-        ring = self.ring
-        ring.prep_openat_batch(names, OPEN_FLAGS, user_data=array.array(
-            "Q", [_tag(OPEN, j) for j in range(n)]))
-        ring.prep_statx_batch(names, results, user_data=array.array(
-            "Q", [_tag(STATX, j) for j in range(n)]))
-        waiting = 2 * n
-        while waiting:
-            for ud, res in self._reap(waiting):
-                kind, j = ud >> 40, ud & 0xFFFFFFFFFF
-                if kind == OPEN:
-                    fds[j] = res
-                elif kind == STATX:
-                    statx_res[j] = res
-                else:
-                    continue                   # a close from the previous window
-                waiting -= 1
-        sizes, modes = results.sizes(), results.modes()
+        self.ring.prep_openat_batch(names, OPEN_FLAGS, user_data=array.array(
+            "Q", range(_tag(OPEN, 0), _tag(OPEN, n))))
+        waiting = n
+        while waiting:                         # (closes of the last window come too)
+            got = self._reap(waiting)
+            waiting -= scatter(self._ud, self._res, got, fds, _tag(OPEN, 0))
+        # Sizes and types by fstat of the new fds in one C loop: io_uring's STATX
+        # would go through a kernel worker thread, several times slower.
+        sizes = array.array("q", [0]) * n
+        modes = array.array("i", [0]) * n
+        fstat_batch(fds, sizes, modes)
         readable = []
         for j, index in enumerate(window):
-            error = _open_error(fds[j], statx_res[j], modes[j], names[j])
+            error = _open_error(fds[j], modes[j], names[j])
             if error is None:
                 readable.append(j)
             else:
@@ -154,7 +146,7 @@ class _RingReader:
         opened = array.array("i", [fd for fd in fds if fd >= 0])
         if opened:
             # Completed by the next window's reaps, or by drain().
-            ring.prep_close_batch(opened, user_data=array.array(
+            self.ring.prep_close_batch(opened, user_data=array.array(
                 "Q", [_tag(CLOSE, 0)] * len(opened)))
 
     def _read_opened(self, names, window, fds, sizes, readable, on_done):
@@ -192,8 +184,7 @@ class _RingReader:
     def drain(self):
         """Reap what is still outstanding (the last window's closes)."""
         while self.ring.in_flight or self.ring.pending:
-            for _ in self._reap(1):
-                pass
+            self._reap(1)
 
     # ---- ranges of one file --------------------------------------------------------
 
@@ -210,12 +201,13 @@ class _RingReader:
         return got
 
 
-def _open_error(fd, statx_res, mode, name):
-    """The error that stops this file before its read, or None."""
+def _open_error(fd, mode, name):
+    """The error that stops this file before its read, or None (mode < 0: -errno
+    of the fstat)."""
     if fd < 0:
         return path_error(-fd, name)
-    if statx_res < 0:
-        return path_error(-statx_res, name)
+    if mode < 0:
+        return path_error(-mode, name)
     if not stat.S_ISREG(mode):
         try:
             check_regular(mode, name)
@@ -248,7 +240,8 @@ def read_pieces(backend, fds, buffer, offsets, lengths, buffer_offsets, name_of)
         todo = batch[prepared:] + todo
         waiting = prepared
         while waiting:
-            for ud, res in backend._reap(waiting):
+            got = backend._reap(waiting)
+            for ud, res in zip(backend._ud[:got], backend._res[:got]):
                 if ud >> 40 != READ:
                     continue                   # a close from an earlier window
                 waiting -= 1

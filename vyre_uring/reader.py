@@ -94,7 +94,7 @@ class BatchReader:
         receiving (files_done, files_total, bytes_done)."""
         if on_error not in ("raise", "return"):
             raise ValueError(f'on_error must be "raise" or "return", not {on_error!r}')
-        paths = [os.fspath(p) for p in paths]
+        paths = [os.fsencode(p) for p in paths]     # once, not once per batch call
         out = [None] * len(paths)
         report = _Progress(progress, len(paths))
 
