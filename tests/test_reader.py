@@ -225,6 +225,54 @@ def test_huge_read_ranges_use_pieces(tmp_path, monkeypatch):
     assert read_ranges(path, [10], [299_990], backend="io_uring") == [plain_read(path)[10:]]
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_workers_give_identical_results(tmp_path, backend, workers):
+    paths = make_tree(tmp_path, [random.Random(i).randrange(0, 20_000) for i in range(500)])
+    expected = [plain_read(p) for p in paths]
+    with BatchReader(backend=backend, workers=workers, queue_depth=16) as r:
+        assert r.read_files(paths) == expected
+        big = make_tree(tmp_path, [1 << 20], seed=9)[0]
+        offsets = list(range(0, 1 << 20, 4096))
+        assert r.read_ranges(big, offsets, [4096] * len(offsets)) == \
+            [plain_read(big)[o:o + 4096] for o in offsets]
+
+
+def test_iter_files_yields_everything_once(tmp_path, backend):
+    paths = make_tree(tmp_path, [random.Random(i).randrange(0, 5000) for i in range(300)])
+    paths.insert(7, str(tmp_path / "missing"))
+    seen = {}
+    for index, path, result in vyre_uring.iter_files(paths, backend=backend,
+                                                     max_bytes_in_flight=20_000,
+                                                     queue_depth=8):
+        assert index not in seen and paths[index] == path
+        seen[index] = result
+    assert sorted(seen) == list(range(len(paths)))
+    assert isinstance(seen[7], FileNotFoundError)
+    assert all(seen[i] == plain_read(p) for i, p in enumerate(paths) if i != 7)
+
+
+def test_iter_files_windows_follow_the_byte_budget():
+    from vyre_uring.reader import _next_window
+    assert _next_window(64, got_bytes=64 << 20, files=64, budget=8 << 20, queue_depth=64) == 8
+    assert _next_window(8, got_bytes=8 << 30, files=8, budget=64 << 20, queue_depth=64) == 1
+    assert _next_window(64, got_bytes=64, files=64, budget=64 << 20, queue_depth=64) == 1024
+    assert _next_window(4, got_bytes=0, files=4, budget=1, queue_depth=64) == 8
+
+
+def test_progress_callable_sees_every_file(tmp_path, backend):
+    paths = make_tree(tmp_path, [10, 20, 30, 40])
+    calls = []
+    read_files(paths, backend=backend, workers=2, progress=lambda *a: calls.append(a))
+    assert len(calls) == 4
+    assert calls[-1] == (4, 4, 100)
+    assert [c[0] for c in calls] == [1, 2, 3, 4]
+
+
+def test_progress_must_be_true_or_callable(tmp_path):
+    with pytest.raises(TypeError, match="progress"):
+        read_files([], progress="yes")
+
+
 def test_files_changing_size_while_read_give_no_garbage(tmp_path, backend):
     # A writer truncates and rewrites files while they are read: no crash, no error,
     # and no result longer than any version of the file (at most 2999 bytes).
