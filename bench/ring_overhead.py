@@ -15,36 +15,17 @@ import argparse
 import array
 import json
 import os
-import platform
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 import vyre_uring
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _harness import HERE, build_c, environment, table
 BATCHES = (1, 16, 256)
 # Operations per timed run, per batch size: about 0.2 s each on the machine we measured.
 OPS = {1: 300_000, 16: 1_500_000, 256: 2_500_000}
 RING_ENTRIES = 256
-
-
-def build_c(source, workdir):
-    """Compile a liburing program; return (path, None) or (None, why it is not available)."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        return None, "not available: no C compiler (cc) on PATH"
-    if not os.path.exists("/usr/include/liburing.h"):
-        return None, "not available: liburing.h missing (apt-get install liburing-dev)"
-    out = os.path.join(workdir, os.path.splitext(os.path.basename(source))[0])
-    proc = subprocess.run([cc, "-O2", "-o", out, source, "-luring"], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        return None, f"not available: cc failed: {proc.stderr.strip().splitlines()[-1]}"
-    return out, None
 
 
 def c_nops(binary, batch, ops):
@@ -99,29 +80,6 @@ def _check_batch(ud_out, res_out, batch):
         raise AssertionError("NOP completions came back wrong")
 
 
-def environment():
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "kernel": platform.release(),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "cython": vyre_uring._ring.CYTHON_VERSION,
-        "vyre_uring": vyre_uring.__version__,
-    }
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run(rounds):
     """{batch: {contender: [ops/s per round]}} and {contender: why not available}."""
     results = {b: {} for b in BATCHES}
@@ -141,32 +99,6 @@ def run(rounds):
                     results[batch].setdefault(name, []).append(fn(batch, OPS[batch]))
             print(f"  round {r + 1}/{rounds} done", file=sys.stderr)
     return results, missing
-
-
-def table(results, missing):
-    """min/median/max ops/s, and the ratio to C: of the medians, of the best runs
-    (closest to an unloaded machine), and per round (each round's contender against
-    the C run of the same round, so drift cancels)."""
-    lines = [f"{'batch':>5}  {'contender':<12} {'min':>9} {'median':>9} {'max':>9}  "
-             f"{'vs C: medians':>13}  {'best/best':>9}  {'per round min/median/max':>24}"]
-    for batch, rows in results.items():
-        ref = rows.get("C liburing")
-        for name, vals in rows.items():
-            ratio = best = per_round = "n/a"
-            if ref:
-                ratio = f"{statistics.median(vals) / statistics.median(ref):.2f}x"
-                best = f"{max(vals) / max(ref):.2f}x"
-                r = [v / c for v, c in zip(vals, ref)]
-                per_round = f"{min(r):.2f} / {statistics.median(r):.2f} / {max(r):.2f}"
-            lines.append(f"{batch:>5}  {name:<12} {_m(min(vals))} {_m(statistics.median(vals))} "
-                         f"{_m(max(vals))}  {ratio:>13}  {best:>9}  {per_round:>24}")
-        for name, why in missing.items():
-            lines.append(f"{batch:>5}  {name:<12} {why}")
-    return "\n".join(lines)
-
-
-def _m(ops_per_s):
-    return f"{ops_per_s / 1e6:7.2f} M"
 
 
 def main(argv=None):
