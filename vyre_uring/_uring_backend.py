@@ -101,9 +101,12 @@ class _RingReader:
         self._ud = array.array("Q", bytes(8 * n))
         self._res = array.array("i", bytes(4 * n))
         self.stats = {"syscalls": 0, "operations": 0, "short_reads": 0}
+        self._pool = None
 
     def close(self):
         self.ring.close()
+        if self._pool is not None:
+            self._pool.close()
 
     # ---- completions -------------------------------------------------------------
 
@@ -158,7 +161,7 @@ class _RingReader:
             for k, length in enumerate(lengths):
                 starts[k] = pos
                 pos += length
-            pool = alloc_buffer(max(pos, 1))
+            pool = self._pool_of(pos)
             got = read_pieces(self, array.array("i", [fds[j] for j in small]), pool,
                               array.array("q", [0]) * len(small), lengths, starts,
                               lambda k: names[small[k]])
@@ -167,10 +170,19 @@ class _RingReader:
                 if not isinstance(result, OSError):
                     result = pool[starts[k]:starts[k] + result]
                 on_done(window[j], result)
-            pool.close()
         for j in readable:
             if sizes[j] > POOLED_FILE:
                 on_done(window[j], self._read_large(fds[j], sizes[j], names[j]))
+
+    def _pool_of(self, nbytes):
+        """The ring's page-aligned pool, grown to at least `nbytes`. Kept between
+        windows: a fresh mapping per window costs a page fault per page. Results are
+        sliced only up to the bytes each read returned, so older contents never show."""
+        if self._pool is None or len(self._pool) < nbytes:
+            if self._pool is not None:
+                self._pool.close()
+            self._pool = alloc_buffer(max(nbytes, 1 << 16))
+        return self._pool
 
     def _read_large(self, fd, size, name):
         buf = bytearray(size)
