@@ -132,7 +132,3 @@ cdef inline void ia_set(IntArray *a, Py_ssize_t i, int64_t v) noexcept nogil:
         (<int16_t *>p)[0] = <int16_t>v
     else:
         (<int8_t *>p)[0] = <int8_t>v
-
-
-cdef inline Py_ssize_t ia_len(const IntArray *a) noexcept nogil:
-    return a.n
