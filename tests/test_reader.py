@@ -1,5 +1,6 @@
 """The batch reader, every test run against both backends and compared with plain
 Python reads (the differential oracle)."""
+import array
 import errno
 import mmap
 import os
@@ -96,6 +97,29 @@ def test_bad_paths_fail_alone_with_errno_and_filename(tmp_path, backend):
     for result, (path, err) in zip(out[1:-1], bad.items()):
         assert isinstance(result, OSError), (path, result)
         assert result.errno == err and result.filename == path
+
+
+def test_a_nul_byte_in_a_path_fails_that_path_alone(tmp_path, backend):
+    good = make_tree(tmp_path, [10])[0]
+    out = read_files([good, good + "\0x", os.fsencode(good) + b"\0"], backend=backend,
+                     on_error="return")
+    assert out[0] == plain_read(good)
+    for result in out[1:]:
+        assert isinstance(result, OSError) and result.errno == errno.EINVAL
+        assert "null byte" in str(result)
+
+
+def test_files_whose_size_says_nothing_are_read_to_eof(backend):
+    # /proc files report size 0 and sysfs files 4096, whatever they hold: the
+    # result is what read() returns, not what the size promised.
+    paths = [p for p in ("/proc/version", "/proc/self/mounts", "/proc/filesystems",
+                         "/sys/kernel/profiling") if os.path.exists(p)]
+    assert os.stat("/proc/version").st_size == 0
+    out = read_files(paths, backend=backend)
+    for path, data in zip(paths, out):
+        assert len(data) > 0, path
+        if "self" not in path:
+            assert data == plain_read(path), path
 
 
 def test_on_error_raise_raises_the_first_failure(tmp_path, backend):
@@ -216,13 +240,25 @@ def test_io_uring_counts_syscalls_in_batches(tmp_path):
     assert s["syscalls"] < 200                     # batched: far fewer than one per file
 
 
-def test_huge_read_ranges_use_pieces(tmp_path, monkeypatch):
-    # A range longer than one request may carry comes back whole (pieces of 1 GiB
-    # are too slow to test here: shrink the piece size).
-    from vyre_uring import _uring_backend
-    monkeypatch.setattr(_uring_backend, "MAX_PIECE", 4096)
+@pytest.fixture
+def small_pieces():
+    """One read request carries at most 4 KiB (1 GiB in use: too slow to test)."""
+    from vyre_uring._ring import _test_set_max_piece
+    old = _test_set_max_piece(4096)
+    yield 4096
+    _test_set_max_piece(old)
+
+
+def test_huge_read_ranges_use_pieces(tmp_path, small_pieces):
+    # A range longer than one request may carry comes back whole, as bytes and into
+    # a buffer.
     path = make_tree(tmp_path, [300_000])[0]
-    assert read_ranges(path, [10], [299_990], backend="io_uring") == [plain_read(path)[10:]]
+    with BatchReader(backend="io_uring") as r:
+        assert r.read_ranges(path, [10], [299_990]) == [plain_read(path)[10:]]
+        buf = bytearray(300_000)
+        assert r.read_ranges_into(path, buf, [0], [300_000]) == [300_000]
+        assert buf == plain_read(path)
+        assert r.stats()["operations"] >= 2 * 300_000 // small_pieces
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
@@ -260,12 +296,17 @@ def test_iter_files_windows_follow_the_byte_budget():
 
 
 def test_progress_callable_sees_every_file(tmp_path, backend):
-    paths = make_tree(tmp_path, [10, 20, 30, 40])
+    # Called once per batch of files (one per file would cost a Python call per
+    # file), with running totals that end at every file and byte.
+    sizes = [i % 50 for i in range(1000)]
+    paths = make_tree(tmp_path, sizes)
     calls = []
-    read_files(paths, backend=backend, workers=2, progress=lambda *a: calls.append(a))
-    assert len(calls) == 4
-    assert calls[-1] == (4, 4, 100)
-    assert [c[0] for c in calls] == [1, 2, 3, 4]
+    read_files(paths, backend=backend, workers=2, queue_depth=16,
+               progress=lambda *a: calls.append(a))
+    assert len(calls) > 1
+    assert calls[-1] == (1000, 1000, sum(sizes))
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+    assert all(c[1] == 1000 for c in calls)
 
 
 def test_progress_must_be_true_or_callable(tmp_path):
@@ -305,13 +346,60 @@ def test_files_changing_size_while_read_give_no_garbage(tmp_path, backend):
         t.join()
 
 
-def test_large_files_are_read_in_pieces(tmp_path, monkeypatch):
-    # Files past the pooled size get their own buffer and are read in pieces of at
-    # most MAX_PIECE (1 GiB in use; shrunk here so the test stays small).
-    from vyre_uring import _uring_backend
-    monkeypatch.setattr(_uring_backend, "POOLED_FILE", 10_000)
-    monkeypatch.setattr(_uring_backend, "MAX_PIECE", 4096)
+def test_large_files_are_read_in_pieces(tmp_path, small_pieces):
+    # Files longer than one request may carry are read piece after piece.
     paths = make_tree(tmp_path, [9_999, 10_001, 100_000, 0, 123_457])
     with BatchReader(backend="io_uring") as r:
         assert r.read_files(paths) == [plain_read(p) for p in paths]
-        assert r.stats()["operations"] > 100_000 // 4096
+        assert r.stats()["operations"] > (9_999 + 10_001 + 100_000 + 123_457) // 4096
+
+
+def test_a_job_interrupted_mid_wait_leaves_its_memory_alive_and_is_ignored_later():
+    # Ctrl-C (here: an exception from a signal handler) while a job waits: the read
+    # still in flight keeps its destination alive, and when it completes later the
+    # next job and drain_jobs ignore it.
+    import signal
+    from vyre_uring._ring import Ring, drain_jobs, read_ranges_job
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    stats = array.array("q", [0] * 4)
+    r, w = os.pipe()                       # a read that waits until we write
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with Ring(8) as ring:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(Interrupted):
+                read_ranges_job(ring, r, [0], [100], None, None, stats)
+            assert ring.in_flight == 1
+            os.write(w, b"x" * 100)        # the kernel writes into the abandoned bytes
+            fd = os.open(__file__, os.O_RDONLY)
+            try:
+                got = read_ranges_job(ring, fd, [0, 5], [5, 5], None, None, stats)
+            finally:
+                os.close(fd)
+            assert got == [plain_read(__file__)[:5], plain_read(__file__)[5:10]]
+            drain_jobs(ring, stats)
+            assert ring.in_flight == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.close(r)
+        os.close(w)
+
+
+def test_drain_closes_the_fds_of_abandoned_opens(tmp_path):
+    # An open whose job was abandoned completes with nobody to own its fd: the reap
+    # that sees it closes it.
+    from vyre_uring._ring import Ring, drain_jobs
+    path = make_tree(tmp_path, [10])[0]
+    before = len(os.listdir("/proc/self/fd"))
+    with Ring(8) as ring:
+        for _ in range(5):
+            ring.prep_openat(path, user_data=(1 << 56) | (0xABCDEF << 32))  # KIND_OPEN
+        drain_jobs(ring, array.array("q", [0] * 4))
+        assert len(os.listdir("/proc/self/fd")) == before + 1       # the ring's own fd

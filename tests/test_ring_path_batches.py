@@ -164,38 +164,3 @@ def test_batch_stops_at_cq_capacity(tree):
         assert all(fd >= 0 for fd in fds)
         ring.prep_close_batch(array.array("i", fds))
         ring.wait(8, timeout=10)
-
-
-def test_fstat_batch_matches_os_fstat(tree, tmp_path):
-    from vyre_uring._ring import fstat_batch
-    fds = array.array("i", [os.open(p, os.O_RDONLY) for p in tree] + [-1])
-    fds.append(os.open(tmp_path, os.O_RDONLY))
-    closed = os.open(list(tree)[0], os.O_RDONLY)
-    os.close(closed)
-    fds.append(closed)
-    sizes = array.array("q", [7]) * len(fds)
-    modes = array.array("i", [7]) * len(fds)
-    try:
-        fstat_batch(fds, sizes, modes)
-        for i, fd in enumerate(fds[:-2]):
-            if fd >= 0:
-                st = os.fstat(fd)
-                assert (sizes[i], modes[i]) == (st.st_size, st.st_mode)
-        assert (sizes[len(tree)], modes[len(tree)]) == (7, 7)     # fd -1: untouched
-        assert stat.S_ISDIR(modes[-2])
-        assert modes[-1] == -errno.EBADF
-    finally:
-        for fd in fds[:-1]:
-            if fd >= 0:
-                os.close(fd)
-
-
-def test_scatter_maps_completions_to_requests():
-    from vyre_uring._ring import scatter
-    ud = array.array("Q", [102, 100, 7, 101, 103])
-    res = array.array("i", [2, 0, 99, 1, -5])
-    out = array.array("i", [-1]) * 3
-    assert scatter(ud, res, 4, out, 100) == 3           # 103 is past count, 7 below base
-    assert list(out) == [0, 1, 2]
-    with pytest.raises(ValueError, match="count"):
-        scatter(ud, res, 6, out, 100)

@@ -4,7 +4,7 @@ import errno
 import os
 import stat
 
-__all__ = ["OPEN_FLAGS", "check_regular", "open_regular", "path_error"]
+__all__ = ["OPEN_FLAGS", "check_regular", "open_regular", "path_error", "read_to_eof"]
 
 # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a
 # regular file). It changes nothing for regular files.
@@ -35,9 +35,27 @@ def open_regular(path):
         fd = os.open(path, OPEN_FLAGS)
     except OSError as exc:
         raise path_error(exc.errno, path) from None
+    except ValueError:                    # a NUL byte: refused before any syscall
+        raise path_error(errno.EINVAL, path, "embedded null byte") from None
     try:
         check_regular(os.fstat(fd).st_mode, path)
     except OSError:
         os.close(fd)
         raise
     return fd
+
+
+def read_to_eof(fd, path):
+    """Read `fd` from offset 0 until EOF: for regular files that report size 0 (empty
+    files, and /proc or sysfs files, whose size says nothing) but may hold data."""
+    parts = []
+    offset = 0
+    try:
+        while True:
+            chunk = os.pread(fd, 64 << 10, offset)
+            if not chunk:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.append(chunk)
+            offset += len(chunk)
+    except OSError as exc:
+        return path_error(exc.errno, path)

@@ -25,7 +25,7 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.limits cimport LLONG_MAX
 from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
                           uint64_t, UINT32_MAX)
-from libc.errno cimport EAGAIN, EBUSY, EINTR, EINVAL, ETIME, errno
+from libc.errno cimport EAGAIN, EBUSY, EINTR, EINVAL, ENOMEM, ETIME, errno
 from posix.stat cimport fstat, struct_stat as stat_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset, strlen
@@ -41,8 +41,7 @@ include "_intarrays.pxi"
 include "_batch.pxi"
 include "_path_batch.pxi"
 
-__all__ = ["Ring", "Completion", "Statx", "StatxArray", "Op", "try_setup", "scatter",
-           "fstat_batch"]
+__all__ = ["Ring", "Completion", "Statx", "StatxArray", "Op", "try_setup"]
 
 Op = IntEnum("Op", [
     ("NOP", IORING_OP_NOP), ("READV", IORING_OP_READV), ("WRITEV", IORING_OP_WRITEV),
@@ -213,67 +212,6 @@ cdef class Statx:
 
     def __repr__(self):
         return f"Statx(size={self.size}, mode=0o{self.mode:o}, ino={self.ino})"
-
-
-def scatter(user_data, res, Py_ssize_t count, out, uint64_t base=0):
-    """out[u - base] = res[k] for the first `count` reaped completions whose
-    user_data u lies in base..base+len(out)-1; returns how many matched. This is
-    how a batch's completions, in whatever order they came, become per-request
-    results without a Python loop over them."""
-    cdef IntArray ud, rs, dst
-    cdef Py_ssize_t k, matched = 0
-    cdef uint64_t u
-    ud.has_view = rs.has_view = dst.has_view = False
-    try:
-        int_array_open(&ud, user_data, "user_data", False, False)
-        int_array_open(&rs, res, "res", False, False)
-        int_array_open(&dst, out, "out", True, False)
-        if not 0 <= count <= min(ud.n, rs.n):
-            raise ValueError(f"count {count} exceeds the arrays' length")
-        for k in range(count):
-            u = <uint64_t>ia_get(&ud, k) - base
-            if u < <uint64_t>dst.n:
-                ia_set(&dst, <Py_ssize_t>u, ia_get(&rs, k))
-                matched += 1
-    finally:
-        int_array_close(&dst)
-        int_array_close(&rs)
-        int_array_close(&ud)
-    return matched
-
-
-def fstat_batch(fds, sizes, modes):
-    """sizes[i], modes[i] = fstat(fds[i]) for every fd >= 0 (a C loop, GIL released);
-    where fstat fails, modes[i] = -errno and sizes[i] = 0. fstat of an open fd never
-    blocks on I/O, and io_uring's STATX is served by a worker thread: for files the
-    reader has just opened, this is the cheaper way to learn sizes and types."""
-    cdef IntArray f, sz, md
-    cdef Py_ssize_t i
-    cdef int64_t fd
-    cdef stat_t st
-    f.has_view = sz.has_view = md.has_view = False
-    try:
-        int_array_open(&f, fds, "fds", False, False)
-        int_array_open(&sz, sizes, "sizes", True, False)
-        int_array_open(&md, modes, "modes", True, False)
-        if not (sz.n >= f.n and md.n >= f.n and sz.itemsize == 8 and
-                md.itemsize >= 4 and md.is_signed):
-            raise ValueError("sizes (8-byte) and modes (signed) must be as long as fds")
-        with nogil:
-            for i in range(f.n):
-                fd = ia_get(&f, i)
-                if fd < 0:
-                    continue
-                if fstat(<int>fd, &st) == 0:
-                    ia_set(&sz, i, st.st_size)
-                    ia_set(&md, i, st.st_mode)
-                else:
-                    ia_set(&sz, i, 0)
-                    ia_set(&md, i, -errno)
-    finally:
-        int_array_close(&md)
-        int_array_close(&sz)
-        int_array_close(&f)
 
 
 def try_setup():
@@ -2044,3 +1982,6 @@ cdef class Ring:
             munmap(self._sq_map, self._sq_map_len)
             self._sq_map = NULL
 
+
+
+include "_read_jobs.pxi"

@@ -6,7 +6,7 @@ blocked, and the oracle the reader's tests compare io_uring against.
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from ._files import open_regular, path_error
+from ._files import open_regular, path_error, read_to_eof
 
 __all__ = ["ThreadsBackend"]
 
@@ -18,19 +18,26 @@ class ThreadsBackend:
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vyre-read")
         # Not counted per call here: None says so rather than a made-up 0.
-        self.stats = {"syscalls": None, "operations": None, "short_reads": None}
+        self.stats = {"syscalls": None, "operations": None, "short_reads": None,
+                      "sync_reads": None}
 
     def close(self):
         self._pool.shutdown(wait=True)
 
-    def read_files(self, paths, on_done):
-        """Read every path; on_done(index, bytes_or_exception) as each finishes. Each
-        task reads a run of files: a task per file costs more than a small read."""
+    def read_files(self, paths, out, report):
+        """out[i] = the bytes of paths[i], or its OSError; report.advance(files,
+        bytes) after each task. A task reads a run of files: a task per file costs
+        more than a small read."""
         step = max(1, min(64, len(paths) // (4 * self._workers) or 1))
 
         def run(start):
-            for index in range(start, min(start + step, len(paths))):
-                on_done(index, _read_file(paths[index]))
+            nbytes = 0
+            stop = min(start + step, len(paths))
+            for index in range(start, stop):
+                out[index] = result = _read_file(paths[index])
+                if not isinstance(result, BaseException):
+                    nbytes += len(result)
+            report.advance(stop - start, nbytes)
         for _ in self._pool.map(run, range(0, len(paths), step)):
             pass
 
@@ -47,6 +54,19 @@ class ThreadsBackend:
             view.release()
             os.close(fd)
 
+    def read_ranges(self, path, offsets, lengths):
+        """Each range's bytes (pread semantics: past EOF, what exists)."""
+        fd = open_regular(path)
+        try:
+            def one(i):
+                try:
+                    return _pread_all(fd, lengths[i], offsets[i])
+                except OSError as exc:
+                    raise path_error(exc.errno, path) from None
+            return list(self._pool.map(one, range(len(offsets))))
+        finally:
+            os.close(fd)
+
 
 def _read_file(path):
     """The file's bytes (as many as its size when opened, fewer if it shrank), or
@@ -57,19 +77,27 @@ def _read_file(path):
         return exc
     try:
         size = os.fstat(fd).st_size
-        parts = []
-        offset = 0
-        while offset < size:
-            chunk = os.pread(fd, size - offset, offset)
-            if not chunk:
-                break                     # the file shrank: what read() would return
-            parts.append(chunk)
-            offset += len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if size == 0:                     # empty, or /proc: its size says nothing
+            return read_to_eof(fd, path)
+        return _pread_all(fd, size, 0)
     except OSError as exc:
         return path_error(exc.errno, path)
     finally:
         os.close(fd)
+
+
+def _pread_all(fd, size, offset):
+    """`size` bytes at `offset`, fewer at EOF (a file that shrank: what read()
+    would return)."""
+    parts = []
+    done = 0
+    while done < size:
+        chunk = os.pread(fd, size - done, offset + done)
+        if not chunk:
+            break
+        parts.append(chunk)
+        done += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _pread_into(fd, view, offset, path):

@@ -94,19 +94,15 @@ class BatchReader:
         receiving (files_done, files_total, bytes_done)."""
         if on_error not in ("raise", "return"):
             raise ValueError(f'on_error must be "raise" or "return", not {on_error!r}')
-        paths = [os.fsencode(p) for p in paths]     # once, not once per batch call
+        paths = paths if isinstance(paths, (list, tuple)) else list(paths)
         out = [None] * len(paths)
         report = _Progress(progress, len(paths))
-
-        def on_done(index, result):
-            out[index] = result
-            report.done(result)
-
         try:
-            self._backend.read_files(paths, on_done)
+            self._backend.read_files(paths, out, report)
         finally:
             report.close()
-        self._count(out)
+        self._files += report.files
+        self._bytes += report.bytes
         if on_error == "raise":
             for r in out:
                 if isinstance(r, BaseException):
@@ -119,30 +115,26 @@ class BatchReader:
         as many files as fit the budget by the sizes seen so far (at least one)."""
         if max_bytes_in_flight < 1:
             raise ValueError(f"max_bytes_in_flight must be >= 1, not {max_bytes_in_flight}")
-        paths = [os.fspath(p) for p in paths]
+        paths = paths if isinstance(paths, (list, tuple)) else list(paths)
         report = _Progress(progress, len(paths))
         window, start = self._queue_depth, 0
         try:
             while start < len(paths):
                 batch = paths[start:start + window]
-                ready = []
-                self._backend.read_files(batch, lambda i, r: ready.append((i, r)))
-                self._count(r for _, r in ready)
-                for i, result in sorted(ready, key=lambda item: item[0]):
-                    report.done(result)
+                out = [None] * len(batch)
+                before = report.bytes
+                self._backend.read_files(batch, out, report)
+                self._files += len(batch)
+                got = report.bytes - before
+                self._bytes += got
+                for i, result in enumerate(out):
                     yield start + i, batch[i], result
+                del out
                 start += len(batch)
-                got = sum(len(r) for _, r in ready if not isinstance(r, BaseException))
                 window = _next_window(window, got, len(batch), max_bytes_in_flight,
                                       self._queue_depth)
         finally:
             report.close()
-
-    def _count(self, results):
-        for r in results:
-            self._files += 1
-            if not isinstance(r, BaseException):
-                self._bytes += len(r)
 
     def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets=None):
         """pread each range into the caller's writable buffer; returns the bytes read
@@ -163,12 +155,11 @@ class BatchReader:
 
     def read_ranges(self, path, offsets, lengths):
         """Each range's bytes (pread semantics: a range past EOF returns what exists)."""
-        lengths = _int_list(lengths, "lengths")
-        starts = _packed(lengths)
-        buf = bytearray(sum(lengths))
-        got = self.read_ranges_into(path, buf, offsets, lengths, starts)
-        view = memoryview(buf)
-        return [bytes(view[s:s + n]) for s, n in zip(starts, got)]
+        offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
+        _check_ranges(None, offsets, lengths, None)
+        out = self._backend.read_ranges(os.fspath(path), offsets, lengths)
+        self._bytes += sum(map(len, out))
+        return out
 
 
 def _next_window(window, got_bytes, files, budget, queue_depth):
@@ -184,7 +175,7 @@ class _Progress:
     """progress=True: a tqdm bar; a callable: (files_done, files_total, bytes_done)."""
 
     def __init__(self, progress, total):
-        self._lock = threading.Lock()       # on_done runs in several threads
+        self._lock = threading.Lock()       # advance() runs in several threads
         self.files = self.bytes = 0
         self.total = total
         self._bar = None
@@ -202,16 +193,14 @@ class _Progress:
         elif progress not in (None, False):
             raise TypeError(f"progress must be True, a callable or None, not {progress!r}")
 
-    def done(self, result):
-        if self._bar is None and self._callback is None:
-            return
+    def advance(self, files, nbytes):
+        """`files` more files done, `nbytes` more bytes read (from any thread)."""
         with self._lock:
-            self.files += 1
-            if not isinstance(result, BaseException):
-                self.bytes += len(result)
+            self.files += files
+            self.bytes += nbytes
             if self._bar is not None:
-                self._bar.update(1)
-            else:
+                self._bar.update(files)
+            elif self._callback is not None:
                 self._callback(self.files, self.total, self.bytes)
 
     def close(self):
@@ -242,6 +231,15 @@ def _packed(lengths):
 
 
 def _check_ranges(buflen, offsets, lengths, buffer_offsets):
+    """Every range valid, before any is read (buflen None: no destination buffer)."""
+    if buffer_offsets is None:
+        if len(offsets) != len(lengths):
+            raise ValueError(f"offsets ({len(offsets)}) and lengths ({len(lengths)}) "
+                             f"must have equal lengths")
+        for i, (off, n) in enumerate(zip(offsets, lengths)):
+            if off < 0 or n < 0:
+                raise ValueError(f"range {i} (offset {off}, length {n}) is invalid")
+        return
     if not len(offsets) == len(lengths) == len(buffer_offsets):
         raise ValueError(f"offsets ({len(offsets)}), lengths ({len(lengths)}) and "
                          f"buffer_offsets ({len(buffer_offsets)}) must have equal lengths")
