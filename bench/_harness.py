@@ -51,12 +51,14 @@ def _cpu_model():
     return platform.processor() or "unknown"
 
 
-def table(results, missing):
+def table(results, missing, key="batch"):
     """min/median/max ops/s, and the ratio to C: of the medians, of the best runs
     (closest to an unloaded machine), and per round (each round's contender against
-    the C run of the same round, so drift cancels)."""
+    the C run of the same round, so drift cancels). `results` maps each workload
+    (named in the `key` column) to {contender: [ops/s per round]}."""
     w = max([12] + [len(name) for rows in results.values() for name in rows])
-    lines = [f"{'batch':>5}  {'contender':<{w}} {'min':>9} {'median':>9} {'max':>9}  "
+    k = max([len(key)] + [len(str(x)) for x in results])
+    lines = [f"{key:>{k}}  {'contender':<{w}} {'min':>9} {'median':>9} {'max':>9}  "
              f"{'vs C: medians':>13}  {'best/best':>9}  {'per round min/median/max':>24}"]
     for batch, rows in results.items():
         ref = rows.get(REFERENCE)
@@ -67,11 +69,54 @@ def table(results, missing):
                 best = f"{max(vals) / max(ref):.2f}x"
                 r = [v / c for v, c in zip(vals, ref)]
                 per_round = f"{min(r):.2f} / {statistics.median(r):.2f} / {max(r):.2f}"
-            lines.append(f"{batch:>5}  {name:<{w}} {_m(min(vals))} {_m(statistics.median(vals))} "
-                         f"{_m(max(vals))}  {ratio:>13}  {best:>9}  {per_round:>24}")
+            lines.append(f"{batch:>{k}}  {name:<{w}} {_m(min(vals))} "
+                         f"{_m(statistics.median(vals))} {_m(max(vals))}  {ratio:>13}  "
+                         f"{best:>9}  {per_round:>24}")
         for name, why in missing.items():
-            lines.append(f"{batch:>5}  {name:<{w}} {why}")
+            lines.append(f"{batch:>{k}}  {name:<{w}} {why}")
     return "\n".join(lines)
+
+
+def resident_fraction(path):
+    """The share of the file's pages in the page cache (mincore(2)), 0.0 to 1.0."""
+    import ctypes
+    import mmap
+    size = os.path.getsize(path)
+    if size == 0:
+        return 1.0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = ctypes.create_string_buffer(pages)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
+        try:
+            if libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec.raw) / pages
+
+
+def warm(path, chunk=8 << 20):
+    """Read the whole file so it is in the page cache; returns the resident share
+    measured right after (the VM here reclaims pages untouched for about a minute)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while os.read(fd, chunk):
+            pass
+    finally:
+        os.close(fd)
+    return resident_fraction(path)
 
 
 def _m(ops_per_s):

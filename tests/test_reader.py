@@ -374,12 +374,12 @@ def test_a_job_interrupted_mid_wait_leaves_its_memory_alive_and_is_ignored_later
         with Ring(8) as ring:
             signal.setitimer(signal.ITIMER_REAL, 0.2)
             with pytest.raises(Interrupted):
-                read_ranges_job(ring, r, [0], [100], None, None, stats)
+                read_ranges_job(ring, r, [0], [100], None, None, 8, stats, "pipe")
             assert ring.in_flight == 1
             os.write(w, b"x" * 100)        # the kernel writes into the abandoned bytes
             fd = os.open(__file__, os.O_RDONLY)
             try:
-                got = read_ranges_job(ring, fd, [0, 5], [5, 5], None, None, stats)
+                got = read_ranges_job(ring, fd, [0, 5], [5, 5], None, None, 8, stats, __file__)
             finally:
                 os.close(fd)
             assert got == [plain_read(__file__)[:5], plain_read(__file__)[5:10]]

@@ -53,7 +53,8 @@ def _test_set_max_piece(int64_t nbytes):
 
 cdef struct Job:
     Py_ssize_t n
-    uint64_t id             # already shifted: id << 32
+    uint32_t id             # 24 bits, in bits 32..55 of every request's user_data
+    uint64_t tag            # id << 32
     bint close_fds          # files: close each fd when its item is done
     int open_flags
     const char **paths      # files: NULL where the path was refused
@@ -70,6 +71,8 @@ cdef struct Job:
     int32_t *closeq         # fds waiting for a close request (capacity n)
     Py_ssize_t cq_len
     Py_ssize_t left         # items not yet done
+    Py_ssize_t depth        # at most this many opens and reads in flight
+    Py_ssize_t busy         # opens and reads in flight
     int64_t syscalls, ops, short_reads, sync_reads, nbytes
 
 
@@ -79,7 +82,8 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     cdef Py_ssize_t m = max(n, 1)
     j.n = n
     j.left = n
-    j.id = (<uint64_t>(_next_job_id & 0xFFFFFF)) << 32
+    j.id = _next_job_id & 0xFFFFFF
+    j.tag = (<uint64_t>j.id) << 32
     _next_job_id += 1
     j.paths = <const char **>calloc(m, sizeof(char *))
     j.fd = <int32_t *>malloc(m * sizeof(int32_t))
@@ -135,22 +139,25 @@ cdef inline void _finish(Job *j, Py_ssize_t i) noexcept nogil:
 
 
 cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
-    """Write up to k SQEs: closes first (they free fds), then reads, then opens."""
+    """Write up to k SQEs: closes first (they free fds), then reads, then opens,
+    these two within the job's depth."""
     cdef Claim c
     cdef io_uring_sqe *sqe
     cdef Py_ssize_t i
     ring._claim_begin(&c)
     while k and j.cq_len:
         j.cq_len -= 1
-        sqe = claim_sqe(&c, (<uint64_t>KIND_CLOSE << 56) | j.id, NULL)
+        sqe = claim_sqe(&c, (<uint64_t>KIND_CLOSE << 56) | j.tag, NULL)
         sqe.opcode = IORING_OP_CLOSE
         sqe.fd = j.closeq[j.cq_len]
         k -= 1
+    k = <uint32_t>min(<Py_ssize_t>k, j.depth - j.busy)
+    j.busy += k             # less any opens skipped below
     while k and j.rq_len:
         i = j.readq[j.rq_head]
         j.rq_head = (j.rq_head + 1) % j.n
         j.rq_len -= 1
-        sqe = claim_sqe(&c, (<uint64_t>KIND_READ << 56) | j.id | <uint64_t>i, hold)
+        sqe = claim_sqe(&c, (<uint64_t>KIND_READ << 56) | j.tag | <uint64_t>i, hold)
         sqe.opcode = IORING_OP_READ
         sqe.fd = j.fd[i]
         sqe.addr = <uint64_t>(j.dest[i] + j.got[i])
@@ -163,13 +170,14 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         j.next_open += 1
         if j.paths[i] == NULL:
             continue                        # refused before the kernel saw it
-        sqe = claim_sqe(&c, (<uint64_t>KIND_OPEN << 56) | j.id | <uint64_t>i, hold)
+        sqe = claim_sqe(&c, (<uint64_t>KIND_OPEN << 56) | j.tag | <uint64_t>i, hold)
         sqe.opcode = IORING_OP_OPENAT
         sqe.fd = AT_FDCWD
         sqe.addr = <uint64_t><size_t>j.paths[i]
         sqe.open_flags = <uint32_t>j.open_flags
         hold.refs += 1
         k -= 1
+    j.busy -= k             # what the depth allowed but nothing needed
     ring._claim_end(&c)
 
 
@@ -236,14 +244,16 @@ cdef int _reap_job(Ring ring, Job *j, list keep) except -1:
         ud = ring._scratch_ud[t]
         res = ring._scratch_res[t]
         kind = <uint32_t>(ud >> 56)
-        if (ud & 0x00FFFFFF00000000) != j.id:
+        if ((ud >> 32) & 0xFFFFFF) != j.id:
             if kind == KIND_OPEN and res >= 0:
                 close(res)                  # an abandoned job's open: nobody owns it
             continue
         if kind == KIND_OPEN:
-            _on_open(j, <Py_ssize_t>(ud & 0xFFFFFFFF), res, keep)
+            j.busy -= 1
+            _on_open(j, <Py_ssize_t><uint32_t>ud, res, keep)
         elif kind == KIND_READ:
-            _on_read(j, <Py_ssize_t>(ud & 0xFFFFFFFF), res)
+            j.busy -= 1
+            _on_read(j, <Py_ssize_t><uint32_t>ud, res)
     return 0
 
 
@@ -253,7 +263,7 @@ cdef int _run_job(Ring ring, Job *j, Hold *hold, list keep) except -1:
     cdef uint32_t k
     cdef Py_ssize_t wanted
     while True:
-        wanted = j.cq_len + j.rq_len + (j.n - j.next_open)
+        wanted = j.cq_len + min(j.rq_len + (j.n - j.next_open), j.depth - j.busy)
         if wanted:
             k = ring._room(<uint32_t>min(wanted, <Py_ssize_t>UINT32_MAX))
             if k:
@@ -298,12 +308,13 @@ cdef const char *_path_of(object p, list names) except? NULL:
 
 
 def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t stop,
-                     list out, int open_flags, stats):
+                     list out, int open_flags, Py_ssize_t depth, stats):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
     `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode, fd) for
     each file not read here, code an errno or NOT_REGULAR / UNSIZED / NUL_BYTE; an
-    UNSIZED file's fd is left open for the caller. `stats` (4 int64s: syscalls,
-    operations, short reads, synchronous reads) is added to."""
+    UNSIZED file's fd is left open for the caller. At most `depth` opens and reads
+    are in flight. `stats` (4 int64s: syscalls, operations, short reads, synchronous
+    reads) is added to."""
     cdef Job j
     cdef Hold *hold = NULL
     cdef Py_ssize_t i, n = stop - start
@@ -317,6 +328,7 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
     try:
         j.open_flags = open_flags | os.O_CLOEXEC
         j.close_fds = True
+        j.depth = max(depth, 1)
         for i in range(n):
             j.paths[i] = _path_of(paths[start + i], names)
             if j.paths[i] == NULL:
@@ -349,13 +361,46 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
         _job_free(&j)
 
 
+def check_ranges(offsets, lengths, buffer_offsets=None, Py_ssize_t buflen=-1):
+    """Raise ValueError naming the first invalid range: offsets and lengths must be
+    >= 0 and, with buffer_offsets, each range must fit a `buflen`-byte buffer. A C
+    loop: ranges are checked whole before any is read, at no cost per range."""
+    cdef IntArray off, length, boff
+    cdef Py_ssize_t i, n
+    cdef int64_t o, m, b
+    off.has_view = length.has_view = boff.has_view = False
+    try:
+        int_array_open(&off, offsets, "offsets", False, False)
+        int_array_open(&length, lengths, "lengths", False, False)
+        n = off.n
+        _check_same_length(&length, "lengths", n)
+        if buffer_offsets is not None:
+            int_array_open(&boff, buffer_offsets, "buffer_offsets", False, False)
+            _check_same_length(&boff, "buffer_offsets", n)
+        for i in range(n):
+            o = ia_get(&off, i)
+            m = ia_get(&length, i)
+            if o < 0 or m < 0:
+                raise ValueError(f"range {i}: offset {o} and length {m} must be >= 0")
+            if buffer_offsets is not None:
+                b = ia_get(&boff, i)
+                if b < 0 or b > buflen or m > buflen - b:
+                    raise ValueError(f"range {i} (offset {o}, length {m}, buffer offset "
+                                     f"{b}) does not fit a {buflen}-byte buffer")
+    finally:
+        int_array_close(&boff)
+        int_array_close(&length)
+        int_array_close(&off)
+
+
 def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
-                    buffer_offsets, stats):
+                    buffer_offsets, Py_ssize_t depth, stats, name):
     """pread semantics for many ranges of one open fd, through `ring`: range i reads
     lengths[i] bytes at offsets[i], into buffer[buffer_offsets[i]:] (a writable
     buffer), or with buffer=None into a new bytes object. Short reads are resubmitted
-    until the range is full or EOF. Returns per range its byte count (or its bytes),
-    or -errno where it failed."""
+    until the range is full or EOF, at most `depth` reads in flight. Returns per
+    range its byte count (or its bytes); a failed read raises its OSError, naming
+    the file `name`, once every read has completed."""
     cdef Job j
     cdef Hold *hold = NULL
     cdef IntArray off, length, boff
@@ -364,13 +409,13 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
     cdef Py_ssize_t base_len = 0
     cdef list keep
     cdef list results
-    cdef int64_t b
     off.has_view = length.has_view = boff.has_view = False
     memset(&j, 0, sizeof(Job))
     try:
         int_array_open(&off, offsets, "offsets", False, False)
         n = off.n
         _job_alloc(&j, n)
+        j.depth = max(depth, 1)
         keep = [None] * n
         hold = hold_new(0 if buffer is None else 1)
         Py_INCREF(keep)
@@ -384,19 +429,13 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
             hold_export(hold, buffer, True, "buffer")
             base = <char *>hold.views[0].buf
             base_len = hold.views[0].len
+        check_ranges(offsets, lengths, buffer_offsets, base_len)
         for i in range(n):
             j.fd[i] = fd
             j.off[i] = ia_get(&off, i)
             j.want[i] = ia_get(&length, i)
-            if j.off[i] < 0 or j.want[i] < 0:
-                raise ValueError(f"range {i}: offset {j.off[i]} and length {j.want[i]} "
-                                 f"must be >= 0")
             if buffer is not None:
-                b = ia_get(&boff, i)
-                if b < 0 or b > base_len or j.want[i] > base_len - b:
-                    raise ValueError(f"range {i} (length {j.want[i]}, buffer offset {b}) "
-                                     f"does not fit a {base_len}-byte buffer")
-                j.dest[i] = base + b
+                j.dest[i] = base + ia_get(&boff, i)
             else:
                 keep[i] = PyBytes_FromStringAndSize(NULL, j.want[i])
                 j.dest[i] = PyBytes_AS_STRING(keep[i])
@@ -409,17 +448,17 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
             _run_job(ring, &j, hold, keep)
         finally:
             ring._leave_api()
+        _add_stats(stats, &j)
         results = [None] * n
         for i in range(n):
             if j.err[i]:
-                results[i] = -j.err[i]
+                raise path_error(j.err[i], name)
             elif buffer is not None:
                 results[i] = j.got[i]
             elif j.got[i] < j.want[i]:
                 results[i] = PyBytes_FromStringAndSize(j.dest[i], j.got[i])
             else:
                 results[i] = keep[i]
-        _add_stats(stats, &j)
         return results
     finally:
         if hold != NULL:

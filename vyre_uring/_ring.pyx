@@ -33,6 +33,7 @@ from libc.string cimport memset, strlen
 from vyre_uring.includes.kernel cimport *
 
 from vyre_uring.availability import is_unavailable_errno, unavailable_error
+from vyre_uring._files import path_error
 from vyre_uring.errors import (RingBusyError, RingClosedError, RingForkedError,
                                RingFullError, UringError, syscall_error)
 

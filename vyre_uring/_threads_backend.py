@@ -24,22 +24,22 @@ class ThreadsBackend:
     def close(self):
         self._pool.shutdown(wait=True)
 
-    def read_files(self, paths, out, report):
-        """out[i] = the bytes of paths[i], or its OSError; report.advance(files,
-        bytes) after each task. A task reads a run of files: a task per file costs
-        more than a small read."""
-        step = max(1, min(64, len(paths) // (4 * self._workers) or 1))
+    def _in_runs(self, n, fn):
+        """fn(i) for i in range(n) on the pool, in order; each task handles a run of
+        indices: a task per small read costs more than the read."""
+        step = max(1, min(64, n // (4 * self._workers) or 1))
 
         def run(start):
-            nbytes = 0
-            stop = min(start + step, len(paths))
-            for index in range(start, stop):
-                out[index] = result = _read_file(paths[index])
-                if not isinstance(result, BaseException):
-                    nbytes += len(result)
-            report.advance(stop - start, nbytes)
-        for _ in self._pool.map(run, range(0, len(paths), step)):
-            pass
+            return [fn(i) for i in range(start, min(start + step, n))]
+        return [x for part in self._pool.map(run, range(0, n, step)) for x in part]
+
+    def read_files(self, paths, out, report):
+        """out[i] = the bytes of paths[i], or its OSError; report.advance(files,
+        bytes) after each file."""
+        def one(i):
+            out[i] = result = _read_file(paths[i])
+            report.advance(1, 0 if isinstance(result, BaseException) else len(result))
+        self._in_runs(len(paths), one)
 
     def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets):
         """pread each range into buffer[buffer_offsets[i]:]; returns the byte counts."""
@@ -49,7 +49,7 @@ class ThreadsBackend:
             def one(i):
                 start = buffer_offsets[i]
                 return _pread_into(fd, view[start:start + lengths[i]], offsets[i], path)
-            return list(self._pool.map(one, range(len(offsets))))
+            return self._in_runs(len(offsets), one)
         finally:
             view.release()
             os.close(fd)
@@ -63,7 +63,7 @@ class ThreadsBackend:
                     return _pread_all(fd, lengths[i], offsets[i])
                 except OSError as exc:
                     raise path_error(exc.errno, path) from None
-            return list(self._pool.map(one, range(len(offsets))))
+            return self._in_runs(len(offsets), one)
         finally:
             os.close(fd)
 

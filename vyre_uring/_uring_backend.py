@@ -93,15 +93,11 @@ class UringBackend:
         try:
             parts = self._run([
                 lambda r, s=s: r.read_ranges(fd, offsets[s:s + share], lengths[s:s + share],
-                                             buffer, share_of(buffer_offsets, s))
+                                             buffer, share_of(buffer_offsets, s), path)
                 for s in range(0, n, share)])
         finally:
             os.close(fd)
-        results = [x for part in parts for x in part]
-        for r in results:
-            if type(r) is int and r < 0:
-                raise path_error(-r, path)
-        return results
+        return parts[0] if len(parts) == 1 else [x for part in parts for x in part]
 
 
 class _RingReader:
@@ -109,7 +105,9 @@ class _RingReader:
     reads)."""
 
     def __init__(self, queue_depth):
+        # CQ room for a full depth of opens and reads plus the closes behind them.
         self.ring = Ring(queue_depth, cq_entries=4 * queue_depth)
+        self.depth = queue_depth
         self.stats = array.array("q", [0, 0, 0, 0])
 
     def close(self):
@@ -117,7 +115,7 @@ class _RingReader:
 
     def read_files(self, paths, start, stop, out, report):
         leftovers, nbytes = read_file_window(self.ring, paths, start, stop, out,
-                                             OPEN_FLAGS, self.stats)
+                                             OPEN_FLAGS, self.depth, self.stats)
         for i, code, mode, fd in leftovers:
             path = paths[start + i]
             out[start + i] = result = _leftover(path, code, mode, fd)
@@ -125,9 +123,9 @@ class _RingReader:
                 nbytes += len(result)
         report.advance(stop - start, nbytes)
 
-    def read_ranges(self, fd, offsets, lengths, buffer, buffer_offsets):
+    def read_ranges(self, fd, offsets, lengths, buffer, buffer_offsets, path):
         return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
-                               self.stats)
+                               self.depth, self.stats, path)
 
     def drain(self):
         """Complete what is still outstanding (the last job's closes)."""

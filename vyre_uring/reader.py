@@ -8,10 +8,12 @@ pool of os.pread where io_uring is blocked.
     BatchReader(...)                   the reusable object behind them
 """
 import array
+import itertools
 import os
 import threading
 import warnings
 
+from ._ring import check_ranges
 from .availability import is_unavailable_errno
 from .errors import UringSyscallError, UringUnavailableError
 
@@ -147,7 +149,7 @@ class BatchReader:
             if view.readonly:
                 raise TypeError(f"buffer must be writable (bytearray, mmap, numpy array), "
                                 f"not a read-only {type(buffer).__name__}")
-            _check_ranges(view.nbytes, offsets, lengths, buffer_offsets)
+            check_ranges(offsets, lengths, buffer_offsets, view.nbytes)
         got = self._backend.read_ranges_into(os.fspath(path), buffer, offsets, lengths,
                                              buffer_offsets)
         self._bytes += sum(got)
@@ -156,7 +158,7 @@ class BatchReader:
     def read_ranges(self, path, offsets, lengths):
         """Each range's bytes (pread semantics: a range past EOF returns what exists)."""
         offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
-        _check_ranges(None, offsets, lengths, None)
+        check_ranges(offsets, lengths)
         out = self._backend.read_ranges(os.fspath(path), offsets, lengths)
         self._bytes += sum(map(len, out))
         return out
@@ -215,38 +217,20 @@ def default_workers():
 
 
 def _int_list(values, name):
+    """`values` as an array of int64 (as is when it already is one)."""
+    if isinstance(values, array.array) and values.typecode == "q":
+        return values
     try:
-        out = array.array("q", values)
+        return array.array("q", values)
     except (TypeError, OverflowError) as exc:
         raise TypeError(f"{name} must be a sequence of ints: {exc}") from None
-    return out
 
 
 def _packed(lengths):
-    starts, pos = array.array("q"), 0
-    for n in lengths:
-        starts.append(pos)
-        pos += n
+    """Buffer offsets that put the ranges back to back."""
+    starts = array.array("q", itertools.accumulate(lengths, initial=0))
+    starts.pop()
     return starts
-
-
-def _check_ranges(buflen, offsets, lengths, buffer_offsets):
-    """Every range valid, before any is read (buflen None: no destination buffer)."""
-    if buffer_offsets is None:
-        if len(offsets) != len(lengths):
-            raise ValueError(f"offsets ({len(offsets)}) and lengths ({len(lengths)}) "
-                             f"must have equal lengths")
-        for i, (off, n) in enumerate(zip(offsets, lengths)):
-            if off < 0 or n < 0:
-                raise ValueError(f"range {i} (offset {off}, length {n}) is invalid")
-        return
-    if not len(offsets) == len(lengths) == len(buffer_offsets):
-        raise ValueError(f"offsets ({len(offsets)}), lengths ({len(lengths)}) and "
-                         f"buffer_offsets ({len(buffer_offsets)}) must have equal lengths")
-    for i, (off, n, b) in enumerate(zip(offsets, lengths, buffer_offsets)):
-        if off < 0 or n < 0 or b < 0 or b + n > buflen:
-            raise ValueError(f"range {i} (offset {off}, length {n}, buffer offset {b}) "
-                             f"is invalid for a {buflen}-byte buffer")
 
 
 def read_files(paths, *, on_error="raise", backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH,
