@@ -277,26 +277,39 @@ def _recording_reader(monkeypatch):
     real = vyre_uring.BatchReader
 
     class Recording(real):
-        def __init__(self, *, backend="auto", queue_depth=64, workers=None):
-            seen.update(backend=backend, queue_depth=queue_depth, workers=workers)
-            super().__init__(backend=backend, queue_depth=queue_depth, workers=workers)
+        def __init__(self, *, backend="auto", queue_depth=64, workers=None, direct=False):
+            seen.update(backend=backend, queue_depth=queue_depth, workers=workers,
+                         direct=direct)
+            super().__init__(backend=backend, queue_depth=queue_depth, workers=workers,
+                             direct=direct)
 
     monkeypatch.setattr(vyre_uring, "BatchReader", Recording)
     return seen
 
 
-def test_direct_fails_clearly_until_the_reader_has_it(capsys, files):
-    status, out, err = run(capsys, "read", "--direct", *files)
-    assert status == 2
-    assert out == ""
-    assert "--direct is not supported yet" in err
+@pytest.mark.parametrize("backend", ["io_uring", "threads"])
+def test_direct_reads_the_same_bytes(capsys, files, backend):
+    status, out, err = run(capsys, "read", "--direct", "--backend", backend,
+                           "--checksum", "sha256", *files)
+    assert status == 0, err
+    assert parse_lines(out) == [(digest("sha256", d), p) for p, d in files.items()]
+
+
+def test_direct_refused_by_the_filesystem_is_said_in_the_summary(capsys):
+    # sysfs refuses O_DIRECT at open: the file is read buffered, and counted.
+    path = "/sys/kernel/mm/transparent_hugepage/enabled"
+    if not os.path.exists(path):
+        pytest.skip(f"{path} does not exist here")
+    status, _, err = run(capsys, "read", "--direct", path)
+    assert status == 0, err
+    assert "O_DIRECT refused by the filesystem for 1 file(s), read buffered" in err
 
 
 def test_options_not_given_are_left_to_the_reader(capsys, monkeypatch, files):
     seen = _recording_reader(monkeypatch)
     status, _, _ = run(capsys, "read", *files)
     assert status == 0
-    assert seen == {"backend": "auto", "queue_depth": 64, "workers": None}
+    assert seen == {"backend": "auto", "queue_depth": 64, "workers": None, "direct": False}
 
 
 def test_an_unavailable_io_uring_backend_exits_1_with_the_reason(capsys, monkeypatch, files):

@@ -243,10 +243,10 @@ def test_io_uring_counts_syscalls_in_batches(tmp_path):
 @pytest.fixture
 def small_pieces():
     """One read request carries at most 4 KiB (1 GiB in use: too slow to test)."""
-    from vyre_uring._ring import _test_set_max_piece
-    old = _test_set_max_piece(4096)
+    from vyre_uring._ring import DIRECT_ALIGN, _test_set_limits
+    old = _test_set_limits(4096, DIRECT_ALIGN)
     yield 4096
-    _test_set_max_piece(old)
+    _test_set_limits(*old)
 
 
 def test_huge_read_ranges_use_pieces(tmp_path, small_pieces):
@@ -367,7 +367,7 @@ def test_a_job_interrupted_mid_wait_leaves_its_memory_alive_and_is_ignored_later
     def interrupt(signum, frame):
         raise Interrupted
 
-    stats = array.array("q", [0] * 4)
+    stats = array.array("q", [0] * 5)
     r, w = os.pipe()                       # a read that waits until we write
     old = signal.signal(signal.SIGALRM, interrupt)
     try:
@@ -401,5 +401,78 @@ def test_drain_closes_the_fds_of_abandoned_opens(tmp_path):
     with Ring(8) as ring:
         for _ in range(5):
             ring.prep_openat(path, user_data=(1 << 56) | (0xABCDEF << 32))  # KIND_OPEN
-        drain_jobs(ring, array.array("q", [0] * 4))
+        drain_jobs(ring, array.array("q", [0] * 5))
         assert len(os.listdir("/proc/self/fd")) == before + 1       # the ring's own fd
+
+
+def _direct_supported(path):
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECT))
+        return True
+    except OSError:
+        return False
+
+
+DIRECT_SIZES = [0, 1, 511, 4095, 4096, 4097, 100_000, 256 << 10, (256 << 10) + 1, 3 << 20]
+
+
+def test_direct_reads_match_plain_reads(tmp_path, backend):
+    # O_DIRECT needs aligned offsets, lengths and memory: the reader handles that
+    # for any size and any range.
+    paths = make_tree(tmp_path, DIRECT_SIZES)
+    if not _direct_supported(paths[0]):
+        pytest.skip(f"{tmp_path} is on a filesystem without O_DIRECT")
+    expected = [plain_read(p) for p in paths]
+    with BatchReader(backend=backend, direct=True, queue_depth=4) as r:
+        assert r.read_files(paths) == expected
+        big, data = paths[-1], expected[-1]
+        offsets = [0, 1, 4095, 5000, 100_000, (3 << 20) - 10, (3 << 20) + 5]
+        lengths = [10, 4096, 3, 70_000, 1 << 20, 100, 10]
+        assert r.read_ranges(big, offsets, lengths) == \
+            [data[o:o + n] for o, n in zip(offsets, lengths)]
+        buf = bytearray(sum(lengths))
+        counts = r.read_ranges_into(big, buf, offsets, lengths)
+        assert counts == [len(data[o:o + n]) for o, n in zip(offsets, lengths)]
+        assert r.stats()["direct_fallbacks"] == 0
+
+
+@pytest.fixture
+def ramfs(tmp_path):
+    """A ramfs mount (it refuses O_DIRECT at open), or a skip when we cannot mount."""
+    import subprocess
+    mnt = tmp_path / "ramfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "ramfs", "none", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount ramfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_direct_falls_back_where_open_is_refused(ramfs, backend):
+    paths = make_tree(ramfs, [1, 5000, 300_000])
+    assert not _direct_supported(paths[0])
+    with BatchReader(backend=backend, direct=True) as r:
+        assert r.read_files(paths) == [plain_read(p) for p in paths]
+        assert r.read_ranges(paths[2], [3, 7000], [10, 5000]) == \
+            [plain_read(paths[2])[3:13], plain_read(paths[2])[7000:12000]]
+        assert r.stats()["direct_fallbacks"] == len(paths) + 1
+
+
+def test_direct_falls_back_where_reads_are_refused(tmp_path, backend, monkeypatch):
+    # Open succeeds but the filesystem refuses the read (here: reads aligned to 256
+    # bytes, finer than any block device takes): the file is read buffered instead.
+    from vyre_uring import _threads_backend
+    from vyre_uring._ring import _test_set_limits
+    # Each size rounds up to an odd multiple of 256: a length no block device takes.
+    paths = make_tree(tmp_path, [100, 600, 70_300])
+    if not _direct_supported(paths[0]):
+        pytest.skip(f"{tmp_path} is on a filesystem without O_DIRECT")
+    monkeypatch.setattr(_threads_backend, "DIRECT_ALIGN", 256)
+    old = _test_set_limits(1 << 30, 256)
+    try:
+        with BatchReader(backend=backend, direct=True) as r:
+            assert r.read_files(paths) == [plain_read(p) for p in paths]
+            assert r.stats()["direct_fallbacks"] == len(paths)
+    finally:
+        _test_set_limits(*old)

@@ -1,10 +1,12 @@
 """What both reader backends agree on: how files are opened, which paths are
 refused, and how a failure names its path."""
 import errno
+import fcntl
 import os
 import stat
 
-__all__ = ["OPEN_FLAGS", "check_regular", "open_regular", "path_error", "read_to_eof"]
+__all__ = ["OPEN_FLAGS", "check_regular", "is_direct", "open_regular", "path_error",
+           "read_to_eof"]
 
 # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a
 # regular file). It changes nothing for regular files.
@@ -29,10 +31,17 @@ def check_regular(mode, path):
     raise path_error(errno.EINVAL, path, f"not a regular file: {kind}")
 
 
-def open_regular(path):
-    """An fd of the regular file at `path` (the caller closes it), or the OSError."""
+def open_regular(path, direct=False):
+    """An fd of the regular file at `path` (the caller closes it), or the OSError.
+    direct=True opens it O_DIRECT, or buffered where the filesystem refuses that
+    (is_direct(fd) tells which)."""
     try:
-        fd = os.open(path, OPEN_FLAGS)
+        try:
+            fd = os.open(path, OPEN_FLAGS | (os.O_DIRECT if direct else 0))
+        except OSError as exc:
+            if not (direct and exc.errno == errno.EINVAL):
+                raise
+            fd = os.open(path, OPEN_FLAGS)
     except OSError as exc:
         raise path_error(exc.errno, path) from None
     except ValueError:                    # a NUL byte: refused before any syscall
@@ -43,6 +52,10 @@ def open_regular(path):
         os.close(fd)
         raise
     return fd
+
+
+def is_direct(fd):
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
 
 
 def read_to_eof(fd, path):

@@ -57,9 +57,10 @@ cdef int hold_export(Hold *h, object obj, bint writable, str what) except -1:
     return 0
 
 
-cdef Hold *hold_object(object obj) except NULL:
-    """A Hold that only keeps `obj` alive (a path's bytes, a Statx)."""
-    cdef Hold *h = hold_new(0)
+cdef Hold *hold_object(object obj, Py_ssize_t nviews=0) except NULL:
+    """A Hold that keeps `obj` alive (a path's bytes, a Statx), with room for
+    `nviews` buffer exports."""
+    cdef Hold *h = hold_new(nviews)
     Py_INCREF(obj)
     h.obj = <PyObject *>obj
     return h

@@ -9,12 +9,14 @@
 #
 # Results are read straight into their final bytes objects: no pool, no copy. A
 # bytes object stays referenced by the job's Hold until its last read completes, and
-# no Python code sees it before that.
+# no Python code sees it before that. O_DIRECT reads are the exception: the kernel
+# needs aligned memory, so they go through page-aligned bounce slots and are copied.
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 cdef extern from "Python.h":
     bytes PyUnicode_EncodeFSDefault(object)
+from posix.fcntl cimport F_GETFL, F_SETFL, fcntl, open as c_open
 from posix.unistd cimport pread
 from posix.stat cimport S_ISREG
 
@@ -38,16 +40,27 @@ NUL_BYTE = ITEM_NUL_BYTE
 MAX_PIECE = 1 << 30
 cdef int64_t _MAX_PIECE = MAX_PIECE
 
+# O_DIRECT: file offsets, lengths and memory aligned to 4096 bytes suit every
+# logical block size up to 4 KiB; each direct read moves at most one bounce slot.
+DIRECT_ALIGN = 4096
+DIRECT_CHUNK = 256 << 10
+cdef int64_t _ALIGN = DIRECT_ALIGN
+cdef int64_t _CHUNK = DIRECT_CHUNK
+cdef int _O_DIRECT = os.O_DIRECT
+
 cdef uint32_t _next_job_id = 0
 
 
-def _test_set_max_piece(int64_t nbytes):
+def _test_set_limits(int64_t max_piece, int64_t direct_align):
     """Tests only: shrink the piece size, so that reads in many pieces can be tested
-    without gigabytes of data. Returns the previous size."""
-    global _MAX_PIECE
-    if not 1 <= nbytes <= MAX_PIECE:
-        raise ValueError(f"piece size must be between 1 and {MAX_PIECE}")
-    old, _MAX_PIECE = _MAX_PIECE, nbytes
+    without gigabytes of data, or the O_DIRECT alignment, so that a filesystem
+    refuses the reads. Returns the previous (max_piece, direct_align)."""
+    global _MAX_PIECE, _ALIGN
+    if not (1 <= max_piece <= MAX_PIECE and 1 <= direct_align <= DIRECT_ALIGN and
+            DIRECT_CHUNK % direct_align == 0):
+        raise ValueError("limits out of range")
+    old = (_MAX_PIECE, _ALIGN)
+    _MAX_PIECE, _ALIGN = max_piece, direct_align
     return old
 
 
@@ -73,7 +86,12 @@ cdef struct Job:
     Py_ssize_t left         # items not yet done
     Py_ssize_t depth        # at most this many opens and reads in flight
     Py_ssize_t busy         # opens and reads in flight
-    int64_t syscalls, ops, short_reads, sync_reads, nbytes
+    char *bounce            # direct: `depth` page-aligned slots of _CHUNK bytes
+    uint8_t *direct         # per item: read with O_DIRECT, through a bounce slot
+    int32_t *slot           # per item: its bounce slot while its read is in flight
+    int32_t *free_slots     # bounce slots not in use, nfree of them
+    Py_ssize_t nfree
+    int64_t syscalls, ops, short_reads, sync_reads, direct_fallbacks, nbytes
 
 
 cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
@@ -95,8 +113,10 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     j.mode = <int32_t *>calloc(m, sizeof(int32_t))
     j.readq = <Py_ssize_t *>malloc(m * sizeof(Py_ssize_t))
     j.closeq = <int32_t *>malloc(m * sizeof(int32_t))
+    j.direct = <uint8_t *>calloc(m, sizeof(uint8_t))
+    j.slot = <int32_t *>calloc(m, sizeof(int32_t))
     if not (j.paths and j.fd and j.off and j.want and j.got and j.dest and j.err and
-            j.mode and j.readq and j.closeq):
+            j.mode and j.readq and j.closeq and j.direct and j.slot):
         _job_free(j)
         raise MemoryError()
     memset(j.fd, 0xFF, m * sizeof(int32_t))        # every fd -1
@@ -106,7 +126,28 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
 cdef void _job_free(Job *j) noexcept:
     free(j.paths); free(j.fd); free(j.off); free(j.want); free(j.got)
     free(j.dest); free(j.err); free(j.mode); free(j.readq); free(j.closeq)
+    free(j.direct); free(j.slot); free(j.free_slots)
     memset(j, 0, sizeof(Job))
+
+
+cdef int _job_direct(Job *j, Hold *hold, object bounce) except -1:
+    """Read every item with O_DIRECT through `bounce` (page-aligned, at least
+    depth * DIRECT_CHUNK bytes), which `hold` keeps alive and unresizable."""
+    cdef Py_ssize_t s
+    hold_export(hold, bounce, True, "bounce")
+    j.bounce = <char *>hold.views[hold.nviews - 1].buf
+    if hold.views[hold.nviews - 1].len < j.depth * _CHUNK or \
+            <size_t>j.bounce % <size_t>_ALIGN:
+        raise ValueError(f"bounce must be page-aligned and hold {j.depth} x "
+                         f"{DIRECT_CHUNK} bytes")
+    j.free_slots = <int32_t *>malloc(j.depth * sizeof(int32_t))
+    if j.free_slots == NULL:
+        raise MemoryError()
+    for s in range(j.depth):
+        j.free_slots[s] = <int32_t>s
+    j.nfree = j.depth
+    memset(j.direct, 1, max(j.n, 1))
+    return 0
 
 
 cdef void _job_abandon(Job *j) noexcept:
@@ -138,12 +179,35 @@ cdef inline void _finish(Job *j, Py_ssize_t i) noexcept nogil:
         j.fd[i] = -1
 
 
+cdef inline int64_t _piece(Job *j, Py_ssize_t i, int64_t *file_off, int64_t *skip) \
+        noexcept nogil:
+    """The next read of item i: returns its length, and sets its file offset and the
+    bytes at its start that are not the item's (a direct read starts aligned)."""
+    cdef int64_t pos = j.off[i] + j.got[i]
+    cdef int64_t left = j.want[i] - j.got[i]
+    if not j.direct[i]:
+        file_off[0] = pos
+        skip[0] = 0
+        return min(left, _MAX_PIECE)
+    skip[0] = pos % _ALIGN
+    file_off[0] = pos - skip[0]
+    return min((left + skip[0] + _ALIGN - 1) // _ALIGN * _ALIGN, _CHUNK)
+
+
+cdef inline char *_read_target(Job *j, Py_ssize_t i) noexcept nogil:
+    """Where item i's current read lands: its destination, or its bounce slot."""
+    if j.direct[i]:
+        return j.bounce + j.slot[i] * _CHUNK
+    return j.dest[i] + j.got[i]
+
+
 cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
     """Write up to k SQEs: closes first (they free fds), then reads, then opens,
     these two within the job's depth."""
     cdef Claim c
     cdef io_uring_sqe *sqe
     cdef Py_ssize_t i
+    cdef int64_t file_off, skip
     ring._claim_begin(&c)
     while k and j.cq_len:
         j.cq_len -= 1
@@ -157,12 +221,15 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         i = j.readq[j.rq_head]
         j.rq_head = (j.rq_head + 1) % j.n
         j.rq_len -= 1
+        if j.direct[i]:                     # depth slots for at most depth reads
+            j.nfree -= 1
+            j.slot[i] = j.free_slots[j.nfree]
         sqe = claim_sqe(&c, (<uint64_t>KIND_READ << 56) | j.tag | <uint64_t>i, hold)
         sqe.opcode = IORING_OP_READ
         sqe.fd = j.fd[i]
-        sqe.addr = <uint64_t>(j.dest[i] + j.got[i])
-        sqe.off = <uint64_t>(j.off[i] + j.got[i])
-        sqe.len = <uint32_t>min(j.want[i] - j.got[i], _MAX_PIECE)
+        sqe.len = <uint32_t>_piece(j, i, &file_off, &skip)
+        sqe.off = <uint64_t>file_off
+        sqe.addr = <uint64_t>_read_target(j, i)
         hold.refs += 1
         k -= 1
     while k and j.next_open < j.n:
@@ -174,7 +241,7 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         sqe.opcode = IORING_OP_OPENAT
         sqe.fd = AT_FDCWD
         sqe.addr = <uint64_t><size_t>j.paths[i]
-        sqe.open_flags = <uint32_t>j.open_flags
+        sqe.open_flags = <uint32_t>(j.open_flags | (_O_DIRECT if j.direct[i] else 0))
         hold.refs += 1
         k -= 1
     j.busy -= k             # what the depth allowed but nothing needed
@@ -186,6 +253,14 @@ cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
     the file a bytes object of its size to read into."""
     cdef stat_t st
     cdef object data
+    if res == -EINVAL and j.direct[i]:
+        # The filesystem refuses O_DIRECT: open it buffered (rare; synchronously).
+        j.direct[i] = 0
+        j.direct_fallbacks += 1
+        with nogil:
+            res = c_open(j.paths[i], j.open_flags)
+        if res < 0:
+            res = -errno
     if res < 0:
         j.err[i] = -res
         _finish(j, i)
@@ -215,23 +290,40 @@ cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
 
 cdef void _on_read(Job *j, Py_ssize_t i, int32_t res) noexcept:
     cdef ssize_t r
+    cdef int64_t file_off, skip, n
+    cdef int64_t asked = _piece(j, i, &file_off, &skip)
+    cdef char *target = _read_target(j, i)
     if res == -EAGAIN:
         # A file opened O_NONBLOCK on a filesystem (or kernel) that will not wait for
         # the page cache: read this piece synchronously, without the GIL.
         with nogil:
-            r = pread(j.fd[i], j.dest[i] + j.got[i], <size_t>min(j.want[i] - j.got[i],
-                      _MAX_PIECE), j.off[i] + j.got[i])
+            r = pread(j.fd[i], target, <size_t>asked, file_off)
         res = <int32_t>r if r >= 0 else -errno
         j.sync_reads += 1
-    if res < 0:
-        j.err[i] = -res
-    elif res > 0:
-        j.got[i] += res
-        if j.got[i] < j.want[i]:
-            j.short_reads += 1              # resubmit the rest
+    if j.direct[i]:
+        j.free_slots[j.nfree] = j.slot[i]   # copied out below before any reuse
+        j.nfree += 1
+        if res == -EINVAL:
+            # The filesystem refuses this O_DIRECT read: buffered from here on.
+            fcntl(j.fd[i], F_SETFL, fcntl(j.fd[i], F_GETFL) & ~_O_DIRECT)
+            j.direct[i] = 0
+            j.direct_fallbacks += 1
             _queue_read(j, i)
             return
-    _finish(j, i)                           # res == 0: EOF, what pread returns
+    if res < 0:
+        j.err[i] = -res
+    else:
+        n = min(res - skip, j.want[i] - j.got[i])
+        if n > 0:
+            if j.direct[i]:
+                memcpy(j.dest[i] + j.got[i], target + skip, <size_t>n)
+            j.got[i] += n
+            if j.got[i] < j.want[i]:
+                if res < asked:
+                    j.short_reads += 1      # resubmit the rest
+                _queue_read(j, i)
+                return
+    _finish(j, i)                           # n <= 0: EOF, what pread returns
 
 
 cdef int _reap_job(Ring ring, Job *j, list keep) except -1:
@@ -289,6 +381,7 @@ cdef int _add_stats(object stats, Job *j) except -1:
     stats[1] += j.ops
     stats[2] += j.short_reads
     stats[3] += j.sync_reads
+    stats[4] += j.direct_fallbacks
     return 0
 
 
@@ -308,13 +401,15 @@ cdef const char *_path_of(object p, list names) except? NULL:
 
 
 def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t stop,
-                     list out, int open_flags, Py_ssize_t depth, stats):
+                     list out, int open_flags, Py_ssize_t depth, stats, bounce=None):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
     `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode, fd) for
     each file not read here, code an errno or NOT_REGULAR / UNSIZED / NUL_BYTE; an
     UNSIZED file's fd is left open for the caller. At most `depth` opens and reads
-    are in flight. `stats` (4 int64s: syscalls, operations, short reads, synchronous
-    reads) is added to."""
+    are in flight. With a `bounce` buffer (see _job_direct) files are read with
+    O_DIRECT, and buffered where the filesystem refuses it. `stats` (5 int64s:
+    syscalls, operations, short reads, synchronous reads, O_DIRECT refusals) is
+    added to."""
     cdef Job j
     cdef Hold *hold = NULL
     cdef Py_ssize_t i, n = stop - start
@@ -336,9 +431,11 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
                 j.left -= 1
         ring._enter_api()
         try:
-            hold = hold_object((names, keep))
+            hold = hold_object((names, keep), bounce is not None)
             hold.refs += 1          # the job's own: the hold outlives every reap
             try:
+                if bounce is not None:
+                    _job_direct(&j, hold, bounce)
                 _run_job(ring, &j, hold, keep)
             except BaseException:
                 _job_abandon(&j)
@@ -394,13 +491,14 @@ def check_ranges(offsets, lengths, buffer_offsets=None, Py_ssize_t buflen=-1):
 
 
 def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
-                    buffer_offsets, Py_ssize_t depth, stats, name):
+                    buffer_offsets, Py_ssize_t depth, stats, name, bounce=None):
     """pread semantics for many ranges of one open fd, through `ring`: range i reads
     lengths[i] bytes at offsets[i], into buffer[buffer_offsets[i]:] (a writable
     buffer), or with buffer=None into a new bytes object. Short reads are resubmitted
     until the range is full or EOF, at most `depth` reads in flight. Returns per
     range its byte count (or its bytes); a failed read raises its OSError, naming
-    the file `name`, once every read has completed."""
+    the file `name`, once every read has completed. With a `bounce` buffer, fd was
+    opened O_DIRECT and the reads go through it (see _job_direct)."""
     cdef Job j
     cdef Hold *hold = NULL
     cdef IntArray off, length, boff
@@ -417,9 +515,7 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
         _job_alloc(&j, n)
         j.depth = max(depth, 1)
         keep = [None] * n
-        hold = hold_new(0 if buffer is None else 1)
-        Py_INCREF(keep)
-        hold.obj = <PyObject *>keep
+        hold = hold_object(keep, (buffer is not None) + (bounce is not None))
         hold.refs += 1              # the job's own: the hold outlives every reap
         int_array_open(&length, lengths, "lengths", False, False)
         _check_same_length(&length, "lengths", n)
@@ -443,6 +539,8 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
                 j.left -= 1
             else:
                 _queue_read(&j, i)
+        if bounce is not None:
+            _job_direct(&j, hold, bounce)
         ring._enter_api()
         try:
             _run_job(ring, &j, hold, keep)

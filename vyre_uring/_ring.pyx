@@ -28,7 +28,7 @@ from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, 
 from libc.errno cimport EAGAIN, EBUSY, EINTR, EINVAL, ENOMEM, ETIME, errno
 from posix.stat cimport fstat, struct_stat as stat_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memset, strlen
+from libc.string cimport memcpy, memset, strlen
 
 from vyre_uring.includes.kernel cimport *
 

@@ -11,9 +11,11 @@ import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
 
-from ._files import OPEN_FLAGS, check_regular, open_regular, path_error, read_to_eof
-from ._ring import (NOT_REGULAR, NUL_BYTE, UNSIZED, Ring, drain_jobs, read_file_window,
-                    read_ranges_job)
+from ._files import (OPEN_FLAGS, check_regular, is_direct, open_regular, path_error,
+                     read_to_eof)
+from ._ring import (DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, UNSIZED, Ring, drain_jobs,
+                    read_file_window, read_ranges_job)
+from .buffers import alloc_buffer
 
 __all__ = ["UringBackend"]
 
@@ -27,12 +29,13 @@ class UringBackend:
     free. Waits release the GIL, so the rings' I/O overlaps."""
     name = "io_uring"
 
-    def __init__(self, queue_depth, workers):
+    def __init__(self, queue_depth, workers, direct=False):
         self.queue_depth = queue_depth
+        self.direct = direct
         self._rings = []
         try:
             for _ in range(workers):
-                self._rings.append(_RingReader(queue_depth))
+                self._rings.append(_RingReader(queue_depth, direct))
         except BaseException:
             self.close()
             raise
@@ -43,7 +46,7 @@ class UringBackend:
 
     @property
     def stats(self):
-        keys = ("syscalls", "operations", "short_reads", "sync_reads")
+        keys = ("syscalls", "operations", "short_reads", "sync_reads", "direct_fallbacks")
         return {key: sum(r.stats[k] for r in self._rings) for k, key in enumerate(keys)}
 
     def close(self):
@@ -89,11 +92,15 @@ class UringBackend:
         share = max(1, -(-n // len(self._rings)))
         def share_of(seq, s):
             return None if seq is None else seq[s:s + share]
-        fd = open_regular(path)
+        fd = open_regular(path, self.direct)
+        direct = self.direct and is_direct(fd)
+        if self.direct and not direct:
+            self._rings[0].stats[4] += 1       # the filesystem refused O_DIRECT
         try:
             parts = self._run([
                 lambda r, s=s: r.read_ranges(fd, offsets[s:s + share], lengths[s:s + share],
-                                             buffer, share_of(buffer_offsets, s), path)
+                                             buffer, share_of(buffer_offsets, s), path,
+                                             direct)
                 for s in range(0, n, share)])
         finally:
             os.close(fd)
@@ -101,21 +108,30 @@ class UringBackend:
 
 
 class _RingReader:
-    """One ring and its counters (syscalls, operations, short reads, synchronous
-    reads)."""
+    """One ring, its counters (syscalls, operations, short reads, synchronous reads,
+    O_DIRECT refusals) and, with direct=True, its bounce slots for O_DIRECT reads."""
 
-    def __init__(self, queue_depth):
+    def __init__(self, queue_depth, direct):
         # CQ room for a full depth of opens and reads plus the closes behind them.
         self.ring = Ring(queue_depth, cq_entries=4 * queue_depth)
         self.depth = queue_depth
-        self.stats = array.array("q", [0, 0, 0, 0])
+        self.stats = array.array("q", [0] * 5)
+        # Page-aligned, touched only as far as reads use it.
+        self.bounce = alloc_buffer(queue_depth * DIRECT_CHUNK) if direct else None
 
     def close(self):
         self.ring.close()
+        if self.bounce is not None:
+            try:
+                self.bounce.close()
+            except BufferError:
+                pass        # a read the close could not cancel still holds it: leave it
+
 
     def read_files(self, paths, start, stop, out, report):
         leftovers, nbytes = read_file_window(self.ring, paths, start, stop, out,
-                                             OPEN_FLAGS, self.depth, self.stats)
+                                             OPEN_FLAGS, self.depth, self.stats,
+                                             self.bounce)
         for i, code, mode, fd in leftovers:
             path = paths[start + i]
             out[start + i] = result = _leftover(path, code, mode, fd)
@@ -123,9 +139,10 @@ class _RingReader:
                 nbytes += len(result)
         report.advance(stop - start, nbytes)
 
-    def read_ranges(self, fd, offsets, lengths, buffer, buffer_offsets, path):
+    def read_ranges(self, fd, offsets, lengths, buffer, buffer_offsets, path, direct):
         return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
-                               self.depth, self.stats, path)
+                               self.depth, self.stats, path,
+                               self.bounce if direct else None)
 
     def drain(self):
         """Complete what is still outstanding (the last job's closes)."""

@@ -103,8 +103,9 @@ def _add_read_parser(sub):
     p.add_argument("--workers", type=_positive_int, metavar="N",
                    help="threads for the threads backend (the reader's default if not given)")
     p.add_argument("--direct", action="store_true",
-                   help="read with O_DIRECT, bypassing the page cache (only if this "
-                        "vyre_uring's BatchReader supports it)")
+                   help="read with O_DIRECT, bypassing the page cache (files on "
+                        "filesystems that refuse it are read buffered; the summary "
+                        "counts them)")
     p.add_argument("--progress", action="store_true",
                    help="show a progress bar over files on stderr (needs tqdm)")
     p.add_argument("--json", action="store_true",
@@ -254,10 +255,8 @@ def _batches(items, size):
 def reader_options(args, parser):
     """BatchReader keyword arguments for the options given (the rest keep the
     reader's defaults)."""
-    if args.direct:
-        parser.error("--direct is not supported yet: the reader has no O_DIRECT path")
     wanted = {"backend": args.backend, "queue_depth": args.queue_depth,
-              "workers": args.workers}
+              "workers": args.workers, "direct": args.direct or None}
     return {k: v for k, v in wanted.items() if v is not None}
 
 
@@ -341,7 +340,8 @@ class ReadRun:
             "backend": stats.get("backend", reader.backend),
             "fallback_reason": stats.get("fallback_reason"),
             # The backend's own counters (None where it does not count them).
-            **{k: stats.get(k) for k in ("syscalls", "operations", "short_reads")},
+            **{k: stats.get(k) for k in ("syscalls", "operations", "short_reads",
+                                         "direct_fallbacks")},
         }
 
 
@@ -351,6 +351,9 @@ def _summary_text(s):
             f"{s['gb_per_s']:.2f} GB/s, backend {s['backend']}")
     if s["fallback_reason"]:
         text += f" (io_uring unavailable, fell back to threads: {s['fallback_reason']})"
+    if s["direct_fallbacks"]:
+        text += (f"; O_DIRECT refused by the filesystem for {s['direct_fallbacks']} "
+                 f"file(s), read buffered")
     return text
 
 

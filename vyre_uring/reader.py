@@ -33,9 +33,14 @@ class BatchReader:
     backend: "auto" (io_uring, falling back to threads with a warning when io_uring
     is unavailable here), "io_uring" (UringUnavailableError instead of falling
     back) or "threads". The environment variable VYRE_URING_BACKEND overrides it.
+    direct=True reads with O_DIRECT, bypassing the page cache: alignment is handled
+    here (aligned reads through page-aligned bounce buffers, copied out), and files
+    on filesystems that refuse O_DIRECT are read buffered, counted in
+    stats()["direct_fallbacks"].
     """
 
-    def __init__(self, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH, workers=None):
+    def __init__(self, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH, workers=None,
+                 direct=False):
         backend = os.environ.get(BACKEND_ENV) or backend
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
@@ -46,14 +51,14 @@ class BatchReader:
             raise ValueError(f"workers must be between 1 and 256, not {workers}")
         self.fallback_reason = None
         self._queue_depth = queue_depth
-        self._backend = self._make_backend(backend, queue_depth, workers)
+        self._backend = self._make_backend(backend, queue_depth, workers, bool(direct))
         self._files = self._bytes = 0
 
-    def _make_backend(self, backend, queue_depth, workers):
+    def _make_backend(self, backend, queue_depth, workers, direct):
         if backend != "threads":
             try:
                 from ._uring_backend import UringBackend
-                return UringBackend(queue_depth, workers or default_workers())
+                return UringBackend(queue_depth, workers or default_workers(), direct)
             except UringSyscallError as exc:
                 if backend == "io_uring" or not (isinstance(exc, UringUnavailableError)
                                                  or is_unavailable_errno(exc.errno)):
@@ -66,7 +71,7 @@ class BatchReader:
         from ._threads_backend import ThreadsBackend
         # Blocking reads: a few threads per core keep the disk busy; page-cache reads
         # gain nothing past the core count, and each thread costs GIL hand-offs.
-        return ThreadsBackend(workers or min(16, (os.cpu_count() or 1) * 2))
+        return ThreadsBackend(workers or min(16, (os.cpu_count() or 1) * 2), direct)
 
     @property
     def backend(self):
@@ -234,29 +239,32 @@ def _packed(lengths):
 
 
 def read_files(paths, *, on_error="raise", backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH,
-               workers=None, progress=None):
+               workers=None, progress=None, direct=False):
     """Read whole files; see BatchReader.read_files."""
-    with BatchReader(backend=backend, queue_depth=queue_depth, workers=workers) as r:
+    with BatchReader(backend=backend, queue_depth=queue_depth, workers=workers,
+                     direct=direct) as r:
         return r.read_files(paths, on_error=on_error, progress=progress)
 
 
 def iter_files(paths, *, max_bytes_in_flight=64 << 20, backend="auto",
-               queue_depth=DEFAULT_QUEUE_DEPTH, workers=None, progress=None):
+               queue_depth=DEFAULT_QUEUE_DEPTH, workers=None, progress=None, direct=False):
     """Yield (index, path, bytes_or_OSError) as files complete; see BatchReader.iter_files."""
-    with BatchReader(backend=backend, queue_depth=queue_depth, workers=workers) as r:
+    with BatchReader(backend=backend, queue_depth=queue_depth, workers=workers,
+                     direct=direct) as r:
         yield from r.iter_files(paths, max_bytes_in_flight=max_bytes_in_flight,
                                 progress=progress)
 
 
-def read_ranges(path, offsets, lengths, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH):
+def read_ranges(path, offsets, lengths, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH,
+                direct=False):
     """Read byte ranges of one file; see BatchReader.read_ranges."""
-    with BatchReader(backend=backend, queue_depth=queue_depth) as r:
+    with BatchReader(backend=backend, queue_depth=queue_depth, direct=direct) as r:
         return r.read_ranges(path, offsets, lengths)
 
 
 def read_ranges_into(path, buffer, offsets, lengths, buffer_offsets=None, *, backend="auto",
-                     queue_depth=DEFAULT_QUEUE_DEPTH):
+                     queue_depth=DEFAULT_QUEUE_DEPTH, direct=False):
     """Read byte ranges of one file into a buffer; see BatchReader.read_ranges_into."""
-    with BatchReader(backend=backend, queue_depth=queue_depth) as r:
+    with BatchReader(backend=backend, queue_depth=queue_depth, direct=direct) as r:
         return r.read_ranges_into(path, buffer, offsets, lengths, buffer_offsets)
 
