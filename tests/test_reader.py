@@ -287,12 +287,28 @@ def test_iter_files_yields_everything_once(tmp_path, backend):
     assert all(seen[i] == plain_read(p) for i, p in enumerate(paths) if i != 7)
 
 
-def test_iter_files_windows_follow_the_byte_budget():
-    from vyre_uring.reader import _next_window
-    assert _next_window(64, got_bytes=64 << 20, files=64, budget=8 << 20, queue_depth=64) == 8
-    assert _next_window(8, got_bytes=8 << 30, files=8, budget=64 << 20, queue_depth=64) == 1
-    assert _next_window(64, got_bytes=64, files=64, budget=64 << 20, queue_depth=64) == 1024
-    assert _next_window(4, got_bytes=0, files=4, budget=1, queue_depth=64) == 8
+@pytest.mark.parametrize("workers", [1, 2])
+def test_iter_files_stays_within_the_byte_budget(tmp_path, backend, workers):
+    # Small files first, then large ones, then one larger than the budget: a window
+    # sized by the sizes seen so far would overshoot; the budget is kept per batch.
+    import tracemalloc
+    budget = 1 << 20
+    sizes = [1000] * 50 + [300_000] * 30 + [2 << 20] + [5000] * 20
+    paths = make_tree(tmp_path, sizes)
+    tracemalloc.start()
+    try:
+        seen = 0
+        for index, path, data in vyre_uring.iter_files(
+                paths, backend=backend, workers=workers, max_bytes_in_flight=budget):
+            assert len(data) == sizes[index]
+            seen += 1
+            del data
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seen == len(paths)
+    # A file larger than the budget comes alone (one per ring).
+    assert peak <= max(budget, workers * (2 << 20)) + (256 << 10), peak
 
 
 def test_progress_callable_sees_every_file(tmp_path, backend):

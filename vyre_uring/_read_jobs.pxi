@@ -31,10 +31,12 @@ cdef enum:
     ITEM_UNSIZED = -2       # a regular file that reports size 0 (empty, or /proc):
                             # its fd stays open for the caller to read to EOF
     ITEM_NUL_BYTE = -3      # the path holds a NUL byte
+    ITEM_DEFERRED = -4      # not read: the job's byte budget was spent
 
 NOT_REGULAR = ITEM_NOT_REGULAR
 UNSIZED = ITEM_UNSIZED
 NUL_BYTE = ITEM_NUL_BYTE
+DEFERRED = ITEM_DEFERRED
 
 # One read request carries at most this much: Linux caps a single read near 2 GiB.
 MAX_PIECE = 1 << 30
@@ -91,6 +93,9 @@ cdef struct Job:
     int32_t *slot           # per item: its bounce slot while its read is in flight
     int32_t *free_slots     # bounce slots not in use, nfree of them
     Py_ssize_t nfree
+    int64_t budget          # files: bytes the job may take for results (< 0: no limit)
+    int64_t allocated       # files: bytes taken so far
+    bint spent              # the budget is spent: open no more files
     int64_t syscalls, ops, short_reads, sync_reads, direct_fallbacks, nbytes
 
 
@@ -100,6 +105,7 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     cdef Py_ssize_t m = max(n, 1)
     j.n = n
     j.left = n
+    j.budget = -1
     j.id = _next_job_id & 0xFFFFFF
     j.tag = (<uint64_t>j.id) << 32
     _next_job_id += 1
@@ -232,7 +238,7 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         sqe.addr = <uint64_t>_read_target(j, i)
         hold.refs += 1
         k -= 1
-    while k and j.next_open < j.n:
+    while k and j.next_open < j.n and not j.spent:
         i = j.next_open
         j.next_open += 1
         if j.paths[i] == NULL:
@@ -273,6 +279,9 @@ cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
         j.mode[i] = st.st_mode
     elif st.st_size == 0:
         j.err[i] = ITEM_UNSIZED
+    elif j.budget >= 0 and j.allocated > 0 and j.allocated + st.st_size > j.budget:
+        j.err[i] = ITEM_DEFERRED            # for a later job; the first file always fits
+        j.spent = True
     else:
         try:
             data = PyBytes_FromStringAndSize(NULL, st.st_size)
@@ -282,6 +291,9 @@ cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
             keep[i] = data
             j.dest[i] = PyBytes_AS_STRING(data)
             j.want[i] = st.st_size
+            j.allocated += st.st_size
+            if j.budget >= 0 and j.allocated >= j.budget:
+                j.spent = True
             _queue_read(j, i)
             return 0
     _finish(j, i)
@@ -367,6 +379,16 @@ cdef int _run_job(Ring ring, Job *j, Hold *hold, list keep) except -1:
         ring._submit_and_wait(1, -1.0)
         j.syscalls += 1
         _reap_job(ring, j, keep)
+        if j.spent:
+            _defer_unopened(j)
+
+
+cdef void _defer_unopened(Job *j) noexcept nogil:
+    while j.next_open < j.n:
+        if j.paths[j.next_open] != NULL:    # (a refused path is already done)
+            j.err[j.next_open] = ITEM_DEFERRED
+            j.left -= 1
+        j.next_open += 1
 
 
 cdef void _drop_job_ref(Hold *hold) noexcept:
@@ -401,13 +423,16 @@ cdef const char *_path_of(object p, list names) except? NULL:
 
 
 def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t stop,
-                     list out, int open_flags, Py_ssize_t depth, stats, bounce=None):
+                     list out, int open_flags, Py_ssize_t depth, stats, bounce=None,
+                     int64_t budget=-1):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
     `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode, fd) for
     each file not read here, code an errno or NOT_REGULAR / UNSIZED / NUL_BYTE; an
     UNSIZED file's fd is left open for the caller. At most `depth` opens and reads
     are in flight. With a `bounce` buffer (see _job_direct) files are read with
-    O_DIRECT, and buffered where the filesystem refuses it. `stats` (5 int64s:
+    O_DIRECT, and buffered where the filesystem refuses it. With a `budget` >= 0,
+    files past the first stop being opened once their sizes would exceed it: they
+    come back DEFERRED, for a later call. `stats` (5 int64s:
     syscalls, operations, short reads, synchronous reads, O_DIRECT refusals) is
     added to."""
     cdef Job j
@@ -424,6 +449,7 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
         j.open_flags = open_flags | os.O_CLOEXEC
         j.close_fds = True
         j.depth = max(depth, 1)
+        j.budget = budget
         for i in range(n):
             j.paths[i] = _path_of(paths[start + i], names)
             if j.paths[i] == NULL:

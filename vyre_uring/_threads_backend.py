@@ -54,17 +54,27 @@ class ThreadsBackend:
                 self._fallbacks += 1
         return fd, direct
 
-    def read_files(self, paths, out, report):
+    def read_files(self, paths, out, report, budget=None):
         """out[i] = the bytes of paths[i], or its OSError; report.advance(files,
-        bytes) after each file."""
-        def one(i):
-            out[i] = result = self._read_file(paths[i])
-            report.advance(1, 0 if isinstance(result, BaseException) else len(result))
-        self._in_runs(len(paths), one)
+        bytes) after each file. With a byte `budget`, the results together stay
+        within it (or are one file): returns the indices of the files left for a
+        later call."""
+        budget = _Budget(budget)
 
-    def _read_file(self, path):
-        """The file's bytes (as many as its size when opened, fewer if it shrank), or
-        the OSError that stopped it."""
+        def one(i):
+            result = self._read_file(paths[i], budget)
+            if result is _DEFERRED:
+                return i
+            out[i] = result
+            report.advance(1, 0 if isinstance(result, BaseException) else len(result))
+            return None
+        return [i for i in self._in_runs(len(paths), one) if i is not None]
+
+    def _read_file(self, path, budget):
+        """The file's bytes (as many as its size when opened, fewer if it shrank),
+        the OSError that stopped it, or _DEFERRED when the budget has no room."""
+        if budget.spent:
+            return _DEFERRED
         try:
             fd, direct = self._open(path)
         except OSError as exc:
@@ -73,6 +83,8 @@ class ThreadsBackend:
             size = os.fstat(fd).st_size
             if size == 0:                 # empty, or /proc: its size says nothing
                 return read_to_eof(fd, path)
+            if not budget.take(size):
+                return _DEFERRED
             return self._pread_all(fd, size, 0, direct)
         except OSError as exc:
             return path_error(exc.errno, path)
@@ -134,6 +146,31 @@ class ThreadsBackend:
             parts.append(chunk)
             done += len(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+_DEFERRED = object()               # a file the budget left for a later call
+
+
+class _Budget:
+    """The bytes a batch's results may take, shared by the pool's threads (the
+    first file always fits). None: no limit."""
+
+    def __init__(self, nbytes):
+        self.left = nbytes
+        self.taken = 0
+        self.spent = False
+        self._lock = threading.Lock()
+
+    def take(self, size):
+        if self.left is None:
+            return True
+        with self._lock:
+            if self.spent or (self.taken and self.taken + size > self.left):
+                self.spent = True
+                return False
+            self.taken += size
+            self.spent = self.taken >= self.left
+            return True
 
 
 _local = threading.local()         # each thread's O_DIRECT bounce buffer

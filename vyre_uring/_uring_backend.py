@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ._files import (OPEN_FLAGS, check_regular, is_direct, open_regular, path_error,
                      read_to_eof)
-from ._ring import (DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, UNSIZED, Ring, drain_jobs,
-                    read_file_window, read_ranges_job)
+from ._ring import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, UNSIZED, Ring,
+                    drain_jobs, read_file_window, read_ranges_job)
 from .buffers import alloc_buffer
 
 __all__ = ["UringBackend"]
@@ -68,15 +68,25 @@ class UringBackend:
             return [on_a_free_ring(fn) for fn in tasks]
         return list(self._pool.map(on_a_free_ring, tasks))
 
-    def read_files(self, paths, out, report):
+    def read_files(self, paths, out, report, budget=None):
         """out[i] = the bytes of paths[i], or its OSError; report.advance(files,
-        bytes) after each job (from several threads when there are several rings)."""
+        bytes) after each job (from several threads when there are several rings).
+        With a byte `budget`, the results together stay within it (or are one file):
+        returns the indices of the files left for a later call."""
         n = len(paths)
-        step = max(self.queue_depth, min(MAX_JOB_FILES, -(-n // (4 * len(self._rings)))))
-        self._run([lambda r, s=s: r.read_files(paths, s, min(s + step, n), out, report)
-                   for s in range(0, n, step)])
+        rings = len(self._rings)
+        if budget is None:
+            step = max(self.queue_depth, min(MAX_JOB_FILES, -(-n // (4 * rings))))
+            share = -1
+        else:                          # one job per ring, each with its share
+            step = max(1, -(-n // rings))
+            share = max(1, budget // -(-n // step))
+        deferred = self._run([
+            lambda r, s=s: r.read_files(paths, s, min(s + step, n), out, report, share)
+            for s in range(0, n, step)])
         for r in self._rings:
             r.drain()
+        return [i for part in deferred for i in part]
 
     def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets):
         """Range i into buffer[buffer_offsets[i]:]; returns the byte counts."""
@@ -128,16 +138,22 @@ class _RingReader:
                 pass        # a read the close could not cancel still holds it: leave it
 
 
-    def read_files(self, paths, start, stop, out, report):
+    def read_files(self, paths, start, stop, out, report, budget):
+        """Files start..stop-1 into out; returns the indices deferred by the budget."""
         leftovers, nbytes = read_file_window(self.ring, paths, start, stop, out,
                                              OPEN_FLAGS, self.depth, self.stats,
-                                             self.bounce)
+                                             self.bounce, budget)
+        deferred = []
         for i, code, mode, fd in leftovers:
+            if code == DEFERRED:
+                deferred.append(start + i)
+                continue
             path = paths[start + i]
             out[start + i] = result = _leftover(path, code, mode, fd)
             if not isinstance(result, BaseException):
                 nbytes += len(result)
-        report.advance(stop - start, nbytes)
+        report.advance(stop - start - len(deferred), nbytes)
+        return deferred
 
     def read_ranges(self, fd, offsets, lengths, buffer, buffer_offsets, path, direct):
         return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,

@@ -23,6 +23,7 @@ __all__ = ["BatchReader", "read_files", "iter_files", "read_ranges", "read_range
 BACKEND_ENV = "VYRE_URING_BACKEND"     # forces a backend: io_uring or threads
 BACKENDS = ("auto", "io_uring", "threads")
 DEFAULT_QUEUE_DEPTH = 64
+ITER_BATCH_FILES = 4096                # most files one iter_files batch considers
 
 _warned = threading.Event()            # "auto" warns once per process when it falls back
 
@@ -117,29 +118,31 @@ class BatchReader:
         return out
 
     def iter_files(self, paths, *, max_bytes_in_flight=64 << 20, progress=None):
-        """Yield (index, path, bytes_or_OSError) window by window, as files complete.
-        Memory stays near `max_bytes_in_flight` whatever the total: a window holds
-        as many files as fit the budget by the sizes seen so far (at least one)."""
+        """Yield (index, path, bytes_or_OSError) batch by batch, as files complete
+        (not in input order). Memory stays within `max_bytes_in_flight` whatever the
+        total: a batch takes files while their sizes fit the budget (a file larger
+        than the budget comes alone); the files that did not fit go first in the next
+        batch."""
         if max_bytes_in_flight < 1:
             raise ValueError(f"max_bytes_in_flight must be >= 1, not {max_bytes_in_flight}")
         paths = paths if isinstance(paths, (list, tuple)) else list(paths)
         report = _Progress(progress, len(paths))
-        window, start = self._queue_depth, 0
+        pending = list(range(len(paths)))
         try:
-            while start < len(paths):
-                batch = paths[start:start + window]
-                out = [None] * len(batch)
+            while pending:
+                indices = pending[:ITER_BATCH_FILES]
+                out = [None] * len(indices)
                 before = report.bytes
-                self._backend.read_files(batch, out, report)
-                self._files += len(batch)
-                got = report.bytes - before
-                self._bytes += got
-                for i, result in enumerate(out):
-                    yield start + i, batch[i], result
-                del out
-                start += len(batch)
-                window = _next_window(window, got, len(batch), max_bytes_in_flight,
-                                      self._queue_depth)
+                deferred = self._backend.read_files([paths[i] for i in indices], out,
+                                                    report, max_bytes_in_flight)
+                self._files += len(indices) - len(deferred)
+                self._bytes += report.bytes - before
+                left = set(deferred)
+                pending = [indices[k] for k in deferred] + pending[len(indices):]
+                for k, i in enumerate(indices):
+                    if k not in left:
+                        yield i, paths[i], out[k]
+                        out[k] = None           # the caller's now, not ours
         finally:
             report.close()
 
@@ -167,15 +170,6 @@ class BatchReader:
         out = self._backend.read_ranges(os.fspath(path), offsets, lengths)
         self._bytes += sum(map(len, out))
         return out
-
-
-def _next_window(window, got_bytes, files, budget, queue_depth):
-    """Files per window so that a window's bytes stay within `budget`, judging by
-    the average file of the last window; between 1 and queue_depth * 16."""
-    if got_bytes == 0:
-        return min(window * 2, queue_depth * 16)
-    fit = int(budget / (got_bytes / files))
-    return max(1, min(fit, queue_depth * 16))
 
 
 class _Progress:
