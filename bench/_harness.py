@@ -51,17 +51,20 @@ def _cpu_model():
     return platform.processor() or "unknown"
 
 
-def table(results, missing, key="batch"):
-    """min/median/max ops/s, and the ratio to C: of the medians, of the best runs
-    (closest to an unloaded machine), and per round (each round's contender against
-    the C run of the same round, so drift cancels). `results` maps each workload
-    (named in the `key` column) to {contender: [ops/s per round]}."""
+def table(results, missing, key="batch", reference=REFERENCE):
+    """min/median/max ops/s, and the ratio to the reference (C unless said): of the
+    medians, of the best runs (closest to an unloaded machine), and per round (each
+    round's contender against the reference run of the same round, so drift
+    cancels). `results` maps each workload (named in the `key` column) to
+    {contender: [ops/s per round]}."""
     w = max([12] + [len(name) for rows in results.values() for name in rows])
     k = max([len(key)] + [len(str(x)) for x in results])
+    vs = f"vs {'C' if reference == REFERENCE else reference}: medians"
+    v = max(13, len(vs))
     lines = [f"{key:>{k}}  {'contender':<{w}} {'min':>9} {'median':>9} {'max':>9}  "
-             f"{'vs C: medians':>13}  {'best/best':>9}  {'per round min/median/max':>24}"]
+             f"{vs:>{v}}  {'best/best':>9}  {'per round min/median/max':>24}"]
     for batch, rows in results.items():
-        ref = rows.get(REFERENCE)
+        ref = rows.get(reference)
         for name, vals in rows.items():
             ratio = best = per_round = "n/a"
             if ref:
@@ -70,7 +73,7 @@ def table(results, missing, key="batch"):
                 r = [v / c for v, c in zip(vals, ref)]
                 per_round = f"{min(r):.2f} / {statistics.median(r):.2f} / {max(r):.2f}"
             lines.append(f"{batch:>{k}}  {name:<{w}} {_m(min(vals))} "
-                         f"{_m(statistics.median(vals))} {_m(max(vals))}  {ratio:>13}  "
+                         f"{_m(statistics.median(vals))} {_m(max(vals))}  {ratio:>{v}}  "
                          f"{best:>9}  {per_round:>24}")
         for name, why in missing.items():
             lines.append(f"{batch:>{k}}  {name:<{w}} {why}")

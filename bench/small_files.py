@@ -1,5 +1,5 @@
-"""Many small files, page cache warm: files per second, vyre_uring against C liburing
-and plain Python.
+"""Many small files, page cache warm or cold: files per second, vyre_uring against C
+liburing and plain Python.
 
 Contenders, interleaved round by round:
   C liburing         bench/c/small_files_liburing.c: batches of openat, read, close
@@ -9,9 +9,12 @@ Contenders, interleaved round by round:
   os loop            os.open / os.fstat / os.read / os.close per file
   open().read()      the idiomatic loop
 
-Each round reads every file once before timing ("warm"). The files are made in a
-temporary directory and removed afterwards.
-Usage: python bench/small_files.py [--files N] [--size BYTES] [--rounds N] [--json F]
+--cache warm (the default) reads every file once before each contender's run;
+--cache cold drops the page cache, dentries and inodes before it (sync, then
+3 > /proc/sys/vm/drop_caches: root only), and the table adds the ratio to the os
+loop. The files are made in a temporary directory and removed afterwards.
+Usage: python bench/small_files.py [--files N] [--size BYTES] [--rounds N]
+                                   [--cache warm|cold] [--json F]
 """
 import argparse
 import json
@@ -63,7 +66,13 @@ def c_files(binary, listing):
     return float(proc.stdout.strip())
 
 
-def run(count, size, rounds):
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def run(count, size, rounds, cache):
     missing = {}
     with tempfile.TemporaryDirectory(prefix="vyre-bench-") as root:
         paths = make_files(root, count, size)
@@ -87,7 +96,10 @@ def run(count, size, rounds):
         try:
             for r in range(rounds):
                 for name, fn in contenders:
-                    open_read(paths)                  # warm: every file in the page cache
+                    if cache == "warm":
+                        open_read(paths)              # every file in the page cache
+                    else:
+                        drop_caches()
                     results[count].setdefault(name, []).append(fn())
                 print(f"  round {r + 1}/{rounds} done", file=sys.stderr)
         finally:
@@ -101,15 +113,22 @@ def main(argv=None):
     ap.add_argument("--files", type=int, default=10_000, help="how many files (10000)")
     ap.add_argument("--size", type=int, default=4096, help="bytes per file (4096)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
+    ap.add_argument("--cache", choices=("warm", "cold"), default="warm",
+                    help="page cache state before each run (warm)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = ap.parse_args(argv)
     if args.files < 1 or args.size < 0 or args.rounds < 1:
         ap.error("--files and --rounds must be >= 1, --size >= 0")
-    env = environment()
-    print(f"small files ({args.files} x {args.size} B, warm): files/s, "
+    if args.cache == "cold" and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
+        ap.error("--cache cold drops the page cache: it needs root "
+                 "(/proc/sys/vm/drop_caches is not writable here)")
+    env = {**environment(), "cache": args.cache}
+    print(f"small files ({args.files} x {args.size} B, {args.cache}): files/s, "
           + ", ".join(f"{k} {v}" for k, v in env.items()))
-    results, missing = run(args.files, args.size, args.rounds)
-    print(table(results, missing).replace("batch", "files", 1))
+    results, missing = run(args.files, args.size, args.rounds, args.cache)
+    print(table(results, missing, key="files"))
+    if args.cache == "cold":
+        print(table(results, {}, key="files", reference="os loop"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "rounds": args.rounds, "results": results,

@@ -6,8 +6,10 @@ import mmap
 import os
 import random
 import sysconfig
+import tempfile
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -450,6 +452,8 @@ def test_direct_reads_match_plain_reads(tmp_path, backend):
         counts = r.read_ranges_into(big, buf, offsets, lengths)
         assert counts == [len(data[o:o + n]) for o, n in zip(offsets, lengths)]
         assert r.stats()["direct_fallbacks"] == 0
+        if backend == "io_uring":     # O_DIRECT reads through a registered bounce
+            assert r.stats()["buffer_registration"] == "registered"
 
 
 @pytest.fixture
@@ -492,3 +496,86 @@ def test_direct_falls_back_where_reads_are_refused(tmp_path, backend, monkeypatc
             assert r.stats()["direct_fallbacks"] == len(paths)
     finally:
         _test_set_limits(*old)
+
+
+def test_direct_reads_degrade_when_buffer_registration_is_refused():
+    # As an unprivileged user with RLIMIT_MEMLOCK at 64 KiB, registering the 1 MiB
+    # bounce buffer fails: the reader reads unregistered, correctly, and says why.
+    import json
+    import resource
+    import shutil
+    import vyre_uring._uring_backend   # noqa: F401 (nobody may not read the stdlib's home)
+    root = tempfile.mkdtemp(prefix="vyre-memlock-")
+    try:
+        os.chmod(root, 0o755)
+        path = os.path.join(root, "data")
+        data = random.Random(3).randbytes(300_000)
+        with open(path, "wb") as f:
+            f.write(data)
+        if not _direct_supported(path):
+            pytest.skip(f"{root} is on a filesystem without O_DIRECT")
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            out = {}
+            try:
+                os.close(rfd)
+                try:
+                    resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 << 10, 64 << 10))
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    vyre_uring.Ring(2).close()
+                except OSError as exc:
+                    out["setup"] = repr(exc)
+                    raise
+                with BatchReader(backend="io_uring", direct=True, queue_depth=4) as r:
+                    out["same"] = r.read_files([path]) == [data]
+                    out["stats"] = r.stats()
+            except BaseException as exc:
+                out["error"] = repr(exc)
+            finally:
+                os.write(wfd, json.dumps(out).encode())
+                os._exit(0)
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as f:
+            out = json.loads(f.read())
+        os.waitpid(pid, 0)
+    finally:
+        shutil.rmtree(root)
+    if "setup" in out:
+        pytest.skip(f"cannot use io_uring as an unprivileged user here: {out['setup']}")
+    assert "error" not in out, out
+    assert out["same"] is True
+    assert out["stats"]["buffer_registration"].startswith("refused:"), out
+    assert "ENOMEM" in out["stats"]["buffer_registration"], out
+    assert out["stats"]["direct_fallbacks"] == 0
+
+
+def test_a_3_gib_file_comes_back_whole(tmp_path, backend):
+    # Linux caps one read near 2 GiB: the reader reads on until the file is whole.
+    # A sparse file (its holes read as zeros) with marks around the 1 and 2 GiB
+    # boundaries keeps the disk out of it; any piece out of place would move a mark
+    # or a zero. On tmpfs the holes are not even page cache.
+    size = 3 << 30
+    shm = "/dev/shm"
+    path = tmp_path / "huge"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK):
+        fd, name = tempfile.mkstemp(dir=shm, prefix="vyre-test-")
+        os.close(fd)
+        path = Path(name)
+    marks = {0: b"start", (1 << 30) - 2: b"one-GiB", (2 << 30) - 3: b"two-GiB",
+             (2 << 30) - 4096 + 1: b"cap", size - 3: b"end"}
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, mark in marks.items():
+            f.seek(offset)
+            f.write(mark)
+    try:
+        data = read_files([path], backend=backend)[0]
+    finally:
+        path.unlink()
+    assert len(data) == size
+    for offset, mark in marks.items():
+        assert data[offset:offset + len(mark)] == mark
+    assert data.count(0) == size - sum(map(len, marks.values()))

@@ -31,7 +31,8 @@ class ThreadsBackend:
         # Syscalls and the like are not counted per call here: None says so rather
         # than a made-up 0.
         return {"syscalls": None, "operations": None, "short_reads": None,
-                "sync_reads": None, "direct_fallbacks": self._fallbacks}
+                "sync_reads": None, "direct_fallbacks": self._fallbacks,
+                "buffer_registration": None}
 
     def close(self):
         self._pool.shutdown(wait=True)

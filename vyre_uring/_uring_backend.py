@@ -16,6 +16,7 @@ from ._files import (OPEN_FLAGS, check_regular, is_direct, open_regular, path_er
 from ._ring import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, UNSIZED, Ring,
                     drain_jobs, read_file_window, read_ranges_job)
 from .buffers import alloc_buffer
+from .errors import UringSyscallError
 
 __all__ = ["UringBackend"]
 
@@ -47,7 +48,9 @@ class UringBackend:
     @property
     def stats(self):
         keys = ("syscalls", "operations", "short_reads", "sync_reads", "direct_fallbacks")
-        return {key: sum(r.stats[k] for r in self._rings) for k, key in enumerate(keys)}
+        out = {key: sum(r.stats[k] for r in self._rings) for k, key in enumerate(keys)}
+        out["buffer_registration"] = self._rings[0].registration
+        return out
 
     def close(self):
         if getattr(self, "_pool", None) is not None:
@@ -126,8 +129,18 @@ class _RingReader:
         self.ring = Ring(queue_depth, cq_entries=4 * queue_depth)
         self.depth = queue_depth
         self.stats = array.array("q", [0] * 5)
-        # Page-aligned, touched only as far as reads use it.
-        self.bounce = alloc_buffer(queue_depth * DIRECT_CHUNK) if direct else None
+        # Page-aligned, touched only as far as reads use it; registered, so that
+        # O_DIRECT reads skip pinning its pages each time, where the kernel and
+        # RLIMIT_MEMLOCK allow (else the reads go unregistered, and stats say why).
+        self.bounce = None
+        self.registration = None              # nothing to register
+        if direct:
+            self.bounce = alloc_buffer(queue_depth * DIRECT_CHUNK)
+            try:
+                self.ring.register_buffers([self.bounce])
+                self.registration = "registered"
+            except UringSyscallError as exc:
+                self.registration = f"refused: {exc}"
 
     def close(self):
         self.ring.close()
@@ -156,9 +169,20 @@ class _RingReader:
         return deferred
 
     def read_ranges(self, fd, offsets, lengths, buffer, buffer_offsets, path, direct):
-        return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
-                               self.depth, self.stats, path,
-                               self.bounce if direct else None)
+        # The fd as a registered file: each read then skips taking and dropping a
+        # reference to the file (two atomics on a line that several rings share).
+        try:
+            self.ring.register_files([fd])
+            fixed = True
+        except UringSyscallError:
+            fixed = False
+        try:
+            return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
+                                   self.depth, self.stats, path,
+                                   self.bounce if direct else None, fixed)
+        finally:
+            if fixed:
+                self.ring.unregister_files()
 
     def drain(self):
         """Complete what is still outstanding (the last job's closes)."""
