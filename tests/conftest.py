@@ -60,3 +60,40 @@ def _run_outside_the_source_tree(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
     os.chdir(old)
+
+
+def run_as_nobody(body, memlock=None):
+    """Run body() in a forked child that has dropped to uid/gid 65534 (and, with
+    `memlock`, RLIMIT_MEMLOCK to that many bytes); returns the dict body returned,
+    {"setup": why} when the child could not drop, or {"error": repr} when body raised.
+    Import what body needs first: nobody may not be able to read Python's own files."""
+    import json
+    import resource
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        out = {}
+        try:
+            os.close(rfd)
+            try:
+                if memlock is not None:
+                    resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            except OSError as exc:
+                out = {"setup": f"cannot become nobody: {exc}"}
+            else:
+                out = body()
+        except BaseException as exc:
+            out = {"error": repr(exc)}
+        finally:
+            os.write(wfd, json.dumps(out).encode())
+            os._exit(0)
+    os.close(wfd)
+    try:
+        with os.fdopen(rfd, "rb") as f:
+            data = f.read()
+    finally:
+        os.waitpid(pid, 0)
+    return json.loads(data)

@@ -20,6 +20,8 @@ from vyre_uring import BatchReader, UringUnavailableError, read_files, read_rang
     read_ranges_into
 from vyre_uring import reader as reader_module
 
+from conftest import run_as_nobody
+
 SYSCTL = "/proc/sys/kernel/io_uring_disabled"
 
 
@@ -501,8 +503,6 @@ def test_direct_falls_back_where_reads_are_refused(tmp_path, backend, monkeypatc
 def test_direct_reads_degrade_when_buffer_registration_is_refused():
     # As an unprivileged user with RLIMIT_MEMLOCK at 64 KiB, registering the 1 MiB
     # bounce buffer fails: the reader reads unregistered, correctly, and says why.
-    import json
-    import resource
     import shutil
     import vyre_uring._uring_backend   # noqa: F401 (nobody may not read the stdlib's home)
     root = tempfile.mkdtemp(prefix="vyre-memlock-")
@@ -514,37 +514,19 @@ def test_direct_reads_degrade_when_buffer_registration_is_refused():
             f.write(data)
         if not _direct_supported(path):
             pytest.skip(f"{root} is on a filesystem without O_DIRECT")
-        rfd, wfd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            out = {}
+
+        def body():
             try:
-                os.close(rfd)
-                try:
-                    resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 << 10, 64 << 10))
-                    os.setgroups([])
-                    os.setgid(65534)
-                    os.setuid(65534)
-                    vyre_uring.Ring(2).close()
-                except OSError as exc:
-                    out["setup"] = repr(exc)
-                    raise
-                with BatchReader(backend="io_uring", direct=True, queue_depth=4) as r:
-                    out["same"] = r.read_files([path]) == [data]
-                    out["stats"] = r.stats()
-            except BaseException as exc:
-                out["error"] = repr(exc)
-            finally:
-                os.write(wfd, json.dumps(out).encode())
-                os._exit(0)
-        os.close(wfd)
-        with os.fdopen(rfd, "rb") as f:
-            out = json.loads(f.read())
-        os.waitpid(pid, 0)
+                vyre_uring.Ring(2).close()
+            except OSError as exc:
+                return {"setup": f"no io_uring for nobody here: {exc}"}
+            with BatchReader(backend="io_uring", direct=True, queue_depth=4) as r:
+                return {"same": r.read_files([path]) == [data], "stats": r.stats()}
+        out = run_as_nobody(body, memlock=64 << 10)
     finally:
         shutil.rmtree(root)
     if "setup" in out:
-        pytest.skip(f"cannot use io_uring as an unprivileged user here: {out['setup']}")
+        pytest.skip(out["setup"])
     assert "error" not in out, out
     assert out["same"] is True
     assert out["stats"]["buffer_registration"].startswith("refused:"), out

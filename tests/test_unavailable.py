@@ -15,6 +15,8 @@ import pytest
 import vyre_uring
 from vyre_uring import Ring, UringSyscallError, UringUnavailableError
 
+from conftest import run_as_nobody
+
 SYSCTL = "/proc/sys/kernel/io_uring_disabled"
 
 
@@ -103,43 +105,21 @@ def test_disabled_1_still_allows_root(io_uring_disabled):
 
 
 def _probe_as_nobody():
-    """In a forked child running as uid/gid 65534 (nobody): try Ring() and check();
-    returns the child's findings as a dict ({"setup": why} when it cannot drop)."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        out = {}
+    """As uid/gid 65534 (nobody): try Ring() and check(); returns the findings."""
+    def body():
+        out = {"setup": "ok", "euid": os.geteuid()}
         try:
-            os.close(rfd)
-            try:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-            except OSError as e:
-                out["setup"] = f"cannot become nobody: {e}"
-            else:
-                out["setup"] = "ok"
-                out["euid"] = os.geteuid()
-                try:
-                    Ring(4).close()
-                    out["ring"] = "ok"
-                except UringUnavailableError as e:
-                    out.update(ring="unavailable", errno=e.errno, text=str(e),
-                               is_oserror=isinstance(e, OSError))
-                except Exception as e:
-                    out["ring"] = repr(e)
-                a = vyre_uring.check()
-                out.update(available=a.available, reason=a.reason)
-            os.write(wfd, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    try:
-        with os.fdopen(rfd, "rb") as f:
-            data = f.read()
-    finally:
-        os.waitpid(pid, 0)
-    return json.loads(data)
+            Ring(4).close()
+            out["ring"] = "ok"
+        except UringUnavailableError as e:
+            out.update(ring="unavailable", errno=e.errno, text=str(e),
+                       is_oserror=isinstance(e, OSError))
+        except Exception as e:
+            out["ring"] = repr(e)
+        a = vyre_uring.check()
+        out.update(available=a.available, reason=a.reason)
+        return out
+    return run_as_nobody(body)
 
 
 def test_disabled_1_refuses_unprivileged_user_and_names_io_uring_group(io_uring_disabled):
