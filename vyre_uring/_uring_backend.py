@@ -23,6 +23,8 @@ __all__ = ["UringBackend"]
 # Files per job: large enough that Python's per-job work vanishes, small enough
 # that several rings share a batch evenly and a job's tables stay small.
 MAX_JOB_FILES = 4096
+# Ranges of one file from which registering its fd pays for the two syscalls.
+REGISTER_FILE_MIN_RANGES = 256
 
 
 class UringBackend:
@@ -171,11 +173,14 @@ class _RingReader:
     def read_ranges(self, fd, offsets, lengths, buffer, buffer_offsets, path, direct):
         # The fd as a registered file: each read then skips taking and dropping a
         # reference to the file (two atomics on a line that several rings share).
-        try:
-            self.ring.register_files([fd])
-            fixed = True
-        except UringSyscallError:
-            fixed = False
+        # Registering costs two syscalls: worth it for many ranges only.
+        fixed = False
+        if len(offsets) >= REGISTER_FILE_MIN_RANGES:
+            try:
+                self.ring.register_files([fd])
+                fixed = True
+            except UringSyscallError:
+                pass                            # plain fd: the same reads, a bit slower
         try:
             return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
                                    self.depth, self.stats, path,
