@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-from _harness import environment
+from vyre_uring.bench.harness import environment
 
 CHILD = r"""
 import json, os, sys, time

@@ -2,6 +2,7 @@
 
     vyre-uring read PATH... [-r] [--checksum ALGO] [--backend B] [--json] ...
     vyre-uring info [--json]
+    vyre-uring bench [--quick] [--json FILE] [--plot FILE.png] ...
 
 `read` reads files through vyre_uring.BatchReader and prints checksums in
 sha256sum's format; `info` says whether io_uring works here and what it offers.
@@ -75,6 +76,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_read_parser(sub)
     _add_info_parser(sub)
+    _add_bench_parser(sub)
     return parser
 
 
@@ -123,6 +125,21 @@ def _add_info_parser(sub):
                     "even when io_uring is unavailable.")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_info, subparser=p)
+
+
+def _add_bench_parser(sub):
+    from . import bench
+    p = sub.add_parser(
+        "bench", help="measure vyre_uring against C liburing, fio and plain Python here",
+        description=bench.__doc__.split("\n\n")[0].replace("\n", " ") + " It makes its "
+                    "own data in a temporary directory and removes it afterwards.")
+    bench.add_arguments(p)
+    p.set_defaults(func=cmd_bench, subparser=p)
+
+
+def cmd_bench(args, parser):
+    from . import bench
+    return bench.run(args, parser.error)
 
 
 def _backend_env():

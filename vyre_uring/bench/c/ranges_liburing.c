@@ -2,8 +2,10 @@
  * kept in flight through liburing, at random BS-aligned offsets ("rand") or one after
  * another, wrapping at the end of the file ("seq"). Each in-flight read has its own
  * page-aligned BS-byte slot of one buffer, reused as reads complete.
- * Usage: ranges_liburing FILE BS QD COUNT rand|seq
+ * With "direct", the file is opened O_DIRECT (the slots and offsets are aligned).
+ * Usage: ranges_liburing FILE BS QD COUNT rand|seq [direct]
  * Prints reads_per_second (timing only the reading). */
+#define _GNU_SOURCE /* O_DIRECT */
 #include <fcntl.h>
 #include <liburing.h>
 #include <stdint.h>
@@ -32,15 +34,15 @@ static uint64_t next_random(uint64_t *state)
 
 int main(int argc, char **argv)
 {
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s FILE BS QD COUNT rand|seq\n", argv[0]);
+    if (argc != 6 && !(argc == 7 && strcmp(argv[6], "direct") == 0)) {
+        fprintf(stderr, "usage: %s FILE BS QD COUNT rand|seq [direct]\n", argv[0]);
         return 2;
     }
     size_t bs = strtoull(argv[2], NULL, 10);
     unsigned qd = (unsigned)atoi(argv[3]);
     size_t count = strtoull(argv[4], NULL, 10);
     int random = strcmp(argv[5], "rand") == 0;
-    int fd = open(argv[1], O_RDONLY);
+    int fd = open(argv[1], O_RDONLY | (argc == 7 ? O_DIRECT : 0));
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0 || bs == 0 || (size_t)st.st_size < bs || qd == 0) {
         perror("open/fstat or bad BS/QD");

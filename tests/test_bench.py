@@ -1,0 +1,178 @@
+"""The benchmark harness's own logic: interleaving, statistics, discovery of the
+contenders, the table, and clean-up of its data. No timing is asserted."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from vyre_uring import cli
+from vyre_uring.bench import cache, harness, native, workloads
+from vyre_uring.bench.harness import REFERENCE, Contender, Workload
+
+
+def counting(log, name, rates):
+    """A contender whose run() logs its name and returns the next rate."""
+    it = iter(rates)
+
+    def run():
+        log.append(name)
+        return next(it)
+    return Contender(name, run)
+
+
+def test_contenders_run_interleaved_round_by_round():
+    log = []
+    w1 = Workload("w1", "ops/s", [counting(log, "A", [1, 2, 3]), counting(log, "B", [4, 5, 6]),
+                                  Contender("X", why="not here")])
+    w2 = Workload("w2", "ops/s", [counting(log, "C", [7, 8, 9])],
+                  before=lambda: log.append("before") or "warm (100.0% resident)")
+    ticks = []
+    results = harness.interleave([w1, w2], 3, lambda: ticks.append(1))
+    assert log == ["A", "B", "before", "C"] * 3
+    assert results == {"w1": {"A": [1, 2, 3], "B": [4, 5, 6]}, "w2": {"C": [7, 8, 9]}}
+    assert len(ticks) == 9
+    assert w2.cache == {"warm (100.0% resident)"} and w1.cache == set()
+
+
+def test_statistics_against_the_reference_of_the_same_rounds():
+    s = harness.summarize([2.0, 9.0, 4.0], reference=[1.0, 10.0, 2.0])
+    assert (s["min"], s["median"], s["max"]) == (2.0, 4.0, 9.0)
+    assert s["ratio"] == 4.0 / 2.0                     # medians
+    assert s["best_ratio"] == 9.0 / 10.0               # best runs
+    assert s["per_round"] == (0.9, 2.0, 2.0)           # 2/1, 9/10, 4/2
+    assert "ratio" not in harness.summarize([1.0, 2.0])
+
+
+def test_table_shows_ratios_and_why_a_contender_is_missing():
+    w = Workload("rand", "reads/s", [Contender(REFERENCE, lambda: 0), Contender("vyre", lambda: 0),
+                                     Contender("fio io_uring", why="fio is not installed")])
+    results = {"rand": {REFERENCE: [100.0, 200.0, 300.0], "vyre": [90.0, 180.0, 330.0]}}
+    summary = harness.summaries(results, [w])
+    assert summary["rand"]["fio io_uring"] == {"not_available": "fio is not installed"}
+    text = harness.table(summary, [w])
+    assert "not available: fio is not installed" in text
+    vyre = next(line for line in text.splitlines() if "vyre" in line)
+    assert "0.90x" in vyre and "1.10x" in vyre          # medians 180/200, best 330/300
+    ref = next(line for line in text.splitlines() if REFERENCE in line)
+    assert "1.00x" in ref
+
+
+def test_json_records_every_run_the_summary_and_the_cache_state(tmp_path):
+    w = Workload("w", "ops/s", [Contender(REFERENCE, lambda: 1.0)])
+    w.cache.add("cold (0.0% resident)")
+    results = {"w": {REFERENCE: [1.0, 2.0]}}
+    out = tmp_path / "r.json"
+    harness.to_json(out, {"kernel": "x"}, 2, results, harness.summaries(results, [w]), [w])
+    doc = json.loads(out.read_text())
+    assert doc["workloads"]["w"]["runs"] == {REFERENCE: [1.0, 2.0]}
+    assert doc["workloads"]["w"]["cache"] == ["cold (0.0% resident)"]
+    assert doc["workloads"]["w"]["summary"][REFERENCE]["median"] == 1.5
+    assert doc["environment"] == {"kernel": "x"} and doc["rounds"] == 2
+
+
+def test_c_programs_are_explained_when_they_cannot_be_built(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "LIBURING_HEADER", str(tmp_path / "no-liburing.h"))
+    assert native.build_c("nop_liburing", str(tmp_path)) == \
+        (None, "liburing.h missing (apt-get install liburing-dev)")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert native.build_c("nop_liburing", str(tmp_path))[1] == "no C compiler (cc) on PATH"
+
+
+def test_the_c_programs_build_where_liburing_is_installed(tmp_path):
+    if not os.path.exists(native.LIBURING_HEADER):
+        pytest.skip("liburing-dev is not installed here")
+    for name in ("nop_liburing", "ranges_liburing", "small_files_liburing"):
+        binary, why = native.build_c(name, str(tmp_path))
+        assert why is None and os.access(binary, os.X_OK), (name, why)
+
+
+def test_fio_is_explained_when_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert native.find_fio() == (None, "fio is not installed (apt-get install fio)")
+
+
+def test_pypi_liburing_is_explained_when_missing_or_crashing(monkeypatch, tmp_path):
+    import importlib.util
+    with monkeypatch.context() as m:
+        m.setattr(importlib.util, "find_spec", lambda name: None)
+        assert workloads._probe_pypi_liburing() == (
+            False, "the PyPI liburing binding is not installed (pip install liburing)")
+    # A binding that dies of SIGILL (as a build for another CPU does) is reported,
+    # not run in-process.
+    fake = tmp_path / "liburing"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert workloads._probe_pypi_liburing() == \
+        (False, "the PyPI liburing binding crashed here with SIGILL")
+
+
+def test_cold_cache_is_refused_clearly_without_root(monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert cache.can_drop() == "a cold cache needs root (writing /proc/sys/vm/drop_caches)"
+
+
+def test_warm_and_cold_are_verified_with_mincore(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(1 << 20))
+    assert cache.warm([str(path)]) == "warm (100.0% resident)"
+    if cache.can_drop():
+        pytest.skip(cache.can_drop())
+    assert cache.drop([str(path)]) == "cold (0.0% resident)"
+    assert cache.resident_fraction(str(path)) <= cache.COLD_AT_MOST
+
+
+def test_data_is_removed_after_an_exception(tmp_path):
+    sizes = workloads.Sizes(file_mib=1, files=3)
+    with pytest.raises(KeyboardInterrupt):
+        with workloads.DataSet(sizes, str(tmp_path)) as data:
+            assert os.path.getsize(data.big) == 1 << 20 and len(data.small) == 3
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_data_is_removed_when_the_process_is_interrupted(tmp_path, sig):
+    child = textwrap.dedent(f"""
+        import sys, time
+        from vyre_uring.bench import workloads
+        with workloads.DataSet(workloads.Sizes(file_mib=1, files=3), {str(tmp_path)!r}):
+            print("ready", flush=True)
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    assert len(os.listdir(tmp_path)) == 1
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert os.listdir(tmp_path) == []
+
+
+def test_bench_command_runs_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    status = cli.main(["bench", "--quick", "--only", "nop batch 256", "--file-mib", "1",
+                       "--files", "4", "--dir", str(tmp_path), "--json", str(out)])
+    text = capsys.readouterr().out
+    assert status == 0
+    assert "nop batch 256" in text and "vyre Ring" in text
+    doc = json.loads(out.read_text())
+    runs = doc["workloads"]["nop batch 256"]["runs"]["vyre Ring"]
+    assert len(runs) == 5 and all(r > 0 for r in runs)
+    assert doc["environment"]["vyre_uring"] and doc["environment"]["kernel"]
+    assert os.listdir(tmp_path) == ["bench.json"]         # its data is gone
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rounds", "3"], "--rounds must be at least 5"),
+    (["--files", "0"], "--files must be >= 1"),
+])
+def test_bench_command_refuses_bad_arguments(capsys, argv, message):
+    assert cli.main(["bench", *argv]) == 2
+    assert message in capsys.readouterr().err
