@@ -176,3 +176,20 @@ def test_bench_command_runs_and_writes_json(tmp_path, capsys):
 def test_bench_command_refuses_bad_arguments(capsys, argv, message):
     assert cli.main(["bench", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_fails_before_running(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)      # import fails
+    assert cli.main(["bench", "--quick", "--dir", str(tmp_path), "--plot",
+                     str(tmp_path / "p.png")]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []                          # nothing was made
+
+
+def test_plot_draws_the_ratios(tmp_path):
+    pytest.importorskip("matplotlib")
+    w = Workload("rand", "reads/s", [Contender(REFERENCE, lambda: 0), Contender("vyre", lambda: 0)])
+    results = {"rand": {REFERENCE: [1.0, 2.0, 3.0], "vyre": [1.0, 2.0, 4.0]}}
+    out = tmp_path / "p.png"
+    harness.plot(out, harness.summaries(results, [w]), [w], harness.environment())
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

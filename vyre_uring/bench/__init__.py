@@ -54,6 +54,11 @@ def run(args, err):
         sizes = sizes_from(args)
     except ValueError as exc:
         err(str(exc))
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (checked now, not after minutes of runs)
+        except ImportError:
+            err("--plot needs matplotlib: pip install 'vyre-uring[plot]'")
     env = harness.environment(_backend())
     print("vyre-uring bench: " + ", ".join(f"{k} {v}" for k, v in env.items()),
           flush=True)

@@ -155,12 +155,9 @@ def to_json(path, env, rounds, results, summary, workloads):
 
 def plot(path, summary, workloads, env):
     """A bar chart of each contender's ratio (of medians) to C, per workload."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib (pip install 'vyre-uring[plot]')")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     rows = [(w.name, name, s["ratio"]) for w in workloads
             for name, s in summary[w.name].items() if "ratio" in s]
     fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(rows))))
