@@ -16,8 +16,11 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 cdef extern from "Python.h":
     bytes PyUnicode_EncodeFSDefault(object)
+    Py_ssize_t PY_SSIZE_T_MAX
 from posix.fcntl cimport F_GETFL, F_SETFL, fcntl, open as c_open
 from posix.mman cimport madvise, MADV_HUGEPAGE
+from libc.errno cimport EFBIG
+from libc.stdint cimport INT64_MAX
 from posix.unistd cimport pread
 from posix.stat cimport S_ISREG
 
@@ -73,6 +76,29 @@ def _test_set_limits(int64_t max_piece, int64_t direct_align):
     return old
 
 
+@cython.final
+cdef class ByteBudget:
+    """The bytes a batch's results may take together, shared by the jobs (and
+    threads) reading it: a file is taken while its size fits what is left, and the
+    first file always fits. Its methods run with the GIL, which serialises them."""
+    cdef readonly int64_t limit, taken
+    cdef readonly bint spent
+
+    def __cinit__(self, int64_t limit):
+        if limit < 1:
+            raise ValueError(f"a byte budget must be >= 1, not {limit}")
+        self.limit = limit
+
+    cpdef bint take(self, int64_t size):
+        """Reserve `size` bytes; False (and spent from then on) when they do not fit."""
+        if self.spent or (self.taken and size > self.limit - self.taken):
+            self.spent = True
+            return False
+        self.taken += size
+        self.spent = self.taken >= self.limit
+        return True
+
+
 cdef struct Job:
     Py_ssize_t n
     uint32_t id             # 24 bits, in bits 32..55 of every request's user_data
@@ -102,8 +128,7 @@ cdef struct Job:
     int32_t *slot           # per item: its bounce slot while its read is in flight
     int32_t *free_slots     # bounce slots not in use, nfree of them
     Py_ssize_t nfree
-    int64_t budget          # files: bytes the job may take for results (< 0: no limit)
-    int64_t allocated       # files: bytes taken so far
+    PyObject *budget        # files: a ByteBudget (borrowed: the caller holds it), or NULL
     bint spent              # the budget is spent: open no more files
     int64_t syscalls, ops, short_reads, sync_reads, direct_fallbacks, nbytes
 
@@ -126,7 +151,6 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     cdef Py_ssize_t m = max(n, 1)
     j.n = n
     j.left = n
-    j.budget = -1
     j.id = _next_job_id & 0xFFFFFF
     j.tag = (<uint64_t>j.id) << 32
     _next_job_id += 1
@@ -182,10 +206,19 @@ cdef int _job_direct(Ring ring, Job *j, Hold *hold, object bounce) except -1:
     return 0
 
 
-cdef void _job_abandon(Job *j) noexcept:
-    """After an exception: close every fd the job still owns. An fd with a read in
-    flight can be closed too: the request holds its own reference to the file."""
+cdef void _job_abandon(Ring ring, Job *j) noexcept:
+    """After an exception: close every fd the job still owns. First every prepared
+    request goes to the kernel, which then holds its own reference to the file: a
+    request still queued when its fd number is closed (and maybe reused) would read
+    another file."""
     cdef Py_ssize_t i
+    cdef int ret = -EINTR, tries = 0
+    ring._publish()
+    while ring._sq_pending() and (ret >= 0 or ret == -EINTR or ret == -EAGAIN) \
+            and tries < 1000:
+        tries += 1
+        with nogil:
+            ret = vy_io_uring_enter(ring._fd, ring._sq_pending(), 0, 0, NULL, 0)
     for i in range(j.cq_len):
         close(j.closeq[i])
     j.cq_len = 0
@@ -311,8 +344,10 @@ cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
         j.mode[i] = st.st_mode
     elif st.st_size == 0:
         j.err[i] = ITEM_UNSIZED
-    elif j.budget >= 0 and j.allocated > 0 and j.allocated + st.st_size > j.budget:
-        j.err[i] = ITEM_DEFERRED            # for a later job; the first file always fits
+    elif st.st_size > PY_SSIZE_T_MAX - 64:
+        j.err[i] = EFBIG                    # no bytes object can hold it
+    elif j.budget != NULL and not (<ByteBudget>j.budget).take(st.st_size):
+        j.err[i] = ITEM_DEFERRED            # for a later job
         j.spent = True
     else:
         try:
@@ -324,9 +359,6 @@ cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
             j.dest[i] = PyBytes_AS_STRING(data)
             _advise_huge(j.dest[i], st.st_size)
             j.want[i] = st.st_size
-            j.allocated += st.st_size
-            if j.budget >= 0 and j.allocated >= j.budget:
-                j.spent = True
             _queue_read(j, i)
             return 0
     _finish(j, i)
@@ -412,6 +444,8 @@ cdef int _run_job(Ring ring, Job *j, Hold *hold, list keep) except -1:
         ring._submit_and_wait(1, -1.0)
         j.syscalls += 1
         _reap_job(ring, j, keep)
+        if j.budget != NULL and (<ByteBudget>j.budget).spent:
+            j.spent = True                  # (another job may have spent it)
         if j.spent:
             _defer_unopened(j)
 
@@ -457,15 +491,15 @@ cdef const char *_path_of(object p, list names) except? NULL:
 
 def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t stop,
                      list out, int open_flags, Py_ssize_t depth, stats, bounce=None,
-                     int64_t budget=-1):
+                     ByteBudget budget=None):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
     `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode, fd) for
     each file not read here, code an errno or NOT_REGULAR / UNSIZED / NUL_BYTE; an
     UNSIZED file's fd is left open for the caller. At most `depth` opens and reads
     are in flight. With a `bounce` buffer (see _job_direct) files are read with
-    O_DIRECT, and buffered where the filesystem refuses it. With a `budget` >= 0,
-    files past the first stop being opened once their sizes would exceed it: they
-    come back DEFERRED, for a later call. `stats` (5 int64s:
+    O_DIRECT, and buffered where the filesystem refuses it. With a ByteBudget, files
+    whose sizes it cannot take come back DEFERRED, for a later call, and no more
+    are opened once it is spent. `stats` (5 int64s:
     syscalls, operations, short reads, synchronous reads, O_DIRECT refusals) is
     added to."""
     cdef Job j
@@ -482,7 +516,7 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
         j.open_flags = open_flags | os.O_CLOEXEC
         j.close_fds = True
         j.depth = max(depth, 1)
-        j.budget = budget
+        j.budget = <PyObject *>budget if budget is not None else NULL
         for i in range(n):
             j.paths[i] = _path_of(paths[start + i], names)
             if j.paths[i] == NULL:
@@ -497,7 +531,7 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
                     _job_direct(ring, &j, hold, bounce)
                 _run_job(ring, &j, hold, keep)
             except BaseException:
-                _job_abandon(&j)
+                _job_abandon(ring, &j)
                 raise
             finally:
                 _drop_job_ref(hold)
@@ -509,7 +543,11 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
                 continue
             data = keep[i]
             if j.got[i] < j.want[i]:            # the file shrank while being read
-                data = PyBytes_FromStringAndSize(j.dest[i], j.got[i])
+                try:
+                    data = PyBytes_FromStringAndSize(j.dest[i], j.got[i])
+                except MemoryError:
+                    leftovers.append((i, ENOMEM, 0, -1))
+                    continue
             out[start + i] = data
         _add_stats(stats, &j)
         return leftovers, j.nbytes
@@ -538,6 +576,9 @@ def check_ranges(offsets, lengths, buffer_offsets=None, Py_ssize_t buflen=-1):
             m = ia_get(&length, i)
             if o < 0 or m < 0:
                 raise ValueError(f"range {i}: offset {o} and length {m} must be >= 0")
+            if o > INT64_MAX - m - _CHUNK:
+                raise ValueError(f"range {i}: offset {o} + length {m} is past the "
+                                 f"largest file offset")
             if buffer_offsets is not None:
                 b = ia_get(&boff, i)
                 if b < 0 or b > buflen or m > buflen - b:
@@ -633,20 +674,26 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
         _job_free(&j)
 
 
-def drain_jobs(Ring ring not None, stats):
+def drain_jobs(Ring ring not None, stats, double timeout=-1.0):
     """Submit what is left (the last window's closes) and reap everything in flight,
-    closing the fds of abandoned jobs' opens."""
+    closing the fds of abandoned jobs' opens; for at most `timeout` seconds (< 0:
+    until done). Returns True when nothing is left in flight."""
     cdef Job j
+    cdef double left, deadline = vy_monotonic() + timeout
     _job_alloc(&j, 0)       # an id no request carries: every completion is foreign
     try:
         ring._enter_api()
         try:
             while ring._used():
-                ring._submit_and_wait(1, -1.0)
+                left = deadline - vy_monotonic()
+                if timeout >= 0 and left <= 0:
+                    break
+                ring._submit_and_wait(1, left if timeout >= 0 else -1.0)
                 j.syscalls += 1
                 _reap_job(ring, &j, None)
         finally:
             ring._leave_api()
         _add_stats(stats, &j)
+        return ring._used() == 0
     finally:
         _job_free(&j)

@@ -6,6 +6,7 @@ blocked, and the oracle the reader's tests compare io_uring against.
 import errno
 import fcntl
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -57,11 +58,9 @@ class ThreadsBackend:
 
     def read_files(self, paths, out, report, budget=None):
         """out[i] = the bytes of paths[i], or its OSError; report.advance(files,
-        bytes) after each file. With a byte `budget`, the results together stay
-        within it (or are one file): returns the indices of the files left for a
-        later call."""
-        budget = _Budget(budget)
-
+        bytes) after each file. With a byte `budget` (a ByteBudget), the results
+        together stay within it (or are one file): returns the indices of the files
+        left for a later call."""
         def one(i):
             result = self._read_file(paths[i], budget)
             if result is _DEFERRED:
@@ -74,7 +73,7 @@ class ThreadsBackend:
     def _read_file(self, path, budget):
         """The file's bytes (as many as its size when opened, fewer if it shrank),
         the OSError that stopped it, or _DEFERRED when the budget has no room."""
-        if budget.spent:
+        if budget is not None and budget.spent:
             return _DEFERRED
         try:
             fd, direct = self._open(path)
@@ -84,11 +83,15 @@ class ThreadsBackend:
             size = os.fstat(fd).st_size
             if size == 0:                 # empty, or /proc: its size says nothing
                 return read_to_eof(fd, path)
-            if not budget.take(size):
+            if size > sys.maxsize - 64:
+                return path_error(errno.EFBIG, path)   # no bytes object can hold it
+            if budget is not None and not budget.take(size):
                 return _DEFERRED
             return self._pread_all(fd, size, 0, direct)
         except OSError as exc:
             return path_error(exc.errno, path)
+        except (MemoryError, OverflowError):     # no bytes object that large
+            return path_error(errno.ENOMEM, path)
         finally:
             os.close(fd)
 
@@ -150,28 +153,6 @@ class ThreadsBackend:
 
 
 _DEFERRED = object()               # a file the budget left for a later call
-
-
-class _Budget:
-    """The bytes a batch's results may take, shared by the pool's threads (the
-    first file always fits). None: no limit."""
-
-    def __init__(self, nbytes):
-        self.left = nbytes
-        self.taken = 0
-        self.spent = False
-        self._lock = threading.Lock()
-
-    def take(self, size):
-        if self.left is None:
-            return True
-        with self._lock:
-            if self.spent or (self.taken and self.taken + size > self.left):
-                self.spent = True
-                return False
-            self.taken += size
-            self.spent = self.taken >= self.left
-            return True
 
 
 _local = threading.local()         # each thread's O_DIRECT bounce buffer

@@ -9,7 +9,7 @@ import array
 import errno
 import os
 import queue
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from ._files import (OPEN_FLAGS, check_regular, is_direct, open_regular, path_error,
                      read_to_eof)
@@ -23,6 +23,8 @@ __all__ = ["UringBackend"]
 # Files per job: large enough that Python's per-job work vanishes, small enough
 # that several rings share a batch evenly and a job's tables stay small.
 MAX_JOB_FILES = 4096
+# How long close() waits for an interrupted job's requests before the ring cancels.
+CLOSE_PATIENCE_S = 10.0
 # Ranges of one file from which registering its fd pays for the two syscalls.
 REGISTER_FILE_MIN_RANGES = 256
 
@@ -62,7 +64,9 @@ class UringBackend:
 
     def _run(self, tasks):
         """Run fn(ring) for every fn, on the free rings, in parallel when there are
-        several rings and several tasks; returns the results in order."""
+        several rings and several tasks; returns the results in order. When one
+        fails, the others still finish before its exception is raised: the caller's
+        fd and buffer must outlive every read."""
         def on_a_free_ring(fn):
             r = self._free.get()
             try:
@@ -71,23 +75,23 @@ class UringBackend:
                 self._free.put(r)
         if self._pool is None or len(tasks) < 2:
             return [on_a_free_ring(fn) for fn in tasks]
-        return list(self._pool.map(on_a_free_ring, tasks))
+        futures = [self._pool.submit(on_a_free_ring, fn) for fn in tasks]
+        wait(futures)
+        return [f.result() for f in futures]
 
     def read_files(self, paths, out, report, budget=None):
         """out[i] = the bytes of paths[i], or its OSError; report.advance(files,
         bytes) after each job (from several threads when there are several rings).
-        With a byte `budget`, the results together stay within it (or are one file):
-        returns the indices of the files left for a later call."""
+        With a byte `budget` (a ByteBudget, shared by the rings), the results
+        together stay within it (or are one file): returns the indices of the files
+        left for a later call."""
         n = len(paths)
         rings = len(self._rings)
-        if budget is None:
-            step = max(self.queue_depth, min(MAX_JOB_FILES, -(-n // (4 * rings))))
-            share = -1
-        else:                          # one job per ring, each with its share
-            step = max(1, -(-n // rings))
-            share = max(1, budget // -(-n // step))
+        step = max(self.queue_depth, min(MAX_JOB_FILES, -(-n // (4 * rings))))
+        if budget is not None:
+            step = max(1, -(-n // rings))      # one job per ring
         deferred = self._run([
-            lambda r, s=s: r.read_files(paths, s, min(s + step, n), out, report, share)
+            lambda r, s=s: r.read_files(paths, s, min(s + step, n), out, report, budget)
             for s in range(0, n, step)])
         for r in self._rings:
             r.drain()
@@ -145,6 +149,12 @@ class _RingReader:
                 self.registration = f"refused: {exc}"
 
     def close(self):
+        # Completes the last closes and closes the fds of opens an interrupted job
+        # left behind (ring.close() would only cancel and discard them).
+        try:
+            drain_jobs(self.ring, self.stats, CLOSE_PATIENCE_S)
+        except Exception:
+            pass                                # the ring's own close still drains
         self.ring.close()
         if self.bounce is not None:
             try:
@@ -153,24 +163,40 @@ class _RingReader:
                 pass        # a read the close could not cancel still holds it: leave it
 
 
+    def _settle(self):
+        """Before an O_DIRECT job: an interrupted job's reads may still write into
+        the bounce slots the next job would hand out again. Wait for them."""
+        if self.bounce is not None and self.ring.in_flight:
+            drain_jobs(self.ring, self.stats)
+
     def read_files(self, paths, start, stop, out, report, budget):
         """Files start..stop-1 into out; returns the indices deferred by the budget."""
+        self._settle()
         leftovers, nbytes = read_file_window(self.ring, paths, start, stop, out,
                                              OPEN_FLAGS, self.depth, self.stats,
                                              self.bounce, budget)
         deferred = []
-        for i, code, mode, fd in leftovers:
-            if code == DEFERRED:
-                deferred.append(start + i)
-                continue
-            path = paths[start + i]
-            out[start + i] = result = _leftover(path, code, mode, fd)
-            if not isinstance(result, BaseException):
-                nbytes += len(result)
+        seen = 0
+        try:
+            for i, code, mode, fd in leftovers:
+                seen += 1
+                if code == DEFERRED:
+                    deferred.append(start + i)
+                    continue
+                path = paths[start + i]
+                out[start + i] = result = _leftover(path, code, mode, fd)
+                if not isinstance(result, BaseException):
+                    nbytes += len(result)
+        finally:
+            for i, code, mode, fd in leftovers[seen:]:     # only after an exception
+                if code == UNSIZED:
+                    os.close(fd)
         report.advance(stop - start - len(deferred), nbytes)
         return deferred
 
     def read_ranges(self, fd, offsets, lengths, buffer, buffer_offsets, path, direct):
+        if direct:
+            self._settle()
         # The fd as a registered file: each read then skips taking and dropping a
         # reference to the file (two atomics on a line that several rings share).
         # Registering costs two syscalls: worth it for many ranges only.

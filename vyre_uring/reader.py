@@ -13,7 +13,7 @@ import os
 import threading
 import warnings
 
-from ._ring import check_ranges
+from ._ring import ByteBudget, check_ranges
 from .availability import is_unavailable_errno
 from .errors import UringSyscallError, UringUnavailableError
 
@@ -134,7 +134,7 @@ class BatchReader:
                 out = [None] * len(indices)
                 before = report.bytes
                 deferred = self._backend.read_files([paths[i] for i in indices], out,
-                                                    report, max_bytes_in_flight)
+                                                    report, ByteBudget(max_bytes_in_flight))
                 self._files += len(indices) - len(deferred)
                 self._bytes += report.bytes - before
                 left = set(deferred)
