@@ -5,7 +5,7 @@ import os
 import shutil
 import subprocess
 
-C_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c")
+C_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c-sources")
 LIBURING_HEADER = "/usr/include/liburing.h"
 
 
