@@ -193,6 +193,16 @@ SECCOMP_CHILD = textwrap.dedent("""
         out["ring"] = repr(e)
     a = vyre_uring.check()
     out.update(available=a.available, reason=a.reason, seccomp=a.seccomp)
+    # The reader falls back to threads, warns once with the diagnosis, reads right.
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with vyre_uring.BatchReader() as r:
+            with open(sys.executable, "rb") as f:
+                out["reader_same"] = r.read_files([sys.executable]) == [f.read()]
+            out["reader_backend"] = r.backend
+            out["fallback_reason"] = r.stats()["fallback_reason"]
+    out["warnings"] = [str(w.message) for w in caught]
     print(json.dumps(out))
 """)
 
@@ -220,6 +230,9 @@ def test_seccomp_blocking_io_uring_setup_is_diagnosed(err):
     assert out["available"] is False
     assert "seccomp" in out["reason"] and "Seccomp:" in out["reason"]
     assert out["seccomp"].startswith("Seccomp:") and not out["seccomp"].endswith("0")
+    assert out["reader_backend"] == "threads" and out["reader_same"] is True
+    assert "seccomp" in out["fallback_reason"]
+    assert len(out["warnings"]) == 1 and "seccomp" in out["warnings"][0]
 
 
 # ---- every syscall error names syscall, errno and a fix ----------------------------

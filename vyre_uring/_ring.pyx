@@ -1676,10 +1676,13 @@ cdef class Ring:
             self._leave_api()
 
     def unregister_buffers(self):
-        """Unregister the buffers. Fixed requests still in flight keep theirs alive."""
+        """Unregister the buffers. Requests prepared before this call are submitted
+        first, so they still find the buffers they name; fixed requests in flight
+        keep theirs alive."""
         cdef int ret
         self._enter_api()
         try:
+            self._submit_and_wait(0, -1.0)
             with nogil:
                 ret = vy_io_uring_register(self._fd, IORING_UNREGISTER_BUFFERS, NULL, 0)
             if ret < 0:
@@ -1717,7 +1720,9 @@ cdef class Ring:
             self._leave_api()
 
     def update_files(self, uint32_t offset, fds):
-        """Replace registered file slots offset.. with `fds` (-1 empties a slot)."""
+        """Replace registered file slots offset.. with `fds` (-1 empties a slot).
+        Requests prepared before this call are submitted first, against the table
+        they were prepared for."""
         cdef object table = array.array("i", fds)
         cdef io_uring_files_update up
         cdef int ret
@@ -1727,6 +1732,7 @@ cdef class Ring:
             if n == 0 or offset + n > self._reg_file_count:
                 raise ValueError(f"slots {offset}..{offset + n - 1} are outside the registered "
                                  f"file table ({self._reg_file_count} slots)")
+            self._submit_and_wait(0, -1.0)
             memset(&up, 0, sizeof(up))
             up.offset = offset
             up.fds = <uint64_t><size_t>_array_i_pointer(table)
@@ -1739,10 +1745,13 @@ cdef class Ring:
             self._leave_api()
 
     def unregister_files(self):
-        """Unregister the file table (requests in flight keep their files open)."""
+        """Unregister the file table. Requests prepared before this call are
+        submitted first, so they still find their files; requests in flight keep
+        their files open."""
         cdef int ret
         self._enter_api()
         try:
+            self._submit_and_wait(0, -1.0)
             with nogil:
                 ret = vy_io_uring_register(self._fd, IORING_UNREGISTER_FILES, NULL, 0)
             if ret < 0:
