@@ -1,6 +1,7 @@
 """Build the one compiled extension, vyre_uring._ring (Cython over raw io_uring syscalls).
 
-VYRE_URING_DEBUG=1 builds it with AddressSanitizer, UBSan and assertions.
+VYRE_URING_DEBUG=1 builds it with AddressSanitizer, UBSan and the engine's internal
+invariant checks (VY_DEBUG).
 """
 import os
 import sys
@@ -28,7 +29,8 @@ ring = Extension(
     extra_link_args=link_args,
     undef_macros=["NDEBUG"] if debug else [],
     # Recorded for benchmark reports: Cython is a build dependency, gone at run time.
-    define_macros=[("VYRE_CYTHON_VERSION", f'"{Cython.__version__}"')],
+    define_macros=[("VYRE_CYTHON_VERSION", f'"{Cython.__version__}"')]
+    + ([("VY_DEBUG", "1")] if debug else []),
 )
 
 setup(ext_modules=cythonize([ring], compiler_directives={"language_level": 3},

@@ -179,7 +179,10 @@ def test_bench_command_refuses_bad_arguments(capsys, argv, message):
 
 
 def test_plot_without_matplotlib_fails_before_running(capsys, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)      # import fails
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
     assert cli.main(["bench", "--quick", "--dir", str(tmp_path), "--plot",
                      str(tmp_path / "p.png")]) == 2
     assert "--plot needs matplotlib" in capsys.readouterr().err

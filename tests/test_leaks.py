@@ -11,6 +11,11 @@ import vyre_uring
 from vyre_uring import BatchReader
 
 RSS_SLACK = 16 << 20          # allocator arenas and caches: noise, not a leak
+# Under AddressSanitizer freed memory sits in its quarantine and its allocator maps
+# more regions as that grows, by design: RSS says nothing about leaks there, and
+# mappings need more slack (a leak per cycle would still add hundreds).
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+MAPS_SLACK = 32 if UNDER_ASAN else 2
 
 
 def snapshot():
@@ -24,8 +29,9 @@ def snapshot():
 
 def assert_back_to(before, after):
     assert after["fds"] == before["fds"], (before, after)
-    assert after["maps"] <= before["maps"] + 2, (before, after)   # (arena growth)
-    assert after["rss"] <= before["rss"] + RSS_SLACK, (before, after)
+    assert after["maps"] <= before["maps"] + MAPS_SLACK, (before, after)
+    if not UNDER_ASAN:
+        assert after["rss"] <= before["rss"] + RSS_SLACK, (before, after)
 
 
 def test_a_million_operations_leave_nothing_behind(tmp_path):

@@ -3,6 +3,7 @@ single issuer, DEFER_TASKRUN and COOP_TASKRUN. Each must return every completion
 exactly once and cancel what is in flight on close."""
 import array
 import errno
+import os
 import time
 
 import pytest
@@ -76,3 +77,54 @@ def test_nonblocking_completions_see_a_finished_request(mode_ring):
         got = mode_ring.completions()
     assert [(c.user_data, c.res) for c in got] == [(9, 0)]
 
+
+
+# ---- IORING_REGISTER_RESTRICTIONS ----------------------------------------------------
+
+def test_allowed_ops_make_the_kernel_refuse_everything_else(tmp_file):
+    path, data = tmp_file
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with vyre_uring.Ring(8, allowed_ops={vyre_uring.Op.NOP, vyre_uring.Op.READ}) as ring:
+            assert ring.allowed_ops == {vyre_uring.Op.NOP, vyre_uring.Op.READ,
+                                        vyre_uring.Op.ASYNC_CANCEL}
+            buf = bytearray(100)
+            ring.prep_nop(user_data=1)
+            ring.prep_read(fd, buf, user_data=2)
+            ring.prep_timeout(0.001, user_data=3)
+            ring.prep_fsync(fd, user_data=4)
+            got = {c.user_data: c.res for c in ring.wait(4, timeout=5)}
+            assert got == {1: 0, 2: 100, 3: -errno.EACCES, 4: -errno.EACCES}
+            assert buf == data[:100]
+            ring.register_buffers([bytearray(4096)])      # register ops it needs stay
+            ring.unregister_buffers()
+    finally:
+        os.close(fd)
+
+
+def test_a_restricted_ring_still_cancels_and_drains_on_close():
+    r, w = os.pipe()
+    try:
+        ring = vyre_uring.Ring(8, allowed_ops={vyre_uring.Op.READ})
+        buf = bytearray(16)
+        ring.prep_read(r, buf)                   # waits for ever: close must cancel it
+        ring.submit()
+        ring.close()
+        assert ring.closed and ring.in_flight == 0
+        buf.extend(b"x")                         # no longer exported
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize("bad", [300, -1, "READ", 2.0])
+def test_allowed_ops_must_be_opcodes(bad):
+    with pytest.raises(ValueError, match="allowed_ops"):
+        vyre_uring.Ring(8, allowed_ops=[bad])
+
+
+def test_the_readers_rings_run_only_the_readers_opcodes():
+    from vyre_uring._uring_backend import READER_OPS
+    with vyre_uring.BatchReader(backend="io_uring", workers=2) as reader:
+        for r in reader._backend._rings:
+            assert r.ring.allowed_ops == READER_OPS | {vyre_uring.Op.ASYNC_CANCEL}

@@ -27,7 +27,8 @@ from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, 
                           uint64_t, UINT32_MAX)
 from libc.errno cimport EAGAIN, EBUSY, EINTR, EINVAL, ENOMEM, ETIME, errno
 from posix.stat cimport fstat, struct_stat as stat_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdio cimport fprintf, stderr
+from libc.stdlib cimport abort, calloc, free, malloc
 from libc.string cimport memcpy, memset, strlen
 
 from vyre_uring.includes.kernel cimport *
@@ -226,6 +227,53 @@ def try_setup():
     return 0
 
 
+# Register operations a restricted ring keeps: what its methods use after creation.
+cdef tuple _RESTRICTED_REGISTER_OPS = (
+    IORING_REGISTER_BUFFERS, IORING_UNREGISTER_BUFFERS, IORING_REGISTER_FILES,
+    IORING_UNREGISTER_FILES, IORING_REGISTER_FILES_UPDATE, IORING_REGISTER_PROBE,
+    IORING_REGISTER_RING_FDS, IORING_UNREGISTER_RING_FDS)
+
+
+cdef bytes _allowed_ops(object ops):
+    """allowed_ops as bytes of opcodes (ASYNC_CANCEL added), or None."""
+    if ops is None:
+        return None
+    cdef set codes = {IORING_OP_ASYNC_CANCEL}
+    for op in ops:
+        if not isinstance(op, int) or not 0 <= op < IORING_OP_LAST:
+            raise ValueError(f"allowed_ops: {op!r} is not an io_uring opcode (an Op)")
+        codes.add(int(op))
+    return bytes(sorted(codes))
+
+
+cdef int _restrict(int fd, bytes ops) except -1:
+    """Register the restrictions on a ring created disabled, then enable it."""
+    cdef Py_ssize_t i, n = len(ops) + 1 + len(_RESTRICTED_REGISTER_OPS)
+    cdef io_uring_restriction *r = <io_uring_restriction *>calloc(n, sizeof(io_uring_restriction))
+    cdef int ret
+    if r == NULL:
+        raise MemoryError()
+    try:
+        for i in range(len(ops)):
+            r[i].opcode = IORING_RESTRICTION_SQE_OP
+            r[i].sqe_op = ops[i]
+        i = len(ops)
+        r[i].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED
+        r[i].sqe_flags = _ALLOWED_SQE_FLAGS
+        for i in range(len(_RESTRICTED_REGISTER_OPS)):
+            r[len(ops) + 1 + i].opcode = IORING_RESTRICTION_REGISTER_OP
+            r[len(ops) + 1 + i].register_op = <uint8_t>_RESTRICTED_REGISTER_OPS[i]
+        ret = vy_io_uring_register(fd, IORING_REGISTER_RESTRICTIONS, r, <unsigned int>n)
+        if ret < 0:
+            raise syscall_error("io_uring_register(REGISTER_RESTRICTIONS)", -ret)
+        ret = vy_io_uring_register(fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0)
+        if ret < 0:
+            raise syscall_error("io_uring_register(ENABLE_RINGS)", -ret)
+    finally:
+        free(r)
+    return 0
+
+
 cdef double _timeout_seconds(object timeout) except? -2.0:
     """None -> -1 (wait for ever); otherwise seconds >= 0."""
     if timeout is None:
@@ -320,6 +368,7 @@ cdef class Ring:
     cdef Hold *_reg_buffers
     cdef uint32_t _reg_buffer_count
     cdef int64_t _reg_file_count
+    cdef object _allowed            # frozenset of the Ops allowed_ops restricted it to
     cdef int _ring_index            # registered ring fd (-1: none), valid in _ring_thread
     cdef uint64_t _ring_thread
 
@@ -331,14 +380,19 @@ cdef class Ring:
     def __init__(self, unsigned int entries=256, *, cq_entries=None, bint sqpoll=False,
                  unsigned int sq_thread_idle_ms=1000, sq_thread_cpu=None,
                  bint single_issuer=False, bint defer_taskrun=False,
-                 bint coop_taskrun=False, unsigned int _test_overcommit=0):
+                 bint coop_taskrun=False, allowed_ops=None,
+                 unsigned int _test_overcommit=0):
         """Create a ring of `entries` submission slots (a power of two is used by the kernel).
 
         cq_entries: completion-queue size (default: twice `entries`); it bounds how many
         requests can be outstanding. sqpoll: a kernel thread polls the SQ (opt-in; it
         costs a core). single_issuer, defer_taskrun, coop_taskrun: the kernel's
-        IORING_SETUP_* hints for rings used by one thread. `_test_overcommit` lets the
-        tests push more requests than the CQ holds, to exercise overflow recovery.
+        IORING_SETUP_* hints for rings used by one thread. allowed_ops: the only
+        opcodes (Op values) the kernel will run on this ring (IORING_REGISTER_
+        RESTRICTIONS, Linux 5.10): any other request completes with -EACCES, and the
+        register operations are limited to buffers, files and probing. ASYNC_CANCEL is
+        always allowed: close() needs it. `_test_overcommit` lets the tests push more
+        requests than the CQ holds, to exercise overflow recovery.
         """
         cdef io_uring_params p
         cdef int fd
@@ -349,6 +403,9 @@ cdef class Ring:
         memset(&p, 0, sizeof(p))
         self._setup_params(&p, entries, cq_entries, sqpoll, sq_thread_idle_ms, sq_thread_cpu,
                            single_issuer, defer_taskrun, coop_taskrun)
+        cdef bytes allowed = _allowed_ops(allowed_ops)
+        if allowed is not None:
+            p.flags |= IORING_SETUP_R_DISABLED      # enabled once restricted
         with nogil:
             fd = vy_io_uring_setup(entries, &p)
         if fd < 0:
@@ -358,6 +415,8 @@ cdef class Ring:
         try:
             self._map_rings(fd, &p)
             self._alloc_slots(p.cq_entries + _test_overcommit)
+            if allowed is not None:
+                _restrict(fd, allowed)
         except BaseException:
             self._free_tables()
             self._unmap()
@@ -369,6 +428,7 @@ cdef class Ring:
         self._reg_file_count = 0
         self._fork_gen = vy_fork_gen()
         self._closed = False
+        self._allowed = None if allowed is None else frozenset(Op(o) for o in allowed)
         self._register_ring_fd()
 
     cdef void _register_ring_fd(self) noexcept:
@@ -568,6 +628,8 @@ cdef class Ring:
         self._sqe_tail = c.tail
         self._free_top = c.free_top
         self._seq = c.seq
+        if VY_DEBUG:
+            self._check_invariants("fill")
 
     cdef inline io_uring_sqe *_take_sqe(self, uint64_t user_data, Hold *hold) noexcept nogil:
         """One slot and zeroed SQE (per-op prep); the caller checked there is room."""
@@ -590,6 +652,31 @@ cdef class Ring:
     cdef inline void _reclaim_end(self, Reclaim *r) noexcept nogil:
         self._free_top = r.free_top
         self._nreleased = r.nreleased
+        if VY_DEBUG:
+            self._check_invariants("reap")
+
+    cdef void _check_invariants(self, const char *where) noexcept nogil:
+        """Debug builds: the slot tables agree with themselves and with the SQ. A
+        violation is a bug in this engine; abort with what broke, where."""
+        cdef uint32_t i, live = 0
+        cdef const char *broken = NULL
+        if self._free_top > self._nslots:
+            broken = "more free slots than slots"
+        elif self._sqe_tail - self._sqe_published > self._sq_entries or \
+                self._sq_pending() > self._sq_entries:
+            broken = "more SQEs pending than the SQ holds"
+        else:
+            for i in range(self._free_top):
+                if self._free_stack[i] >= self._nslots or self._slots[self._free_stack[i]].live:
+                    broken = "a free-stack entry is out of range or names a live slot"
+                    break
+            for i in range(self._nslots):
+                live += self._slots[i].live
+            if broken == NULL and live != self._nslots - self._free_top:
+                broken = "live slots do not match the slots in use"
+        if broken != NULL:
+            fprintf(stderr, b"vyre_uring invariant broken after %s: %s\n", where, broken)
+            abort()
 
     cdef inline void _free_slot(self, uint32_t idx) noexcept nogil:
         """Give one slot back (outside the reap loop)."""
@@ -924,6 +1011,11 @@ cdef class Ring:
     def pending(self):
         """Requests prepared but not yet consumed by the kernel."""
         return 0 if self._closed else self._sq_pending()
+
+    @property
+    def allowed_ops(self):
+        """The opcodes this ring is restricted to (a frozenset of Op), or None."""
+        return self._allowed
 
     @property
     def in_flight(self):

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from ._files import (OPEN_FLAGS, check_regular, is_direct, open_regular, path_error,
                      read_to_eof)
-from ._ring import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, UNSIZED, Ring,
+from ._ring import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, UNSIZED, Op, Ring,
                     drain_jobs, read_file_window, read_ranges_job)
 from .buffers import alloc_buffer
 from .errors import UringSyscallError
@@ -23,6 +23,8 @@ __all__ = ["UringBackend"]
 # Files per job: large enough that Python's per-job work vanishes, small enough
 # that several rings share a batch evenly and a job's tables stay small.
 MAX_JOB_FILES = 4096
+# All the reader's rings ever run: the kernel refuses anything else on them.
+READER_OPS = frozenset({Op.OPENAT, Op.READ, Op.READ_FIXED, Op.CLOSE})
 # How long close() waits for an interrupted job's requests before the ring cancels.
 CLOSE_PATIENCE_S = 10.0
 # Ranges of one file from which registering its fd pays for the two syscalls.
@@ -132,7 +134,7 @@ class _RingReader:
 
     def __init__(self, queue_depth, direct):
         # CQ room for a full depth of opens and reads plus the closes behind them.
-        self.ring = Ring(queue_depth, cq_entries=4 * queue_depth)
+        self.ring = _restricted_ring(queue_depth, cq_entries=4 * queue_depth)
         self.depth = queue_depth
         self.stats = array.array("q", [0] * 5)
         # Page-aligned, touched only as far as reads use it; registered, so that
@@ -218,6 +220,17 @@ class _RingReader:
     def drain(self):
         """Complete what is still outstanding (the last job's closes)."""
         drain_jobs(self.ring, self.stats)
+
+
+def _restricted_ring(entries, **kwargs):
+    """A Ring the kernel lets run only the reader's opcodes (Linux 5.10 and later;
+    older kernels refuse the setup flag with EINVAL, and get an unrestricted ring)."""
+    try:
+        return Ring(entries, allowed_ops=READER_OPS, **kwargs)
+    except UringSyscallError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    return Ring(entries, **kwargs)
 
 
 def _leftover(path, code, mode, fd):

@@ -5,6 +5,7 @@ It makes its own data in a temporary directory (removed afterwards, also when
 interrupted), establishes and verifies the page-cache state each workload claims,
 runs every contender interleaved round by round, and prints min/median/max with
 ratios to the C figure of the same run."""
+import importlib.util
 import sys
 import tempfile
 
@@ -54,11 +55,9 @@ def run(args, err):
         sizes = sizes_from(args)
     except ValueError as exc:
         err(str(exc))
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401  (checked now, not after minutes of runs)
-        except ImportError:
-            err("--plot needs matplotlib: pip install 'vyre-uring[plot]'")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        # Said now, not after minutes of runs.
+        err("--plot needs matplotlib: pip install 'vyre-uring[plot]'")
     env = harness.environment(_backend())
     print("vyre-uring bench: " + ", ".join(f"{k} {v}" for k, v in env.items()),
           flush=True)

@@ -47,6 +47,12 @@ cdef extern from "uring_abi.h" nogil:
         uint8_t ops_len
         io_uring_probe_op ops[0]
 
+    struct io_uring_restriction:
+        uint16_t opcode
+        uint8_t register_op         # (these three share a union in the kernel's
+        uint8_t sqe_op              #  header: set one, by opcode)
+        uint8_t sqe_flags
+
     struct io_uring_files_update:
         uint32_t offset
         uint64_t fds
@@ -91,7 +97,7 @@ cdef extern from "uring_abi.h" nogil:
         IORING_SETUP_IOPOLL, IORING_SETUP_SQPOLL, IORING_SETUP_SQ_AFF
         IORING_SETUP_CQSIZE, IORING_SETUP_SUBMIT_ALL, IORING_SETUP_COOP_TASKRUN
         IORING_SETUP_TASKRUN_FLAG, IORING_SETUP_SINGLE_ISSUER
-        IORING_SETUP_DEFER_TASKRUN
+        IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_R_DISABLED
 
         IORING_FEAT_SINGLE_MMAP, IORING_FEAT_NODROP, IORING_FEAT_EXT_ARG
 
@@ -106,10 +112,15 @@ cdef extern from "uring_abi.h" nogil:
         IORING_REGISTER_FILES, IORING_UNREGISTER_FILES
         IORING_REGISTER_FILES_UPDATE, IORING_REGISTER_PROBE
         IORING_REGISTER_RING_FDS, IORING_UNREGISTER_RING_FDS
+        IORING_REGISTER_RESTRICTIONS, IORING_REGISTER_ENABLE_RINGS
+        IORING_RESTRICTION_REGISTER_OP, IORING_RESTRICTION_SQE_OP
+        IORING_RESTRICTION_SQE_FLAGS_ALLOWED
 
         IORING_FSYNC_DATASYNC, IORING_TIMEOUT_ABS
         IORING_ASYNC_CANCEL_ALL, IORING_ASYNC_CANCEL_ANY
         IORING_FILE_INDEX_ALLOC, IO_URING_OP_SUPPORTED
+
+    bint VY_DEBUG
 
     uint32_t vy_load_acquire(const uint32_t *p)
     uint32_t vy_load_relaxed(const uint32_t *p)

@@ -24,6 +24,12 @@
 #include <unistd.h>
 #include <linux/io_uring.h>
 
+/* VYRE_URING_DEBUG=1 builds define VY_DEBUG: internal invariants are checked after
+ * every fill and reap, and a violation aborts with a message. */
+#ifndef VY_DEBUG
+#define VY_DEBUG 0
+#endif
+
 #ifndef VYRE_CYTHON_VERSION
 #define VYRE_CYTHON_VERSION "unknown"
 #endif
