@@ -97,3 +97,17 @@ def run_as_nobody(body, memlock=None):
     finally:
         os.waitpid(pid, 0)
     return json.loads(data)
+
+
+def open_fds():
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def direct_supported(path):
+    """Whether the filesystem holding `path` lets it be opened O_DIRECT."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECT))
+        return True
+    except OSError:
+        return False

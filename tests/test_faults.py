@@ -16,6 +16,8 @@ import pytest
 import vyre_uring
 from vyre_uring import BatchReader
 
+from conftest import open_fds
+
 
 @pytest.fixture(params=["io_uring", "threads"])
 def backend(request):
@@ -30,10 +32,6 @@ def make_files(root, count, size=3000, seed=0):
         p.write_bytes(rnd.randbytes(size))
         paths.append(str(p))
     return paths
-
-
-def open_fds():
-    return len(os.listdir("/proc/self/fd"))
 
 
 class SignalStorm:

@@ -10,6 +10,8 @@ import pytest
 import vyre_uring
 from vyre_uring import BatchReader
 
+from conftest import direct_supported, open_fds
+
 RSS_SLACK = 16 << 20          # allocator arenas and caches: noise, not a leak
 # Under AddressSanitizer freed memory sits in its quarantine and its allocator maps
 # more regions as that grows, by design: RSS says nothing about leaks there, and
@@ -24,7 +26,7 @@ def snapshot():
         maps = sum(1 for _ in f)
     with open("/proc/self/status") as f:
         rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    return {"fds": len(os.listdir("/proc/self/fd")), "maps": maps, "rss": rss}
+    return {"fds": open_fds(), "maps": maps, "rss": rss}
 
 
 def assert_back_to(before, after):
@@ -104,11 +106,8 @@ def test_reader_lifetimes_leave_nothing_behind(tmp_path, direct):
         p.write_bytes(os.urandom(i * 300))
         paths.append(str(p))
     paths.append(str(tmp_path / "missing"))
-    try:
-        os.close(os.open(paths[1], os.O_RDONLY | os.O_DIRECT))
-    except OSError:
-        if direct:
-            pytest.skip("no O_DIRECT on this filesystem")
+    if direct and not direct_supported(paths[1]):
+        pytest.skip("no O_DIRECT on this filesystem")
 
     def cycle(n):
         for _ in range(n):

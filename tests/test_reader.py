@@ -20,7 +20,7 @@ from vyre_uring import BatchReader, UringUnavailableError, read_files, read_rang
     read_ranges_into
 from vyre_uring import reader as reader_module
 
-from conftest import run_as_nobody
+from conftest import direct_supported, open_fds, run_as_nobody
 
 SYSCTL = "/proc/sys/kernel/io_uring_disabled"
 
@@ -425,14 +425,6 @@ def test_drain_closes_the_fds_of_abandoned_opens(tmp_path):
         assert len(os.listdir("/proc/self/fd")) == before + 1       # the ring's own fd
 
 
-def _direct_supported(path):
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_DIRECT))
-        return True
-    except OSError:
-        return False
-
-
 DIRECT_SIZES = [0, 1, 511, 4095, 4096, 4097, 100_000, 256 << 10, (256 << 10) + 1, 3 << 20]
 
 
@@ -440,7 +432,7 @@ def test_direct_reads_match_plain_reads(tmp_path, backend):
     # O_DIRECT needs aligned offsets, lengths and memory: the reader handles that
     # for any size and any range.
     paths = make_tree(tmp_path, DIRECT_SIZES)
-    if not _direct_supported(paths[0]):
+    if not direct_supported(paths[0]):
         pytest.skip(f"{tmp_path} is on a filesystem without O_DIRECT")
     expected = [plain_read(p) for p in paths]
     with BatchReader(backend=backend, direct=True, queue_depth=4) as r:
@@ -473,7 +465,7 @@ def ramfs(tmp_path):
 
 def test_direct_falls_back_where_open_is_refused(ramfs, backend):
     paths = make_tree(ramfs, [1, 5000, 300_000])
-    assert not _direct_supported(paths[0])
+    assert not direct_supported(paths[0])
     with BatchReader(backend=backend, direct=True) as r:
         assert r.read_files(paths) == [plain_read(p) for p in paths]
         assert r.read_ranges(paths[2], [3, 7000], [10, 5000]) == \
@@ -488,7 +480,7 @@ def test_direct_falls_back_where_reads_are_refused(tmp_path, backend, monkeypatc
     from vyre_uring._ring import _test_set_limits
     # Each size rounds up to an odd multiple of 256: a length no block device takes.
     paths = make_tree(tmp_path, [100, 600, 70_300])
-    if not _direct_supported(paths[0]):
+    if not direct_supported(paths[0]):
         pytest.skip(f"{tmp_path} is on a filesystem without O_DIRECT")
     monkeypatch.setattr(_threads_backend, "DIRECT_ALIGN", 256)
     old = _test_set_limits(1 << 30, 256)
@@ -512,7 +504,7 @@ def test_direct_reads_degrade_when_buffer_registration_is_refused():
         data = random.Random(3).randbytes(300_000)
         with open(path, "wb") as f:
             f.write(data)
-        if not _direct_supported(path):
+        if not direct_supported(path):
             pytest.skip(f"{root} is on a filesystem without O_DIRECT")
 
         def body():
@@ -564,10 +556,6 @@ def test_a_3_gib_file_comes_back_whole(tmp_path, backend):
 
 
 
-def _open_fds():
-    return len(os.listdir("/proc/self/fd"))
-
-
 def test_files_too_large_for_memory_fail_alone(backend):
     # Sparse files of 2**63-1 bytes (no bytes object can hold them) and of 1 TiB
     # (no memory for it): each fails with its own error; nothing else is lost and
@@ -582,13 +570,13 @@ def test_files_too_large_for_memory_fail_alone(backend):
             os.ftruncate(fd, size)
             os.close(fd)
             paths.append(name)
-        before = _open_fds()
+        before = open_fds()
         out = read_files([paths[0], __file__, paths[1]], backend=backend, on_error="return")
         assert out[1] == plain_read(__file__)
         assert isinstance(out[0], OSError) and out[0].errno == errno.EFBIG
         assert out[0].filename == paths[0]
         assert isinstance(out[2], OSError) and out[2].errno == errno.ENOMEM
-        assert _open_fds() == before
+        assert open_fds() == before
     finally:
         for p in paths:
             os.unlink(p)
@@ -599,14 +587,14 @@ def test_closing_the_reader_closes_the_fds_an_interrupted_job_left(tmp_path):
     # closing the reader reaps them and closes the fds (the ring's own close would
     # only cancel and discard).
     path = make_tree(tmp_path, [10])[0]
-    before = _open_fds()
+    before = open_fds()
     reader = BatchReader(backend="io_uring", workers=1)
     ring = reader._backend._rings[0].ring
     for _ in range(5):
         ring.prep_openat(path, user_data=(1 << 56) | (0xABCDEF << 32))   # KIND_OPEN
     ring.submit()
     reader.close()
-    assert _open_fds() == before
+    assert open_fds() == before
 
 
 def test_an_exception_among_size_0_files_leaks_no_fd(tmp_path, monkeypatch):
@@ -616,11 +604,11 @@ def test_an_exception_among_size_0_files_leaks_no_fd(tmp_path, monkeypatch):
     def interrupted(fd, path):
         raise KeyboardInterrupt
     monkeypatch.setattr(_uring_backend, "read_to_eof", interrupted)
-    before = _open_fds()
+    before = open_fds()
     with BatchReader(backend="io_uring", workers=1) as r:
         with pytest.raises(KeyboardInterrupt):
             r.read_files(paths)
-    assert _open_fds() == before
+    assert open_fds() == before
 
 
 def test_when_one_ring_fails_the_others_finish_before_the_error_is_raised():
