@@ -11,6 +11,12 @@
 # bytes object stays referenced by the job's Hold until its last read completes, and
 # no Python code sees it before that. O_DIRECT reads are the exception: the kernel
 # needs aligned memory, so they go through page-aligned bounce slots and are copied.
+# Files that report size 0 (empty, /proc, sysfs) are read to EOF in growing pieces
+# of the job's own memory, within the byte budget when there is one.
+#
+# A job that ends early (an exception, or its call's Stop) cancels what it has in
+# flight and waits for it before the exception leaves: no read it started writes
+# into a buffer after the call is over, and no fd it opened is left behind.
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
@@ -19,7 +25,8 @@ cdef extern from "Python.h":
     Py_ssize_t PY_SSIZE_T_MAX
 from posix.fcntl cimport F_GETFL, F_SETFL, fcntl, open as c_open
 from posix.mman cimport madvise, MADV_HUGEPAGE
-from libc.errno cimport EFBIG
+from libc.errno cimport EFBIG, EMFILE, ENFILE
+from libc.stdlib cimport realloc
 from libc.stdint cimport INT64_MAX
 from posix.unistd cimport pread
 from posix.stat cimport S_ISREG
@@ -32,15 +39,27 @@ cdef enum:
 # Item errors that are not errnos: the Python side turns them into OSErrors.
 cdef enum:
     ITEM_NOT_REGULAR = -1   # the mode says what it is
-    ITEM_UNSIZED = -2       # a regular file that reports size 0 (empty, or /proc):
-                            # its fd stays open for the caller to read to EOF
+    ITEM_OVER_BUDGET = -2   # reports size 0 and holds more than the whole byte budget
     ITEM_NUL_BYTE = -3      # the path holds a NUL byte
     ITEM_DEFERRED = -4      # not read: the job's byte budget was spent
 
 NOT_REGULAR = ITEM_NOT_REGULAR
-UNSIZED = ITEM_UNSIZED
+OVER_BUDGET = ITEM_OVER_BUDGET
 NUL_BYTE = ITEM_NUL_BYTE
 DEFERRED = ITEM_DEFERRED
+
+# A file that reports size 0 is read into this much memory first, doubled as needed.
+UNSIZED_FIRST = 64 << 10
+
+# ByteBudget.grow's answers.
+cdef enum:
+    BUDGET_GROWN = 0
+    BUDGET_LATER = 1        # not now: other files hold the rest of the budget
+    BUDGET_NEVER = 2        # the file alone would exceed the whole budget
+
+GROWN = BUDGET_GROWN
+GROW_LATER = BUDGET_LATER
+GROW_NEVER = BUDGET_NEVER
 
 # One read request carries at most this much: Linux caps a single read near 2 GiB.
 MAX_PIECE = 1 << 30
@@ -53,6 +72,8 @@ DIRECT_CHUNK = 256 << 10
 cdef int64_t _ALIGN = DIRECT_ALIGN
 cdef int64_t _CHUNK = DIRECT_CHUNK
 cdef int _O_DIRECT = os.O_DIRECT
+
+include "_calls.pxi"
 
 cdef uint32_t _next_job_id = 0
 
@@ -98,6 +119,24 @@ cdef class ByteBudget:
         self.spent = self.taken >= self.limit
         return True
 
+    cpdef int grow(self, int64_t own, int64_t extra):
+        """A file that reports size 0 and holds `own` bytes of the budget needs
+        `extra` more: GROWN (reserved), GROW_LATER (other files hold what it needs:
+        give `own` back and read it in a later batch) or GROW_NEVER (it alone would
+        exceed the budget)."""
+        if own + extra > self.limit:
+            return BUDGET_NEVER
+        if extra > self.limit - self.taken:
+            self.spent = True
+            return BUDGET_LATER
+        self.taken += extra
+        self.spent = self.taken >= self.limit
+        return BUDGET_GROWN
+
+    cpdef void give_back(self, int64_t size):
+        """Return a reservation whose file was not read after all."""
+        self.taken -= size
+
 
 cdef struct Job:
     Py_ssize_t n
@@ -108,12 +147,18 @@ cdef struct Job:
     const char **paths      # files: NULL where the path was refused
     int32_t *fd             # -1 when not open
     int64_t *off            # the item's first byte in its file
-    int64_t *want           # bytes wanted
+    int64_t *want           # bytes wanted (unsized: the size of its buffer, less 1)
     int64_t *got            # bytes read so far
     char **dest             # where the item's bytes go
     int32_t *err            # 0, an errno, or an ITEM_* code
     int32_t *mode           # files: st_mode
+    uint8_t *unsized        # files: reports size 0; dest is the job's, grown to EOF
     Py_ssize_t next_open    # files: first item not yet opened
+    Py_ssize_t *retry       # files: items to open again (EMFILE), nretry of them
+    Py_ssize_t nretry
+    Py_ssize_t opening      # opens in flight
+    Py_ssize_t held         # fds the job opened whose close has not completed
+    Py_ssize_t fd_cap       # at most this many opening + held (lowered by EMFILE)
     Py_ssize_t *readq       # a ring of items waiting for a read request (capacity n)
     Py_ssize_t rq_head, rq_len
     int32_t *closeq         # fds waiting for a close request (capacity n)
@@ -129,6 +174,7 @@ cdef struct Job:
     int32_t *free_slots     # bounce slots not in use, nfree of them
     Py_ssize_t nfree
     PyObject *budget        # files: a ByteBudget (borrowed: the caller holds it), or NULL
+    PyObject *stop          # the call's Stop (borrowed), or NULL
     bint spent              # the budget is spent: open no more files
     int64_t syscalls, ops, short_reads, sync_reads, direct_fallbacks, nbytes
 
@@ -153,6 +199,7 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     j.left = n
     j.id = _next_job_id & 0xFFFFFF
     j.tag = (<uint64_t>j.id) << 32
+    j.fd_cap = PY_SSIZE_T_MAX
     _next_job_id += 1
     j.paths = <const char **>calloc(m, sizeof(char *))
     j.fd = <int32_t *>malloc(m * sizeof(int32_t))
@@ -162,12 +209,15 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     j.dest = <char **>calloc(m, sizeof(char *))
     j.err = <int32_t *>calloc(m, sizeof(int32_t))
     j.mode = <int32_t *>calloc(m, sizeof(int32_t))
+    j.unsized = <uint8_t *>calloc(m, sizeof(uint8_t))
+    j.retry = <Py_ssize_t *>malloc(m * sizeof(Py_ssize_t))
     j.readq = <Py_ssize_t *>malloc(m * sizeof(Py_ssize_t))
     j.closeq = <int32_t *>malloc(m * sizeof(int32_t))
     j.direct = <uint8_t *>calloc(m, sizeof(uint8_t))
     j.slot = <int32_t *>calloc(m, sizeof(int32_t))
     if not (j.paths and j.fd and j.off and j.want and j.got and j.dest and j.err and
-            j.mode and j.readq and j.closeq and j.direct and j.slot):
+            j.mode and j.unsized and j.retry and j.readq and j.closeq and j.direct and
+            j.slot):
         _job_free(j)
         raise MemoryError()
     memset(j.fd, 0xFF, m * sizeof(int32_t))        # every fd -1
@@ -175,9 +225,14 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
 
 
 cdef void _job_free(Job *j) noexcept:
+    cdef Py_ssize_t i
+    if j.unsized != NULL:
+        for i in range(j.n):
+            if j.unsized[i]:
+                free(j.dest[i])
     free(j.paths); free(j.fd); free(j.off); free(j.want); free(j.got)
-    free(j.dest); free(j.err); free(j.mode); free(j.readq); free(j.closeq)
-    free(j.direct); free(j.slot); free(j.free_slots)
+    free(j.dest); free(j.err); free(j.mode); free(j.unsized); free(j.retry)
+    free(j.readq); free(j.closeq); free(j.direct); free(j.slot); free(j.free_slots)
     memset(j, 0, sizeof(Job))
 
 
@@ -207,18 +262,12 @@ cdef int _job_direct(Ring ring, Job *j, Hold *hold, object bounce) except -1:
 
 
 cdef void _job_abandon(Ring ring, Job *j) noexcept:
-    """After an exception: close every fd the job still owns. First every prepared
-    request goes to the kernel, which then holds its own reference to the file: a
-    request still queued when its fd number is closed (and maybe reused) would read
-    another file."""
+    """After an exception: nothing the job started may outlive it. Every prepared
+    request goes to the kernel (a close left unsubmitted would leak its fd), then
+    every request in flight on the ring (the job owns the ring) is cancelled and
+    waited for, and the fds the job still owns are closed."""
     cdef Py_ssize_t i
-    cdef int ret = -EINTR, tries = 0
-    ring._publish()
-    while ring._sq_pending() and (ret >= 0 or ret == -EINTR or ret == -EAGAIN) \
-            and tries < 1000:
-        tries += 1
-        with nogil:
-            ret = vy_io_uring_enter(ring._fd, ring._sq_pending(), 0, 0, NULL, 0)
+    _quiesce(ring)
     for i in range(j.cq_len):
         close(j.closeq[i])
     j.cq_len = 0
@@ -227,6 +276,37 @@ cdef void _job_abandon(Ring ring, Job *j) noexcept:
             if j.fd[i] >= 0:
                 close(j.fd[i])
                 j.fd[i] = -1
+
+
+cdef void _quiesce(Ring ring) noexcept:
+    """Submit, cancel and reap until nothing is in flight on `ring`, closing the fds
+    that opens return meanwhile. The wait does not run signal handlers (a second
+    Ctrl-C is raised after it): a read left in flight could still write into a
+    buffer its caller has got back. Cancelling is IORING_ASYNC_CANCEL_ANY (5.19);
+    older kernels refuse it and the requests simply complete. Only a kernel that
+    refuses to wait at all ends it early; the ring's close then keeps the memory."""
+    cdef int ret = 0
+    cdef bint cancelled = False
+    cdef uint32_t t, n
+    cdef uint64_t ud
+    while ring._used() and (ret >= 0 or ret == -EINTR or ret == -EAGAIN or ret == -EBUSY
+                            or ret == -ETIME):
+        if not cancelled and ring._sq_entries > ring._sq_pending():
+            ring._push_internal(IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL, 0)
+            cancelled = True
+        ring._publish()
+        with nogil:
+            ret = vy_io_uring_enter(ring._fd, ring._sq_pending(), 1, IORING_ENTER_GETEVENTS,
+                                    NULL, 0)
+        try:
+            n = <uint32_t>ring._reap(None, None, None, ring._nslots)
+        except BaseException:
+            PyErr_Clear()
+            n = 0
+        for t in range(n):
+            ud = ring._scratch_ud[t]
+            if (ud >> 56) == KIND_OPEN and ring._scratch_res[t] >= 0:
+                close(ring._scratch_res[t])
 
 
 cdef inline void _queue_read(Job *j, Py_ssize_t i) noexcept nogil:
@@ -238,7 +318,7 @@ cdef inline void _finish(Job *j, Py_ssize_t i) noexcept nogil:
     j.left -= 1
     if j.err[i] == 0:
         j.nbytes += j.got[i]
-    if j.close_fds and j.fd[i] >= 0 and j.err[i] != ITEM_UNSIZED:
+    if j.close_fds and j.fd[i] >= 0:
         j.closeq[j.cq_len] = j.fd[i]
         j.cq_len += 1
         j.fd[i] = -1
@@ -247,9 +327,11 @@ cdef inline void _finish(Job *j, Py_ssize_t i) noexcept nogil:
 cdef inline int64_t _piece(Job *j, Py_ssize_t i, int64_t *file_off, int64_t *skip) \
         noexcept nogil:
     """The next read of item i: returns its length, and sets its file offset and the
-    bytes at its start that are not the item's (a direct read starts aligned)."""
+    bytes at its start that are not the item's (a direct read starts aligned). An
+    unsized item's buffer has one byte more than `want`: a read that fills it shows
+    there is more than `want` without another request."""
     cdef int64_t pos = j.off[i] + j.got[i]
-    cdef int64_t left = j.want[i] - j.got[i]
+    cdef int64_t left = j.want[i] - j.got[i] + j.unsized[i]
     if not j.direct[i]:
         file_off[0] = pos
         skip[0] = 0
@@ -264,6 +346,11 @@ cdef inline char *_read_target(Job *j, Py_ssize_t i) noexcept nogil:
     if j.direct[i]:
         return j.bounce + j.slot[i] * _CHUNK
     return j.dest[i] + j.got[i]
+
+
+cdef inline bint _may_open(Job *j) noexcept nogil:
+    return (j.nretry or j.next_open < j.n) and not j.spent and \
+        j.opening + j.held < j.fd_cap
 
 
 cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
@@ -303,17 +390,22 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         sqe.addr = <uint64_t>_read_target(j, i)
         hold.refs += 1
         k -= 1
-    while k and j.next_open < j.n and not j.spent:
-        i = j.next_open
-        j.next_open += 1
-        if j.paths[i] == NULL:
-            continue                        # refused before the kernel saw it
+    while k and _may_open(j):
+        if j.nretry:
+            j.nretry -= 1
+            i = j.retry[j.nretry]
+        else:
+            i = j.next_open
+            j.next_open += 1
+            if j.paths[i] == NULL:
+                continue                    # refused before the kernel saw it
         sqe = claim_sqe(&c, (<uint64_t>KIND_OPEN << 56) | j.tag | <uint64_t>i, hold)
         sqe.opcode = IORING_OP_OPENAT
         sqe.fd = AT_FDCWD
         sqe.addr = <uint64_t><size_t>j.paths[i]
         sqe.open_flags = <uint32_t>(j.open_flags | (_O_DIRECT if j.direct[i] else 0))
         hold.refs += 1
+        j.opening += 1
         k -= 1
     j.busy -= k             # what the depth allowed but nothing needed
     ring._claim_end(&c)
@@ -321,9 +413,9 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
 
 cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
     """An open completed: fstat the fd, refuse what is not a regular file, and give
-    the file a bytes object of its size to read into."""
+    the file memory of its size to read into."""
     cdef stat_t st
-    cdef object data
+    j.opening -= 1
     if res == -EINVAL and j.direct[i]:
         # The filesystem refuses O_DIRECT: open it buffered (rare; synchronously).
         j.direct[i] = 0
@@ -332,37 +424,112 @@ cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
             res = c_open(j.paths[i], j.open_flags)
         if res < 0:
             res = -errno
+    if (res == -EMFILE or res == -ENFILE) and j.opening + j.held:
+        # The fd limit, reached by this job's own fds: open fewer at a time, and
+        # this file again once some of them are closed.
+        j.fd_cap = max(1, j.opening + j.held)
+        j.retry[j.nretry] = i
+        j.nretry += 1
+        return 0
     if res < 0:
         j.err[i] = -res
         _finish(j, i)
         return 0
     j.fd[i] = res
+    j.held += 1
     if fstat(res, &st) != 0:
         j.err[i] = errno
     elif not S_ISREG(st.st_mode):
         j.err[i] = ITEM_NOT_REGULAR
         j.mode[i] = st.st_mode
     elif st.st_size == 0:
-        j.err[i] = ITEM_UNSIZED
+        return _start_unsized(j, i)
     elif st.st_size > PY_SSIZE_T_MAX - 64:
         j.err[i] = EFBIG                    # no bytes object can hold it
     elif j.budget != NULL and not (<ByteBudget>j.budget).take(st.st_size):
         j.err[i] = ITEM_DEFERRED            # for a later job
         j.spent = True
-    else:
-        try:
-            data = PyBytes_FromStringAndSize(NULL, st.st_size)
-        except MemoryError:
-            j.err[i] = ENOMEM
-        else:
-            keep[i] = data
-            j.dest[i] = PyBytes_AS_STRING(data)
-            _advise_huge(j.dest[i], st.st_size)
-            j.want[i] = st.st_size
-            _queue_read(j, i)
-            return 0
+    elif _give_bytes(j, i, st.st_size, keep):
+        _queue_read(j, i)
+        return 0
     _finish(j, i)
     return 0
+
+
+cdef bint _give_bytes(Job *j, Py_ssize_t i, int64_t size, list keep) except -1:
+    """Item i reads into a new bytes object of `size` bytes (False: ENOMEM)."""
+    cdef object data
+    try:
+        data = PyBytes_FromStringAndSize(NULL, size)
+    except MemoryError:
+        j.err[i] = ENOMEM
+        return False
+    keep[i] = data
+    j.dest[i] = PyBytes_AS_STRING(data)
+    _advise_huge(j.dest[i], size)
+    j.want[i] = size
+    return True
+
+
+cdef int _start_unsized(Job *j, Py_ssize_t i) except -1:
+    """A file that reports size 0 (empty, /proc, sysfs): its size says nothing, so
+    it is read to EOF into memory of the job's, grown as it fills."""
+    cdef int64_t first = UNSIZED_FIRST
+    if j.direct[i]:
+        fcntl(j.fd[i], F_SETFL, fcntl(j.fd[i], F_GETFL) & ~_O_DIRECT)
+        j.direct[i] = 0                     # /proc and sysfs refuse it anyway
+    if j.budget != NULL:
+        first = min(first, (<ByteBudget>j.budget).limit)
+        if not (<ByteBudget>j.budget).take(first):
+            j.err[i] = ITEM_DEFERRED
+            j.spent = True
+            _finish(j, i)
+            return 0
+    j.dest[i] = <char *>malloc(first + 1)
+    if j.dest[i] == NULL:
+        _unsized_fails(j, i, ENOMEM)
+        return 0
+    j.unsized[i] = True
+    j.want[i] = first
+    _queue_read(j, i)
+    return 0
+
+
+cdef void _unsized_fails(Job *j, Py_ssize_t i, int32_t err) noexcept:
+    """An unsized item ends unread (err): its reservation and memory go back."""
+    if j.budget != NULL and j.want[i]:
+        (<ByteBudget>j.budget).give_back(j.want[i])
+    if err == ITEM_DEFERRED:
+        j.spent = True
+    free(j.dest[i])
+    j.dest[i] = NULL
+    j.unsized[i] = False
+    j.err[i] = err
+    _finish(j, i)
+
+
+cdef bint _grow_unsized(Job *j, Py_ssize_t i) noexcept:
+    """An unsized item filled its buffer: double it, within the budget. False when
+    the item ended instead (deferred, over the budget, or out of memory)."""
+    cdef int64_t extra = j.want[i]
+    cdef int answer
+    cdef char *p
+    if j.budget != NULL:
+        extra = max(1, min(extra, (<ByteBudget>j.budget).limit - j.want[i]))
+        answer = (<ByteBudget>j.budget).grow(j.want[i], extra)
+        if answer != BUDGET_GROWN:
+            _unsized_fails(j, i, ITEM_OVER_BUDGET if answer == BUDGET_NEVER else ITEM_DEFERRED)
+            return False
+    p = <char *>realloc(j.dest[i], j.want[i] + extra + 1)
+    if p == NULL or j.want[i] + extra > PY_SSIZE_T_MAX - 64:
+        if p != NULL:
+            j.dest[i] = p
+        j.want[i] += extra if j.budget != NULL else 0      # what the budget holds
+        _unsized_fails(j, i, ENOMEM)
+        return False
+    j.dest[i] = p
+    j.want[i] += extra
+    return True
 
 
 cdef void _on_read(Job *j, Py_ssize_t i, int32_t res) noexcept:
@@ -388,7 +555,16 @@ cdef void _on_read(Job *j, Py_ssize_t i, int32_t res) noexcept:
             _queue_read(j, i)
             return
     if res < 0:
+        if j.unsized[i]:
+            _unsized_fails(j, i, -res)
+            return
         j.err[i] = -res
+    elif j.unsized[i]:
+        if res > 0:
+            j.got[i] += res
+            if j.got[i] <= j.want[i] or _grow_unsized(j, i):
+                _queue_read(j, i)
+            return
     else:
         n = min(res - skip, j.want[i] - j.got[i])
         if n > 0:
@@ -423,27 +599,33 @@ cdef int _reap_job(Ring ring, Job *j, list keep) except -1:
         elif kind == KIND_READ:
             j.busy -= 1
             _on_read(j, <Py_ssize_t><uint32_t>ud, res)
+        else:
+            j.held -= 1                     # a close: its fd is free again
     return 0
 
 
 cdef int _run_job(Ring ring, Job *j, Hold *hold, list keep) except -1:
-    """Fill, submit, wait and reap until every item is done. Closes left unsubmitted
-    go to the kernel with the next job's first submission, or drain_jobs()."""
+    """Fill, submit, wait and reap until every item is done; then submit the last
+    closes, so that the job's fds are closed when it returns."""
     cdef uint32_t k
     cdef Py_ssize_t wanted
     while True:
-        wanted = j.cq_len + min(j.rq_len + (j.n - j.next_open), j.depth - j.busy)
+        wanted = j.cq_len + min(j.rq_len + (j.n - j.next_open) + j.nretry,
+                                j.depth - j.busy)
         if wanted:
             k = ring._room(<uint32_t>min(wanted, <Py_ssize_t>UINT32_MAX))
             if k:
                 _fill(ring, j, k, hold)
         if j.left == 0 and j.cq_len == 0:
+            ring._submit_and_wait(0, -1.0)
             return 0
         if ring._used() == 0:
             raise UringError("internal error: a read job is waiting with nothing in flight")
         ring._submit_and_wait(1, -1.0)
         j.syscalls += 1
         _reap_job(ring, j, keep)
+        if j.stop != NULL and (<Stop>j.stop).is_set:
+            raise CallStopped()
         if j.budget != NULL and (<ByteBudget>j.budget).spent:
             j.spent = True                  # (another job may have spent it)
         if j.spent:
@@ -451,11 +633,30 @@ cdef int _run_job(Ring ring, Job *j, Hold *hold, list keep) except -1:
 
 
 cdef void _defer_unopened(Job *j) noexcept nogil:
+    while j.nretry:
+        j.nretry -= 1
+        j.err[j.retry[j.nretry]] = ITEM_DEFERRED
+        j.left -= 1
     while j.next_open < j.n:
         if j.paths[j.next_open] != NULL:    # (a refused path is already done)
             j.err[j.next_open] = ITEM_DEFERRED
             j.left -= 1
         j.next_open += 1
+
+
+cdef int _run_owned(Ring ring, Job *j, Hold *hold, list keep) except -1:
+    """_run_job holding the ring; after an exception nothing of the job's is left
+    in flight (_job_abandon) before it propagates."""
+    ring._enter_api()
+    try:
+        try:
+            _run_job(ring, j, hold, keep)
+        except BaseException:
+            _job_abandon(ring, j)
+            raise
+    finally:
+        ring._leave_api()
+    return 0
 
 
 cdef void _drop_job_ref(Hold *hold) noexcept:
@@ -491,17 +692,17 @@ cdef const char *_path_of(object p, list names) except? NULL:
 
 def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t stop,
                      list out, int open_flags, Py_ssize_t depth, stats, bounce=None,
-                     ByteBudget budget=None):
+                     ByteBudget budget=None, Stop call=None):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
-    `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode, fd) for
-    each file not read here, code an errno or NOT_REGULAR / UNSIZED / NUL_BYTE; an
-    UNSIZED file's fd is left open for the caller. At most `depth` opens and reads
-    are in flight. With a `bounce` buffer (see _job_direct) files are read with
-    O_DIRECT, and buffered where the filesystem refuses it. With a ByteBudget, files
-    whose sizes it cannot take come back DEFERRED, for a later call, and no more
-    are opened once it is spent. `stats` (5 int64s:
-    syscalls, operations, short reads, synchronous reads, O_DIRECT refusals) is
-    added to."""
+    `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode) for
+    each file not read here, code an errno or NOT_REGULAR / OVER_BUDGET / NUL_BYTE /
+    DEFERRED. At most `depth` opens and reads are in flight, and fewer opens when
+    the fd limit is reached. With a `bounce` buffer (see _job_direct) files are read
+    with O_DIRECT, and buffered where the filesystem refuses it. With a ByteBudget,
+    files it cannot take now come back DEFERRED, for a later call, and no more are
+    opened once it is spent. `call`: the call's Stop, read after every completion.
+    `stats` (5 int64s: syscalls, operations, short reads, synchronous reads,
+    O_DIRECT refusals) is added to."""
     cdef Job j
     cdef Hold *hold = NULL
     cdef Py_ssize_t i, n = stop - start
@@ -517,36 +718,30 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
         j.close_fds = True
         j.depth = max(depth, 1)
         j.budget = <PyObject *>budget if budget is not None else NULL
+        j.stop = <PyObject *>call if call is not None else NULL
         for i in range(n):
             j.paths[i] = _path_of(paths[start + i], names)
             if j.paths[i] == NULL:
                 j.err[i] = ITEM_NUL_BYTE
                 j.left -= 1
-        ring._enter_api()
+        hold = hold_object((names, keep), bounce is not None)
+        hold.refs += 1              # the job's own: the hold outlives every reap
         try:
-            hold = hold_object((names, keep), bounce is not None)
-            hold.refs += 1          # the job's own: the hold outlives every reap
-            try:
-                if bounce is not None:
-                    _job_direct(ring, &j, hold, bounce)
-                _run_job(ring, &j, hold, keep)
-            except BaseException:
-                _job_abandon(ring, &j)
-                raise
-            finally:
-                _drop_job_ref(hold)
+            if bounce is not None:
+                _job_direct(ring, &j, hold, bounce)
+            _run_owned(ring, &j, hold, keep)
         finally:
-            ring._leave_api()
+            _drop_job_ref(hold)
         for i in range(n):
             if j.err[i] != 0:
-                leftovers.append((i, j.err[i], j.mode[i], j.fd[i]))
+                leftovers.append((i, j.err[i], j.mode[i]))
                 continue
             data = keep[i]
-            if j.got[i] < j.want[i]:            # the file shrank while being read
+            if j.unsized[i] or j.got[i] < j.want[i]:    # read to EOF, or shrank
                 try:
                     data = PyBytes_FromStringAndSize(j.dest[i], j.got[i])
                 except MemoryError:
-                    leftovers.append((i, ENOMEM, 0, -1))
+                    leftovers.append((i, ENOMEM, 0))
                     continue
             out[start + i] = data
         _add_stats(stats, &j)
@@ -555,58 +750,39 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
         _job_free(&j)
 
 
-def check_ranges(offsets, lengths, buffer_offsets=None, Py_ssize_t buflen=-1):
-    """Raise ValueError naming the first invalid range: offsets and lengths must be
-    >= 0 and, with buffer_offsets, each range must fit a `buflen`-byte buffer. A C
-    loop: ranges are checked whole before any is read, at no cost per range."""
-    cdef IntArray off, length, boff
-    cdef Py_ssize_t i, n
-    cdef int64_t o, m, b
-    off.has_view = length.has_view = boff.has_view = False
-    try:
-        int_array_open(&off, offsets, "offsets", False, False)
-        int_array_open(&length, lengths, "lengths", False, False)
-        n = off.n
-        _check_same_length(&length, "lengths", n)
-        if buffer_offsets is not None:
-            int_array_open(&boff, buffer_offsets, "buffer_offsets", False, False)
-            _check_same_length(&boff, "buffer_offsets", n)
-        for i in range(n):
-            o = ia_get(&off, i)
-            m = ia_get(&length, i)
-            if o < 0 or m < 0:
-                raise ValueError(f"range {i}: offset {o} and length {m} must be >= 0")
-            if o > INT64_MAX - m - _CHUNK:
-                raise ValueError(f"range {i}: offset {o} + length {m} is past the "
-                                 f"largest file offset")
-            if buffer_offsets is not None:
-                b = ia_get(&boff, i)
-                if b < 0 or b > buflen or m > buflen - b:
-                    raise ValueError(f"range {i} (offset {o}, length {m}, buffer offset "
-                                     f"{b}) does not fit a {buflen}-byte buffer")
-    finally:
-        int_array_close(&boff)
-        int_array_close(&length)
-        int_array_close(&off)
+cdef int _check_range(Py_ssize_t i, int64_t o, int64_t m, int64_t b, int64_t buflen) \
+        except -1:
+    if o < 0 or m < 0:
+        raise ValueError(f"range {i}: offset {o} and length {m} must be >= 0")
+    if o > INT64_MAX - m - _CHUNK:
+        raise ValueError(f"range {i}: offset {o} + length {m} is past the "
+                         f"largest file offset")
+    if buflen >= 0 and (b < 0 or b > buflen or m > buflen - b):
+        raise ValueError(f"range {i} (offset {o}, length {m}, buffer offset "
+                         f"{b}) does not fit a {buflen}-byte buffer")
+    return 0
 
 
 def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
                     buffer_offsets, Py_ssize_t depth, stats, name, bounce=None,
-                    bint fixed_file=False):
+                    bint fixed_file=False, Stop call=None):
     """pread semantics for many ranges of one open fd, through `ring`: range i reads
     lengths[i] bytes at offsets[i], into buffer[buffer_offsets[i]:] (a writable
     buffer), or with buffer=None into a new bytes object. Short reads are resubmitted
     until the range is full or EOF, at most `depth` reads in flight. Returns per
     range its byte count (or its bytes); a failed read raises its OSError, naming
-    the file `name`, once every read has completed. With a `bounce` buffer, fd was
-    opened O_DIRECT and the reads go through it (see _job_direct). fixed_file: fd
-    is registered as the ring's file 0, which the reads then name instead."""
+    the file `name`, once every read has completed. Each value is read from the
+    caller's arrays once, into the job, and checked there: what is checked is what
+    the reads use. With a `bounce` buffer, fd was opened O_DIRECT and the reads go
+    through it (see _job_direct). fixed_file: fd is registered as the ring's file
+    0, which the reads then name instead. `call`: the call's Stop."""
     cdef Job j
     cdef Hold *hold = NULL
     cdef IntArray off, length, boff
     cdef Py_ssize_t i, n
+    cdef int64_t b = 0
     cdef char *base = NULL
-    cdef Py_ssize_t base_len = 0
+    cdef Py_ssize_t base_len = -1
     cdef list keep
     cdef list results
     off.has_view = length.has_view = boff.has_view = False
@@ -616,6 +792,7 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
         n = off.n
         _job_alloc(&j, n)
         j.depth = max(depth, 1)
+        j.stop = <PyObject *>call if call is not None else NULL
         keep = [None] * n
         hold = hold_object(keep, (buffer is not None) + (bounce is not None))
         hold.refs += 1              # the job's own: the hold outlives every reap
@@ -627,13 +804,15 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
             hold_export(hold, buffer, True, "buffer")
             base = <char *>hold.views[0].buf
             base_len = hold.views[0].len
-        check_ranges(offsets, lengths, buffer_offsets, base_len)
         for i in range(n):
-            j.fd[i] = fd
             j.off[i] = ia_get(&off, i)
             j.want[i] = ia_get(&length, i)
             if buffer is not None:
-                j.dest[i] = base + ia_get(&boff, i)
+                b = ia_get(&boff, i)
+            _check_range(i, j.off[i], j.want[i], b, base_len)
+            j.fd[i] = fd
+            if buffer is not None:
+                j.dest[i] = base + b
             else:
                 keep[i] = PyBytes_FromStringAndSize(NULL, j.want[i])
                 j.dest[i] = PyBytes_AS_STRING(keep[i])
@@ -648,11 +827,7 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
             if ring._reg_file_count < 1:
                 raise ValueError("fixed_file needs fd registered as the ring's file 0")
             j.fixed_file = True
-        ring._enter_api()
-        try:
-            _run_job(ring, &j, hold, keep)
-        finally:
-            ring._leave_api()
+        _run_owned(ring, &j, hold, keep)
         _add_stats(stats, &j)
         results = [None] * n
         for i in range(n):
@@ -674,10 +849,35 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
         _job_free(&j)
 
 
+def check_ranges(offsets, lengths, buffer_offsets=None, Py_ssize_t buflen=-1):
+    """Raise ValueError naming the first invalid range: offsets and lengths must be
+    >= 0 and, with buffer_offsets, each range must fit a `buflen`-byte buffer. A C
+    loop: ranges are checked whole before any is read, at no cost per range."""
+    cdef IntArray off, length, boff
+    cdef Py_ssize_t i, n
+    off.has_view = length.has_view = boff.has_view = False
+    try:
+        int_array_open(&off, offsets, "offsets", False, False)
+        int_array_open(&length, lengths, "lengths", False, False)
+        n = off.n
+        _check_same_length(&length, "lengths", n)
+        if buffer_offsets is not None:
+            int_array_open(&boff, buffer_offsets, "buffer_offsets", False, False)
+            _check_same_length(&boff, "buffer_offsets", n)
+        for i in range(n):
+            _check_range(i, ia_get(&off, i), ia_get(&length, i),
+                         ia_get(&boff, i) if buffer_offsets is not None else 0,
+                         buflen if buffer_offsets is not None else -1)
+    finally:
+        int_array_close(&boff)
+        int_array_close(&length)
+        int_array_close(&off)
+
+
 def drain_jobs(Ring ring not None, stats, double timeout=-1.0):
-    """Submit what is left (the last window's closes) and reap everything in flight,
-    closing the fds of abandoned jobs' opens; for at most `timeout` seconds (< 0:
-    until done). Returns True when nothing is left in flight."""
+    """Submit what is left and reap everything in flight, closing the fds of
+    abandoned jobs' opens; for at most `timeout` seconds (< 0: until done). Returns
+    True when nothing is left in flight."""
     cdef Job j
     cdef double left, deadline = vy_monotonic() + timeout
     _job_alloc(&j, 0)       # an id no request carries: every completion is foreign
@@ -697,3 +897,4 @@ def drain_jobs(Ring ring not None, stats, double timeout=-1.0):
         return ring._used() == 0
     finally:
         _job_free(&j)
+

@@ -1,31 +1,40 @@
-"""The fallback backend: plain os.pread/os.preadv in a thread pool.
+"""The fallback backend: plain os.pread/os.preadv on the reader's worker threads.
 
 Same semantics as the io_uring backend; it is what users get where io_uring is
-blocked, and the oracle the reader's tests compare io_uring against.
+blocked, and the oracle the reader's tests compare io_uring against. Every read runs
+on a worker thread, even with one worker: the calling thread only posts and collects
+(run_call), so an interrupt there never splits an open from its close.
 """
 import errno
 import fcntl
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
-from ._files import is_direct, open_regular, path_error, read_to_eof
-from ._ring import DIRECT_ALIGN, DIRECT_CHUNK
+from ._files import over_budget_error, path_error
+from ._ring import (DIRECT_ALIGN, DIRECT_CHUNK, GROW_NEVER, GROWN, UNSIZED_FIRST,
+                    CallStopped, run_call, with_file)
+from ._workers import Workers
 from .buffers import alloc_buffer
 
 __all__ = ["ThreadsBackend"]
+
+# One pread carries at most this much, so that an abandoned call stops soon.
+MAX_PREAD = 64 << 20
 
 
 class ThreadsBackend:
     name = "threads"
 
     def __init__(self, workers, direct=False):
-        self._workers = workers
         self.direct = direct
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vyre-read")
         self._fallbacks = 0
         self._lock = threading.Lock()
+        self._workers = Workers(workers, "vyre-read")
+
+    @property
+    def workers(self):
+        return len(self._workers)
 
     @property
     def stats(self):
@@ -36,104 +45,121 @@ class ThreadsBackend:
                 "buffer_registration": None}
 
     def close(self):
-        self._pool.shutdown(wait=True)
+        self._workers.close()
 
-    def _in_runs(self, n, fn):
-        """fn(i) for i in range(n) on the pool, in order; each task handles a run of
-        indices: a task per small read costs more than the read."""
-        step = max(1, min(64, n // (4 * self._workers) or 1))
+    def forget(self):
+        """In a forked child: the parent's threads do not exist here."""
+
+    def _in_runs(self, n, fn, on_result=None):
+        """fn(i) for i in range(n) on the workers, in order; each task handles a run
+        of indices (a task per small read costs more than the read) and stops early
+        when its call is abandoned."""
+        step = max(1, min(64, n // (4 * len(self._workers)) or 1))
 
         def run(start):
-            return [fn(i) for i in range(start, min(start + step, n))]
-        return [x for part in self._pool.map(run, range(0, n, step)) for x in part]
+            def task(_, stop):
+                values = []
+                for i in range(start, min(start + step, n)):
+                    if stop.is_set:
+                        raise CallStopped()
+                    values.append(fn(i, stop))
+                return values
+            return task
+        outcomes = run_call([run(s) for s in range(0, n, step)], self._workers.post, None,
+                            on_result)
+        for _, exc in outcomes:
+            if exc is not None:
+                raise exc
+        return [x for part, _ in outcomes for x in part]
 
-    def _open(self, path):
-        """(fd, direct): the file opened O_DIRECT when asked and allowed."""
-        fd = open_regular(path, self.direct)
-        direct = self.direct and is_direct(fd)
+    def _count_refusal(self, direct):
         if self.direct and not direct:
             with self._lock:
                 self._fallbacks += 1
-        return fd, direct
 
-    def read_files(self, paths, out, report, budget=None):
-        """out[i] = the bytes of paths[i], or its OSError; report.advance(files,
-        bytes) after each file. With a byte `budget` (a ByteBudget), the results
+    def read_files(self, paths, out, progress, budget=None):
+        """out[i] = the bytes of paths[i], or its OSError; progress(files, bytes)
+        after each run of files. With a byte `budget` (a ByteBudget), the results
         together stay within it (or are one file): returns the indices of the files
         left for a later call."""
-        def one(i):
-            result = self._read_file(paths[i], budget)
+        def one(i, stop):
+            result = self._read_file(paths[i], budget, stop)
             if result is _DEFERRED:
-                return i
+                return i, 0
             out[i] = result
-            report.advance(1, 0 if isinstance(result, BaseException) else len(result))
-            return None
-        return [i for i in self._in_runs(len(paths), one) if i is not None]
+            return None, len(result) if isinstance(result, bytes) else 0
 
-    def _read_file(self, path, budget):
+        def report(values, exc):
+            if exc is None:
+                progress(sum(d is None for d, _ in values), sum(n for _, n in values))
+        return [d for d, _ in self._in_runs(len(paths), one, report) if d is not None]
+
+    def _read_file(self, path, budget, stop):
         """The file's bytes (as many as its size when opened, fewer if it shrank),
         the OSError that stopped it, or _DEFERRED when the budget has no room."""
         if budget is not None and budget.spent:
             return _DEFERRED
         try:
-            fd, direct = self._open(path)
+            return with_file(path, self.direct,
+                             lambda fd, direct: self._read_open(fd, direct, path, budget, stop))
         except OSError as exc:
             return exc
+
+    def _read_open(self, fd, direct, path, budget, stop):
+        self._count_refusal(direct)
         try:
             size = os.fstat(fd).st_size
             if size == 0:                 # empty, or /proc: its size says nothing
-                return read_to_eof(fd, path)
+                return _read_unsized(fd, path, budget, stop)
             if size > sys.maxsize - 64:
                 return path_error(errno.EFBIG, path)   # no bytes object can hold it
             if budget is not None and not budget.take(size):
                 return _DEFERRED
-            return self._pread_all(fd, size, 0, direct)
+            return self._pread_all(fd, size, 0, direct, stop)
         except OSError as exc:
             return path_error(exc.errno, path)
         except (MemoryError, OverflowError):     # no bytes object that large
             return path_error(errno.ENOMEM, path)
-        finally:
-            os.close(fd)
 
     def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets):
         """pread each range into buffer[buffer_offsets[i]:]; returns the byte counts."""
-        view = memoryview(buffer).cast("B")
-        fd, direct = self._open(path)
-        try:
-            def one(i):
-                start = buffer_offsets[i]
-                try:
-                    if not direct:
-                        return _pread_into(fd, view[start:start + lengths[i]], offsets[i])
-                    data = self._pread_all(fd, lengths[i], offsets[i], True)
-                    view[start:start + len(data)] = data
-                    return len(data)
-                except OSError as exc:
-                    raise path_error(exc.errno, path) from None
-            return self._in_runs(len(offsets), one)
-        finally:
-            view.release()
-            os.close(fd)
+        with memoryview(buffer) as whole, whole.cast("B") as view:
+            def on_file(fd, direct):
+                self._count_refusal(direct)
+
+                def one(i, stop):
+                    start = buffer_offsets[i]
+                    try:
+                        if not direct:
+                            return _pread_into(fd, view[start:start + lengths[i]],
+                                               offsets[i], stop)
+                        data = self._pread_all(fd, lengths[i], offsets[i], True, stop)
+                        view[start:start + len(data)] = data
+                        return len(data)
+                    except OSError as exc:
+                        raise path_error(exc.errno, path) from None
+                return self._in_runs(len(offsets), one)
+            return with_file(path, self.direct, on_file)
 
     def read_ranges(self, path, offsets, lengths):
         """Each range's bytes (pread semantics: past EOF, what exists)."""
-        fd, direct = self._open(path)
-        try:
-            def one(i):
+        def on_file(fd, direct):
+            self._count_refusal(direct)
+
+            def one(i, stop):
                 try:
-                    return self._pread_all(fd, lengths[i], offsets[i], direct)
+                    return self._pread_all(fd, lengths[i], offsets[i], direct, stop)
                 except OSError as exc:
                     raise path_error(exc.errno, path) from None
             return self._in_runs(len(offsets), one)
-        finally:
-            os.close(fd)
+        return with_file(path, self.direct, on_file)
 
-    def _pread_all(self, fd, size, offset, direct):
+    def _pread_all(self, fd, size, offset, direct, stop):
         """`size` bytes at `offset`, fewer at EOF (a file that shrank: what read()
         would return)."""
         if direct:
             try:
-                return _pread_direct(fd, size, offset)
+                return _pread_direct(fd, size, offset, stop)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
@@ -141,15 +167,13 @@ class ThreadsBackend:
                 fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
                 with self._lock:
                     self._fallbacks += 1
-        parts = []
-        done = 0
-        while done < size:
-            chunk = os.pread(fd, size - done, offset + done)
-            if not chunk:
-                break
-            parts.append(chunk)
-            done += len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if size <= MAX_PREAD:
+            return _pread_small(fd, size, offset)
+        buf = bytearray(size)             # no memory for it: MemoryError at once
+        with memoryview(buf) as view:
+            done = _pread_into(fd, view, offset, stop)
+        del buf[done:]
+        return bytes(buf)
 
 
 _DEFERRED = object()               # a file the budget left for a later call
@@ -158,32 +182,82 @@ _DEFERRED = object()               # a file the budget left for a later call
 _local = threading.local()         # each thread's O_DIRECT bounce buffer
 
 
-def _pread_direct(fd, size, offset):
+def _read_unsized(fd, path, budget, stop):
+    """A file that reports size 0 (empty, /proc, sysfs), read to EOF in pieces; with
+    a budget, the pieces are reserved in it as they come, as the io_uring backend
+    does: _DEFERRED when other files hold what it needs, EFBIG when it alone holds
+    more than the whole budget."""
+    own = 0
+    if budget is not None:
+        own = min(UNSIZED_FIRST, budget.limit)
+        if not budget.take(own):
+            return _DEFERRED
+    parts = []
+    total = 0
+    try:
+        while True:
+            if stop.is_set:
+                raise CallStopped()
+            chunk = os.pread(fd, UNSIZED_FIRST, total)
+            if not chunk:
+                own = 0                   # read: the budget keeps what it holds
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.append(chunk)
+            total += len(chunk)
+            while budget is not None and total > own:
+                extra = max(1, min(own, budget.limit - own))
+                answer = budget.grow(own, extra)
+                if answer != GROWN:
+                    return over_budget_error(path, budget.limit) if answer == GROW_NEVER \
+                        else _DEFERRED
+                own += extra
+    finally:
+        if budget is not None and own:
+            budget.give_back(own)         # not read after all
+
+
+def _pread_direct(fd, size, offset, stop):
     """`size` bytes at `offset` of an O_DIRECT fd: aligned reads into a page-aligned
     bounce buffer, copied out."""
     bounce = getattr(_local, "bounce", None)
     if bounce is None:
         bounce = _local.bounce = alloc_buffer(DIRECT_CHUNK)
-    view = memoryview(bounce)
     out = bytearray()
     pos, end = offset, offset + size
-    while pos < end:
-        skip = pos % DIRECT_ALIGN
-        length = min(-(-(end - pos + skip) // DIRECT_ALIGN) * DIRECT_ALIGN, DIRECT_CHUNK)
-        got = min(os.preadv(fd, [view[:length]], pos - skip) - skip, end - pos)
-        if got <= 0:
-            break
-        out += view[skip:skip + got]
-        pos += got
-    view.release()
+    with memoryview(bounce) as view:
+        while pos < end:
+            if stop.is_set:
+                raise CallStopped()
+            skip = pos % DIRECT_ALIGN
+            length = min(-(-(end - pos + skip) // DIRECT_ALIGN) * DIRECT_ALIGN, DIRECT_CHUNK)
+            got = min(os.preadv(fd, [view[:length]], pos - skip) - skip, end - pos)
+            if got <= 0:
+                break
+            out += view[skip:skip + got]
+            pos += got
     return bytes(out)
 
 
-def _pread_into(fd, view, offset):
+def _pread_small(fd, size, offset):
+    """Up to MAX_PREAD bytes: one pread, more only when it comes back short."""
+    parts = []
+    done = 0
+    while done < size:
+        chunk = os.pread(fd, size - done, offset + done)
+        if not chunk:
+            break
+        parts.append(chunk)
+        done += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _pread_into(fd, view, offset, stop):
     """Fill `view` from `offset` until it is full or EOF; returns the byte count."""
     done = 0
     while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
+        if stop.is_set:
+            raise CallStopped()
+        n = os.preadv(fd, [view[done:done + MAX_PREAD]], offset + done)
         if n == 0:
             break
         done += n

@@ -8,6 +8,8 @@ pool of os.pread where io_uring is blocked.
     BatchReader(...)                   the reusable object behind them
 """
 import array
+import atexit
+import errno
 import itertools
 import os
 import threading
@@ -26,18 +28,35 @@ DEFAULT_QUEUE_DEPTH = 64
 ITER_BATCH_FILES = 4096                # most files one iter_files batch considers
 
 _warned = threading.Event()            # "auto" warns once per process when it falls back
+# Guards replacing a forked child's backends and the shared readers; a new lock in
+# each child, since a parent thread may have held it at fork time.
+_lock = threading.Lock()
+
+
+def _new_lock_in_child():
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 class BatchReader:
-    """Owns a backend (an io_uring ring, or a thread pool) and reads through it.
+    """Owns a backend (io_uring rings, or a thread pool) and reads through it.
 
     backend: "auto" (io_uring, falling back to threads with a warning when io_uring
-    is unavailable here), "io_uring" (UringUnavailableError instead of falling
-    back) or "threads". The environment variable VYRE_URING_BACKEND overrides it.
+    is unavailable here, or no ring can be made within RLIMIT_MEMLOCK), "io_uring"
+    (the UringSyscallError instead of falling back) or "threads". The environment
+    variable VYRE_URING_BACKEND overrides it.
     direct=True reads with O_DIRECT, bypassing the page cache: alignment is handled
     here (aligned reads through page-aligned bounce buffers, copied out), and files
     on filesystems that refuse O_DIRECT are read buffered, counted in
     stats()["direct_fallbacks"].
+
+    One reader may be shared by any number of threads. Used in a forked child (a
+    multiprocessing or DataLoader worker), it makes itself a new backend there: the
+    parent's rings and threads are not the child's. A progress callback may call
+    the reader that runs it.
     """
 
     def __init__(self, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH, workers=None,
@@ -51,9 +70,11 @@ class BatchReader:
         if workers is not None and not 1 <= workers <= 256:
             raise ValueError(f"workers must be between 1 and 256, not {workers}")
         self.fallback_reason = None
-        self._queue_depth = queue_depth
-        self._backend = self._make_backend(backend, queue_depth, workers, bool(direct))
+        self._config = (backend, queue_depth, workers, bool(direct))
+        self._counts = threading.Lock()
         self._files = self._bytes = 0
+        self._pid = os.getpid()
+        self._backend = self._make_backend(*self._config)
 
     def _make_backend(self, backend, queue_depth, workers, direct):
         if backend != "threads":
@@ -61,8 +82,7 @@ class BatchReader:
                 from ._uring_backend import UringBackend
                 return UringBackend(queue_depth, workers or default_workers(), direct)
             except UringSyscallError as exc:
-                if backend == "io_uring" or not (isinstance(exc, UringUnavailableError)
-                                                 or is_unavailable_errno(exc.errno)):
+                if backend == "io_uring" or not _means_unavailable(exc):
                     raise
                 self.fallback_reason = str(exc)
                 if not _warned.is_set():
@@ -74,13 +94,32 @@ class BatchReader:
         # gain nothing past the core count, and each thread costs GIL hand-offs.
         return ThreadsBackend(workers or min(16, (os.cpu_count() or 1) * 2), direct)
 
+    def _current(self):
+        """The backend of this process: in a forked child, a new one (once)."""
+        if self._pid != os.getpid():
+            with _lock:
+                if self._pid != os.getpid():
+                    self._backend.forget()
+                    self._counts = threading.Lock()
+                    self._backend = self._make_backend(*self._config)
+                    self._pid = os.getpid()
+        return self._backend
+
+    def _count(self, files, nbytes):
+        with self._counts:
+            self._files += files
+            self._bytes += nbytes
+
     @property
     def backend(self):
         """The backend in use: "io_uring" or "threads"."""
         return self._backend.name
 
     def close(self):
-        self._backend.close()
+        if self._pid == os.getpid():
+            self._backend.close()
+        else:
+            self._backend.forget()
 
     def __enter__(self):
         return self
@@ -92,7 +131,8 @@ class BatchReader:
         """Counters since creation: files, bytes, operations, short reads resubmitted,
         syscalls, the backend, and why it fell back (None when it did not)."""
         return {"files": self._files, "bytes": self._bytes, **self._backend.stats,
-                "backend": self.backend, "fallback_reason": self.fallback_reason}
+                "backend": self.backend, "workers": self._backend.workers,
+                "fallback_reason": self.fallback_reason}
 
     def read_files(self, paths, *, on_error="raise", progress=None):
         """Every file's bytes, in input order. With on_error="return" a failed path's
@@ -106,11 +146,10 @@ class BatchReader:
         out = [None] * len(paths)
         report = _Progress(progress, len(paths))
         try:
-            self._backend.read_files(paths, out, report)
+            self._current().read_files(paths, out, report.advance)
         finally:
             report.close()
-        self._files += report.files
-        self._bytes += report.bytes
+        self._count(report.files, report.bytes)
         if on_error == "raise":
             for r in out:
                 if isinstance(r, BaseException):
@@ -133,10 +172,10 @@ class BatchReader:
                 indices = pending[:ITER_BATCH_FILES]
                 out = [None] * len(indices)
                 before = report.bytes
-                deferred = self._backend.read_files([paths[i] for i in indices], out,
-                                                    report, ByteBudget(max_bytes_in_flight))
-                self._files += len(indices) - len(deferred)
-                self._bytes += report.bytes - before
+                deferred = self._current().read_files([paths[i] for i in indices], out,
+                                                      report.advance,
+                                                      ByteBudget(max_bytes_in_flight))
+                self._count(len(indices) - len(deferred), report.bytes - before)
                 left = set(deferred)
                 pending = [indices[k] for k in deferred] + pending[len(indices):]
                 for k, i in enumerate(indices):
@@ -158,25 +197,25 @@ class BatchReader:
                 raise TypeError(f"buffer must be writable (bytearray, mmap, numpy array), "
                                 f"not a read-only {type(buffer).__name__}")
             check_ranges(offsets, lengths, buffer_offsets, view.nbytes)
-        got = self._backend.read_ranges_into(os.fspath(path), buffer, offsets, lengths,
-                                             buffer_offsets)
-        self._bytes += sum(got)
+        got = self._current().read_ranges_into(os.fspath(path), buffer, offsets, lengths,
+                                               buffer_offsets)
+        self._count(0, sum(got))
         return got
 
     def read_ranges(self, path, offsets, lengths):
         """Each range's bytes (pread semantics: a range past EOF returns what exists)."""
         offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
         check_ranges(offsets, lengths)
-        out = self._backend.read_ranges(os.fspath(path), offsets, lengths)
-        self._bytes += sum(map(len, out))
+        out = self._current().read_ranges(os.fspath(path), offsets, lengths)
+        self._count(0, sum(map(len, out)))
         return out
 
 
 class _Progress:
-    """progress=True: a tqdm bar; a callable: (files_done, files_total, bytes_done)."""
+    """progress=True: a tqdm bar; a callable: (files_done, files_total, bytes_done),
+    called in the thread that called the reader, between its jobs."""
 
     def __init__(self, progress, total):
-        self._lock = threading.Lock()       # advance() runs in several threads
         self.files = self.bytes = 0
         self.total = total
         self._bar = None
@@ -195,14 +234,13 @@ class _Progress:
             raise TypeError(f"progress must be True, a callable or None, not {progress!r}")
 
     def advance(self, files, nbytes):
-        """`files` more files done, `nbytes` more bytes read (from any thread)."""
-        with self._lock:
-            self.files += files
-            self.bytes += nbytes
-            if self._bar is not None:
-                self._bar.update(files)
-            elif self._callback is not None:
-                self._callback(self.files, self.total, self.bytes)
+        """`files` more files done, `nbytes` more bytes read."""
+        self.files += files
+        self.bytes += nbytes
+        if self._bar is not None:
+            self._bar.update(files)
+        elif self._callback is not None:
+            self._callback(self.files, self.total, self.bytes)
 
     def close(self):
         if self._bar is not None:
@@ -215,10 +253,16 @@ def default_workers():
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def _means_unavailable(exc):
+    """Whether `auto` falls back on this ring-creation failure: io_uring blocked or
+    disabled, or no ring fits in RLIMIT_MEMLOCK (ENOMEM even for the smallest)."""
+    return isinstance(exc, UringUnavailableError) or is_unavailable_errno(exc.errno) \
+        or exc.errno == errno.ENOMEM
+
+
 def _int_list(values, name):
-    """`values` as an array of int64 (as is when it already is one)."""
-    if isinstance(values, array.array) and values.typecode == "q":
-        return values
+    """`values` as a new array of int64: the reader's own copy, which no other
+    thread can change between its checks and its reads."""
     try:
         return array.array("q", values)
     except (TypeError, OverflowError) as exc:
@@ -232,33 +276,55 @@ def _packed(lengths):
     return starts
 
 
+def _shared_reader(backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH, workers=None,
+                  direct=False):
+    """The process's BatchReader for these settings, made on first use and kept:
+    the module-level calls below share it instead of making rings (and their
+    locked memory, which the kernel returns only some time after a close) per call."""
+    key = (os.environ.get(BACKEND_ENV) or backend, queue_depth, workers, bool(direct))
+    reader = _shared.get(key)
+    if reader is None:
+        with _lock:
+            reader = _shared.get(key)
+            if reader is None:
+                reader = _shared[key] = BatchReader(backend=backend, queue_depth=queue_depth,
+                                                    workers=workers, direct=direct)
+    return reader
+
+
+_shared = {}
+
+
+@atexit.register
+def _close_shared():
+    for reader in _shared.values():
+        reader.close()
+    _shared.clear()
+
+
 def read_files(paths, *, on_error="raise", backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH,
                workers=None, progress=None, direct=False):
     """Read whole files; see BatchReader.read_files."""
-    with BatchReader(backend=backend, queue_depth=queue_depth, workers=workers,
-                     direct=direct) as r:
-        return r.read_files(paths, on_error=on_error, progress=progress)
+    return _shared_reader(backend, queue_depth, workers, direct).read_files(
+        paths, on_error=on_error, progress=progress)
 
 
 def iter_files(paths, *, max_bytes_in_flight=64 << 20, backend="auto",
                queue_depth=DEFAULT_QUEUE_DEPTH, workers=None, progress=None, direct=False):
     """Yield (index, path, bytes_or_OSError) as files complete; see BatchReader.iter_files."""
-    with BatchReader(backend=backend, queue_depth=queue_depth, workers=workers,
-                     direct=direct) as r:
-        yield from r.iter_files(paths, max_bytes_in_flight=max_bytes_in_flight,
-                                progress=progress)
+    return _shared_reader(backend, queue_depth, workers, direct).iter_files(
+        paths, max_bytes_in_flight=max_bytes_in_flight, progress=progress)
 
 
 def read_ranges(path, offsets, lengths, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH,
                 direct=False):
     """Read byte ranges of one file; see BatchReader.read_ranges."""
-    with BatchReader(backend=backend, queue_depth=queue_depth, direct=direct) as r:
-        return r.read_ranges(path, offsets, lengths)
+    return _shared_reader(backend, queue_depth, None, direct).read_ranges(path, offsets,
+                                                                         lengths)
 
 
 def read_ranges_into(path, buffer, offsets, lengths, buffer_offsets=None, *, backend="auto",
                      queue_depth=DEFAULT_QUEUE_DEPTH, direct=False):
     """Read byte ranges of one file into a buffer; see BatchReader.read_ranges_into."""
-    with BatchReader(backend=backend, queue_depth=queue_depth, direct=direct) as r:
-        return r.read_ranges_into(path, buffer, offsets, lengths, buffer_offsets)
-
+    return _shared_reader(backend, queue_depth, None, direct).read_ranges_into(
+        path, buffer, offsets, lengths, buffer_offsets)

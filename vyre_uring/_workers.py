@@ -1,0 +1,45 @@
+"""The reader's worker threads: a fixed set of daemon threads that run the tasks a
+call posts (run_call and run_task in _calls.pxi collect them, interrupt-safe).
+
+Worker threads never receive KeyboardInterrupt (Python runs signal handlers in the
+main thread only), so what a task does in Python (open, read, close) is never split
+by one; the calling thread only posts and collects, in compiled code.
+"""
+import queue
+import threading
+
+from ._ring import run_task
+
+__all__ = ["Workers"]
+
+
+class Workers:
+    """`n` threads serving one task queue. post(task) queues (index, fn, resources,
+    stop, results) for run_task; close() ends and joins the threads."""
+
+    def __init__(self, n, name):
+        self._tasks = queue.SimpleQueue()
+        self.post = self._tasks.put
+        self._threads = []
+        for k in range(n):
+            t = threading.Thread(target=_serve, args=(self._tasks,), name=f"{name}-{k}",
+                                 daemon=True)   # an unclosed reader never blocks exit
+            t.start()
+            self._threads.append(t)
+
+    def __len__(self):
+        return len(self._threads)
+
+    def close(self):
+        for _ in self._threads:
+            self._tasks.put(None)
+        for t in self._threads:
+            t.join()
+
+
+def _serve(tasks):
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        run_task(*task)
