@@ -50,6 +50,10 @@ DEFERRED = ITEM_DEFERRED
 
 # A file that reports size 0 is read into this much memory first, doubled as needed.
 UNSIZED_FIRST = 64 << 10
+# ...plus this much room past what the budget reserved: a read that reaches into it
+# shows the file holds more, without another request. A multiple of 8 bytes, as
+# /proc/self/pagemap wants its reads.
+cdef int64_t _UNSIZED_SLACK = 4096
 
 # ByteBudget.grow's answers.
 cdef enum:
@@ -147,7 +151,7 @@ cdef struct Job:
     const char **paths      # files: NULL where the path was refused
     int32_t *fd             # -1 when not open
     int64_t *off            # the item's first byte in its file
-    int64_t *want           # bytes wanted (unsized: the size of its buffer, less 1)
+    int64_t *want           # bytes wanted (unsized: its buffer, less the slack)
     int64_t *got            # bytes read so far
     char **dest             # where the item's bytes go
     int32_t *err            # 0, an errno, or an ITEM_* code
@@ -328,10 +332,9 @@ cdef inline int64_t _piece(Job *j, Py_ssize_t i, int64_t *file_off, int64_t *ski
         noexcept nogil:
     """The next read of item i: returns its length, and sets its file offset and the
     bytes at its start that are not the item's (a direct read starts aligned). An
-    unsized item's buffer has one byte more than `want`: a read that fills it shows
-    there is more than `want` without another request."""
+    unsized item also reads into the slack past `want`."""
     cdef int64_t pos = j.off[i] + j.got[i]
-    cdef int64_t left = j.want[i] - j.got[i] + j.unsized[i]
+    cdef int64_t left = j.want[i] - j.got[i] + (_UNSIZED_SLACK if j.unsized[i] else 0)
     if not j.direct[i]:
         file_off[0] = pos
         skip[0] = 0
@@ -485,7 +488,7 @@ cdef int _start_unsized(Job *j, Py_ssize_t i) except -1:
             j.spent = True
             _finish(j, i)
             return 0
-    j.dest[i] = <char *>malloc(first + 1)
+    j.dest[i] = <char *>malloc(first + _UNSIZED_SLACK)
     if j.dest[i] == NULL:
         _unsized_fails(j, i, ENOMEM)
         return 0
@@ -520,7 +523,7 @@ cdef bint _grow_unsized(Job *j, Py_ssize_t i) noexcept:
         if answer != BUDGET_GROWN:
             _unsized_fails(j, i, ITEM_OVER_BUDGET if answer == BUDGET_NEVER else ITEM_DEFERRED)
             return False
-    p = <char *>realloc(j.dest[i], j.want[i] + extra + 1)
+    p = <char *>realloc(j.dest[i], j.want[i] + extra + _UNSIZED_SLACK)
     if p == NULL or j.want[i] + extra > PY_SSIZE_T_MAX - 64:
         if p != NULL:
             j.dest[i] = p
