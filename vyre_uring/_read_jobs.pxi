@@ -28,7 +28,7 @@ from posix.mman cimport madvise, MADV_HUGEPAGE
 from libc.errno cimport EFBIG, EMFILE, ENFILE
 from libc.stdlib cimport realloc
 from libc.stdint cimport INT64_MAX
-from posix.unistd cimport pread
+from posix.unistd cimport pread, usleep
 from posix.stat cimport S_ISREG
 
 cdef enum:
@@ -80,6 +80,12 @@ cdef int _O_DIRECT = os.O_DIRECT
 include "_calls.pxi"
 
 cdef uint32_t _next_job_id = 0
+# fds that jobs (on every ring of the process) have opened and not yet handed to a
+# close request; changed with the GIL held. A job that meets EMFILE while other
+# jobs hold fds waits for them rather than failing the file.
+cdef Py_ssize_t _fds_held = 0
+# How long a job waits for other jobs' fds before EMFILE fails a file after all.
+cdef double _FD_WAIT_S = 5.0
 
 # Results at least this large ask for transparent huge pages: the kernel then
 # faults their memory in 2 MiB at a time, not 4 KiB, which on a VM is most of
@@ -161,8 +167,10 @@ cdef struct Job:
     Py_ssize_t *retry       # files: items to open again (EMFILE), nretry of them
     Py_ssize_t nretry
     Py_ssize_t opening      # opens in flight
-    Py_ssize_t held         # fds the job opened whose close has not completed
+    Py_ssize_t held         # fds the job opened and has not handed to a close
     Py_ssize_t fd_cap       # at most this many opening + held (lowered by EMFILE)
+    double fd_wait_since    # > 0: waiting for other jobs' fds since then
+    bint fd_wait            # an open met EMFILE while only other jobs held fds
     Py_ssize_t *readq       # a ring of items waiting for a read request (capacity n)
     Py_ssize_t rq_head, rq_len
     int32_t *closeq         # fds waiting for a close request (capacity n)
@@ -274,11 +282,13 @@ cdef void _job_abandon(Ring ring, Job *j) noexcept:
     _quiesce(ring)
     for i in range(j.cq_len):
         close(j.closeq[i])
+        _release_fd(j)
     j.cq_len = 0
     if j.close_fds:
         for i in range(j.n):
             if j.fd[i] >= 0:
                 close(j.fd[i])
+                _release_fd(j)
                 j.fd[i] = -1
 
 
@@ -351,6 +361,12 @@ cdef inline char *_read_target(Job *j, Py_ssize_t i) noexcept nogil:
     return j.dest[i] + j.got[i]
 
 
+cdef inline void _release_fd(Job *j) noexcept nogil:
+    global _fds_held
+    j.held -= 1
+    _fds_held -= 1
+
+
 cdef inline bint _may_open(Job *j) noexcept nogil:
     return (j.nretry or j.next_open < j.n) and not j.spent and \
         j.opening + j.held < j.fd_cap
@@ -369,6 +385,7 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         sqe = claim_sqe(&c, (<uint64_t>KIND_CLOSE << 56) | j.tag, NULL)
         sqe.opcode = IORING_OP_CLOSE
         sqe.fd = j.closeq[j.cq_len]
+        _release_fd(j)                      # closed at the next submission
         k -= 1
     k = <uint32_t>min(<Py_ssize_t>k, j.depth - j.busy)
     j.busy += k             # less any opens skipped below
@@ -414,9 +431,28 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
     ring._claim_end(&c)
 
 
+cdef bint _may_retry_open(Job *j) noexcept:
+    """An open met the fd limit: whether to open the file again later. When this
+    job holds fds, it opens fewer at a time from now on; when only other jobs do,
+    it waits for them (for at most _FD_WAIT_S); when no job holds one, the limit is
+    the caller's and the file fails with EMFILE."""
+    cdef double now
+    if j.opening + j.held:
+        j.fd_cap = max(1, j.opening + j.held)
+        return True
+    if _fds_held <= 0:
+        return False
+    now = vy_monotonic()
+    if j.fd_wait_since == 0:
+        j.fd_wait_since = now
+    j.fd_wait = True
+    return now - j.fd_wait_since < _FD_WAIT_S
+
+
 cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
     """An open completed: fstat the fd, refuse what is not a regular file, and give
     the file memory of its size to read into."""
+    global _fds_held
     cdef stat_t st
     j.opening -= 1
     if res == -EINVAL and j.direct[i]:
@@ -427,10 +463,7 @@ cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
             res = c_open(j.paths[i], j.open_flags)
         if res < 0:
             res = -errno
-    if (res == -EMFILE or res == -ENFILE) and j.opening + j.held:
-        # The fd limit, reached by this job's own fds: open fewer at a time, and
-        # this file again once some of them are closed.
-        j.fd_cap = max(1, j.opening + j.held)
+    if (res == -EMFILE or res == -ENFILE) and _may_retry_open(j):
         j.retry[j.nretry] = i
         j.nretry += 1
         return 0
@@ -440,6 +473,8 @@ cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
         return 0
     j.fd[i] = res
     j.held += 1
+    _fds_held += 1
+    j.fd_wait_since = 0
     if fstat(res, &st) != 0:
         j.err[i] = errno
     elif not S_ISREG(st.st_mode):
@@ -629,6 +664,10 @@ cdef int _run_job(Ring ring, Job *j, Hold *hold, list keep) except -1:
         _reap_job(ring, j, keep)
         if j.stop != NULL and (<Stop>j.stop).is_set:
             raise CallStopped()
+        if j.fd_wait:
+            j.fd_wait = False
+            with nogil:
+                usleep(1000)                # for other jobs to close some fds
         if j.budget != NULL and (<ByteBudget>j.budget).spent:
             j.spent = True                  # (another job may have spent it)
         if j.spent:
