@@ -417,58 +417,60 @@ def scenario_interrupted_ranges_into(tmp, backend, workers, size_mib=64, wanted=
     rnd = random.Random(8)
     intr = Interrupter()
     mid_call = interrupted_calls = 0
-    with BatchReader(backend=backend, workers=workers) as r:
-        buf = bytearray(fill)
-        _evict(path_a)
-        t0 = time.monotonic()
-        assert r.read_ranges_into(path_a, buf, offsets, lengths) == lengths
-        full = time.monotonic() - t0              # only to pick when to interrupt
-        assert buf == expected
-        for attempt in range(attempts):
-            # The fd numbers the reader will take are warm: a reused one shows.
-            os.close(os.open(path_b, os.O_RDONLY))
+    try:
+        with BatchReader(backend=backend, workers=workers) as r:
             buf = bytearray(fill)
             _evict(path_a)
-            delay = full * rnd.uniform(0.1, 0.8)
-            interrupted, counts = intr.call(
-                lambda: r.read_ranges_into(path_a, buf, offsets, lengths), delay)
-            if not interrupted:
-                assert counts == lengths and buf == expected, "completed call, wrong data"
-                continue
-            interrupted_calls += 1
-            fd_b = os.open(path_b, os.O_RDONLY)   # likely the number the call just used
-            try:
-                # Reads copy a range from its start: a range whose first bytes are
-                # still the sentinel now had not begun when the call raised.
-                not_begun = [i for i, b in enumerate(boffs) if buf[b:b + 16] == fill[:16]]
-                snapshot = bytes(buf)
-                for _ in range(20):
-                    os.pread(fd_b, 1 << 16, 0)
-                    time.sleep(0.01)
-                after = bytes(buf)
-            finally:
-                os.close(fd_b)
-            late = [i for i in not_begun if buf[boffs[i]:boffs[i] + chunk] != fill[:chunk]]
-            changed = [k // chunk for k in range(0, size, chunk)
-                       if snapshot[k:k + chunk] != after[k:k + chunk]]
-            assert not late and not changed, (
-                f"attempt {attempt}: the caller's buffer was written AFTER read_ranges_into "
-                f"raised (interrupted after {delay * 1e3:.1f} ms): {len(late)} ranges not "
-                f"begun at the raise were written later, {len(changed)} ranges changed "
-                f"after the snapshot")
-            _check_only_sentinel_or_data(buf, boffs, offsets, lengths, data_a,
-                                         f"attempt {attempt}, after the interrupt")
-            if not_begun:                   # the interrupt landed before the end
-                mid_call += 1
-                if mid_call >= wanted:
-                    break
-            beat()
-        # Still usable, and right.
-        buf = bytearray(fill)
-        assert r.read_ranges_into(path_a, buf, offsets, lengths) == lengths
-        assert buf == expected
-    os.unlink(path_a)
-    os.unlink(path_b)
+            t0 = time.monotonic()
+            assert r.read_ranges_into(path_a, buf, offsets, lengths) == lengths
+            full = time.monotonic() - t0              # only to pick when to interrupt
+            assert buf == expected
+            for attempt in range(attempts):
+                # The fd numbers the reader will take are warm: a reused one shows.
+                os.close(os.open(path_b, os.O_RDONLY))
+                buf = bytearray(fill)
+                _evict(path_a)
+                delay = full * rnd.uniform(0.1, 0.8)
+                interrupted, counts = intr.call(
+                    lambda: r.read_ranges_into(path_a, buf, offsets, lengths), delay)
+                if not interrupted:
+                    assert counts == lengths and buf == expected, "completed call, wrong data"
+                    continue
+                interrupted_calls += 1
+                fd_b = os.open(path_b, os.O_RDONLY)   # likely the number the call just used
+                try:
+                    # Reads copy a range from its start: a range whose first bytes are
+                    # still the sentinel now had not begun when the call raised.
+                    not_begun = [i for i, b in enumerate(boffs) if buf[b:b + 16] == fill[:16]]
+                    snapshot = bytes(buf)
+                    for _ in range(20):
+                        os.pread(fd_b, 1 << 16, 0)
+                        time.sleep(0.01)
+                    after = bytes(buf)
+                finally:
+                    os.close(fd_b)
+                late = [i for i in not_begun if buf[boffs[i]:boffs[i] + chunk] != fill[:chunk]]
+                changed = [k // chunk for k in range(0, size, chunk)
+                           if snapshot[k:k + chunk] != after[k:k + chunk]]
+                assert not late and not changed, (
+                    f"attempt {attempt}: the caller's buffer was written AFTER read_ranges_into "
+                    f"raised (interrupted after {delay * 1e3:.1f} ms): {len(late)} ranges not "
+                    f"begun at the raise were written later, {len(changed)} ranges changed "
+                    f"after the snapshot")
+                _check_only_sentinel_or_data(buf, boffs, offsets, lengths, data_a,
+                                             f"attempt {attempt}, after the interrupt")
+                if not_begun:                   # the interrupt landed before the end
+                    mid_call += 1
+                    if mid_call >= wanted:
+                        break
+                beat()
+            # Still usable, and right.
+            buf = bytearray(fill)
+            assert r.read_ranges_into(path_a, buf, offsets, lengths) == lengths
+            assert buf == expected
+    finally:
+        for p in (path_a, path_b):     # 128 MiB: never left behind
+            os.unlink(p)
     if not mid_call:
         return {"skip": f"no interrupt landed mid-call in {attempts} attempts "
                         f"({interrupted_calls} interrupted)"}
