@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vyre_uring
-from vyre_uring import BatchReader, UringUnavailableError, read_files, read_ranges, \
+from vyre_uring import BatchReader, UringUnavailableError, iter_files, read_files, read_ranges, \
     read_ranges_into
 from vyre_uring import reader as reader_module
 
@@ -596,6 +596,21 @@ def test_closing_the_reader_closes_the_fds_an_interrupted_job_left(tmp_path):
     ring.submit()
     reader.close()
     assert open_fds() == before
+
+
+def test_size_0_files_larger_than_the_first_piece_are_read_whole(backend):
+    # /proc/self/smaps reports size 0 and holds far more than the 64 KiB a size-0
+    # file is first given: it grows, within the budget when there is one.
+    with open("/proc/self/smaps", "rb") as f:
+        plain = f.read()
+    if len(plain) <= 64 << 10:
+        pytest.skip(f"/proc/self/smaps holds only {len(plain)} bytes here")
+    whole = read_files(["/proc/self/smaps"], backend=backend)[0]
+    (_, _, within), = iter_files(["/proc/self/smaps"], backend=backend,
+                                 max_bytes_in_flight=4 << 20)
+    for got in (whole, within):
+        assert len(got) > 64 << 10 and got.endswith(b"\n")
+        assert got.split(b"\n", 1)[0] == plain.split(b"\n", 1)[0]   # the first mapping
 
 
 def test_an_exception_among_size_0_files_leaks_no_fd(tmp_path, backend):
