@@ -88,6 +88,7 @@ FEAT_EXT_ARG = IORING_FEAT_EXT_ARG
 # provided buffers, which this engine does not manage.
 cdef uint8_t _ALLOWED_SQE_FLAGS = (IOSQE_FIXED_FILE | IOSQE_IO_DRAIN | IOSQE_IO_LINK |
                                    IOSQE_IO_HARDLINK | IOSQE_ASYNC)
+cdef uint8_t _LINK_FLAGS = IOSQE_IO_LINK | IOSQE_IO_HARDLINK
 # user_data of the engine's own requests (cancels at close); never a slot index.
 cdef uint64_t _INTERNAL_USER_DATA = 0xFFFFFFFFFFFFFFFF
 cdef int _MAX_ENTRIES = 32768
@@ -329,6 +330,15 @@ cdef class Ring:
     a time: a second thread calling in while the first is inside gets RingBusyError.
     Use it as a context manager, or call close(): closing cancels and drains every
     request still in flight before the memory they use is released.
+
+    Linked requests (SQE_IO_LINK, SQE_IO_HARDLINK) stay one chain: when a prep call
+    finds the SQ full, it submits only what precedes the open chain (the requests
+    since the last one prepared without a link flag), never part of the chain. A
+    chain that fills the whole SQ cannot grow: the prep that would extend it raises
+    RingFullError, and a batch method whose linked batch could not fit the SQ with
+    the chain it joins refuses it before preparing any of it. submit(),
+    submit_and_wait(), wait() and reap(min_complete > 0) submit everything, an open
+    chain included: the kernel ends a chain at the end of a submission.
     """
     cdef int _fd
     cdef int _busy
@@ -347,6 +357,8 @@ cdef class Ring:
     cdef uint32_t _sq_mask, _sq_entries
     cdef uint32_t _sqe_tail         # next SQE to fill; local, free-running
     cdef uint32_t _sqe_published    # the SQ tail value we last stored for the kernel
+    cdef uint32_t _chain_start      # first SQE of the open chain, while _chain_open
+    cdef bint _chain_open           # the last prepared SQE carries a link flag
     cdef uint32_t *_cq_khead
     cdef uint32_t *_cq_ktail
     cdef uint32_t *_cq_koverflow
@@ -593,12 +605,18 @@ cdef class Ring:
         return vy_load_acquire(self._cq_ktail) - vy_load_relaxed(self._cq_khead)
 
     cdef inline void _publish(self) noexcept nogil:
-        if self._sqe_published != self._sqe_tail:
+        """Publish every prepared SQE: a submission boundary, where the kernel ends
+        an open chain."""
+        self._chain_open = False
+        self._publish_to(self._sqe_tail)
+
+    cdef inline void _publish_to(self, uint32_t end) noexcept nogil:
+        if self._sqe_published != end:
             # Release: every SQE written above is visible before the kernel sees the
             # new tail; pairs with the kernel's load-acquire of the SQ tail. Once
             # per batch, never per SQE.
-            vy_store_release(self._sq_ktail, self._sqe_tail)
-            self._sqe_published = self._sqe_tail
+            vy_store_release(self._sq_ktail, end)
+            self._sqe_published = end
 
     cdef inline bint _cq_needs_flush(self) noexcept nogil:
         # Relaxed: a hint re-checked by the kernel inside io_uring_enter.
@@ -625,18 +643,36 @@ cdef class Ring:
         c.seq = self._seq
 
     cdef inline void _claim_end(self, Claim *c) noexcept nogil:
+        if c.tail != self._sqe_tail:
+            self._track_chain(self._sqe_tail, c.tail)
         self._sqe_tail = c.tail
         self._free_top = c.free_top
         self._seq = c.seq
         if VY_DEBUG:
             self._check_invariants("fill")
 
-    cdef inline io_uring_sqe *_take_sqe(self, uint64_t user_data, Hold *hold) noexcept nogil:
+    cdef inline void _track_chain(self, uint32_t first, uint32_t end) noexcept nogil:
+        """Follow the open chain over the SQEs first..end-1, just written: it is open
+        while the last one carries a link flag, and starts after the last SQE that
+        carries none (or where it started, when all of these extend it)."""
+        cdef uint32_t i = end
+        if not (self._sqes[(end - 1) & self._sq_mask].flags & _LINK_FLAGS):
+            self._chain_open = False
+            return
+        while i != first and self._sqes[(i - 1) & self._sq_mask].flags & _LINK_FLAGS:
+            i -= 1
+        if i != first or not self._chain_open:
+            self._chain_start = i
+        self._chain_open = True
+
+    cdef inline io_uring_sqe *_take_sqe(self, uint64_t user_data, uint8_t flags,
+                                        Hold *hold) noexcept nogil:
         """One slot and zeroed SQE (per-op prep); the caller checked there is room."""
         cdef Claim c
         cdef io_uring_sqe *sqe
         self._claim_begin(&c)
         sqe = claim_sqe(&c, user_data, hold)
+        sqe.flags = flags                  # before _claim_end follows the chain
         self._claim_end(&c)
         if hold != NULL:
             hold.refs += 1
@@ -665,6 +701,10 @@ cdef class Ring:
         elif self._sqe_tail - self._sqe_published > self._sq_entries or \
                 self._sq_pending() > self._sq_entries:
             broken = "more SQEs pending than the SQ holds"
+        elif self._chain_open and (self._sqe_tail - self._chain_start > self._sq_entries or
+                                   self._chain_start - self._sqe_published >
+                                   self._sqe_tail - self._sqe_published):
+            broken = "the open chain is longer than the SQ, or partly published"
         else:
             for i in range(self._free_top):
                 if self._free_stack[i] >= self._nslots or self._slots[self._free_stack[i]].live:
@@ -704,12 +744,38 @@ cdef class Ring:
         return min(wanted, space, self._nslots - self._used())
 
     cdef int _make_sq_room(self) except -1:
+        """Submit so that the full SQ has room again: everything, or with a chain
+        open only what precedes it, since the kernel ends a chain at the end of a
+        submission. A chain that fills the whole SQ cannot grow (RingFullError)."""
         cdef int ret
-        cdef uint32_t flags
-        if not (self._setup_flags & IORING_SETUP_SQPOLL):
-            self._submit_and_wait(0, -1.0)
-            return 0
-        self._publish()
+        cdef uint32_t flags, end, before
+        cdef bint sqpoll = (self._setup_flags & IORING_SETUP_SQPOLL) != 0
+        if not self._chain_open:
+            if not sqpoll:
+                self._submit_and_wait(0, -1.0)
+                return 0
+            self._publish()
+        else:
+            if self._sqe_tail - self._chain_start >= self._sq_entries:
+                raise RingFullError(
+                    f"a chain of {self._sqe_tail - self._chain_start} linked requests "
+                    f"fills the whole submission queue ({self._sq_entries} entries), so it "
+                    f"cannot grow: a chain is submitted whole; use a larger Ring or a "
+                    f"shorter chain, or submit() the chain as it is")
+            end = self._chain_start
+            self._publish_to(end)
+            while not sqpoll:
+                # Acquire: pairs with the kernel's store-release of the SQ head.
+                before = end - vy_load_acquire(self._sq_khead)
+                if before == 0:
+                    return 0
+                ret = self._enter(before, 0, 0, -1.0)
+                if ret == 0:
+                    raise UringError(f"io_uring_enter consumed none of {before} pending "
+                                     f"requests")
+        # SQPOLL: the kernel thread consumes what is published. With the chain left
+        # unpublished the kernel's SQ is not full, so SQ_WAIT returns at once and
+        # this loop polls until the thread has taken at least one entry.
         while self._sq_pending() >= self._sq_entries:
             flags = IORING_ENTER_SQ_WAIT | self._sqpoll_wakeup()
             with nogil:
@@ -718,6 +784,21 @@ cdef class Ring:
                 PyErr_CheckSignals()
             elif ret < 0:
                 raise syscall_error("io_uring_enter(SQ_WAIT)", -ret)
+        return 0
+
+    cdef int _check_chain_fits(self, uint8_t flags, Py_ssize_t n) except -1:
+        """Refuse, before any of it is prepared, a linked batch of `n` whose chain (the
+        open one it extends, plus the batch) could never be in the SQ at once."""
+        cdef Py_ssize_t length = n
+        if not flags & _LINK_FLAGS:
+            return 0
+        if self._chain_open:
+            length += self._sqe_tail - self._chain_start
+        if length > self._sq_entries:
+            raise RingFullError(
+                f"a chain of {length} linked requests cannot fit the submission queue "
+                f"({self._sq_entries} entries), and a chain is submitted whole; use a "
+                f"larger Ring or a shorter chain")
         return 0
 
     cdef inline uint32_t _sqpoll_wakeup(self) noexcept nogil:
@@ -745,9 +826,7 @@ cdef class Ring:
             if hold != NULL and hold.refs == 0:
                 hold_free(hold)
             raise
-        cdef io_uring_sqe *sqe = self._take_sqe(user_data, hold)
-        sqe.flags = flags
-        return sqe
+        return self._take_sqe(user_data, flags, hold)
 
     cdef int _check_fd(self, int64_t fd, uint8_t flags) except -1:
         if flags & ~_ALLOWED_SQE_FLAGS:
@@ -1370,6 +1449,11 @@ cdef class Ring:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
             int_array_open(&ud, user_data, "user_data", False, False, True)
             n = ud.n
+            try:
+                self._check_chain_fits(fl, n)
+            except BaseException:
+                int_array_close(&ud)
+                raise
             if n <= self._sq_entries - self._sq_pending() and \
                     n <= self._nslots - self._used():
                 # Fast path: everything fits without submitting, so the GIL stays held.
@@ -1441,6 +1525,7 @@ cdef class Ring:
                 else:
                     hold = self._reg_buffers
                 self._validate_batch(&b)
+                self._check_chain_fits(flags, b.n)
                 done = self._fill_loop(&b, NULL, b.n, hold)
             finally:
                 if hold != NULL and hold.refs == 0:
@@ -1565,6 +1650,7 @@ cdef class Ring:
             self._check_fd(0, b.sqe_flags)
             try:
                 self._open_path_batch(b, paths, index, user_data)
+                self._check_chain_fits(b.sqe_flags, b.n)
                 if paths is not None:
                     hold = hold_object((paths, keep))
                 done = self._fill_loop(NULL, b, b.n, hold)
@@ -1937,6 +2023,7 @@ cdef class Ring:
         # Release: pairs with the kernel's tail acquire, as in _publish.
         vy_store_release(self._sq_ktail, self._sqe_tail)
         self._sqe_published = self._sqe_tail
+        self._chain_open = False
 
     cdef bint _cancel_all(self) noexcept:
         """Cancel every request: IORING_ASYNC_CANCEL_ANY (5.19), or on older kernels

@@ -1,0 +1,136 @@
+"""Regressions of the engine's hardening: linked chains are never split by the
+automatic submission a prep call makes when the SQ is full."""
+import array
+import errno
+import os
+import time
+
+import pytest
+
+import vyre_uring
+from vyre_uring import SQE_IO_HARDLINK, SQE_IO_LINK, Ring, RingFullError
+
+MODES = {"plain": {}, "sqpoll": {"sqpoll": True}}
+
+
+@pytest.fixture(params=list(MODES))
+def ring8(request):
+    try:
+        r = Ring(8, **MODES[request.param])
+    except vyre_uring.UringSyscallError as exc:
+        if exc.errno in (errno.EINVAL, errno.EPERM):
+            pytest.skip(f"this kernel or process cannot run {request.param}: {exc}")
+        raise
+    yield r
+    r.close()
+
+
+def _by_user_data(ring, n):
+    got = {}
+    deadline = time.monotonic() + 10
+    while len(got) < n:
+        assert time.monotonic() < deadline, f"only {len(got)} of {n} completions came"
+        for c in ring.wait(1, timeout=1):
+            assert c.user_data not in got
+            got[c.user_data] = c.res
+    return got
+
+
+@pytest.fixture
+def write_only_fd():
+    f = os.open("/dev/null", os.O_WRONLY)       # a read on it fails with EBADF
+    yield f
+    os.close(f)
+
+
+# ---- 1. linked chains -----------------------------------------------------------------
+
+@pytest.mark.parametrize("link", [SQE_IO_LINK, SQE_IO_HARDLINK], ids=["link", "hardlink"])
+def test_chain_is_not_cut_when_its_next_prep_finds_the_sq_full(ring8, write_only_fd, link):
+    for i in range(7):
+        ring8.prep_nop(user_data=i)
+    ring8.prep_read(write_only_fd, bytearray(8), user_data=100, flags=link)   # fills the SQ
+    ring8.prep_nop(user_data=101)       # needs room: only the 7 NOPs may go first
+    got = _by_user_data(ring8, 9)
+    assert got[100] == -errno.EBADF
+    # A hard link runs its next request whatever the first one returned.
+    assert got[101] == (0 if link == SQE_IO_HARDLINK else -errno.ECANCELED)
+    assert all(got[i] == 0 for i in range(7))
+
+
+def test_linked_write_then_read_across_a_full_sq(ring8, tmp_path):
+    path = tmp_path / "linked.bin"
+    path.write_bytes(bytes(1 << 20))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for it in range(40):
+            data = bytes([it + 1]) * (1 << 20)
+            out = bytearray(1 << 20)
+            for i in range(7):
+                ring8.prep_nop(user_data=i)
+            ring8.prep_write(fd, data, 0, user_data=100, flags=SQE_IO_LINK)
+            ring8.prep_read(fd, out, 0, user_data=101)
+            got = _by_user_data(ring8, 9)
+            assert (got[100], got[101]) == (1 << 20, 1 << 20)
+            assert out == data, f"iteration {it}: the read ran before the linked write"
+    finally:
+        os.close(fd)
+
+
+def test_batch_chain_stays_whole_when_the_sq_fills_mid_batch(ring8, fd, write_only_fd):
+    for i in range(6):
+        ring8.prep_nop(user_data=i)
+    # Four linked reads, the first failing: the 3rd and 4th do not fit before the SQ
+    # is full, and the NOP after them ends the chain. All must be cancelled.
+    assert ring8.prep_reads([write_only_fd, fd, fd, fd], bytearray(64), [0, 0, 0, 0],
+                            [16, 16, 16, 16], user_data=[100, 101, 102, 103],
+                            flags=SQE_IO_LINK) == 4
+    ring8.prep_nop(user_data=104)
+    got = _by_user_data(ring8, 11)
+    assert got[100] == -errno.EBADF
+    assert [got[u] for u in (101, 102, 103, 104)] == [-errno.ECANCELED] * 4
+
+
+def test_chain_that_fills_the_whole_sq_cannot_be_extended(ring8):
+    for i in range(8):
+        ring8.prep_nop(user_data=i, flags=SQE_IO_LINK)
+    buf = bytearray(4)
+    with pytest.raises(RingFullError, match=r"chain of 8 .*8 entries.*larger Ring or a "
+                                            r"shorter chain"):
+        ring8.prep_read(0, buf)
+    buf.extend(b"x")                               # the refused prep let go of buf
+    with pytest.raises(RingFullError, match="chain"):
+        ring8.prep_nop(user_data=8)
+    assert ring8.pending == 8
+    # submit() hands the open chain over whole; the kernel ends it there.
+    assert sorted(_by_user_data(ring8, 8).items()) == [(i, 0) for i in range(8)]
+    ring8.prep_nop(user_data=9)
+    assert [(c.user_data, c.res) for c in ring8.wait(1, timeout=5)] == [(9, 0)]
+
+
+def test_batch_whose_chain_cannot_fit_is_refused_before_anything_is_prepared(ring8, fd):
+    with pytest.raises(RingFullError, match="chain of 9"):
+        ring8.prep_nops(array.array("Q", range(9)), flags=SQE_IO_LINK)
+    assert ring8.pending == 0
+    ring8.prep_nop(user_data=50, flags=SQE_IO_LINK)
+    ring8.prep_nop(user_data=51, flags=SQE_IO_HARDLINK)
+    with pytest.raises(RingFullError, match="chain of 9"):
+        ring8.prep_reads(fd, bytearray(70), list(range(7)), [10] * 7, flags=SQE_IO_LINK)
+    with pytest.raises(RingFullError, match="chain of 9"):
+        ring8.prep_close_batch([0] * 7, sqe_flags=SQE_IO_LINK)
+    assert ring8.pending == 2
+    # A batch that fits whole, with the open chain, is accepted; so is one without links.
+    assert ring8.prep_nops([52, 53, 54], flags=SQE_IO_LINK) == 3
+    assert ring8.prep_nops([55, 56, 57, 58]) == 4
+    assert sorted(_by_user_data(ring8, 9).items()) == [(u, 0) for u in range(50, 59)]
+
+
+def test_discarding_unsubmitted_requests_forgets_the_open_chain():
+    r = Ring(8)
+    for i in range(8):
+        r.prep_nop(user_data=i, flags=SQE_IO_LINK)
+    r.close()                                      # discards the 8 without submitting
+    with Ring(8) as r:                             # and a fresh ring has no chain
+        for i in range(9):
+            r.prep_nop(user_data=i)
+        assert len(_by_user_data(r, 9)) == 9
