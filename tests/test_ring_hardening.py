@@ -1,14 +1,22 @@
 """Regressions of the engine's hardening: linked chains are never split by the
-automatic submission a prep call makes when the SQ is full."""
+automatic submission a prep call makes when the SQ is full; a batch's argument
+arrays are copied before the GIL is first released, so another thread rewriting
+them cannot smuggle unchecked values into SQEs."""
 import array
 import errno
 import os
+import threading
 import time
 
 import pytest
 
 import vyre_uring
 from vyre_uring import SQE_IO_HARDLINK, SQE_IO_LINK, Ring, RingFullError
+
+try:
+    import numpy
+except ImportError:
+    numpy = None
 
 MODES = {"plain": {}, "sqpoll": {"sqpoll": True}}
 
@@ -134,3 +142,117 @@ def test_discarding_unsubmitted_requests_forgets_the_open_chain():
         for i in range(9):
             r.prep_nop(user_data=i)
         assert len(_by_user_data(r, 9)) == 9
+
+
+# ---- 2. caller arrays rewritten while the GIL is released -------------------------------
+
+GOOD_LEN = 1 << 16
+RANGES = 8                   # twice the SQ of Ring(4): every batch submits mid-fill
+DEST = RANGES * GOOD_LEN     # the destination: a slice of a larger mapping
+GUARD = 2 << 20              # after it: guard bytes a rogue range would reach
+
+
+def _int_array(values):
+    if numpy is not None:
+        return numpy.array(values, dtype=numpy.int64)
+    return array.array("q", values)
+
+
+def _pause():
+    """A call: the interpreter may hand the GIL over here, with either value in place
+    (a loop hands it over only at its back edge, always after the same statement)."""
+
+
+def _rewrite(arr, good, bad, stop):
+    """Flip `arr` between the valid values and out-of-range ones, as fast as it can."""
+    good, bad = _int_array(good), _int_array(bad)
+    while not stop.is_set():
+        arr[:] = bad
+        _pause()
+        arr[:] = good
+        _pause()
+
+
+def _race(ring, prep, arrays, seconds=2.0):
+    """Call prep() over and over while threads rewrite `arrays` ({array: (good, bad)});
+    return the completions of the batches that were accepted."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=_rewrite, args=(a, g, b, stop), daemon=True)
+               for a, (g, b) in arrays]
+    ud = array.array("Q", bytes(8 * RANGES))
+    res = array.array("i", bytes(4 * RANGES))
+    results, accepted, refused = [], 0, 0
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                n = prep()
+            except ValueError:
+                refused += 1                       # validated while the values were bad
+                continue
+            accepted += 1
+            got = 0
+            while got < n:
+                k = ring.reap(ud, res, min_complete=1, timeout=10)
+                assert k > 0, "a completion never came"
+                results.extend(zip(ud[:k], res[:k]))
+                got += k
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert accepted > 0
+    return results
+
+
+@pytest.fixture
+def big_file(tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"\x11" * (GUARD + DEST))
+    fd = os.open(path, os.O_RDONLY)
+    yield fd
+    os.close(fd)
+
+
+def test_prep_reads_uses_only_validated_ranges_while_another_thread_rewrites_them(big_file):
+    mem = vyre_uring.alloc_buffer(DEST + GUARD)
+    mem[:] = b"\xee" * len(mem)
+    dest = memoryview(mem)[:DEST]
+    lengths = _int_array([GOOD_LEN] * RANGES)
+    boffs = _int_array([i * GOOD_LEN for i in range(RANGES)])
+    offsets = _int_array([0] * RANGES)
+    with Ring(4, cq_entries=8) as ring:
+        results = _race(ring, lambda: ring.prep_reads(big_file, dest, offsets, lengths, boffs),
+                        [(lengths, ([GOOD_LEN] * RANGES, [GUARD] * RANGES)),
+                         (boffs, ([i * GOOD_LEN for i in range(RANGES)], [DEST] * RANGES))])
+    dest.release()
+    assert mem[DEST:] == b"\xee" * GUARD, "a read wrote past the destination"
+    assert all(r == GOOD_LEN for _, r in results), {r for _, r in results}
+    mem.close()
+
+
+def test_prep_read_fixed_batch_uses_only_validated_values_while_rewritten(big_file):
+    mem = vyre_uring.alloc_buffer(2 * DEST + GUARD)
+    mem[:] = b"\xee" * len(mem)
+    view = memoryview(mem)
+    regs = [view[:DEST], view[DEST:2 * DEST]]
+    index = _int_array([i % 2 for i in range(RANGES)])
+    lengths = _int_array([GOOD_LEN] * RANGES)
+    boffs = _int_array([i * GOOD_LEN for i in range(RANGES)])
+    offsets = _int_array([0] * RANGES)
+    with Ring(4, cq_entries=8) as ring:
+        ring.register_buffers(regs)
+        results = _race(
+            ring, lambda: ring.prep_read_fixed_batch(big_file, index, offsets, lengths, boffs),
+            [(index, ([i % 2 for i in range(RANGES)], [2] * RANGES)),
+             (lengths, ([GOOD_LEN] * RANGES, [GUARD] * RANGES)),
+             (boffs, ([i * GOOD_LEN for i in range(RANGES)], [DEST] * RANGES))])
+        ring.unregister_buffers()
+    for r in regs:
+        r.release()
+    view.release()
+    assert mem[2 * DEST:] == b"\xee" * GUARD, "a read wrote past the registered buffers"
+    assert all(r == GOOD_LEN for _, r in results), {r for _, r in results}
+    mem.close()

@@ -1,8 +1,9 @@
-# ReadBatch: the arguments of prep_reads / prep_read_fixed_batch, validated whole in
-# one C pass before any SQE is written, then filled chunk by chunk.
+# ReadBatch: the arguments of prep_reads / prep_read_fixed_batch, copied into private
+# memory, validated whole in one C pass before any SQE is written, then filled chunk
+# by chunk (the GIL is released between chunks: the copies are what is filled).
 
 cdef struct ReadBatch:
-    IntArray fd, off, length, boff, ud, index
+    IntCopy fd, off, length, boff, ud, index
     Py_ssize_t n
     char *base              # prep_reads: the destination buffer
     Py_ssize_t base_len
@@ -24,12 +25,12 @@ cdef inline int64_t _buffer_offset(ReadBatch *b, Py_ssize_t i) noexcept nogil:
     """Range i's offset in its destination. buffer_offsets=None packs prep_reads'
     ranges back to back, and puts each fixed read at the start of its buffer."""
     cdef int64_t v
-    if b.boff.buf != NULL:
-        return ia_get(&b.boff, i)
+    if b.boff.v != NULL:
+        return b.boff.v[i]
     if b.opcode == IORING_OP_READ_FIXED:
         return 0
     v = b.cursor
-    b.cursor += ia_get(&b.length, i)
+    b.cursor += b.length.v[i]
     return v
 
 
@@ -39,9 +40,9 @@ cdef Py_ssize_t _first_bad_range(ReadBatch *b, int64_t nfiles, Hold *reg, uint32
     cdef int64_t fd, off, length, boff, index, limit
     cdef int64_t saved = b.cursor
     for i in range(b.n):
-        fd = ia_get(&b.fd, i)
-        off = ia_get(&b.off, i)
-        length = ia_get(&b.length, i)
+        fd = ic_get(&b.fd, i)
+        off = b.off.v[i]
+        length = b.length.v[i]
         boff = _buffer_offset(b, i)
         limit = b.base_len
         why[0] = 0
@@ -57,7 +58,7 @@ cdef Py_ssize_t _first_bad_range(ReadBatch *b, int64_t nfiles, Hold *reg, uint32
         elif why[0] == 0 and boff < 0:
             why[0] = BAD_BUFFER_OFFSET
         if why[0] == 0 and b.opcode == IORING_OP_READ_FIXED:
-            index = ia_get(&b.index, i)
+            index = ic_get(&b.index, i)
             if not 0 <= index < nbufs:
                 why[0] = BAD_INDEX
             else:
@@ -74,13 +75,13 @@ cdef Py_ssize_t _first_bad_range(ReadBatch *b, int64_t nfiles, Hold *reg, uint32
 cdef str _batch_error(ReadBatch *b, Py_ssize_t i, int why, int64_t nfiles, uint32_t nbufs):
     cdef int64_t boff
     cdef Py_ssize_t j
-    if b.boff.buf != NULL:
-        boff = ia_get(&b.boff, i)
+    if b.boff.v != NULL:
+        boff = b.boff.v[i]
     elif b.opcode == IORING_OP_READ_FIXED:
         boff = 0
     else:
-        boff = sum(ia_get(&b.length, j) for j in range(i))
-    fd, off, length = ia_get(&b.fd, i), ia_get(&b.off, i), ia_get(&b.length, i)
+        boff = sum(b.length.v[j] for j in range(i))
+    fd, off, length = ic_get(&b.fd, i), b.off.v[i], b.length.v[i]
     where = f"range {i} (fd {fd}, offset {off}, length {length}, buffer offset {boff})"
     if why == BAD_FD:
         return f"{where}: fd must be a non-negative file descriptor"
@@ -93,24 +94,30 @@ cdef str _batch_error(ReadBatch *b, Py_ssize_t i, int why, int64_t nfiles, uint3
     if why == BAD_BUFFER_OFFSET:
         return f"{where}: buffer offset must be >= 0"
     if why == BAD_INDEX:
-        return (f"{where}: buf_index {ia_get(&b.index, i)} is outside the registered "
+        return (f"{where}: buf_index {ic_get(&b.index, i)} is outside the registered "
                 f"buffers ({nbufs} registered)")
     return f"{where}: the range does not fit in the destination buffer"
 
 
 cdef void _close_batch(ReadBatch *b) noexcept:
-    int_array_close(&b.fd)
-    int_array_close(&b.off)
-    int_array_close(&b.length)
-    int_array_close(&b.boff)
-    int_array_close(&b.ud)
-    int_array_close(&b.index)
+    int_copy_free(&b.fd)
+    int_copy_free(&b.off)
+    int_copy_free(&b.length)
+    int_copy_free(&b.boff)
+    int_copy_free(&b.ud)
+    int_copy_free(&b.index)
 
 
 cdef int _check_same_length(IntArray *a, str name, Py_ssize_t n,
                             str reference="offsets") except -1:
-    if a.n >= 0 and a.n != n:
-        raise ValueError(f"{name} has {a.n} elements but {reference} has {n}: the arrays "
+    return _check_len(a.n, name, n, reference)
+
+
+cdef int _check_len(Py_ssize_t got, str name, Py_ssize_t n, str reference="offsets") \
+        except -1:
+    """An array of `got` elements (-1: a broadcast scalar) must have `reference`'s n."""
+    if got >= 0 and got != n:
+        raise ValueError(f"{name} has {got} elements but {reference} has {n}: the arrays "
                          f"must have equal lengths")
     return 0
 

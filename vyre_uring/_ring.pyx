@@ -1440,50 +1440,34 @@ cdef class Ring:
     def prep_nops(self, user_data, *, flags=0):
         """One NOP per element of `user_data` (a 1-D integer buffer). Returns how many
         were prepared: fewer than asked when the CQ's capacity is reached."""
-        cdef IntArray ud
-        cdef Py_ssize_t done = 0, n
-        cdef uint32_t k, i
+        cdef IntCopy ud
+        cdef Py_ssize_t done = 0
+        cdef uint32_t k
         cdef uint8_t fl = _u8(flags, "flags")
+        ud.v = NULL
         self._enter_api()
         try:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
-            int_array_open(&ud, user_data, "user_data", False, False, True)
-            n = ud.n
-            try:
-                self._check_chain_fits(fl, n)
-            except BaseException:
-                int_array_close(&ud)
-                raise
-            if n <= self._sq_entries - self._sq_pending() and \
-                    n <= self._nslots - self._used():
-                # Fast path: everything fits without submitting, so the GIL stays held.
-                self._fill_nops(&ud, 0, <uint32_t>n, fl)
-                done = n
-            int_array_close(&ud)
-            while done < n:
-                # _room may submit (releasing the GIL): no borrowed array is open then.
-                k = self._room(<uint32_t>min(n - done, <Py_ssize_t>UINT32_MAX))
+            int_copy(&ud, user_data, "user_data", False)
+            self._check_chain_fits(fl, ud.n)
+            while done < ud.n:
+                k = self._room(<uint32_t>min(ud.n - done, <Py_ssize_t>UINT32_MAX))
                 if k == 0:
                     break
-                int_array_open(&ud, user_data, "user_data", False, False, True)
-                try:
-                    if ud.n < done + k:
-                        raise RuntimeError("user_data shrank while prep_nops was running")
-                    self._fill_nops(&ud, done, k, fl)
-                finally:
-                    int_array_close(&ud)
+                self._fill_nops(&ud, done, k, fl)
                 done += k
         finally:
+            int_copy_free(&ud)
             self._leave_api()
         return done
 
-    cdef void _fill_nops(self, IntArray *ud, Py_ssize_t start, uint32_t count,
+    cdef void _fill_nops(self, const IntCopy *ud, Py_ssize_t start, uint32_t count,
                          uint8_t flags) noexcept nogil:
         cdef Claim c
         cdef Py_ssize_t i
         self._claim_begin(&c)
         for i in range(start, start + count):
-            claim_sqe(&c, <uint64_t>ia_get(ud, i), NULL).flags = flags
+            claim_sqe(&c, <uint64_t>ud.v[i], NULL).flags = flags
         self._claim_end(&c)
 
     def prep_reads(self, fd, buffer, offsets, lengths, buffer_offsets=None, user_data=None,
@@ -1537,21 +1521,21 @@ cdef class Ring:
 
     cdef int _open_batch(self, ReadBatch *b, object fd, object target, object offsets,
                          object lengths, object buffer_offsets, object user_data) except -1:
-        int_array_open(&b.fd, fd, "fd", False, True)
-        int_array_open(&b.off, offsets, "offsets", False, False)
-        int_array_open(&b.length, lengths, "lengths", False, False)
+        int_copy(&b.fd, fd, "fd", True)
+        int_copy(&b.off, offsets, "offsets", False)
+        int_copy(&b.length, lengths, "lengths", False)
         b.n = b.off.n
         if b.opcode == IORING_OP_READ_FIXED:
-            int_array_open(&b.index, target, "buf_index", False, True)
-            _check_same_length(&b.index, "buf_index", b.n)
+            int_copy(&b.index, target, "buf_index", True)
+            _check_len(b.index.n, "buf_index", b.n)
         if buffer_offsets is not None:
-            int_array_open(&b.boff, buffer_offsets, "buffer_offsets", False, False)
-            _check_same_length(&b.boff, "buffer_offsets", b.n)
+            int_copy(&b.boff, buffer_offsets, "buffer_offsets", False)
+            _check_len(b.boff.n, "buffer_offsets", b.n)
         if user_data is not None:
-            int_array_open(&b.ud, user_data, "user_data", False, False)
-            _check_same_length(&b.ud, "user_data", b.n)
-        _check_same_length(&b.length, "lengths", b.n)
-        _check_same_length(&b.fd, "fd", b.n)
+            int_copy(&b.ud, user_data, "user_data", False)
+            _check_len(b.ud.n, "user_data", b.n)
+        _check_len(b.length.n, "lengths", b.n)
+        _check_len(b.fd.n, "fd", b.n)
         return 0
 
     cdef int _validate_batch(self, ReadBatch *b) except -1:
@@ -1667,19 +1651,18 @@ cdef class Ring:
         cdef Py_ssize_t i
         cdef int64_t v
         if index is not None:
-            int_array_open(&b.index, index, "file_indexes" if paths is not None else "fds",
-                           False, True)
+            int_copy(&b.index, index, "file_indexes" if paths is not None else "fds", True)
         b.n = len(paths) if paths is not None else b.index.n
         if b.n < 0:
             raise TypeError("fds must be an array of file descriptors, not an int")
         if index is not None:
-            _check_same_length(&b.index, "file_indexes" if paths is not None else "fds",
-                               b.n, "paths")
+            _check_len(b.index.n, "file_indexes" if paths is not None else "fds", b.n,
+                       "paths")
         if user_data is not None:
-            int_array_open(&b.ud, user_data, "user_data", False, False)
-            _check_same_length(&b.ud, "user_data", b.n, "paths")
+            int_copy(&b.ud, user_data, "user_data", False)
+            _check_len(b.ud.n, "user_data", b.n, "paths")
         for i in range(b.n if index is not None else 0):
-            v = ia_get(&b.index, i)
+            v = ic_get(&b.index, i)
             if b.direct and not (0 <= v < self._reg_file_count or
                                  (paths is not None and v == FILE_INDEX_ALLOC)):
                 if self._reg_file_count == 0:
@@ -1700,21 +1683,19 @@ cdef class Ring:
         cdef Py_ssize_t i, end = start + count
         cdef int64_t boff, index = 0
         cdef char *base = b.base
-        cdef uint64_t ud
         cdef io_uring_sqe *sqe
         cdef Claim c
         self._claim_begin(&c)
         for i in range(start, end):
             boff = _buffer_offset(b, i)
-            ud = <uint64_t>ia_get(&b.ud, i) if b.ud.buf != NULL or b.ud.n < 0 else <uint64_t>i
-            sqe = claim_sqe(&c, ud, hold)
+            sqe = claim_sqe(&c, _batch_user_data(&b.ud, i), hold)
             sqe.opcode = b.opcode
             sqe.flags = b.flags
-            sqe.fd = <int32_t>ia_get(&b.fd, i)
-            sqe.off = <uint64_t>ia_get(&b.off, i)
-            sqe.len = <uint32_t>ia_get(&b.length, i)
+            sqe.fd = <int32_t>ic_get(&b.fd, i)
+            sqe.off = <uint64_t>b.off.v[i]
+            sqe.len = <uint32_t>b.length.v[i]
             if b.opcode == IORING_OP_READ_FIXED:
-                index = ia_get(&b.index, i)
+                index = ic_get(&b.index, i)
                 base = <char *>self._reg_buffers.views[index].buf
                 sqe.buf_index = <uint16_t>index
             sqe.addr = <uint64_t>(base + boff)
