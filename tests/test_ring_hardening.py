@@ -1,7 +1,8 @@
 """Regressions of the engine's hardening: linked chains are never split by the
 automatic submission a prep call makes when the SQ is full; a batch's argument
 arrays are copied before the GIL is first released, so another thread rewriting
-them cannot smuggle unchecked values into SQEs."""
+them cannot smuggle unchecked values into SQEs; a cancel prepared for a request
+that has since completed never hits the request that reused its slot."""
 import array
 import errno
 import os
@@ -256,3 +257,43 @@ def test_prep_read_fixed_batch_uses_only_validated_values_while_rewritten(big_fi
     assert mem[2 * DEST:] == b"\xee" * GUARD, "a read wrote past the registered buffers"
     assert all(r == GOOD_LEN for _, r in results), {r for _, r in results}
     mem.close()
+
+
+# ---- 3. a cancel prepared for a request that completed meanwhile ------------------------
+
+def test_cancel_of_a_completed_request_does_not_hit_the_request_in_its_slot(pipe):
+    rfd, wfd = pipe
+    # Four slots, taken in a fixed order: A gets the first, and B, prepared right
+    # after A is reaped, gets A's slot back.
+    with Ring(2, cq_entries=4) as ring:
+        a_buf, b_buf = bytearray(1), bytearray(1)
+        ring.prep_read(rfd, a_buf, -1, user_data=1)
+        ring.submit()
+        # The cancel, aimed at A while A is in flight, runs only once the timeout
+        # has seen two completions: A's and the NOP's below, after B is in flight.
+        ring.prep_timeout(60, count=2, user_data=2, flags=SQE_IO_LINK)
+        ring.prep_cancel(1, user_data=3)
+        ring.submit()
+        os.write(wfd, b"a")
+        got = _by_user_data(ring, 1)
+        assert got == {1: 1}
+        ring.prep_read(rfd, b_buf, -1, user_data=4)
+        ring.submit()
+        ring.prep_nop(user_data=5)
+        got = _by_user_data(ring, 3)
+        assert got[2] == 0 and got[5] == 0
+        assert got[3] == -errno.ENOENT, "the cancel found a request other than A"
+        os.write(wfd, b"b")
+        assert _by_user_data(ring, 1) == {4: 1}, "B was cancelled in A's place"
+        assert bytes(b_buf) == b"b"
+
+
+def test_cancel_still_finds_its_target(pipe):
+    rfd, _ = pipe
+    with Ring(2, cq_entries=4) as ring:
+        for _ in range(3):                         # slots and generations move on
+            ring.prep_read(rfd, bytearray(1), -1, user_data=7)
+            ring.submit()
+            ring.prep_cancel(7, user_data=8)
+            got = _by_user_data(ring, 2)
+            assert got == {7: -errno.ECANCELED, 8: 0}

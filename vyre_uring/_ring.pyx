@@ -2,10 +2,14 @@
 # cython: embedsignature=True
 """The io_uring engine: a Ring over raw syscalls and mmap'd queues.
 
-Kernel `user_data` is our slot index, never the caller's value: each request owns a
+Kernel `user_data` names our slot, never the caller's value: each request owns a
 slot that records the caller's user_data and what keeps its memory alive, so
-completions map back exactly once whatever order they arrive in, and an index read
-back from the shared ring is bounds-checked before it is used. There are as many
+completions map back exactly once whatever order they arrive in. The low 32 bits
+are the slot index, the high 32 bits the request's generation (the low 32 bits of
+its sequence number): a kernel user_data read back from the shared ring is masked,
+bounds-checked and matched against the slot's generation before it is used, and a
+cancel aimed at a request that has completed since finds nothing (-ENOENT), never
+the request that reused its slot. There are as many
 slots as CQ entries, which bounds the outstanding requests by the CQ's capacity.
 """
 import array
@@ -89,8 +93,10 @@ FEAT_EXT_ARG = IORING_FEAT_EXT_ARG
 cdef uint8_t _ALLOWED_SQE_FLAGS = (IOSQE_FIXED_FILE | IOSQE_IO_DRAIN | IOSQE_IO_LINK |
                                    IOSQE_IO_HARDLINK | IOSQE_ASYNC)
 cdef uint8_t _LINK_FLAGS = IOSQE_IO_LINK | IOSQE_IO_HARDLINK
-# user_data of the engine's own requests (cancels at close); never a slot index.
+# user_data of the engine's own requests (cancels at close); its slot index (all
+# ones) is never a slot, nor is _NO_SLOT's.
 cdef uint64_t _INTERNAL_USER_DATA = 0xFFFFFFFFFFFFFFFF
+cdef uint32_t _NO_SLOT = 0xFFFFFFFE
 cdef int _MAX_ENTRIES = 32768
 cdef double _DRAIN_PATIENCE_S = 10.0
 
@@ -141,6 +147,11 @@ cdef inline void reclaim_slot(Reclaim *r, uint32_t idx) noexcept nogil:
     r.free_top += 1
 
 
+cdef inline uint64_t kernel_user_data(uint32_t idx, uint64_t seq) noexcept nogil:
+    """The kernel user_data of the request with sequence number `seq` in slot `idx`."""
+    return <uint64_t>idx | (seq << 32)
+
+
 cdef inline io_uring_sqe *claim_sqe(Claim *c, uint64_t user_data, Hold *hold) noexcept nogil:
     """Claim a slot and a zeroed SQE; the caller checked there is room for both."""
     c.free_top -= 1
@@ -152,11 +163,11 @@ cdef inline io_uring_sqe *claim_sqe(Claim *c, uint64_t user_data, Hold *hold) no
     slot.user_data = user_data
     slot.hold = hold
     c.slot_seq[idx] = c.seq
-    c.seq += 1
     # Every SQE starts zeroed: a stale flag (IOSQE_FIXED_FILE) or field from an
     # earlier request must never leak into this one.
     memset(sqe, 0, sizeof(io_uring_sqe))
-    sqe.user_data = idx
+    sqe.user_data = kernel_user_data(idx, c.seq)
+    c.seq += 1
     return sqe
 
 
@@ -628,6 +639,15 @@ cdef class Ring:
 
     # ---- slots and SQEs ---------------------------------------------------------
 
+    cdef inline uint32_t _slot_of(self, uint64_t kernel_ud) noexcept nogil:
+        """The live slot a kernel user_data names, or _NO_SLOT: the index is masked
+        and bounds-checked, and its generation must be the slot's current one."""
+        cdef uint32_t idx = <uint32_t>kernel_ud            # the low 32 bits
+        if idx >= self._nslots or not self._slots[idx].live or \
+                <uint32_t>self._slot_seq[idx] != <uint32_t>(kernel_ud >> 32):
+            return _NO_SLOT
+        return idx
+
     cdef inline uint32_t _used(self) noexcept nogil:
         """Slots owned by requests: prepared, in flight, or completed but not reaped."""
         return self._nslots - self._free_top
@@ -714,6 +734,11 @@ cdef class Ring:
                 live += self._slots[i].live
             if broken == NULL and live != self._nslots - self._free_top:
                 broken = "live slots do not match the slots in use"
+            i = self._sqe_published
+            while broken == NULL and i != self._sqe_tail:
+                if self._slot_of(self._sqes[i & self._sq_mask].user_data) == _NO_SLOT:
+                    broken = "an unpublished SQE names no live slot of its generation"
+                i += 1
         if broken != NULL:
             fprintf(stderr, b"vyre_uring invariant broken after %s: %s\n", where, broken)
             abort()
@@ -970,16 +995,16 @@ cdef class Ring:
         cdef uint32_t tail = vy_load_acquire(self._cq_ktail)
         cdef uint32_t n = 0
         cdef io_uring_cqe *cqe
-        cdef uint64_t idx
+        cdef uint32_t idx
         cdef Reclaim r
         self._reclaim_begin(&r)
         while head != tail and n < maxn:
             cqe = &self._cqes[head & self._cq_mask]
             head += 1
-            idx = cqe.user_data
             # Never index with a value read back from shared memory unchecked.
-            if idx >= self._nslots or not r.slots[idx].live:
-                if idx == _INTERNAL_USER_DATA:
+            idx = self._slot_of(cqe.user_data)
+            if idx == _NO_SLOT:
+                if cqe.user_data == _INTERNAL_USER_DATA:
                     self._internal_res = cqe.res
                 continue
             ud[n] = r.slots[idx].user_data
@@ -987,7 +1012,7 @@ cdef class Ring:
             if flg != NULL:
                 flg[n] = cqe.flags
             n += 1
-            reclaim_slot(&r, <uint32_t>idx)
+            reclaim_slot(&r, idx)
         self._reclaim_end(&r)
         # Release: the CQEs are copied out before the kernel may reuse their
         # entries; pairs with the kernel's load-acquire of the CQ head. Once per reap.
@@ -1375,6 +1400,7 @@ cdef class Ring:
         cdef uint8_t fl = _u8(flags, "flags")
         cdef io_uring_sqe *sqe
         cdef vy_timespec *ts
+        cdef uint32_t slot
         if not 0 <= seconds < 1e15:
             raise ValueError(f"seconds must be >= 0 and finite, not {seconds}")
         self._enter_api()
@@ -1382,7 +1408,10 @@ cdef class Ring:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
             sqe = self._next_sqe(ud, fl, NULL)
             # The timespec lives in the request's slot, which outlives the request.
-            ts = &self._slot_ts[sqe.user_data]
+            slot = self._slot_of(sqe.user_data)
+            if slot == _NO_SLOT:
+                raise UringError("internal error: a new request has no live slot")
+            ts = &self._slot_ts[slot]
             ts.tv_sec = <int64_t>seconds
             ts.tv_nsec = <long long>((seconds - ts.tv_sec) * 1e9)
             sqe.opcode = IORING_OP_TIMEOUT
@@ -1411,11 +1440,10 @@ cdef class Ring:
             self._leave_api()
 
     cdef uint64_t _find_slot(self, uint64_t user_data) except? 0:
-        """The kernel user_data of the oldest request carrying `user_data` that has
-        not completed yet (completions waiting in the CQ are skipped); when none, a
-        key no request has, so the kernel answers -ENOENT."""
-        cdef uint32_t i, head, tail
-        cdef uint64_t idx, best = _INTERNAL_USER_DATA - 1
+        """The kernel user_data (slot and generation) of the oldest request carrying
+        `user_data` that has not completed yet (completions waiting in the CQ are
+        skipped); when none, a key no request has, so the kernel answers -ENOENT."""
+        cdef uint32_t i, idx, head, tail, best = _NO_SLOT
         cdef uint64_t best_seq = 0xFFFFFFFFFFFFFFFF
         cdef uint8_t *completed = <uint8_t *>calloc(self._nslots, 1)
         if completed == NULL:
@@ -1423,8 +1451,8 @@ cdef class Ring:
         head = vy_load_relaxed(self._cq_khead)
         tail = vy_load_acquire(self._cq_ktail)   # pairs with the kernel's tail release
         while head != tail:
-            idx = self._cqes[head & self._cq_mask].user_data
-            if idx < self._nslots:
+            idx = self._slot_of(self._cqes[head & self._cq_mask].user_data)
+            if idx != _NO_SLOT:
                 completed[idx] = 1
             head += 1
         for i in range(self._nslots):
@@ -1433,7 +1461,9 @@ cdef class Ring:
                 best = i
                 best_seq = self._slot_seq[i]
         free(completed)
-        return best
+        if best == _NO_SLOT:
+            return kernel_user_data(_NO_SLOT, 0)
+        return kernel_user_data(best, best_seq)
 
     # ---- public: batch prep -------------------------------------------------------
 
@@ -1989,17 +2019,16 @@ cdef class Ring:
     cdef void _discard_unsubmitted(self) noexcept:
         """Roll back SQEs the kernel has not consumed: their slots and holds go back.
         (Under SQPOLL the kernel thread may be reading them: they are submitted.)"""
-        cdef uint32_t khead
-        cdef uint64_t idx
+        cdef uint32_t khead, idx
         if self._setup_flags & IORING_SETUP_SQPOLL:
             self._publish()
             return
         khead = vy_load_acquire(self._sq_khead)   # pairs with the kernel's head release
         while self._sqe_tail != khead:
             self._sqe_tail -= 1
-            idx = self._sqes[self._sqe_tail & self._sq_mask].user_data
-            if idx < self._nslots and self._slots[idx].live:   # not an internal SQE
-                self._free_slot(<uint32_t>idx)
+            idx = self._slot_of(self._sqes[self._sqe_tail & self._sq_mask].user_data)
+            if idx != _NO_SLOT:                    # not an internal SQE
+                self._free_slot(idx)
         self._drop_released()
         # Release: pairs with the kernel's tail acquire, as in _publish.
         vy_store_release(self._sq_ktail, self._sqe_tail)
@@ -2022,7 +2051,7 @@ cdef class Ring:
             if self._slots[i].live:
                 if self._sq_entries == self._sq_pending() and self._enter_quietly(0) < 0:
                     break
-                self._push_internal(0, i)
+                self._push_internal(0, kernel_user_data(i, self._slot_seq[i]))
         if self._enter_quietly(0) < 0:
             self._discard_unsubmitted()
             return False
