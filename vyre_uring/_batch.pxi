@@ -122,36 +122,48 @@ cdef int _check_len(Py_ssize_t got, str name, Py_ssize_t n, str reference="offse
     return 0
 
 
-cdef int _check_offset(int64_t offset) except -1:
-    if offset < -1:
-        raise ValueError(f"offset must be >= 0 (or -1 for the file position), not {offset}")
-    return 0
-
-
-cdef Py_ssize_t _checked_range(Py_ssize_t buflen, Py_ssize_t buf_offset, object nbytes) \
-        except -1:
-    """The byte count of a request on buf[buf_offset:buf_offset + nbytes], checked."""
+cdef Py_ssize_t _checked_range(Py_ssize_t buflen, object buf_offset, object nbytes,
+                               Py_ssize_t *boff) except -1:
+    """The byte count of a request on buf[buf_offset:buf_offset + nbytes], checked;
+    the offset, checked, goes to boff."""
+    cdef int64_t b = _int_arg(buf_offset, "buf_offset", 0, INT64_MAX)
     cdef int64_t n
-    if not 0 <= buf_offset <= buflen:
-        raise ValueError(f"buf_offset {buf_offset} is outside the buffer ({buflen} bytes)")
-    n = buflen - buf_offset if nbytes is None else nbytes
-    if n < 0:
-        raise ValueError(f"nbytes must be >= 0, not {n}")
+    if b > buflen:
+        raise ValueError(f"buf_offset {b} is outside the buffer ({buflen} bytes)")
+    n = buflen - b if nbytes is None else _int_arg(nbytes, "nbytes", 0, INT64_MAX)
     if n > UINT32_MAX:
-        raise ValueError(f"nbytes {n} exceeds {UINT32_MAX}, the most one request can "
-                         f"carry; split it")
-    if n > buflen - buf_offset:
-        raise ValueError(f"nbytes {n} at buf_offset {buf_offset} runs past the end of the "
-                         f"buffer ({buflen} bytes)")
+        raise ArgumentRangeError(f"nbytes {n} exceeds {UINT32_MAX}, the most one request "
+                                 f"can carry; split it")
+    if n > buflen - b:
+        raise ValueError(f"nbytes {n} at buf_offset {b} runs past the end of the buffer "
+                         f"({buflen} bytes)")
+    boff[0] = <Py_ssize_t>b
     return <Py_ssize_t>n
 
 
-cdef int *_array_i_pointer(object table) except NULL:
-    """The data of an array('i') (a file table the kernel copies during the call)."""
-    cdef carray.array a = table
-    if len(a) == 0:
-        raise ValueError("empty file table")
-    return a.data.as_ints
+cdef int32_t *_file_table(object fds, Py_ssize_t *n) except NULL:
+    """fds (an int array, or a sequence of ints) as a new C array the caller frees:
+    each -1 (an empty slot) or a file descriptor. The kernel reads it during the
+    register call, with the GIL released: it is private memory."""
+    cdef IntCopy c
+    cdef Py_ssize_t i
+    cdef int32_t *table = NULL
+    int_copy(&c, fds, "fds", False)
+    try:
+        if not 0 < c.n <= 1 << 20:
+            raise ValueError(f"fds must hold 1 to {1 << 20} file slots, not {c.n}")
+        for i in range(c.n):
+            if not -1 <= c.v[i] <= 0x7FFFFFFF:
+                _raise_range("fds", i, c.v[i], -1, 0x7FFFFFFF)
+        table = <int32_t *>malloc(c.n * sizeof(int32_t))
+        if table == NULL:
+            raise MemoryError()
+        for i in range(c.n):
+            table[i] = <int32_t>c.v[i]
+        n[0] = c.n
+    finally:
+        int_copy_free(&c)
+    return table
 
 
 # Sinks: the caller's output arrays of reap(), borrowed for one C copy.

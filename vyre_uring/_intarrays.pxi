@@ -28,29 +28,30 @@ cdef struct IntCopy:
     int64_t scalar
 
 
-cdef int int_copy(IntCopy *a, object obj, str name, bint allow_scalar) except -1:
+cdef int int_copy(IntCopy *a, object obj, str name, bint allow_scalar,
+                  bint unsigned64=False) except -1:
     """Copy `obj` into `a`; free it with int_copy_free, also after an error. The
     common case (a native integer buffer) is one export and one C loop, with no
-    Python-level exception handling: it is a hot path."""
+    Python-level exception handling: it is a hot path. The elements of a sequence
+    are checked as int64 values, or with `unsigned64` as uint64 ones (user_data)."""
     cdef Py_buffer view
     cdef char code
     cdef int flags = PyBUF_FORMAT | PyBUF_C_CONTIGUOUS
     a.v = NULL
     a.n = 0
-    if allow_scalar and isinstance(obj, int):
-        a.n = -1
-        a.scalar = obj
-        return 0
     if isinstance(obj, carray.array):
         code = _array_code(<carray.array>obj, name)
         return _copy_ints(a, (<carray.array>obj).data.as_chars, Py_SIZE(obj),
                           (<carray.array>obj).ob_descr.itemsize, code in b"bhilq")
+    _refuse_text(obj, name)
+    # One value for every request: an int, or a numpy integer (or 0-d array).
+    if allow_scalar and (PyLong_Check(obj) or PyIndex_Check(obj) and
+                         getattr(obj, "ndim", 0) == 0):
+        a.scalar = _int_arg(obj, name, INT64_MIN, INT64_MAX)
+        a.n = -1
+        return 0
     if not PyObject_CheckBuffer(obj):
-        if obj is None or isinstance(obj, (str, bytes)):
-            raise TypeError(f"{name} must be a 1-D integer buffer (array.array, numpy "
-                            f"array), not {type(obj).__name__}")
-        obj = _array_q(obj, name)
-        return _copy_ints(a, (<carray.array>obj).data.as_chars, Py_SIZE(obj), 8, True)
+        return _copy_sequence(a, obj, name, unsigned64)
     if _get_buffer_noraise(obj, &view, flags) < 0:
         _reraise_buffer_error(obj, flags, name)
     code = _int_format(&view)
@@ -61,6 +62,41 @@ cdef int int_copy(IntCopy *a, object obj, str name, bint allow_scalar) except -1
                           code in b"bhilqn")
     finally:
         PyBuffer_Release(&view)
+
+
+cdef int _not_int_array(object obj, str name) except -1:
+    raise TypeError(f"{name} must be a 1-D integer array (array.array, numpy array) or a "
+                    f"sequence of ints, not {type(obj).__name__}")
+
+
+cdef int _refuse_text(object obj, str name) except -1:
+    """bytes, bytearray and str are text or raw bytes, never integer arrays (a
+    memoryview or a numpy array of uint8 still is one)."""
+    if isinstance(obj, (str, bytes, bytearray)):
+        _not_int_array(obj, name)
+    return 0
+
+
+cdef int _copy_sequence(IntCopy *a, object obj, str name, bint unsigned64) except -1:
+    """A list, tuple, range or other iterable of ints, element by element."""
+    cdef Py_ssize_t i
+    cdef list items
+    if obj is None or PyIndex_Check(obj) or isinstance(obj, float):
+        _not_int_array(obj, name)
+    try:
+        items = obj if type(obj) is list else list(obj)
+    except TypeError:
+        _not_int_array(obj, name)
+    a.v = <int64_t *>malloc(max(len(items), 1) * sizeof(int64_t))
+    if a.v == NULL:
+        raise MemoryError()
+    a.n = len(items)
+    for i in range(a.n):
+        if unsigned64:
+            a.v[i] = <int64_t>_u64_arg(items[i], name, i)
+        else:
+            a.v[i] = _int_arg(items[i], name, INT64_MIN, INT64_MAX, i)
+    return 0
 
 
 cdef int _copy_ints(IntCopy *a, const char *src, Py_ssize_t n, int itemsize,
@@ -140,6 +176,7 @@ cdef int int_array_open(IntArray *a, object obj, str name, bint writable,
     cdef char code
     a.has_view = False
     a.n = 0
+    _refuse_text(obj, name)
     if allow_scalar and isinstance(obj, int):
         a.n = -1
         a.scalar = obj
@@ -147,7 +184,7 @@ cdef int int_array_open(IntArray *a, object obj, str name, bint writable,
     if borrow and isinstance(obj, carray.array):
         return _borrow_array(a, <carray.array>obj, name)
     if not PyObject_CheckBuffer(obj):
-        if writable or obj is None or isinstance(obj, (str, bytes)):
+        if writable or obj is None:
             raise TypeError(f"{name} must be a 1-D integer buffer (array.array, numpy array), "
                             f"not {type(obj).__name__}")
         obj = _array_q(obj, name)

@@ -84,13 +84,11 @@ cdef class StatxArray:
     cdef statx *items
     cdef readonly Py_ssize_t n
 
-    def __cinit__(self, Py_ssize_t n):
-        if n < 1:
-            raise ValueError(f"n must be >= 1, not {n}")
-        self.items = <statx *>calloc(n, sizeof(statx))
+    def __cinit__(self, n):
+        self.n = <Py_ssize_t>_int_arg(n, "n", 1, INT64_MAX // sizeof(statx))
+        self.items = <statx *>calloc(self.n, sizeof(statx))
         if self.items == NULL:
             raise MemoryError()
-        self.n = n
 
     def __dealloc__(self):
         free(self.items)

@@ -24,11 +24,14 @@ cimport cython
 from cpython cimport array as carray
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear, PyErr_Occurred
+from cpython.long cimport PyLong_Check
+from cpython.number cimport PyIndex_Check, PyNumber_Index
 from cpython.object cimport PyObject, Py_SIZE
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.limits cimport LLONG_MAX
+from libc.math cimport INFINITY
 from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
-                          uint64_t, UINT32_MAX)
+                          uint64_t, INT64_MAX, INT64_MIN, UINT32_MAX)
 from libc.errno cimport EAGAIN, EBUSY, EINTR, EINVAL, ENOMEM, ETIME, errno
 from posix.stat cimport fstat, struct_stat as stat_t
 from libc.stdio cimport fprintf, stderr
@@ -39,9 +42,10 @@ from vyre_uring.includes.kernel cimport *
 
 from vyre_uring.availability import is_unavailable_errno, unavailable_error
 from vyre_uring._files import path_error
-from vyre_uring.errors import (RingBusyError, RingClosedError, RingForkedError,
-                               RingFullError, UringError, syscall_error)
+from vyre_uring.errors import (ArgumentRangeError, RingBusyError, RingClosedError,
+                               RingForkedError, RingFullError, UringError, syscall_error)
 
+include "_args.pxi"
 include "_holds.pxi"
 include "_intarrays.pxi"
 include "_batch.pxi"
@@ -286,52 +290,6 @@ cdef int _restrict(int fd, bytes ops) except -1:
     return 0
 
 
-cdef double _timeout_seconds(object timeout) except? -2.0:
-    """None -> -1 (wait for ever); otherwise seconds >= 0."""
-    if timeout is None:
-        return -1.0
-    cdef double t = timeout
-    if not t >= 0:
-        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
-    return t if t < 1e9 else -1.0      # 30 years or infinity: no limit
-
-
-cdef bytes _path_bytes(object path):
-    cdef bytes b = os.fsencode(path)
-    if b"\0" in b:
-        raise ValueError(f"path contains a NUL byte: {path!r}")
-    return b
-
-
-cdef inline int64_t _i64(object v, str name) except? -1:
-    """An int argument as int64; a float or a str is a TypeError, never truncated."""
-    if not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
-    return v
-
-
-cdef inline uint64_t _u64(object v, str name, uint64_t hi=0xFFFFFFFFFFFFFFFF) \
-        except? 0xFFFFFFFFFFFFFFFF:
-    """A non-negative int argument up to `hi`, named in the error when it is not."""
-    cdef uint64_t x
-    if not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
-    x = _as_u64_noraise(v)
-    if x > hi or (x == 0xFFFFFFFFFFFFFFFF and PyErr_Occurred() != NULL):
-        PyErr_Clear()
-        raise ValueError(f"{name} must be between 0 and {hi}, not {v}")
-    return x
-
-
-cdef inline uint32_t _count(object v, str name) except? 0xFFFFFFFF:
-    return <uint32_t>_u64(v, name, 0xFFFFFFFF)
-
-
-cdef inline uint8_t _u8(object v, str name) except? 0xFF:
-    """IOSQE_* flag bits."""
-    return <uint8_t>_u64(v, name, 0xFF)
-
-
 @cython.final        # cdef methods become direct calls the compiler can inline
 cdef class Ring:
     """An io_uring instance: submission and completion queues shared with the kernel.
@@ -400,11 +358,10 @@ cdef class Ring:
         self._ring_index = -1
         self._closed = True
 
-    def __init__(self, unsigned int entries=256, *, cq_entries=None, bint sqpoll=False,
-                 unsigned int sq_thread_idle_ms=1000, sq_thread_cpu=None,
+    def __init__(self, entries=256, *, cq_entries=None, bint sqpoll=False,
+                 sq_thread_idle_ms=1000, sq_thread_cpu=None,
                  bint single_issuer=False, bint defer_taskrun=False,
-                 bint coop_taskrun=False, allowed_ops=None,
-                 unsigned int _test_overcommit=0):
+                 bint coop_taskrun=False, allowed_ops=None, _test_overcommit=0):
         """Create a ring of `entries` submission slots (a power of two is used by the kernel).
 
         cq_entries: completion-queue size (default: twice `entries`); it bounds how many
@@ -419,25 +376,27 @@ cdef class Ring:
         """
         cdef io_uring_params p
         cdef int fd
+        cdef uint32_t n, idle_ms, overcommit
         if self._fd >= 0 or not self._closed and self._slots != NULL:
             raise RuntimeError("Ring.__init__ was already called")
-        if not 1 <= entries <= _MAX_ENTRIES:
-            raise ValueError(f"entries must be between 1 and {_MAX_ENTRIES}, not {entries}")
+        n = <uint32_t>_int_arg(entries, "entries", 1, _MAX_ENTRIES)
+        idle_ms = _u32_arg(sq_thread_idle_ms, "sq_thread_idle_ms")
+        overcommit = <uint32_t>_int_arg(_test_overcommit, "_test_overcommit", 0, _MAX_ENTRIES)
         memset(&p, 0, sizeof(p))
-        self._setup_params(&p, entries, cq_entries, sqpoll, sq_thread_idle_ms, sq_thread_cpu,
-                           single_issuer, defer_taskrun, coop_taskrun)
+        self._setup_params(&p, n, cq_entries, sqpoll, idle_ms, sq_thread_cpu, single_issuer,
+                           defer_taskrun, coop_taskrun)
         cdef bytes allowed = _allowed_ops(allowed_ops)
         if allowed is not None:
             p.flags |= IORING_SETUP_R_DISABLED      # enabled once restricted
         with nogil:
-            fd = vy_io_uring_setup(entries, &p)
+            fd = vy_io_uring_setup(n, &p)
         if fd < 0:
             if is_unavailable_errno(-fd):
                 raise unavailable_error(-fd, sqpoll)
             raise syscall_error("io_uring_setup", -fd)
         try:
             self._map_rings(fd, &p)
-            self._alloc_slots(p.cq_entries + _test_overcommit)
+            self._alloc_slots(p.cq_entries + overcommit)
             if allowed is not None:
                 _restrict(fd, allowed)
         except BaseException:
@@ -484,21 +443,19 @@ cdef class Ring:
             vy_io_uring_register(self._fd, IORING_UNREGISTER_BUFFERS, NULL, 0)
         self._ring_index = -1
 
-    cdef int _setup_params(self, io_uring_params *p, unsigned int entries, object cq_entries,
-                           bint sqpoll, unsigned int idle_ms, object cpu, bint single_issuer,
+    cdef int _setup_params(self, io_uring_params *p, uint32_t entries, object cq_entries,
+                           bint sqpoll, uint32_t idle_ms, object cpu, bint single_issuer,
                            bint defer_taskrun, bint coop_taskrun) except -1:
         if cq_entries is not None:
-            if not entries <= cq_entries <= 2 * _MAX_ENTRIES:
-                raise ValueError(f"cq_entries must be between entries ({entries}) and "
-                                 f"{2 * _MAX_ENTRIES}, not {cq_entries}")
+            p.cq_entries = <uint32_t>_int_arg(cq_entries, "cq_entries", entries,
+                                              2 * _MAX_ENTRIES)
             p.flags |= IORING_SETUP_CQSIZE
-            p.cq_entries = cq_entries
         if sqpoll:
             p.flags |= IORING_SETUP_SQPOLL
             p.sq_thread_idle = idle_ms
             if cpu is not None:
                 p.flags |= IORING_SETUP_SQ_AFF
-                p.sq_thread_cpu = cpu
+                p.sq_thread_cpu = _u32_arg(cpu, "sq_thread_cpu")
         elif cpu is not None:
             raise ValueError("sq_thread_cpu needs sqpoll=True")
         if defer_taskrun and not single_issuer:
@@ -862,7 +819,7 @@ cdef class Ring:
                 raise ValueError(f"fd {fd} is not a slot of the registered file table "
                                  f"({self._reg_file_count} slots)")
         elif not 0 <= fd <= 0x7FFFFFFF:
-            raise ValueError(f"fd must be a non-negative file descriptor, not {fd}")
+            _raise_range("fd", -1, fd, 0, 0x7FFFFFFF)
         return 0
 
     # ---- submission and waiting -------------------------------------------------
@@ -1152,8 +1109,8 @@ cdef class Ring:
 
     def prep_nop(self, *, user_data=0, flags=0):
         """A request that does nothing and completes with res 0."""
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(flags, "flags")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(flags, "flags")
         self._enter_api()
         try:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
@@ -1161,33 +1118,32 @@ cdef class Ring:
         finally:
             self._leave_api()
 
-    def prep_read(self, fd, buf, offset=0, *, nbytes=None,
-                  Py_ssize_t buf_offset=0, user_data=0, flags=0):
+    def prep_read(self, fd, buf, offset=0, *, nbytes=None, buf_offset=0, user_data=0,
+                  flags=0):
         """Read up to `nbytes` (default: the rest of `buf`) at file `offset` (-1: the
         file position) into writable `buf` starting at `buf_offset`."""
-        self._prep_rw(IORING_OP_READ, _i64(fd, "fd"), buf, _i64(offset, "offset"), nbytes,
-                      buf_offset, _u64(user_data, "user_data"), _u8(flags, "flags"), True)
+        self._prep_rw(IORING_OP_READ, _i64_arg(fd, "fd"), buf, _offset_arg(offset), nbytes,
+                      buf_offset, _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), True)
 
-    def prep_write(self, fd, buf, offset=0, *, nbytes=None,
-                   Py_ssize_t buf_offset=0, user_data=0, flags=0):
+    def prep_write(self, fd, buf, offset=0, *, nbytes=None, buf_offset=0, user_data=0,
+                   flags=0):
         """Write `nbytes` (default: the rest of `buf`) from `buf[buf_offset:]` at `offset`."""
-        self._prep_rw(IORING_OP_WRITE, _i64(fd, "fd"), buf, _i64(offset, "offset"), nbytes,
-                      buf_offset, _u64(user_data, "user_data"), _u8(flags, "flags"), False)
+        self._prep_rw(IORING_OP_WRITE, _i64_arg(fd, "fd"), buf, _offset_arg(offset), nbytes,
+                      buf_offset, _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), False)
 
     cdef int _prep_rw(self, uint8_t opcode, int64_t fd, object buf, int64_t offset,
-                      object nbytes, Py_ssize_t buf_offset, uint64_t user_data, uint8_t flags,
+                      object nbytes, object buf_offset, uint64_t user_data, uint8_t flags,
                       bint writable) except -1:
         cdef Hold *hold
         cdef io_uring_sqe *sqe
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, boff
         self._enter_api()
         try:
             self._check_fd(fd, flags)
-            _check_offset(offset)
             hold = hold_new(1)
             try:
                 hold_export(hold, buf, writable, "buf")
-                n = _checked_range(hold.views[0].len, buf_offset, nbytes)
+                n = _checked_range(hold.views[0].len, buf_offset, nbytes, &boff)
             except BaseException:
                 hold_free(hold)
                 raise
@@ -1195,7 +1151,7 @@ cdef class Ring:
             sqe.opcode = opcode
             sqe.fd = <int32_t>fd
             sqe.off = <uint64_t>offset
-            sqe.addr = <uint64_t>(<char *>hold.views[0].buf + buf_offset)
+            sqe.addr = <uint64_t>(<char *>hold.views[0].buf + boff)
             sqe.len = <uint32_t>n
         finally:
             self._leave_api()
@@ -1204,14 +1160,14 @@ cdef class Ring:
     def prep_readv(self, fd, buffers, offset=0, *, user_data=0,
                    flags=0):
         """Scatter-read into each writable buffer of `buffers` in turn."""
-        self._prep_rwv(IORING_OP_READV, _i64(fd, "fd"), buffers, _i64(offset, "offset"),
-                       _u64(user_data, "user_data"), _u8(flags, "flags"), True)
+        self._prep_rwv(IORING_OP_READV, _i64_arg(fd, "fd"), buffers, _offset_arg(offset),
+                       _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), True)
 
     def prep_writev(self, fd, buffers, offset=0, *, user_data=0,
                     flags=0):
         """Gather-write each buffer of `buffers` in turn."""
-        self._prep_rwv(IORING_OP_WRITEV, _i64(fd, "fd"), buffers, _i64(offset, "offset"),
-                       _u64(user_data, "user_data"), _u8(flags, "flags"), False)
+        self._prep_rwv(IORING_OP_WRITEV, _i64_arg(fd, "fd"), buffers, _offset_arg(offset),
+                       _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), False)
 
     cdef int _prep_rwv(self, uint8_t opcode, int64_t fd, object buffers, int64_t offset,
                        uint64_t user_data, uint8_t flags, bint writable) except -1:
@@ -1224,7 +1180,6 @@ cdef class Ring:
         self._enter_api()
         try:
             self._check_fd(fd, flags)
-            _check_offset(offset)
             hold = hold_new(n)
             try:
                 hold.iov = <iovec *>malloc(n * sizeof(iovec))
@@ -1247,36 +1202,36 @@ cdef class Ring:
             self._leave_api()
         return 0
 
-    def prep_read_fixed(self, fd, buf_index, offset, nbytes,
-                        Py_ssize_t buf_offset=0, *, user_data=0, flags=0):
+    def prep_read_fixed(self, fd, buf_index, offset, nbytes, buf_offset=0, *, user_data=0,
+                        flags=0):
         """Read `nbytes` at `offset` into registered buffer `buf_index` at `buf_offset`."""
-        self._prep_fixed(IORING_OP_READ_FIXED, _i64(fd, "fd"), _i64(buf_index, "buf_index"),
-                         _i64(offset, "offset"), nbytes, buf_offset,
-                         _u64(user_data, "user_data"), _u8(flags, "flags"))
+        self._prep_fixed(IORING_OP_READ_FIXED, _i64_arg(fd, "fd"), _i64_arg(buf_index, "buf_index"),
+                         _offset_arg(offset), nbytes, buf_offset,
+                         _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"))
 
-    def prep_write_fixed(self, fd, buf_index, offset, nbytes,
-                         Py_ssize_t buf_offset=0, *, user_data=0, flags=0):
+    def prep_write_fixed(self, fd, buf_index, offset, nbytes, buf_offset=0, *, user_data=0,
+                         flags=0):
         """Write `nbytes` from registered buffer `buf_index` at `buf_offset` to `offset`."""
-        self._prep_fixed(IORING_OP_WRITE_FIXED, _i64(fd, "fd"), _i64(buf_index, "buf_index"),
-                         _i64(offset, "offset"), nbytes, buf_offset,
-                         _u64(user_data, "user_data"), _u8(flags, "flags"))
+        self._prep_fixed(IORING_OP_WRITE_FIXED, _i64_arg(fd, "fd"), _i64_arg(buf_index, "buf_index"),
+                         _offset_arg(offset), nbytes, buf_offset,
+                         _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"))
 
     cdef int _prep_fixed(self, uint8_t opcode, int64_t fd, int64_t buf_index, int64_t offset,
-                         object nbytes, Py_ssize_t buf_offset, uint64_t user_data,
+                         object nbytes, object buf_offset, uint64_t user_data,
                          uint8_t flags) except -1:
         cdef io_uring_sqe *sqe
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, boff
         self._enter_api()
         try:
             self._check_fd(fd, flags)
-            _check_offset(offset)
             self._check_buf_index(buf_index)
-            n = _checked_range(self._reg_buffers.views[buf_index].len, buf_offset, nbytes)
+            n = _checked_range(self._reg_buffers.views[buf_index].len, buf_offset, nbytes,
+                               &boff)
             sqe = self._next_sqe(user_data, flags, self._reg_buffers)
             sqe.opcode = opcode
             sqe.fd = <int32_t>fd
             sqe.off = <uint64_t>offset
-            sqe.addr = <uint64_t>(<char *>self._reg_buffers.views[buf_index].buf + buf_offset)
+            sqe.addr = <uint64_t>(<char *>self._reg_buffers.views[buf_index].buf + boff)
             sqe.len = <uint32_t>n
             sqe.buf_index = <uint16_t>buf_index
         finally:
@@ -1296,12 +1251,12 @@ cdef class Ring:
         file table instead (a direct descriptor; res is 0), or into a free slot with
         FILE_INDEX_ALLOC (res is the slot); direct descriptors have no close-on-exec."""
         cdef bytes b = _path_bytes(path)
-        cdef uint32_t open_flags = <uint32_t>_i64(flags, "flags")
+        cdef uint32_t open_flags = _u32_arg(flags, "flags")
         cdef uint32_t direct = 0
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(sqe_flags, "sqe_flags")
-        cdef int32_t dfd = <int32_t>_i64(dir_fd, "dir_fd")
-        cdef uint32_t perms = <uint32_t>_i64(mode, "mode")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(sqe_flags, "sqe_flags")
+        cdef int32_t dfd = _dir_fd_arg(dir_fd)
+        cdef uint32_t perms = _u32_arg(mode, "mode")
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
@@ -1323,7 +1278,7 @@ cdef class Ring:
 
     cdef uint32_t _direct_slot(self, object file_index) except? 0xFFFFFFFE:
         """sqe.file_index for a direct descriptor: slot + 1, or IORING_FILE_INDEX_ALLOC."""
-        cdef int64_t index = _i64(file_index, "file_index")
+        cdef int64_t index = _i64_arg(file_index, "file_index")
         if self._reg_file_count == 0:
             raise ValueError("file_index needs a registered file table: call "
                              "register_files([-1] * n) first")
@@ -1336,9 +1291,9 @@ cdef class Ring:
 
     def prep_close(self, fd, bint fixed=False, *, user_data=0, flags=0):
         """Close `fd`, or with fixed=True the direct descriptor in registered slot `fd`."""
-        cdef int64_t f = _i64(fd, "fd")
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(flags, "flags") & ~IOSQE_FIXED_FILE
+        cdef int64_t f = _i64_arg(fd, "fd")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(flags, "flags") & ~IOSQE_FIXED_FILE
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
@@ -1357,11 +1312,11 @@ cdef class Ring:
                    mask=STATX_BASIC_STATS, dir_fd=AT_FDCWD, user_data=0, sqe_flags=0):
         """statx(2) of `path` into `statx_buf` (a Statx); `flags` are AT_* flags."""
         cdef bytes b = _path_bytes(path)
-        cdef uint32_t at_flags = <uint32_t>_i64(flags, "flags")
-        cdef uint32_t want = <uint32_t>_i64(mask, "mask")
-        cdef int32_t dfd = <int32_t>_i64(dir_fd, "dir_fd")
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(sqe_flags, "sqe_flags")
+        cdef uint32_t at_flags = _u32_arg(flags, "flags")
+        cdef uint32_t want = _u32_arg(mask, "mask")
+        cdef int32_t dfd = _dir_fd_arg(dir_fd)
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(sqe_flags, "sqe_flags")
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
@@ -1378,9 +1333,9 @@ cdef class Ring:
 
     def prep_fsync(self, fd, bint datasync=False, *, user_data=0, flags=0):
         """fsync(2) `fd`, or fdatasync(2) with datasync=True."""
-        cdef int64_t f = _i64(fd, "fd")
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(flags, "flags")
+        cdef int64_t f = _i64_arg(fd, "fd")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(flags, "flags")
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
@@ -1392,17 +1347,16 @@ cdef class Ring:
         finally:
             self._leave_api()
 
-    def prep_timeout(self, double seconds, count=0, *, user_data=0, flags=0):
+    def prep_timeout(self, seconds, count=0, *, user_data=0, flags=0):
         """Complete after `seconds` (res -ETIME), or once `count` other requests have
         completed (res 0), whichever is first; count=0 is a pure timer."""
-        cdef uint32_t n = _count(count, "count")
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(flags, "flags")
+        cdef uint32_t n = _u32_arg(count, "count")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(flags, "flags")
         cdef io_uring_sqe *sqe
         cdef vy_timespec *ts
         cdef uint32_t slot
-        if not 0 <= seconds < 1e15:
-            raise ValueError(f"seconds must be >= 0 and finite, not {seconds}")
+        cdef double secs = _seconds_arg(seconds, "seconds", 1e15)
         self._enter_api()
         try:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
@@ -1412,8 +1366,8 @@ cdef class Ring:
             if slot == _NO_SLOT:
                 raise UringError("internal error: a new request has no live slot")
             ts = &self._slot_ts[slot]
-            ts.tv_sec = <int64_t>seconds
-            ts.tv_nsec = <long long>((seconds - ts.tv_sec) * 1e9)
+            ts.tv_sec = <int64_t>secs
+            ts.tv_nsec = <long long>((secs - ts.tv_sec) * 1e9)
             sqe.opcode = IORING_OP_TIMEOUT
             sqe.addr = <uint64_t><size_t>ts
             sqe.len = 1
@@ -1425,9 +1379,9 @@ cdef class Ring:
         """Cancel the oldest outstanding request whose user_data is `target_user_data`.
         res is 0 when it was cancelled, -ENOENT when no such request was found, and
         -EALREADY when it was already running."""
-        cdef uint64_t target = _u64(target_user_data, "target_user_data")
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(flags, "flags")
+        cdef uint64_t target = _u64_arg(target_user_data, "target_user_data")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(flags, "flags")
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
@@ -1473,12 +1427,12 @@ cdef class Ring:
         cdef IntCopy ud
         cdef Py_ssize_t done = 0
         cdef uint32_t k
-        cdef uint8_t fl = _u8(flags, "flags")
+        cdef uint8_t fl = _u8_arg(flags, "flags")
         ud.v = NULL
         self._enter_api()
         try:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
-            int_copy(&ud, user_data, "user_data", False)
+            int_copy(&ud, user_data, "user_data", False, True)
             self._check_chain_fits(fl, ud.n)
             while done < ud.n:
                 k = self._room(<uint32_t>min(ud.n - done, <Py_ssize_t>UINT32_MAX))
@@ -1508,14 +1462,14 @@ cdef class Ring:
         0..n-1. Every range is checked before any is prepared. Returns how many were
         prepared: fewer than asked when the CQ's capacity is reached."""
         return self._prep_batch(IORING_OP_READ, fd, buffer, offsets, lengths, buffer_offsets,
-                                user_data, _u8(flags, "flags"))
+                                user_data, _u8_arg(flags, "flags"))
 
     def prep_read_fixed_batch(self, fd, buf_index, offsets, lengths, buffer_offsets=None,
                               user_data=None, *, flags=0):
         """prep_reads into registered buffers: range i goes to registered buffer
         buf_index (an int, or one index per range) at buffer_offsets[i]."""
         return self._prep_batch(IORING_OP_READ_FIXED, fd, buf_index, offsets, lengths,
-                                buffer_offsets, user_data, _u8(flags, "flags"))
+                                buffer_offsets, user_data, _u8_arg(flags, "flags"))
 
     cdef Py_ssize_t _prep_batch(self, uint8_t opcode, object fd, object target, object offsets,
                                 object lengths, object buffer_offsets, object user_data,
@@ -1562,7 +1516,7 @@ cdef class Ring:
             int_copy(&b.boff, buffer_offsets, "buffer_offsets", False)
             _check_len(b.boff.n, "buffer_offsets", b.n)
         if user_data is not None:
-            int_copy(&b.ud, user_data, "user_data", False)
+            int_copy(&b.ud, user_data, "user_data", False, True)
             _check_len(b.ud.n, "user_data", b.n)
         _check_len(b.length.n, "lengths", b.n)
         _check_len(b.fd.n, "fd", b.n)
@@ -1608,9 +1562,8 @@ cdef class Ring:
         if hold != NULL:
             hold.refs += count
 
-    def prep_openat_batch(self, paths, int flags=os.O_RDONLY, int mode=0o644, *,
-                          int dir_fd=AT_FDCWD, file_indexes=None, user_data=None,
-                          sqe_flags=0):
+    def prep_openat_batch(self, paths, flags=os.O_RDONLY, mode=0o644, *, dir_fd=AT_FDCWD,
+                          file_indexes=None, user_data=None, sqe_flags=0):
         """One openat per path (str, bytes or os.PathLike); res is each new fd (opened
         O_CLOEXEC). With `file_indexes` (an int array, or FILE_INDEX_ALLOC), open into
         those slots of the registered file table instead (direct descriptors).
@@ -1619,17 +1572,16 @@ cdef class Ring:
         cdef tuple t = _paths_tuple(paths)
         memset(&b, 0, sizeof(PathBatch))
         b.opcode = IORING_OP_OPENAT
-        b.dir_fd = dir_fd
-        b.mode = <uint32_t>mode
-        b.open_flags = <uint32_t>flags | (os.O_CLOEXEC if file_indexes is None else 0)
+        b.dir_fd = _dir_fd_arg(dir_fd)
+        b.mode = _u32_arg(mode, "mode")
+        b.open_flags = _u32_arg(flags, "flags") | (os.O_CLOEXEC if file_indexes is None else 0)
         if file_indexes is not None:
             b.open_flags &= ~(<uint32_t>os.O_CLOEXEC)  # the kernel refuses it for slots
             b.direct = True
         return self._prep_paths(&b, t, None, file_indexes, user_data, sqe_flags)
 
-    def prep_statx_batch(self, paths, StatxArray results not None, *, int flags=0,
-                         unsigned int mask=STATX_BASIC_STATS, int dir_fd=AT_FDCWD,
-                         user_data=None, sqe_flags=0):
+    def prep_statx_batch(self, paths, StatxArray results not None, *, flags=0,
+                         mask=STATX_BASIC_STATS, dir_fd=AT_FDCWD, user_data=None, sqe_flags=0):
         """One statx(2) per path into results[i] (a StatxArray at least as long);
         `flags` are AT_* flags. Returns how many were prepared."""
         cdef PathBatch b
@@ -1638,9 +1590,9 @@ cdef class Ring:
             raise ValueError(f"results holds {results.n} entries for {len(t)} paths")
         memset(&b, 0, sizeof(PathBatch))
         b.opcode = IORING_OP_STATX
-        b.dir_fd = dir_fd
-        b.at_flags = <uint32_t>flags
-        b.mask = mask
+        b.dir_fd = _dir_fd_arg(dir_fd)
+        b.at_flags = _u32_arg(flags, "flags")
+        b.mask = _u32_arg(mask, "mask")
         b.statx_base = results.items
         return self._prep_paths(&b, t, results, None, user_data, sqe_flags)
 
@@ -1658,7 +1610,7 @@ cdef class Ring:
             except -1:
         cdef Hold *hold = NULL
         cdef Py_ssize_t done = 0
-        b.sqe_flags = _u8(sqe_flags, "sqe_flags") & ~IOSQE_FIXED_FILE
+        b.sqe_flags = _u8_arg(sqe_flags, "sqe_flags") & ~IOSQE_FIXED_FILE
         self._enter_api()
         try:
             self._check_fd(0, b.sqe_flags)
@@ -1689,7 +1641,7 @@ cdef class Ring:
             _check_len(b.index.n, "file_indexes" if paths is not None else "fds", b.n,
                        "paths")
         if user_data is not None:
-            int_copy(&b.ud, user_data, "user_data", False)
+            int_copy(&b.ud, user_data, "user_data", False, True)
             _check_len(b.ud.n, "user_data", b.n, "paths")
         for i in range(b.n if index is not None else 0):
             v = ic_get(&b.index, i)
@@ -1746,8 +1698,8 @@ cdef class Ring:
         """Submit, then wait until `min_complete` completions are ready or `timeout`
         seconds pass (on timeout it returns normally, with fewer ready). Returns how
         many requests were submitted."""
-        cdef double t = _timeout_seconds(timeout)
-        cdef uint32_t want = _count(min_complete, "min_complete")
+        cdef double t = _timeout_arg(timeout)
+        cdef uint32_t want = _u32_arg(min_complete, "min_complete")
         self._enter_api()
         try:
             self._check_waitable(want)
@@ -1767,8 +1719,8 @@ cdef class Ring:
         """Submit what is pending, wait until `min_complete` completions are ready or
         `timeout` seconds pass, and return every completion available. On timeout it
         returns what is there, possibly an empty list; it never raises TimeoutError."""
-        cdef double t = _timeout_seconds(timeout)
-        cdef uint32_t want = _count(min_complete, "min_complete")
+        cdef double t = _timeout_arg(timeout)
+        cdef uint32_t want = _u32_arg(min_complete, "min_complete")
         self._enter_api()
         try:
             self._check_waitable(want)
@@ -1782,8 +1734,8 @@ cdef class Ring:
         completions (user_data_out 8-byte items, res_out and flags_out 4 or 8) and
         return how many. With min_complete > 0 it first submits what is pending and
         waits for that many (or until `timeout` seconds pass)."""
-        cdef double t = _timeout_seconds(timeout)
-        cdef uint32_t want = _count(min_complete, "min_complete")
+        cdef double t = _timeout_arg(timeout)
+        cdef uint32_t want = _u32_arg(min_complete, "min_complete")
         cdef Sinks sinks
         cdef Py_ssize_t capacity = <Py_ssize_t>LLONG_MAX
         self._enter_api()
@@ -1891,47 +1843,50 @@ cdef class Ring:
 
     def register_files(self, fds):
         """Register a file table; -1 leaves a slot empty (for direct descriptors)."""
-        cdef object table = array.array("i", fds)
+        cdef Py_ssize_t n
+        cdef int32_t *table = _file_table(fds, &n)
         cdef int ret
-        cdef Py_ssize_t n = len(table)
-        cdef int *p
-        if not 0 < n <= 1 << 20:
-            raise ValueError(f"register 1 to {1 << 20} file slots, not {n}")
-        self._enter_api()
         try:
-            p = _array_i_pointer(table)
-            with nogil:
-                ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES, p, n)
-            if ret < 0:
-                raise syscall_error("io_uring_register(REGISTER_FILES)", -ret)
-            self._reg_file_count = n
+            self._enter_api()
+            try:
+                with nogil:
+                    ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES, table, n)
+                if ret < 0:
+                    raise syscall_error("io_uring_register(REGISTER_FILES)", -ret)
+                self._reg_file_count = n
+            finally:
+                self._leave_api()
         finally:
-            self._leave_api()
+            free(table)
 
-    def update_files(self, uint32_t offset, fds):
+    def update_files(self, offset, fds):
         """Replace registered file slots offset.. with `fds` (-1 empties a slot).
         Requests prepared before this call are submitted first, against the table
         they were prepared for."""
-        cdef object table = array.array("i", fds)
+        cdef uint32_t first = _u32_arg(offset, "offset")
+        cdef Py_ssize_t n
+        cdef int32_t *table = _file_table(fds, &n)
         cdef io_uring_files_update up
         cdef int ret
-        cdef Py_ssize_t n = len(table)
-        self._enter_api()
         try:
-            if n == 0 or offset + n > self._reg_file_count:
-                raise ValueError(f"slots {offset}..{offset + n - 1} are outside the registered "
-                                 f"file table ({self._reg_file_count} slots)")
-            self._submit_and_wait(0, -1.0)
-            memset(&up, 0, sizeof(up))
-            up.offset = offset
-            up.fds = <uint64_t><size_t>_array_i_pointer(table)
-            with nogil:
-                ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES_UPDATE, &up, n)
-            if ret < 0:
-                raise syscall_error("io_uring_register(FILES_UPDATE)", -ret)
-            return ret
+            self._enter_api()
+            try:
+                if first + n > self._reg_file_count:
+                    raise ValueError(f"slots {first}..{first + n - 1} are outside the "
+                                     f"registered file table ({self._reg_file_count} slots)")
+                self._submit_and_wait(0, -1.0)
+                memset(&up, 0, sizeof(up))
+                up.offset = first
+                up.fds = <uint64_t><size_t>table
+                with nogil:
+                    ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES_UPDATE, &up, n)
+                if ret < 0:
+                    raise syscall_error("io_uring_register(FILES_UPDATE)", -ret)
+                return ret
+            finally:
+                self._leave_api()
         finally:
-            self._leave_api()
+            free(table)
 
     def unregister_files(self):
         """Unregister the file table. Requests prepared before this call are
