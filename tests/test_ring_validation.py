@@ -7,8 +7,9 @@ import textwrap
 
 import pytest
 
-from vyre_uring import (SQE_FIXED_FILE, RingClosedError, RingFullError, Ring, Statx,
-                        UringError)
+import vyre_uring
+from vyre_uring import (SQE_FIXED_FILE, ArgumentRangeError, RingClosedError, RingFullError,
+                        Ring, Statx, StatxArray, UringError)
 
 IOSQE_BUFFER_SELECT = 1 << 5
 IOSQE_CQE_SKIP_SUCCESS = 1 << 6
@@ -535,3 +536,262 @@ def test_ring_full_prep_reads_returns_count(fd):
         assert sorted(c.user_data for c in got) == list(range(8))
         assert bytes(buf[:8]) == os.pread(fd, 8, 0)
         assert buf[8:] == bytearray(12)
+
+
+# ---- every integer argument: no truncation, no rounding, errors that name it -------------
+
+try:
+    import numpy
+except ImportError:
+    numpy = None
+
+# What each kind of argument refuses as out of range.
+OUT_OF_RANGE = {
+    "u64": [-1, 2**64],
+    "u32": [-1, 2**32, 2**32 + 3],
+    "u8": [-1, 256, 2**32 + 1],
+    "fd": [-1, 2**31, 2**32 + 3, 2**64],
+    "dir_fd": [-1, -101, 2**31, 2**32 + 3],
+    "offset": [-2, 2**63, 2**64],
+    "size": [-1, 2**63, 2**64],
+    "int64": [2**63, -2**63 - 1],
+    "entries": [0, 32769, 2**32 + 8],
+    "seconds": [-1, -0.5, float("inf"), float("nan"), 10**400],
+    "timeout": [-1, float("nan")],
+}
+NOT_INTEGERS = [1.5, 2.0, "3", b"3", bytearray(b"3"), [3]]
+NOT_SECONDS = ["3", b"3", [1]]
+
+
+def _int_args(fd):
+    """(call, argument name, kind): call(ring, v) passes v as that argument, every
+    other argument valid. The ring has one registered buffer of 64 bytes and a file
+    table of two slots."""
+    buf = bytearray(64)
+    st = Statx()
+    rows = [
+        (lambda r, v: r.prep_nop(user_data=v), "user_data", "u64"),
+        (lambda r, v: r.prep_nop(flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_read(v, buf), "fd", "fd"),
+        (lambda r, v: r.prep_read(fd, buf, v), "offset", "offset"),
+        (lambda r, v: r.prep_read(fd, buf, nbytes=v), "nbytes", "size"),
+        (lambda r, v: r.prep_read(fd, buf, buf_offset=v), "buf_offset", "size"),
+        (lambda r, v: r.prep_read(fd, buf, user_data=v), "user_data", "u64"),
+        (lambda r, v: r.prep_read(fd, buf, flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_write(v, b"x"), "fd", "fd"),
+        (lambda r, v: r.prep_write(fd, b"x", v), "offset", "offset"),
+        (lambda r, v: r.prep_write(fd, b"x", nbytes=v), "nbytes", "size"),
+        (lambda r, v: r.prep_write(fd, b"x", buf_offset=v), "buf_offset", "size"),
+        (lambda r, v: r.prep_write(fd, b"x", user_data=v), "user_data", "u64"),
+        (lambda r, v: r.prep_write(fd, b"x", flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_readv(v, [buf]), "fd", "fd"),
+        (lambda r, v: r.prep_readv(fd, [buf], v), "offset", "offset"),
+        (lambda r, v: r.prep_readv(fd, [buf], user_data=v), "user_data", "u64"),
+        (lambda r, v: r.prep_writev(fd, [b"x"], flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_read_fixed(v, 0, 0, 1), "fd", "fd"),
+        (lambda r, v: r.prep_read_fixed(fd, v, 0, 1), "buf_index", "int64"),
+        (lambda r, v: r.prep_read_fixed(fd, 0, v, 1), "offset", "offset"),
+        (lambda r, v: r.prep_read_fixed(fd, 0, 0, v), "nbytes", "size"),
+        (lambda r, v: r.prep_read_fixed(fd, 0, 0, 1, v), "buf_offset", "size"),
+        (lambda r, v: r.prep_write_fixed(fd, 0, 0, 1, user_data=v), "user_data", "u64"),
+        (lambda r, v: r.prep_write_fixed(fd, 0, 0, 1, flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_openat("/", v), "flags", "u32"),
+        (lambda r, v: r.prep_openat("/", 0, v), "mode", "u32"),
+        (lambda r, v: r.prep_openat("/", dir_fd=v), "dir_fd", "dir_fd"),
+        (lambda r, v: r.prep_openat("/", file_index=v), "file_index", "int64"),
+        (lambda r, v: r.prep_openat("/", user_data=v), "user_data", "u64"),
+        (lambda r, v: r.prep_openat("/", sqe_flags=v), "sqe_flags", "u8"),
+        (lambda r, v: r.prep_close(v), "fd", "fd"),
+        (lambda r, v: r.prep_close(fd, user_data=v), "user_data", "u64"),
+        (lambda r, v: r.prep_close(fd, flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_statx("/", st, flags=v), "flags", "u32"),
+        (lambda r, v: r.prep_statx("/", st, mask=v), "mask", "u32"),
+        (lambda r, v: r.prep_statx("/", st, dir_fd=v), "dir_fd", "dir_fd"),
+        (lambda r, v: r.prep_statx("/", st, user_data=v), "user_data", "u64"),
+        (lambda r, v: r.prep_statx("/", st, sqe_flags=v), "sqe_flags", "u8"),
+        (lambda r, v: r.prep_fsync(v), "fd", "fd"),
+        (lambda r, v: r.prep_fsync(fd, user_data=v), "user_data", "u64"),
+        (lambda r, v: r.prep_fsync(fd, flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_timeout(v), "seconds", "seconds"),
+        (lambda r, v: r.prep_timeout(1.0, v), "count", "u32"),
+        (lambda r, v: r.prep_timeout(1.0, user_data=v), "user_data", "u64"),
+        (lambda r, v: r.prep_timeout(1.0, flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_cancel(v), "target_user_data", "u64"),
+        (lambda r, v: r.prep_cancel(1, user_data=v), "user_data", "u64"),
+        (lambda r, v: r.prep_cancel(1, flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_nops([1], flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_reads(v, buf, [0], [1]), "fd", "int64|array"),
+        (lambda r, v: r.prep_reads(fd, buf, [0], [1], flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_read_fixed_batch(fd, v, [0], [1]), "buf_index", "int64|array"),
+        (lambda r, v: r.prep_read_fixed_batch(fd, 0, [0], [1], flags=v), "flags", "u8"),
+        (lambda r, v: r.prep_openat_batch(["/"], v), "flags", "u32"),
+        (lambda r, v: r.prep_openat_batch(["/"], 0, v), "mode", "u32"),
+        (lambda r, v: r.prep_openat_batch(["/"], dir_fd=v), "dir_fd", "dir_fd"),
+        (lambda r, v: r.prep_openat_batch(["/"], file_indexes=v), "file_indexes",
+         "int64|array"),
+        (lambda r, v: r.prep_openat_batch(["/"], sqe_flags=v), "sqe_flags", "u8"),
+        (lambda r, v: r.prep_statx_batch(["/"], StatxArray(1), flags=v), "flags", "u32"),
+        (lambda r, v: r.prep_statx_batch(["/"], StatxArray(1), mask=v), "mask", "u32"),
+        (lambda r, v: r.prep_statx_batch(["/"], StatxArray(1), dir_fd=v), "dir_fd",
+         "dir_fd"),
+        (lambda r, v: r.prep_statx_batch(["/"], StatxArray(1), sqe_flags=v), "sqe_flags",
+         "u8"),
+        (lambda r, v: r.prep_close_batch([fd], sqe_flags=v), "sqe_flags", "u8"),
+        (lambda r, v: r.submit_and_wait(v), "min_complete", "u32"),
+        (lambda r, v: r.submit_and_wait(0, v), "timeout", "timeout"),
+        (lambda r, v: r.wait(v, timeout=0), "min_complete", "u32"),
+        (lambda r, v: r.wait(0, v), "timeout", "timeout"),
+        (lambda r, v: r.reap(array.array("Q", [0]), array.array("i", [0]), min_complete=v),
+         "min_complete", "u32"),
+        (lambda r, v: r.reap(array.array("Q", [0]), array.array("i", [0]), timeout=v),
+         "timeout", "timeout"),
+        (lambda r, v: r.update_files(v, [-1]), "offset", "u32"),
+    ]
+    # Elements of integer arrays, given as lists: named with their index.
+    for call, name, kind in [
+        (lambda r, v: r.prep_nops([1, v]), "user_data", "u64"),
+        (lambda r, v: r.prep_reads(fd, buf, [0, v], [1, 1]), "offsets", "int64"),
+        (lambda r, v: r.prep_reads(fd, buf, [0, 0], [1, v]), "lengths", "int64"),
+        (lambda r, v: r.prep_reads(fd, buf, [0, 0], [1, 1], [0, v]), "buffer_offsets",
+         "int64"),
+        (lambda r, v: r.prep_reads(fd, buf, [0, 0], [1, 1], None, [0, v]), "user_data",
+         "u64"),
+        (lambda r, v: r.prep_reads([fd, v], buf, [0, 0], [1, 1]), "fd", "int64"),
+        (lambda r, v: r.prep_read_fixed_batch(fd, [0, v], [0, 0], [1, 1]), "buf_index",
+         "int64"),
+        (lambda r, v: r.prep_openat_batch(["/", "/"], file_indexes=[0, v]), "file_indexes",
+         "int64"),
+        (lambda r, v: r.prep_close_batch([fd, v]), "fds", "int64"),
+        (lambda r, v: r.prep_close_batch([fd, fd], user_data=[0, v]), "user_data", "u64"),
+        (lambda r, v: r.register_files([fd, v]), "fds", "fd_table"),
+        (lambda r, v: r.update_files(0, [fd, v]), "fds", "fd_table"),
+    ]:
+        rows.append((call, name + "[1]", kind))
+    return rows
+
+
+OUT_OF_RANGE["fd_table"] = [-2, 2**31, 2**32 - 1]
+
+
+def _row_ids():
+    return [f"{i}-{name}" for i, (_, name, _) in enumerate(_int_args(0))]
+
+
+@pytest.fixture
+def reg_ring(fd):
+    r = Ring(8)
+    r.register_buffers([bytearray(64)])
+    r.register_files([-1, -1])
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _check_refused(ring, call, value, exc, name):
+    with pytest.raises(exc) as info:
+        call(ring, value)
+    assert name in str(info.value), (value, str(info.value))
+    assert ring.pending == 0
+    return info.value
+
+
+@pytest.mark.parametrize("row", range(len(_row_ids())), ids=_row_ids())
+def test_out_of_range_integer_is_overflow_error_naming_it(reg_ring, fd, row):
+    call, name, kind = _int_args(fd)[row]
+    for value in OUT_OF_RANGE[kind.split("|")[0]]:
+        err = _check_refused(reg_ring, call, value, OverflowError, name)
+        assert isinstance(err, ArgumentRangeError)
+        assert isinstance(err, ValueError)             # as these were refused before
+
+
+@pytest.mark.parametrize("row", range(len(_row_ids())), ids=_row_ids())
+def test_non_integer_is_type_error_naming_it(reg_ring, fd, row):
+    call, name, kind = _int_args(fd)[row]
+    for value in NOT_SECONDS if kind in ("seconds", "timeout") else NOT_INTEGERS:
+        if isinstance(value, list) and (name.endswith("[1]") or kind.endswith("|array")):
+            continue                                  # an array where one is accepted
+        _check_refused(reg_ring, call, value, TypeError, name)
+
+
+RING_ARGS = [
+    (lambda v: Ring(v), "entries", [0, 32769, 2**32 + 8]),
+    (lambda v: Ring(8, cq_entries=v), "cq_entries", [4, 65537, 2**32 + 8]),
+    (lambda v: Ring(8, sq_thread_idle_ms=v), "sq_thread_idle_ms", [-1, 2**32]),
+    (lambda v: Ring(8, _test_overcommit=v), "_test_overcommit", [-1, 32769, 2**32 + 8]),
+    (lambda v: StatxArray(v), "n", [0, -1, 2**63]),
+]
+
+
+@pytest.mark.parametrize("row", range(len(RING_ARGS)), ids=[n for _, n, _ in RING_ARGS])
+def test_constructor_integer_arguments(row):
+    make, name, out_of_range = RING_ARGS[row]
+    for value in out_of_range:
+        with pytest.raises(OverflowError, match=name):
+            make(value)
+    for value in NOT_INTEGERS:
+        with pytest.raises(TypeError, match=name):
+            make(value)
+
+
+def test_sq_thread_cpu_is_checked_before_the_ring_is_created():
+    with pytest.raises(OverflowError, match="sq_thread_cpu"):
+        Ring(8, sqpoll=True, sq_thread_cpu=2**32)
+    with pytest.raises(TypeError, match="sq_thread_cpu"):
+        Ring(8, sqpoll=True, sq_thread_cpu=1.5)
+
+
+def test_dir_fd_is_not_truncated_to_an_open_fd(ring, tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    d = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with pytest.raises(OverflowError, match="dir_fd"):
+            ring.prep_openat("f", dir_fd=2**32 + d)   # was: opened relative to d
+        assert ring.pending == 0
+        ring.prep_openat("f", dir_fd=d, user_data=1)
+        (c,) = ring.wait(timeout=5)
+        assert c.res >= 0
+        os.close(c.res)
+    finally:
+        os.close(d)
+
+
+def test_fractional_nbytes_is_refused_not_rounded(ring, fd):
+    with pytest.raises(TypeError, match="nbytes"):
+        ring.prep_read(fd, bytearray(4), nbytes=1.5)  # was: a 1-byte read
+    assert ring.pending == 0
+
+
+@pytest.mark.parametrize("text", [b"\x00\x01", bytearray(b"\x00\x01"), "01"],
+                         ids=["bytes", "bytearray", "str"])
+def test_bytes_and_str_are_not_integer_arrays(ring, fd, text):
+    for call, name in [
+        (lambda: ring.prep_nops(text), "user_data"),
+        (lambda: ring.prep_reads(fd, bytearray(4), text, [1, 1]), "offsets"),
+        (lambda: ring.prep_reads(fd, bytearray(4), [0, 0], text), "lengths"),
+        (lambda: ring.prep_reads(fd, bytearray(4), [0, 0], [1, 1], text), "buffer_offsets"),
+        (lambda: ring.prep_close_batch(text), "fds"),
+        (lambda: ring.register_files(text), "fds"),
+    ]:
+        with pytest.raises(TypeError, match=name):
+            call()
+    assert ring.pending == 0
+
+
+@pytest.mark.skipif(numpy is None, reason="numpy is not installed")
+def test_numpy_integers_are_integers(ring, fd):
+    assert ring.prep_nops(numpy.array([1, 2], dtype=numpy.uint8)) == 2
+    ring.prep_nop(user_data=numpy.uint64(2**64 - 1), flags=numpy.int8(0))
+    buf = bytearray(8)
+    ring.prep_reads(numpy.int32(fd), buf, numpy.array([0, 4]), numpy.array([4, 4]),
+                    user_data=numpy.array([10, 11], dtype=numpy.uint64))
+    ring.prep_read(numpy.int64(fd), bytearray(4), numpy.int64(0), nbytes=numpy.uint32(4),
+                   user_data=9)
+    got = {c.user_data: c.res for c in ring.wait(6, timeout=5)}
+    assert got == {1: 0, 2: 0, 2**64 - 1: 0, 10: 4, 11: 4, 9: 4}
+    assert bytes(buf) == os.pread(fd, 8, 0)
+
+
+def test_user_data_takes_every_64_bit_value_in_arrays_too(ring):
+    assert ring.prep_nops([0, 2**64 - 1, 2**63]) == 3
+    assert sorted(c.user_data for c in ring.wait(3, timeout=5)) == [0, 2**63, 2**64 - 1]

@@ -17,8 +17,9 @@ from .availability import Availability, check  # noqa: E402
 from .buffers import alloc_buffer  # noqa: E402
 from .reader import (BatchReader, iter_files, read_files, read_ranges,  # noqa: E402
                      read_ranges_into)
-from .errors import (RingBusyError, RingClosedError, RingForkedError,  # noqa: E402
-                     RingFullError, UringError, UringSyscallError, UringUnavailableError)
+from .errors import (ArgumentRangeError, RingBusyError, RingClosedError,  # noqa: E402
+                     RingForkedError, RingFullError, UringError, UringSyscallError,
+                     UringUnavailableError)
 
 __version__ = "0.1.0"
 
@@ -26,7 +27,7 @@ __all__ = [
     "BatchReader", "read_files", "iter_files", "read_ranges", "read_ranges_into",
     "Ring", "Completion", "Statx", "StatxArray", "Op", "alloc_buffer", "check", "Availability",
     "UringError", "UringSyscallError", "UringUnavailableError", "RingClosedError",
-    "RingBusyError", "RingForkedError", "RingFullError",
+    "RingBusyError", "RingForkedError", "RingFullError", "ArgumentRangeError",
     "SQE_FIXED_FILE", "SQE_IO_DRAIN", "SQE_IO_LINK", "SQE_IO_HARDLINK", "SQE_ASYNC",
     "FILE_INDEX_ALLOC", "SETUP_SQPOLL", "SETUP_SINGLE_ISSUER", "SETUP_DEFER_TASKRUN",
     "SETUP_COOP_TASKRUN", "FEAT_SINGLE_MMAP", "FEAT_NODROP", "FEAT_EXT_ARG",

@@ -1,8 +1,9 @@
-# ReadBatch: the arguments of prep_reads / prep_read_fixed_batch, validated whole in
-# one C pass before any SQE is written, then filled chunk by chunk.
+# ReadBatch: the arguments of prep_reads / prep_read_fixed_batch, copied into private
+# memory, validated whole in one C pass before any SQE is written, then filled chunk
+# by chunk (the GIL is released between chunks: the copies are what is filled).
 
 cdef struct ReadBatch:
-    IntArray fd, off, length, boff, ud, index
+    IntCopy fd, off, length, boff, ud, index
     Py_ssize_t n
     char *base              # prep_reads: the destination buffer
     Py_ssize_t base_len
@@ -24,12 +25,12 @@ cdef inline int64_t _buffer_offset(ReadBatch *b, Py_ssize_t i) noexcept nogil:
     """Range i's offset in its destination. buffer_offsets=None packs prep_reads'
     ranges back to back, and puts each fixed read at the start of its buffer."""
     cdef int64_t v
-    if b.boff.buf != NULL:
-        return ia_get(&b.boff, i)
+    if b.boff.v != NULL:
+        return b.boff.v[i]
     if b.opcode == IORING_OP_READ_FIXED:
         return 0
     v = b.cursor
-    b.cursor += ia_get(&b.length, i)
+    b.cursor += b.length.v[i]
     return v
 
 
@@ -39,9 +40,9 @@ cdef Py_ssize_t _first_bad_range(ReadBatch *b, int64_t nfiles, Hold *reg, uint32
     cdef int64_t fd, off, length, boff, index, limit
     cdef int64_t saved = b.cursor
     for i in range(b.n):
-        fd = ia_get(&b.fd, i)
-        off = ia_get(&b.off, i)
-        length = ia_get(&b.length, i)
+        fd = ic_get(&b.fd, i)
+        off = b.off.v[i]
+        length = b.length.v[i]
         boff = _buffer_offset(b, i)
         limit = b.base_len
         why[0] = 0
@@ -57,7 +58,7 @@ cdef Py_ssize_t _first_bad_range(ReadBatch *b, int64_t nfiles, Hold *reg, uint32
         elif why[0] == 0 and boff < 0:
             why[0] = BAD_BUFFER_OFFSET
         if why[0] == 0 and b.opcode == IORING_OP_READ_FIXED:
-            index = ia_get(&b.index, i)
+            index = ic_get(&b.index, i)
             if not 0 <= index < nbufs:
                 why[0] = BAD_INDEX
             else:
@@ -74,13 +75,13 @@ cdef Py_ssize_t _first_bad_range(ReadBatch *b, int64_t nfiles, Hold *reg, uint32
 cdef str _batch_error(ReadBatch *b, Py_ssize_t i, int why, int64_t nfiles, uint32_t nbufs):
     cdef int64_t boff
     cdef Py_ssize_t j
-    if b.boff.buf != NULL:
-        boff = ia_get(&b.boff, i)
+    if b.boff.v != NULL:
+        boff = b.boff.v[i]
     elif b.opcode == IORING_OP_READ_FIXED:
         boff = 0
     else:
-        boff = sum(ia_get(&b.length, j) for j in range(i))
-    fd, off, length = ia_get(&b.fd, i), ia_get(&b.off, i), ia_get(&b.length, i)
+        boff = sum(b.length.v[j] for j in range(i))
+    fd, off, length = ic_get(&b.fd, i), b.off.v[i], b.length.v[i]
     where = f"range {i} (fd {fd}, offset {off}, length {length}, buffer offset {boff})"
     if why == BAD_FD:
         return f"{where}: fd must be a non-negative file descriptor"
@@ -93,58 +94,76 @@ cdef str _batch_error(ReadBatch *b, Py_ssize_t i, int why, int64_t nfiles, uint3
     if why == BAD_BUFFER_OFFSET:
         return f"{where}: buffer offset must be >= 0"
     if why == BAD_INDEX:
-        return (f"{where}: buf_index {ia_get(&b.index, i)} is outside the registered "
+        return (f"{where}: buf_index {ic_get(&b.index, i)} is outside the registered "
                 f"buffers ({nbufs} registered)")
     return f"{where}: the range does not fit in the destination buffer"
 
 
 cdef void _close_batch(ReadBatch *b) noexcept:
-    int_array_close(&b.fd)
-    int_array_close(&b.off)
-    int_array_close(&b.length)
-    int_array_close(&b.boff)
-    int_array_close(&b.ud)
-    int_array_close(&b.index)
+    int_copy_free(&b.fd)
+    int_copy_free(&b.off)
+    int_copy_free(&b.length)
+    int_copy_free(&b.boff)
+    int_copy_free(&b.ud)
+    int_copy_free(&b.index)
 
 
 cdef int _check_same_length(IntArray *a, str name, Py_ssize_t n,
                             str reference="offsets") except -1:
-    if a.n >= 0 and a.n != n:
-        raise ValueError(f"{name} has {a.n} elements but {reference} has {n}: the arrays "
+    return _check_len(a.n, name, n, reference)
+
+
+cdef int _check_len(Py_ssize_t got, str name, Py_ssize_t n, str reference="offsets") \
+        except -1:
+    """An array of `got` elements (-1: a broadcast scalar) must have `reference`'s n."""
+    if got >= 0 and got != n:
+        raise ValueError(f"{name} has {got} elements but {reference} has {n}: the arrays "
                          f"must have equal lengths")
     return 0
 
 
-cdef int _check_offset(int64_t offset) except -1:
-    if offset < -1:
-        raise ValueError(f"offset must be >= 0 (or -1 for the file position), not {offset}")
-    return 0
-
-
-cdef Py_ssize_t _checked_range(Py_ssize_t buflen, Py_ssize_t buf_offset, object nbytes) \
-        except -1:
-    """The byte count of a request on buf[buf_offset:buf_offset + nbytes], checked."""
+cdef Py_ssize_t _checked_range(Py_ssize_t buflen, object buf_offset, object nbytes,
+                               Py_ssize_t *boff) except -1:
+    """The byte count of a request on buf[buf_offset:buf_offset + nbytes], checked;
+    the offset, checked, goes to boff."""
+    cdef int64_t b = _int_arg(buf_offset, "buf_offset", 0, INT64_MAX)
     cdef int64_t n
-    if not 0 <= buf_offset <= buflen:
-        raise ValueError(f"buf_offset {buf_offset} is outside the buffer ({buflen} bytes)")
-    n = buflen - buf_offset if nbytes is None else nbytes
-    if n < 0:
-        raise ValueError(f"nbytes must be >= 0, not {n}")
+    if b > buflen:
+        raise ValueError(f"buf_offset {b} is outside the buffer ({buflen} bytes)")
+    n = buflen - b if nbytes is None else _int_arg(nbytes, "nbytes", 0, INT64_MAX)
     if n > UINT32_MAX:
-        raise ValueError(f"nbytes {n} exceeds {UINT32_MAX}, the most one request can "
-                         f"carry; split it")
-    if n > buflen - buf_offset:
-        raise ValueError(f"nbytes {n} at buf_offset {buf_offset} runs past the end of the "
-                         f"buffer ({buflen} bytes)")
+        raise ArgumentRangeError(f"nbytes {n} exceeds {UINT32_MAX}, the most one request "
+                                 f"can carry; split it")
+    if n > buflen - b:
+        raise ValueError(f"nbytes {n} at buf_offset {b} runs past the end of the buffer "
+                         f"({buflen} bytes)")
+    boff[0] = <Py_ssize_t>b
     return <Py_ssize_t>n
 
 
-cdef int *_array_i_pointer(object table) except NULL:
-    """The data of an array('i') (a file table the kernel copies during the call)."""
-    cdef carray.array a = table
-    if len(a) == 0:
-        raise ValueError("empty file table")
-    return a.data.as_ints
+cdef int32_t *_file_table(object fds, Py_ssize_t *n) except NULL:
+    """fds (an int array, or a sequence of ints) as a new C array the caller frees:
+    each -1 (an empty slot) or a file descriptor. The kernel reads it during the
+    register call, with the GIL released: it is private memory."""
+    cdef IntCopy c
+    cdef Py_ssize_t i
+    cdef int32_t *table = NULL
+    int_copy(&c, fds, "fds", False)
+    try:
+        if not 0 < c.n <= 1 << 20:
+            raise ValueError(f"fds must hold 1 to {1 << 20} file slots, not {c.n}")
+        for i in range(c.n):
+            if not -1 <= c.v[i] <= 0x7FFFFFFF:
+                _raise_range("fds", i, c.v[i], -1, 0x7FFFFFFF)
+        table = <int32_t *>malloc(c.n * sizeof(int32_t))
+        if table == NULL:
+            raise MemoryError()
+        for i in range(c.n):
+            table[i] = <int32_t>c.v[i]
+        n[0] = c.n
+    finally:
+        int_copy_free(&c)
+    return table
 
 
 # Sinks: the caller's output arrays of reap(), borrowed for one C copy.

@@ -6,8 +6,8 @@ cdef struct PathBatch:
     uint8_t sqe_flags
     Py_ssize_t n
     const char **paths      # borrowed from a tuple of bytes the Hold keeps alive
-    IntArray ud             # n < 0 and buf NULL: number the requests 0..n-1
-    IntArray index          # openat: direct-descriptor slots; close: fds or slots
+    IntCopy ud              # v NULL: number the requests 0..n-1
+    IntCopy index           # openat: direct-descriptor slots; close: fds or slots
     bint direct             # openat into the registered table / close a fixed slot
     int32_t dir_fd
     uint32_t open_flags, mode, at_flags, mask
@@ -43,12 +43,13 @@ cdef int _path_pointers(PathBatch *b, tuple t) except -1:
 cdef void _close_path_batch(PathBatch *b) noexcept:
     free(b.paths)
     b.paths = NULL
-    int_array_close(&b.ud)
-    int_array_close(&b.index)
+    int_copy_free(&b.ud)
+    int_copy_free(&b.index)
 
 
-cdef inline uint64_t _batch_user_data(IntArray *ud, Py_ssize_t i) noexcept nogil:
-    return <uint64_t>ia_get(ud, i) if ud.buf != NULL or ud.n < 0 else <uint64_t>i
+cdef inline uint64_t _batch_user_data(const IntCopy *ud, Py_ssize_t i) noexcept nogil:
+    """The caller's user_data of request i, or i when none was given."""
+    return <uint64_t>ud.v[i] if ud.v != NULL else <uint64_t>i
 
 
 cdef void _fill_path_sqe(PathBatch *b, Py_ssize_t i, io_uring_sqe *sqe) noexcept nogil:
@@ -61,7 +62,7 @@ cdef void _fill_path_sqe(PathBatch *b, Py_ssize_t i, io_uring_sqe *sqe) noexcept
         sqe.len = b.mode
         sqe.open_flags = b.open_flags
         if b.direct:
-            index = ia_get(&b.index, i)
+            index = ic_get(&b.index, i)
             sqe.file_index = IORING_FILE_INDEX_ALLOC if index == ANY_FREE_SLOT \
                 else <uint32_t>index + 1
     elif b.opcode == IORING_OP_STATX:
@@ -71,7 +72,7 @@ cdef void _fill_path_sqe(PathBatch *b, Py_ssize_t i, io_uring_sqe *sqe) noexcept
         sqe.off = <uint64_t><size_t>&b.statx_base[i]
         sqe.statx_flags = b.at_flags
     else:                                   # IORING_OP_CLOSE
-        index = ia_get(&b.index, i)
+        index = ic_get(&b.index, i)
         if b.direct:
             sqe.file_index = <uint32_t>index + 1
         else:
@@ -83,13 +84,11 @@ cdef class StatxArray:
     cdef statx *items
     cdef readonly Py_ssize_t n
 
-    def __cinit__(self, Py_ssize_t n):
-        if n < 1:
-            raise ValueError(f"n must be >= 1, not {n}")
-        self.items = <statx *>calloc(n, sizeof(statx))
+    def __cinit__(self, n):
+        self.n = <Py_ssize_t>_int_arg(n, "n", 1, INT64_MAX // sizeof(statx))
+        self.items = <statx *>calloc(self.n, sizeof(statx))
         if self.items == NULL:
             raise MemoryError()
-        self.n = n
 
     def __dealloc__(self):
         free(self.items)

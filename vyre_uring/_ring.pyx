@@ -2,10 +2,14 @@
 # cython: embedsignature=True
 """The io_uring engine: a Ring over raw syscalls and mmap'd queues.
 
-Kernel `user_data` is our slot index, never the caller's value: each request owns a
+Kernel `user_data` names our slot, never the caller's value: each request owns a
 slot that records the caller's user_data and what keeps its memory alive, so
-completions map back exactly once whatever order they arrive in, and an index read
-back from the shared ring is bounds-checked before it is used. There are as many
+completions map back exactly once whatever order they arrive in. The low 32 bits
+are the slot index, the high 32 bits the request's generation (the low 32 bits of
+its sequence number): a kernel user_data read back from the shared ring is masked,
+bounds-checked and matched against the slot's generation before it is used, and a
+cancel aimed at a request that has completed since finds nothing (-ENOENT), never
+the request that reused its slot. There are as many
 slots as CQ entries, which bounds the outstanding requests by the CQ's capacity.
 """
 import array
@@ -20,11 +24,14 @@ cimport cython
 from cpython cimport array as carray
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear, PyErr_Occurred
+from cpython.long cimport PyLong_Check
+from cpython.number cimport PyIndex_Check, PyNumber_Index
 from cpython.object cimport PyObject, Py_SIZE
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.limits cimport LLONG_MAX
+from libc.math cimport INFINITY
 from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
-                          uint64_t, UINT32_MAX)
+                          uint64_t, INT64_MAX, INT64_MIN, UINT32_MAX)
 from libc.errno cimport EAGAIN, EBUSY, EINTR, EINVAL, ENOMEM, ETIME, errno
 from posix.stat cimport fstat, struct_stat as stat_t
 from libc.stdio cimport fprintf, stderr
@@ -35,9 +42,10 @@ from vyre_uring.includes.kernel cimport *
 
 from vyre_uring.availability import is_unavailable_errno, unavailable_error
 from vyre_uring._files import path_error
-from vyre_uring.errors import (RingBusyError, RingClosedError, RingForkedError,
-                               RingFullError, UringError, syscall_error)
+from vyre_uring.errors import (ArgumentRangeError, RingBusyError, RingClosedError,
+                               RingForkedError, RingFullError, UringError, syscall_error)
 
+include "_args.pxi"
 include "_holds.pxi"
 include "_intarrays.pxi"
 include "_batch.pxi"
@@ -88,8 +96,11 @@ FEAT_EXT_ARG = IORING_FEAT_EXT_ARG
 # provided buffers, which this engine does not manage.
 cdef uint8_t _ALLOWED_SQE_FLAGS = (IOSQE_FIXED_FILE | IOSQE_IO_DRAIN | IOSQE_IO_LINK |
                                    IOSQE_IO_HARDLINK | IOSQE_ASYNC)
-# user_data of the engine's own requests (cancels at close); never a slot index.
+cdef uint8_t _LINK_FLAGS = IOSQE_IO_LINK | IOSQE_IO_HARDLINK
+# user_data of the engine's own requests (cancels at close); its slot index (all
+# ones) is never a slot, nor is _NO_SLOT's.
 cdef uint64_t _INTERNAL_USER_DATA = 0xFFFFFFFFFFFFFFFF
+cdef uint32_t _NO_SLOT = 0xFFFFFFFE
 cdef int _MAX_ENTRIES = 32768
 cdef double _DRAIN_PATIENCE_S = 10.0
 
@@ -140,6 +151,11 @@ cdef inline void reclaim_slot(Reclaim *r, uint32_t idx) noexcept nogil:
     r.free_top += 1
 
 
+cdef inline uint64_t kernel_user_data(uint32_t idx, uint64_t seq) noexcept nogil:
+    """The kernel user_data of the request with sequence number `seq` in slot `idx`."""
+    return <uint64_t>idx | (seq << 32)
+
+
 cdef inline io_uring_sqe *claim_sqe(Claim *c, uint64_t user_data, Hold *hold) noexcept nogil:
     """Claim a slot and a zeroed SQE; the caller checked there is room for both."""
     c.free_top -= 1
@@ -151,11 +167,11 @@ cdef inline io_uring_sqe *claim_sqe(Claim *c, uint64_t user_data, Hold *hold) no
     slot.user_data = user_data
     slot.hold = hold
     c.slot_seq[idx] = c.seq
-    c.seq += 1
     # Every SQE starts zeroed: a stale flag (IOSQE_FIXED_FILE) or field from an
     # earlier request must never leak into this one.
     memset(sqe, 0, sizeof(io_uring_sqe))
-    sqe.user_data = idx
+    sqe.user_data = kernel_user_data(idx, c.seq)
+    c.seq += 1
     return sqe
 
 
@@ -274,52 +290,6 @@ cdef int _restrict(int fd, bytes ops) except -1:
     return 0
 
 
-cdef double _timeout_seconds(object timeout) except? -2.0:
-    """None -> -1 (wait for ever); otherwise seconds >= 0."""
-    if timeout is None:
-        return -1.0
-    cdef double t = timeout
-    if not t >= 0:
-        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
-    return t if t < 1e9 else -1.0      # 30 years or infinity: no limit
-
-
-cdef bytes _path_bytes(object path):
-    cdef bytes b = os.fsencode(path)
-    if b"\0" in b:
-        raise ValueError(f"path contains a NUL byte: {path!r}")
-    return b
-
-
-cdef inline int64_t _i64(object v, str name) except? -1:
-    """An int argument as int64; a float or a str is a TypeError, never truncated."""
-    if not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
-    return v
-
-
-cdef inline uint64_t _u64(object v, str name, uint64_t hi=0xFFFFFFFFFFFFFFFF) \
-        except? 0xFFFFFFFFFFFFFFFF:
-    """A non-negative int argument up to `hi`, named in the error when it is not."""
-    cdef uint64_t x
-    if not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
-    x = _as_u64_noraise(v)
-    if x > hi or (x == 0xFFFFFFFFFFFFFFFF and PyErr_Occurred() != NULL):
-        PyErr_Clear()
-        raise ValueError(f"{name} must be between 0 and {hi}, not {v}")
-    return x
-
-
-cdef inline uint32_t _count(object v, str name) except? 0xFFFFFFFF:
-    return <uint32_t>_u64(v, name, 0xFFFFFFFF)
-
-
-cdef inline uint8_t _u8(object v, str name) except? 0xFF:
-    """IOSQE_* flag bits."""
-    return <uint8_t>_u64(v, name, 0xFF)
-
-
 @cython.final        # cdef methods become direct calls the compiler can inline
 cdef class Ring:
     """An io_uring instance: submission and completion queues shared with the kernel.
@@ -329,6 +299,15 @@ cdef class Ring:
     a time: a second thread calling in while the first is inside gets RingBusyError.
     Use it as a context manager, or call close(): closing cancels and drains every
     request still in flight before the memory they use is released.
+
+    Linked requests (SQE_IO_LINK, SQE_IO_HARDLINK) stay one chain: when a prep call
+    finds the SQ full, it submits only what precedes the open chain (the requests
+    since the last one prepared without a link flag), never part of the chain. A
+    chain that fills the whole SQ cannot grow: the prep that would extend it raises
+    RingFullError, and a batch method whose linked batch could not fit the SQ with
+    the chain it joins refuses it before preparing any of it. submit(),
+    submit_and_wait(), wait() and reap(min_complete > 0) submit everything, an open
+    chain included: the kernel ends a chain at the end of a submission.
     """
     cdef int _fd
     cdef int _busy
@@ -347,6 +326,8 @@ cdef class Ring:
     cdef uint32_t _sq_mask, _sq_entries
     cdef uint32_t _sqe_tail         # next SQE to fill; local, free-running
     cdef uint32_t _sqe_published    # the SQ tail value we last stored for the kernel
+    cdef uint32_t _chain_start      # first SQE of the open chain, while _chain_open
+    cdef bint _chain_open           # the last prepared SQE carries a link flag
     cdef uint32_t *_cq_khead
     cdef uint32_t *_cq_ktail
     cdef uint32_t *_cq_koverflow
@@ -377,11 +358,10 @@ cdef class Ring:
         self._ring_index = -1
         self._closed = True
 
-    def __init__(self, unsigned int entries=256, *, cq_entries=None, bint sqpoll=False,
-                 unsigned int sq_thread_idle_ms=1000, sq_thread_cpu=None,
+    def __init__(self, entries=256, *, cq_entries=None, bint sqpoll=False,
+                 sq_thread_idle_ms=1000, sq_thread_cpu=None,
                  bint single_issuer=False, bint defer_taskrun=False,
-                 bint coop_taskrun=False, allowed_ops=None,
-                 unsigned int _test_overcommit=0):
+                 bint coop_taskrun=False, allowed_ops=None, _test_overcommit=0):
         """Create a ring of `entries` submission slots (a power of two is used by the kernel).
 
         cq_entries: completion-queue size (default: twice `entries`); it bounds how many
@@ -396,25 +376,27 @@ cdef class Ring:
         """
         cdef io_uring_params p
         cdef int fd
+        cdef uint32_t n, idle_ms, overcommit
         if self._fd >= 0 or not self._closed and self._slots != NULL:
             raise RuntimeError("Ring.__init__ was already called")
-        if not 1 <= entries <= _MAX_ENTRIES:
-            raise ValueError(f"entries must be between 1 and {_MAX_ENTRIES}, not {entries}")
+        n = <uint32_t>_int_arg(entries, "entries", 1, _MAX_ENTRIES)
+        idle_ms = _u32_arg(sq_thread_idle_ms, "sq_thread_idle_ms")
+        overcommit = <uint32_t>_int_arg(_test_overcommit, "_test_overcommit", 0, _MAX_ENTRIES)
         memset(&p, 0, sizeof(p))
-        self._setup_params(&p, entries, cq_entries, sqpoll, sq_thread_idle_ms, sq_thread_cpu,
-                           single_issuer, defer_taskrun, coop_taskrun)
+        self._setup_params(&p, n, cq_entries, sqpoll, idle_ms, sq_thread_cpu, single_issuer,
+                           defer_taskrun, coop_taskrun)
         cdef bytes allowed = _allowed_ops(allowed_ops)
         if allowed is not None:
             p.flags |= IORING_SETUP_R_DISABLED      # enabled once restricted
         with nogil:
-            fd = vy_io_uring_setup(entries, &p)
+            fd = vy_io_uring_setup(n, &p)
         if fd < 0:
             if is_unavailable_errno(-fd):
                 raise unavailable_error(-fd, sqpoll)
             raise syscall_error("io_uring_setup", -fd)
         try:
             self._map_rings(fd, &p)
-            self._alloc_slots(p.cq_entries + _test_overcommit)
+            self._alloc_slots(p.cq_entries + overcommit)
             if allowed is not None:
                 _restrict(fd, allowed)
         except BaseException:
@@ -461,21 +443,19 @@ cdef class Ring:
             vy_io_uring_register(self._fd, IORING_UNREGISTER_BUFFERS, NULL, 0)
         self._ring_index = -1
 
-    cdef int _setup_params(self, io_uring_params *p, unsigned int entries, object cq_entries,
-                           bint sqpoll, unsigned int idle_ms, object cpu, bint single_issuer,
+    cdef int _setup_params(self, io_uring_params *p, uint32_t entries, object cq_entries,
+                           bint sqpoll, uint32_t idle_ms, object cpu, bint single_issuer,
                            bint defer_taskrun, bint coop_taskrun) except -1:
         if cq_entries is not None:
-            if not entries <= cq_entries <= 2 * _MAX_ENTRIES:
-                raise ValueError(f"cq_entries must be between entries ({entries}) and "
-                                 f"{2 * _MAX_ENTRIES}, not {cq_entries}")
+            p.cq_entries = <uint32_t>_int_arg(cq_entries, "cq_entries", entries,
+                                              2 * _MAX_ENTRIES)
             p.flags |= IORING_SETUP_CQSIZE
-            p.cq_entries = cq_entries
         if sqpoll:
             p.flags |= IORING_SETUP_SQPOLL
             p.sq_thread_idle = idle_ms
             if cpu is not None:
                 p.flags |= IORING_SETUP_SQ_AFF
-                p.sq_thread_cpu = cpu
+                p.sq_thread_cpu = _u32_arg(cpu, "sq_thread_cpu")
         elif cpu is not None:
             raise ValueError("sq_thread_cpu needs sqpoll=True")
         if defer_taskrun and not single_issuer:
@@ -593,12 +573,18 @@ cdef class Ring:
         return vy_load_acquire(self._cq_ktail) - vy_load_relaxed(self._cq_khead)
 
     cdef inline void _publish(self) noexcept nogil:
-        if self._sqe_published != self._sqe_tail:
+        """Publish every prepared SQE: a submission boundary, where the kernel ends
+        an open chain."""
+        self._chain_open = False
+        self._publish_to(self._sqe_tail)
+
+    cdef inline void _publish_to(self, uint32_t end) noexcept nogil:
+        if self._sqe_published != end:
             # Release: every SQE written above is visible before the kernel sees the
             # new tail; pairs with the kernel's load-acquire of the SQ tail. Once
             # per batch, never per SQE.
-            vy_store_release(self._sq_ktail, self._sqe_tail)
-            self._sqe_published = self._sqe_tail
+            vy_store_release(self._sq_ktail, end)
+            self._sqe_published = end
 
     cdef inline bint _cq_needs_flush(self) noexcept nogil:
         # Relaxed: a hint re-checked by the kernel inside io_uring_enter.
@@ -609,6 +595,15 @@ cdef class Ring:
             self._used() > self._sq_pending()
 
     # ---- slots and SQEs ---------------------------------------------------------
+
+    cdef inline uint32_t _slot_of(self, uint64_t kernel_ud) noexcept nogil:
+        """The live slot a kernel user_data names, or _NO_SLOT: the index is masked
+        and bounds-checked, and its generation must be the slot's current one."""
+        cdef uint32_t idx = <uint32_t>kernel_ud            # the low 32 bits
+        if idx >= self._nslots or not self._slots[idx].live or \
+                <uint32_t>self._slot_seq[idx] != <uint32_t>(kernel_ud >> 32):
+            return _NO_SLOT
+        return idx
 
     cdef inline uint32_t _used(self) noexcept nogil:
         """Slots owned by requests: prepared, in flight, or completed but not reaped."""
@@ -625,18 +620,36 @@ cdef class Ring:
         c.seq = self._seq
 
     cdef inline void _claim_end(self, Claim *c) noexcept nogil:
+        if c.tail != self._sqe_tail:
+            self._track_chain(self._sqe_tail, c.tail)
         self._sqe_tail = c.tail
         self._free_top = c.free_top
         self._seq = c.seq
         if VY_DEBUG:
             self._check_invariants("fill")
 
-    cdef inline io_uring_sqe *_take_sqe(self, uint64_t user_data, Hold *hold) noexcept nogil:
+    cdef inline void _track_chain(self, uint32_t first, uint32_t end) noexcept nogil:
+        """Follow the open chain over the SQEs first..end-1, just written: it is open
+        while the last one carries a link flag, and starts after the last SQE that
+        carries none (or where it started, when all of these extend it)."""
+        cdef uint32_t i = end
+        if not (self._sqes[(end - 1) & self._sq_mask].flags & _LINK_FLAGS):
+            self._chain_open = False
+            return
+        while i != first and self._sqes[(i - 1) & self._sq_mask].flags & _LINK_FLAGS:
+            i -= 1
+        if i != first or not self._chain_open:
+            self._chain_start = i
+        self._chain_open = True
+
+    cdef inline io_uring_sqe *_take_sqe(self, uint64_t user_data, uint8_t flags,
+                                        Hold *hold) noexcept nogil:
         """One slot and zeroed SQE (per-op prep); the caller checked there is room."""
         cdef Claim c
         cdef io_uring_sqe *sqe
         self._claim_begin(&c)
         sqe = claim_sqe(&c, user_data, hold)
+        sqe.flags = flags                  # before _claim_end follows the chain
         self._claim_end(&c)
         if hold != NULL:
             hold.refs += 1
@@ -665,6 +678,10 @@ cdef class Ring:
         elif self._sqe_tail - self._sqe_published > self._sq_entries or \
                 self._sq_pending() > self._sq_entries:
             broken = "more SQEs pending than the SQ holds"
+        elif self._chain_open and (self._sqe_tail - self._chain_start > self._sq_entries or
+                                   self._chain_start - self._sqe_published >
+                                   self._sqe_tail - self._sqe_published):
+            broken = "the open chain is longer than the SQ, or partly published"
         else:
             for i in range(self._free_top):
                 if self._free_stack[i] >= self._nslots or self._slots[self._free_stack[i]].live:
@@ -674,6 +691,11 @@ cdef class Ring:
                 live += self._slots[i].live
             if broken == NULL and live != self._nslots - self._free_top:
                 broken = "live slots do not match the slots in use"
+            i = self._sqe_published
+            while broken == NULL and i != self._sqe_tail:
+                if self._slot_of(self._sqes[i & self._sq_mask].user_data) == _NO_SLOT:
+                    broken = "an unpublished SQE names no live slot of its generation"
+                i += 1
         if broken != NULL:
             fprintf(stderr, b"vyre_uring invariant broken after %s: %s\n", where, broken)
             abort()
@@ -704,12 +726,38 @@ cdef class Ring:
         return min(wanted, space, self._nslots - self._used())
 
     cdef int _make_sq_room(self) except -1:
+        """Submit so that the full SQ has room again: everything, or with a chain
+        open only what precedes it, since the kernel ends a chain at the end of a
+        submission. A chain that fills the whole SQ cannot grow (RingFullError)."""
         cdef int ret
-        cdef uint32_t flags
-        if not (self._setup_flags & IORING_SETUP_SQPOLL):
-            self._submit_and_wait(0, -1.0)
-            return 0
-        self._publish()
+        cdef uint32_t flags, end, before
+        cdef bint sqpoll = (self._setup_flags & IORING_SETUP_SQPOLL) != 0
+        if not self._chain_open:
+            if not sqpoll:
+                self._submit_and_wait(0, -1.0)
+                return 0
+            self._publish()
+        else:
+            if self._sqe_tail - self._chain_start >= self._sq_entries:
+                raise RingFullError(
+                    f"a chain of {self._sqe_tail - self._chain_start} linked requests "
+                    f"fills the whole submission queue ({self._sq_entries} entries), so it "
+                    f"cannot grow: a chain is submitted whole; use a larger Ring or a "
+                    f"shorter chain, or submit() the chain as it is")
+            end = self._chain_start
+            self._publish_to(end)
+            while not sqpoll:
+                # Acquire: pairs with the kernel's store-release of the SQ head.
+                before = end - vy_load_acquire(self._sq_khead)
+                if before == 0:
+                    return 0
+                ret = self._enter(before, 0, 0, -1.0)
+                if ret == 0:
+                    raise UringError(f"io_uring_enter consumed none of {before} pending "
+                                     f"requests")
+        # SQPOLL: the kernel thread consumes what is published. With the chain left
+        # unpublished the kernel's SQ is not full, so SQ_WAIT returns at once and
+        # this loop polls until the thread has taken at least one entry.
         while self._sq_pending() >= self._sq_entries:
             flags = IORING_ENTER_SQ_WAIT | self._sqpoll_wakeup()
             with nogil:
@@ -718,6 +766,21 @@ cdef class Ring:
                 PyErr_CheckSignals()
             elif ret < 0:
                 raise syscall_error("io_uring_enter(SQ_WAIT)", -ret)
+        return 0
+
+    cdef int _check_chain_fits(self, uint8_t flags, Py_ssize_t n) except -1:
+        """Refuse, before any of it is prepared, a linked batch of `n` whose chain (the
+        open one it extends, plus the batch) could never be in the SQ at once."""
+        cdef Py_ssize_t length = n
+        if not flags & _LINK_FLAGS:
+            return 0
+        if self._chain_open:
+            length += self._sqe_tail - self._chain_start
+        if length > self._sq_entries:
+            raise RingFullError(
+                f"a chain of {length} linked requests cannot fit the submission queue "
+                f"({self._sq_entries} entries), and a chain is submitted whole; use a "
+                f"larger Ring or a shorter chain")
         return 0
 
     cdef inline uint32_t _sqpoll_wakeup(self) noexcept nogil:
@@ -745,9 +808,7 @@ cdef class Ring:
             if hold != NULL and hold.refs == 0:
                 hold_free(hold)
             raise
-        cdef io_uring_sqe *sqe = self._take_sqe(user_data, hold)
-        sqe.flags = flags
-        return sqe
+        return self._take_sqe(user_data, flags, hold)
 
     cdef int _check_fd(self, int64_t fd, uint8_t flags) except -1:
         if flags & ~_ALLOWED_SQE_FLAGS:
@@ -758,7 +819,7 @@ cdef class Ring:
                 raise ValueError(f"fd {fd} is not a slot of the registered file table "
                                  f"({self._reg_file_count} slots)")
         elif not 0 <= fd <= 0x7FFFFFFF:
-            raise ValueError(f"fd must be a non-negative file descriptor, not {fd}")
+            _raise_range("fd", -1, fd, 0, 0x7FFFFFFF)
         return 0
 
     # ---- submission and waiting -------------------------------------------------
@@ -891,16 +952,16 @@ cdef class Ring:
         cdef uint32_t tail = vy_load_acquire(self._cq_ktail)
         cdef uint32_t n = 0
         cdef io_uring_cqe *cqe
-        cdef uint64_t idx
+        cdef uint32_t idx
         cdef Reclaim r
         self._reclaim_begin(&r)
         while head != tail and n < maxn:
             cqe = &self._cqes[head & self._cq_mask]
             head += 1
-            idx = cqe.user_data
             # Never index with a value read back from shared memory unchecked.
-            if idx >= self._nslots or not r.slots[idx].live:
-                if idx == _INTERNAL_USER_DATA:
+            idx = self._slot_of(cqe.user_data)
+            if idx == _NO_SLOT:
+                if cqe.user_data == _INTERNAL_USER_DATA:
                     self._internal_res = cqe.res
                 continue
             ud[n] = r.slots[idx].user_data
@@ -908,7 +969,7 @@ cdef class Ring:
             if flg != NULL:
                 flg[n] = cqe.flags
             n += 1
-            reclaim_slot(&r, <uint32_t>idx)
+            reclaim_slot(&r, idx)
         self._reclaim_end(&r)
         # Release: the CQEs are copied out before the kernel may reuse their
         # entries; pairs with the kernel's load-acquire of the CQ head. Once per reap.
@@ -1048,8 +1109,8 @@ cdef class Ring:
 
     def prep_nop(self, *, user_data=0, flags=0):
         """A request that does nothing and completes with res 0."""
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(flags, "flags")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(flags, "flags")
         self._enter_api()
         try:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
@@ -1057,33 +1118,32 @@ cdef class Ring:
         finally:
             self._leave_api()
 
-    def prep_read(self, fd, buf, offset=0, *, nbytes=None,
-                  Py_ssize_t buf_offset=0, user_data=0, flags=0):
+    def prep_read(self, fd, buf, offset=0, *, nbytes=None, buf_offset=0, user_data=0,
+                  flags=0):
         """Read up to `nbytes` (default: the rest of `buf`) at file `offset` (-1: the
         file position) into writable `buf` starting at `buf_offset`."""
-        self._prep_rw(IORING_OP_READ, _i64(fd, "fd"), buf, _i64(offset, "offset"), nbytes,
-                      buf_offset, _u64(user_data, "user_data"), _u8(flags, "flags"), True)
+        self._prep_rw(IORING_OP_READ, _i64_arg(fd, "fd"), buf, _offset_arg(offset), nbytes,
+                      buf_offset, _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), True)
 
-    def prep_write(self, fd, buf, offset=0, *, nbytes=None,
-                   Py_ssize_t buf_offset=0, user_data=0, flags=0):
+    def prep_write(self, fd, buf, offset=0, *, nbytes=None, buf_offset=0, user_data=0,
+                   flags=0):
         """Write `nbytes` (default: the rest of `buf`) from `buf[buf_offset:]` at `offset`."""
-        self._prep_rw(IORING_OP_WRITE, _i64(fd, "fd"), buf, _i64(offset, "offset"), nbytes,
-                      buf_offset, _u64(user_data, "user_data"), _u8(flags, "flags"), False)
+        self._prep_rw(IORING_OP_WRITE, _i64_arg(fd, "fd"), buf, _offset_arg(offset), nbytes,
+                      buf_offset, _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), False)
 
     cdef int _prep_rw(self, uint8_t opcode, int64_t fd, object buf, int64_t offset,
-                      object nbytes, Py_ssize_t buf_offset, uint64_t user_data, uint8_t flags,
+                      object nbytes, object buf_offset, uint64_t user_data, uint8_t flags,
                       bint writable) except -1:
         cdef Hold *hold
         cdef io_uring_sqe *sqe
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, boff
         self._enter_api()
         try:
             self._check_fd(fd, flags)
-            _check_offset(offset)
             hold = hold_new(1)
             try:
                 hold_export(hold, buf, writable, "buf")
-                n = _checked_range(hold.views[0].len, buf_offset, nbytes)
+                n = _checked_range(hold.views[0].len, buf_offset, nbytes, &boff)
             except BaseException:
                 hold_free(hold)
                 raise
@@ -1091,7 +1151,7 @@ cdef class Ring:
             sqe.opcode = opcode
             sqe.fd = <int32_t>fd
             sqe.off = <uint64_t>offset
-            sqe.addr = <uint64_t>(<char *>hold.views[0].buf + buf_offset)
+            sqe.addr = <uint64_t>(<char *>hold.views[0].buf + boff)
             sqe.len = <uint32_t>n
         finally:
             self._leave_api()
@@ -1100,14 +1160,14 @@ cdef class Ring:
     def prep_readv(self, fd, buffers, offset=0, *, user_data=0,
                    flags=0):
         """Scatter-read into each writable buffer of `buffers` in turn."""
-        self._prep_rwv(IORING_OP_READV, _i64(fd, "fd"), buffers, _i64(offset, "offset"),
-                       _u64(user_data, "user_data"), _u8(flags, "flags"), True)
+        self._prep_rwv(IORING_OP_READV, _i64_arg(fd, "fd"), buffers, _offset_arg(offset),
+                       _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), True)
 
     def prep_writev(self, fd, buffers, offset=0, *, user_data=0,
                     flags=0):
         """Gather-write each buffer of `buffers` in turn."""
-        self._prep_rwv(IORING_OP_WRITEV, _i64(fd, "fd"), buffers, _i64(offset, "offset"),
-                       _u64(user_data, "user_data"), _u8(flags, "flags"), False)
+        self._prep_rwv(IORING_OP_WRITEV, _i64_arg(fd, "fd"), buffers, _offset_arg(offset),
+                       _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), False)
 
     cdef int _prep_rwv(self, uint8_t opcode, int64_t fd, object buffers, int64_t offset,
                        uint64_t user_data, uint8_t flags, bint writable) except -1:
@@ -1120,7 +1180,6 @@ cdef class Ring:
         self._enter_api()
         try:
             self._check_fd(fd, flags)
-            _check_offset(offset)
             hold = hold_new(n)
             try:
                 hold.iov = <iovec *>malloc(n * sizeof(iovec))
@@ -1143,36 +1202,36 @@ cdef class Ring:
             self._leave_api()
         return 0
 
-    def prep_read_fixed(self, fd, buf_index, offset, nbytes,
-                        Py_ssize_t buf_offset=0, *, user_data=0, flags=0):
+    def prep_read_fixed(self, fd, buf_index, offset, nbytes, buf_offset=0, *, user_data=0,
+                        flags=0):
         """Read `nbytes` at `offset` into registered buffer `buf_index` at `buf_offset`."""
-        self._prep_fixed(IORING_OP_READ_FIXED, _i64(fd, "fd"), _i64(buf_index, "buf_index"),
-                         _i64(offset, "offset"), nbytes, buf_offset,
-                         _u64(user_data, "user_data"), _u8(flags, "flags"))
+        self._prep_fixed(IORING_OP_READ_FIXED, _i64_arg(fd, "fd"), _i64_arg(buf_index, "buf_index"),
+                         _offset_arg(offset), nbytes, buf_offset,
+                         _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"))
 
-    def prep_write_fixed(self, fd, buf_index, offset, nbytes,
-                         Py_ssize_t buf_offset=0, *, user_data=0, flags=0):
+    def prep_write_fixed(self, fd, buf_index, offset, nbytes, buf_offset=0, *, user_data=0,
+                         flags=0):
         """Write `nbytes` from registered buffer `buf_index` at `buf_offset` to `offset`."""
-        self._prep_fixed(IORING_OP_WRITE_FIXED, _i64(fd, "fd"), _i64(buf_index, "buf_index"),
-                         _i64(offset, "offset"), nbytes, buf_offset,
-                         _u64(user_data, "user_data"), _u8(flags, "flags"))
+        self._prep_fixed(IORING_OP_WRITE_FIXED, _i64_arg(fd, "fd"), _i64_arg(buf_index, "buf_index"),
+                         _offset_arg(offset), nbytes, buf_offset,
+                         _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"))
 
     cdef int _prep_fixed(self, uint8_t opcode, int64_t fd, int64_t buf_index, int64_t offset,
-                         object nbytes, Py_ssize_t buf_offset, uint64_t user_data,
+                         object nbytes, object buf_offset, uint64_t user_data,
                          uint8_t flags) except -1:
         cdef io_uring_sqe *sqe
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, boff
         self._enter_api()
         try:
             self._check_fd(fd, flags)
-            _check_offset(offset)
             self._check_buf_index(buf_index)
-            n = _checked_range(self._reg_buffers.views[buf_index].len, buf_offset, nbytes)
+            n = _checked_range(self._reg_buffers.views[buf_index].len, buf_offset, nbytes,
+                               &boff)
             sqe = self._next_sqe(user_data, flags, self._reg_buffers)
             sqe.opcode = opcode
             sqe.fd = <int32_t>fd
             sqe.off = <uint64_t>offset
-            sqe.addr = <uint64_t>(<char *>self._reg_buffers.views[buf_index].buf + buf_offset)
+            sqe.addr = <uint64_t>(<char *>self._reg_buffers.views[buf_index].buf + boff)
             sqe.len = <uint32_t>n
             sqe.buf_index = <uint16_t>buf_index
         finally:
@@ -1192,12 +1251,12 @@ cdef class Ring:
         file table instead (a direct descriptor; res is 0), or into a free slot with
         FILE_INDEX_ALLOC (res is the slot); direct descriptors have no close-on-exec."""
         cdef bytes b = _path_bytes(path)
-        cdef uint32_t open_flags = <uint32_t>_i64(flags, "flags")
+        cdef uint32_t open_flags = _u32_arg(flags, "flags")
         cdef uint32_t direct = 0
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(sqe_flags, "sqe_flags")
-        cdef int32_t dfd = <int32_t>_i64(dir_fd, "dir_fd")
-        cdef uint32_t perms = <uint32_t>_i64(mode, "mode")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(sqe_flags, "sqe_flags")
+        cdef int32_t dfd = _dir_fd_arg(dir_fd)
+        cdef uint32_t perms = _u32_arg(mode, "mode")
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
@@ -1219,7 +1278,7 @@ cdef class Ring:
 
     cdef uint32_t _direct_slot(self, object file_index) except? 0xFFFFFFFE:
         """sqe.file_index for a direct descriptor: slot + 1, or IORING_FILE_INDEX_ALLOC."""
-        cdef int64_t index = _i64(file_index, "file_index")
+        cdef int64_t index = _i64_arg(file_index, "file_index")
         if self._reg_file_count == 0:
             raise ValueError("file_index needs a registered file table: call "
                              "register_files([-1] * n) first")
@@ -1232,9 +1291,9 @@ cdef class Ring:
 
     def prep_close(self, fd, bint fixed=False, *, user_data=0, flags=0):
         """Close `fd`, or with fixed=True the direct descriptor in registered slot `fd`."""
-        cdef int64_t f = _i64(fd, "fd")
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(flags, "flags") & ~IOSQE_FIXED_FILE
+        cdef int64_t f = _i64_arg(fd, "fd")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(flags, "flags") & ~IOSQE_FIXED_FILE
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
@@ -1253,11 +1312,11 @@ cdef class Ring:
                    mask=STATX_BASIC_STATS, dir_fd=AT_FDCWD, user_data=0, sqe_flags=0):
         """statx(2) of `path` into `statx_buf` (a Statx); `flags` are AT_* flags."""
         cdef bytes b = _path_bytes(path)
-        cdef uint32_t at_flags = <uint32_t>_i64(flags, "flags")
-        cdef uint32_t want = <uint32_t>_i64(mask, "mask")
-        cdef int32_t dfd = <int32_t>_i64(dir_fd, "dir_fd")
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(sqe_flags, "sqe_flags")
+        cdef uint32_t at_flags = _u32_arg(flags, "flags")
+        cdef uint32_t want = _u32_arg(mask, "mask")
+        cdef int32_t dfd = _dir_fd_arg(dir_fd)
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(sqe_flags, "sqe_flags")
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
@@ -1274,9 +1333,9 @@ cdef class Ring:
 
     def prep_fsync(self, fd, bint datasync=False, *, user_data=0, flags=0):
         """fsync(2) `fd`, or fdatasync(2) with datasync=True."""
-        cdef int64_t f = _i64(fd, "fd")
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(flags, "flags")
+        cdef int64_t f = _i64_arg(fd, "fd")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(flags, "flags")
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
@@ -1288,24 +1347,27 @@ cdef class Ring:
         finally:
             self._leave_api()
 
-    def prep_timeout(self, double seconds, count=0, *, user_data=0, flags=0):
+    def prep_timeout(self, seconds, count=0, *, user_data=0, flags=0):
         """Complete after `seconds` (res -ETIME), or once `count` other requests have
         completed (res 0), whichever is first; count=0 is a pure timer."""
-        cdef uint32_t n = _count(count, "count")
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(flags, "flags")
+        cdef uint32_t n = _u32_arg(count, "count")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(flags, "flags")
         cdef io_uring_sqe *sqe
         cdef vy_timespec *ts
-        if not 0 <= seconds < 1e15:
-            raise ValueError(f"seconds must be >= 0 and finite, not {seconds}")
+        cdef uint32_t slot
+        cdef double secs = _seconds_arg(seconds, "seconds", 1e15)
         self._enter_api()
         try:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
             sqe = self._next_sqe(ud, fl, NULL)
             # The timespec lives in the request's slot, which outlives the request.
-            ts = &self._slot_ts[sqe.user_data]
-            ts.tv_sec = <int64_t>seconds
-            ts.tv_nsec = <long long>((seconds - ts.tv_sec) * 1e9)
+            slot = self._slot_of(sqe.user_data)
+            if slot == _NO_SLOT:
+                raise UringError("internal error: a new request has no live slot")
+            ts = &self._slot_ts[slot]
+            ts.tv_sec = <int64_t>secs
+            ts.tv_nsec = <long long>((secs - ts.tv_sec) * 1e9)
             sqe.opcode = IORING_OP_TIMEOUT
             sqe.addr = <uint64_t><size_t>ts
             sqe.len = 1
@@ -1317,9 +1379,9 @@ cdef class Ring:
         """Cancel the oldest outstanding request whose user_data is `target_user_data`.
         res is 0 when it was cancelled, -ENOENT when no such request was found, and
         -EALREADY when it was already running."""
-        cdef uint64_t target = _u64(target_user_data, "target_user_data")
-        cdef uint64_t ud = _u64(user_data, "user_data")
-        cdef uint8_t fl = _u8(flags, "flags")
+        cdef uint64_t target = _u64_arg(target_user_data, "target_user_data")
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
+        cdef uint8_t fl = _u8_arg(flags, "flags")
         cdef io_uring_sqe *sqe
         self._enter_api()
         try:
@@ -1332,11 +1394,10 @@ cdef class Ring:
             self._leave_api()
 
     cdef uint64_t _find_slot(self, uint64_t user_data) except? 0:
-        """The kernel user_data of the oldest request carrying `user_data` that has
-        not completed yet (completions waiting in the CQ are skipped); when none, a
-        key no request has, so the kernel answers -ENOENT."""
-        cdef uint32_t i, head, tail
-        cdef uint64_t idx, best = _INTERNAL_USER_DATA - 1
+        """The kernel user_data (slot and generation) of the oldest request carrying
+        `user_data` that has not completed yet (completions waiting in the CQ are
+        skipped); when none, a key no request has, so the kernel answers -ENOENT."""
+        cdef uint32_t i, idx, head, tail, best = _NO_SLOT
         cdef uint64_t best_seq = 0xFFFFFFFFFFFFFFFF
         cdef uint8_t *completed = <uint8_t *>calloc(self._nslots, 1)
         if completed == NULL:
@@ -1344,8 +1405,8 @@ cdef class Ring:
         head = vy_load_relaxed(self._cq_khead)
         tail = vy_load_acquire(self._cq_ktail)   # pairs with the kernel's tail release
         while head != tail:
-            idx = self._cqes[head & self._cq_mask].user_data
-            if idx < self._nslots:
+            idx = self._slot_of(self._cqes[head & self._cq_mask].user_data)
+            if idx != _NO_SLOT:
                 completed[idx] = 1
             head += 1
         for i in range(self._nslots):
@@ -1354,52 +1415,43 @@ cdef class Ring:
                 best = i
                 best_seq = self._slot_seq[i]
         free(completed)
-        return best
+        if best == _NO_SLOT:
+            return kernel_user_data(_NO_SLOT, 0)
+        return kernel_user_data(best, best_seq)
 
     # ---- public: batch prep -------------------------------------------------------
 
     def prep_nops(self, user_data, *, flags=0):
         """One NOP per element of `user_data` (a 1-D integer buffer). Returns how many
         were prepared: fewer than asked when the CQ's capacity is reached."""
-        cdef IntArray ud
-        cdef Py_ssize_t done = 0, n
-        cdef uint32_t k, i
-        cdef uint8_t fl = _u8(flags, "flags")
+        cdef IntCopy ud
+        cdef Py_ssize_t done = 0
+        cdef uint32_t k
+        cdef uint8_t fl = _u8_arg(flags, "flags")
+        ud.v = NULL
         self._enter_api()
         try:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
-            int_array_open(&ud, user_data, "user_data", False, False, True)
-            n = ud.n
-            if n <= self._sq_entries - self._sq_pending() and \
-                    n <= self._nslots - self._used():
-                # Fast path: everything fits without submitting, so the GIL stays held.
-                self._fill_nops(&ud, 0, <uint32_t>n, fl)
-                done = n
-            int_array_close(&ud)
-            while done < n:
-                # _room may submit (releasing the GIL): no borrowed array is open then.
-                k = self._room(<uint32_t>min(n - done, <Py_ssize_t>UINT32_MAX))
+            int_copy(&ud, user_data, "user_data", False, True)
+            self._check_chain_fits(fl, ud.n)
+            while done < ud.n:
+                k = self._room(<uint32_t>min(ud.n - done, <Py_ssize_t>UINT32_MAX))
                 if k == 0:
                     break
-                int_array_open(&ud, user_data, "user_data", False, False, True)
-                try:
-                    if ud.n < done + k:
-                        raise RuntimeError("user_data shrank while prep_nops was running")
-                    self._fill_nops(&ud, done, k, fl)
-                finally:
-                    int_array_close(&ud)
+                self._fill_nops(&ud, done, k, fl)
                 done += k
         finally:
+            int_copy_free(&ud)
             self._leave_api()
         return done
 
-    cdef void _fill_nops(self, IntArray *ud, Py_ssize_t start, uint32_t count,
+    cdef void _fill_nops(self, const IntCopy *ud, Py_ssize_t start, uint32_t count,
                          uint8_t flags) noexcept nogil:
         cdef Claim c
         cdef Py_ssize_t i
         self._claim_begin(&c)
         for i in range(start, start + count):
-            claim_sqe(&c, <uint64_t>ia_get(ud, i), NULL).flags = flags
+            claim_sqe(&c, <uint64_t>ud.v[i], NULL).flags = flags
         self._claim_end(&c)
 
     def prep_reads(self, fd, buffer, offsets, lengths, buffer_offsets=None, user_data=None,
@@ -1410,14 +1462,14 @@ cdef class Ring:
         0..n-1. Every range is checked before any is prepared. Returns how many were
         prepared: fewer than asked when the CQ's capacity is reached."""
         return self._prep_batch(IORING_OP_READ, fd, buffer, offsets, lengths, buffer_offsets,
-                                user_data, _u8(flags, "flags"))
+                                user_data, _u8_arg(flags, "flags"))
 
     def prep_read_fixed_batch(self, fd, buf_index, offsets, lengths, buffer_offsets=None,
                               user_data=None, *, flags=0):
         """prep_reads into registered buffers: range i goes to registered buffer
         buf_index (an int, or one index per range) at buffer_offsets[i]."""
         return self._prep_batch(IORING_OP_READ_FIXED, fd, buf_index, offsets, lengths,
-                                buffer_offsets, user_data, _u8(flags, "flags"))
+                                buffer_offsets, user_data, _u8_arg(flags, "flags"))
 
     cdef Py_ssize_t _prep_batch(self, uint8_t opcode, object fd, object target, object offsets,
                                 object lengths, object buffer_offsets, object user_data,
@@ -1441,6 +1493,7 @@ cdef class Ring:
                 else:
                     hold = self._reg_buffers
                 self._validate_batch(&b)
+                self._check_chain_fits(flags, b.n)
                 done = self._fill_loop(&b, NULL, b.n, hold)
             finally:
                 if hold != NULL and hold.refs == 0:
@@ -1452,21 +1505,21 @@ cdef class Ring:
 
     cdef int _open_batch(self, ReadBatch *b, object fd, object target, object offsets,
                          object lengths, object buffer_offsets, object user_data) except -1:
-        int_array_open(&b.fd, fd, "fd", False, True)
-        int_array_open(&b.off, offsets, "offsets", False, False)
-        int_array_open(&b.length, lengths, "lengths", False, False)
+        int_copy(&b.fd, fd, "fd", True)
+        int_copy(&b.off, offsets, "offsets", False)
+        int_copy(&b.length, lengths, "lengths", False)
         b.n = b.off.n
         if b.opcode == IORING_OP_READ_FIXED:
-            int_array_open(&b.index, target, "buf_index", False, True)
-            _check_same_length(&b.index, "buf_index", b.n)
+            int_copy(&b.index, target, "buf_index", True)
+            _check_len(b.index.n, "buf_index", b.n)
         if buffer_offsets is not None:
-            int_array_open(&b.boff, buffer_offsets, "buffer_offsets", False, False)
-            _check_same_length(&b.boff, "buffer_offsets", b.n)
+            int_copy(&b.boff, buffer_offsets, "buffer_offsets", False)
+            _check_len(b.boff.n, "buffer_offsets", b.n)
         if user_data is not None:
-            int_array_open(&b.ud, user_data, "user_data", False, False)
-            _check_same_length(&b.ud, "user_data", b.n)
-        _check_same_length(&b.length, "lengths", b.n)
-        _check_same_length(&b.fd, "fd", b.n)
+            int_copy(&b.ud, user_data, "user_data", False, True)
+            _check_len(b.ud.n, "user_data", b.n)
+        _check_len(b.length.n, "lengths", b.n)
+        _check_len(b.fd.n, "fd", b.n)
         return 0
 
     cdef int _validate_batch(self, ReadBatch *b) except -1:
@@ -1509,9 +1562,8 @@ cdef class Ring:
         if hold != NULL:
             hold.refs += count
 
-    def prep_openat_batch(self, paths, int flags=os.O_RDONLY, int mode=0o644, *,
-                          int dir_fd=AT_FDCWD, file_indexes=None, user_data=None,
-                          sqe_flags=0):
+    def prep_openat_batch(self, paths, flags=os.O_RDONLY, mode=0o644, *, dir_fd=AT_FDCWD,
+                          file_indexes=None, user_data=None, sqe_flags=0):
         """One openat per path (str, bytes or os.PathLike); res is each new fd (opened
         O_CLOEXEC). With `file_indexes` (an int array, or FILE_INDEX_ALLOC), open into
         those slots of the registered file table instead (direct descriptors).
@@ -1520,17 +1572,16 @@ cdef class Ring:
         cdef tuple t = _paths_tuple(paths)
         memset(&b, 0, sizeof(PathBatch))
         b.opcode = IORING_OP_OPENAT
-        b.dir_fd = dir_fd
-        b.mode = <uint32_t>mode
-        b.open_flags = <uint32_t>flags | (os.O_CLOEXEC if file_indexes is None else 0)
+        b.dir_fd = _dir_fd_arg(dir_fd)
+        b.mode = _u32_arg(mode, "mode")
+        b.open_flags = _u32_arg(flags, "flags") | (os.O_CLOEXEC if file_indexes is None else 0)
         if file_indexes is not None:
             b.open_flags &= ~(<uint32_t>os.O_CLOEXEC)  # the kernel refuses it for slots
             b.direct = True
         return self._prep_paths(&b, t, None, file_indexes, user_data, sqe_flags)
 
-    def prep_statx_batch(self, paths, StatxArray results not None, *, int flags=0,
-                         unsigned int mask=STATX_BASIC_STATS, int dir_fd=AT_FDCWD,
-                         user_data=None, sqe_flags=0):
+    def prep_statx_batch(self, paths, StatxArray results not None, *, flags=0,
+                         mask=STATX_BASIC_STATS, dir_fd=AT_FDCWD, user_data=None, sqe_flags=0):
         """One statx(2) per path into results[i] (a StatxArray at least as long);
         `flags` are AT_* flags. Returns how many were prepared."""
         cdef PathBatch b
@@ -1539,9 +1590,9 @@ cdef class Ring:
             raise ValueError(f"results holds {results.n} entries for {len(t)} paths")
         memset(&b, 0, sizeof(PathBatch))
         b.opcode = IORING_OP_STATX
-        b.dir_fd = dir_fd
-        b.at_flags = <uint32_t>flags
-        b.mask = mask
+        b.dir_fd = _dir_fd_arg(dir_fd)
+        b.at_flags = _u32_arg(flags, "flags")
+        b.mask = _u32_arg(mask, "mask")
         b.statx_base = results.items
         return self._prep_paths(&b, t, results, None, user_data, sqe_flags)
 
@@ -1559,12 +1610,13 @@ cdef class Ring:
             except -1:
         cdef Hold *hold = NULL
         cdef Py_ssize_t done = 0
-        b.sqe_flags = _u8(sqe_flags, "sqe_flags") & ~IOSQE_FIXED_FILE
+        b.sqe_flags = _u8_arg(sqe_flags, "sqe_flags") & ~IOSQE_FIXED_FILE
         self._enter_api()
         try:
             self._check_fd(0, b.sqe_flags)
             try:
                 self._open_path_batch(b, paths, index, user_data)
+                self._check_chain_fits(b.sqe_flags, b.n)
                 if paths is not None:
                     hold = hold_object((paths, keep))
                 done = self._fill_loop(NULL, b, b.n, hold)
@@ -1581,19 +1633,18 @@ cdef class Ring:
         cdef Py_ssize_t i
         cdef int64_t v
         if index is not None:
-            int_array_open(&b.index, index, "file_indexes" if paths is not None else "fds",
-                           False, True)
+            int_copy(&b.index, index, "file_indexes" if paths is not None else "fds", True)
         b.n = len(paths) if paths is not None else b.index.n
         if b.n < 0:
             raise TypeError("fds must be an array of file descriptors, not an int")
         if index is not None:
-            _check_same_length(&b.index, "file_indexes" if paths is not None else "fds",
-                               b.n, "paths")
+            _check_len(b.index.n, "file_indexes" if paths is not None else "fds", b.n,
+                       "paths")
         if user_data is not None:
-            int_array_open(&b.ud, user_data, "user_data", False, False)
-            _check_same_length(&b.ud, "user_data", b.n, "paths")
+            int_copy(&b.ud, user_data, "user_data", False, True)
+            _check_len(b.ud.n, "user_data", b.n, "paths")
         for i in range(b.n if index is not None else 0):
-            v = ia_get(&b.index, i)
+            v = ic_get(&b.index, i)
             if b.direct and not (0 <= v < self._reg_file_count or
                                  (paths is not None and v == FILE_INDEX_ALLOC)):
                 if self._reg_file_count == 0:
@@ -1614,21 +1665,19 @@ cdef class Ring:
         cdef Py_ssize_t i, end = start + count
         cdef int64_t boff, index = 0
         cdef char *base = b.base
-        cdef uint64_t ud
         cdef io_uring_sqe *sqe
         cdef Claim c
         self._claim_begin(&c)
         for i in range(start, end):
             boff = _buffer_offset(b, i)
-            ud = <uint64_t>ia_get(&b.ud, i) if b.ud.buf != NULL or b.ud.n < 0 else <uint64_t>i
-            sqe = claim_sqe(&c, ud, hold)
+            sqe = claim_sqe(&c, _batch_user_data(&b.ud, i), hold)
             sqe.opcode = b.opcode
             sqe.flags = b.flags
-            sqe.fd = <int32_t>ia_get(&b.fd, i)
-            sqe.off = <uint64_t>ia_get(&b.off, i)
-            sqe.len = <uint32_t>ia_get(&b.length, i)
+            sqe.fd = <int32_t>ic_get(&b.fd, i)
+            sqe.off = <uint64_t>b.off.v[i]
+            sqe.len = <uint32_t>b.length.v[i]
             if b.opcode == IORING_OP_READ_FIXED:
-                index = ia_get(&b.index, i)
+                index = ic_get(&b.index, i)
                 base = <char *>self._reg_buffers.views[index].buf
                 sqe.buf_index = <uint16_t>index
             sqe.addr = <uint64_t>(base + boff)
@@ -1649,8 +1698,8 @@ cdef class Ring:
         """Submit, then wait until `min_complete` completions are ready or `timeout`
         seconds pass (on timeout it returns normally, with fewer ready). Returns how
         many requests were submitted."""
-        cdef double t = _timeout_seconds(timeout)
-        cdef uint32_t want = _count(min_complete, "min_complete")
+        cdef double t = _timeout_arg(timeout)
+        cdef uint32_t want = _u32_arg(min_complete, "min_complete")
         self._enter_api()
         try:
             self._check_waitable(want)
@@ -1670,8 +1719,8 @@ cdef class Ring:
         """Submit what is pending, wait until `min_complete` completions are ready or
         `timeout` seconds pass, and return every completion available. On timeout it
         returns what is there, possibly an empty list; it never raises TimeoutError."""
-        cdef double t = _timeout_seconds(timeout)
-        cdef uint32_t want = _count(min_complete, "min_complete")
+        cdef double t = _timeout_arg(timeout)
+        cdef uint32_t want = _u32_arg(min_complete, "min_complete")
         self._enter_api()
         try:
             self._check_waitable(want)
@@ -1685,8 +1734,8 @@ cdef class Ring:
         completions (user_data_out 8-byte items, res_out and flags_out 4 or 8) and
         return how many. With min_complete > 0 it first submits what is pending and
         waits for that many (or until `timeout` seconds pass)."""
-        cdef double t = _timeout_seconds(timeout)
-        cdef uint32_t want = _count(min_complete, "min_complete")
+        cdef double t = _timeout_arg(timeout)
+        cdef uint32_t want = _u32_arg(min_complete, "min_complete")
         cdef Sinks sinks
         cdef Py_ssize_t capacity = <Py_ssize_t>LLONG_MAX
         self._enter_api()
@@ -1794,47 +1843,50 @@ cdef class Ring:
 
     def register_files(self, fds):
         """Register a file table; -1 leaves a slot empty (for direct descriptors)."""
-        cdef object table = array.array("i", fds)
+        cdef Py_ssize_t n
+        cdef int32_t *table = _file_table(fds, &n)
         cdef int ret
-        cdef Py_ssize_t n = len(table)
-        cdef int *p
-        if not 0 < n <= 1 << 20:
-            raise ValueError(f"register 1 to {1 << 20} file slots, not {n}")
-        self._enter_api()
         try:
-            p = _array_i_pointer(table)
-            with nogil:
-                ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES, p, n)
-            if ret < 0:
-                raise syscall_error("io_uring_register(REGISTER_FILES)", -ret)
-            self._reg_file_count = n
+            self._enter_api()
+            try:
+                with nogil:
+                    ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES, table, n)
+                if ret < 0:
+                    raise syscall_error("io_uring_register(REGISTER_FILES)", -ret)
+                self._reg_file_count = n
+            finally:
+                self._leave_api()
         finally:
-            self._leave_api()
+            free(table)
 
-    def update_files(self, uint32_t offset, fds):
+    def update_files(self, offset, fds):
         """Replace registered file slots offset.. with `fds` (-1 empties a slot).
         Requests prepared before this call are submitted first, against the table
         they were prepared for."""
-        cdef object table = array.array("i", fds)
+        cdef uint32_t first = _u32_arg(offset, "offset")
+        cdef Py_ssize_t n
+        cdef int32_t *table = _file_table(fds, &n)
         cdef io_uring_files_update up
         cdef int ret
-        cdef Py_ssize_t n = len(table)
-        self._enter_api()
         try:
-            if n == 0 or offset + n > self._reg_file_count:
-                raise ValueError(f"slots {offset}..{offset + n - 1} are outside the registered "
-                                 f"file table ({self._reg_file_count} slots)")
-            self._submit_and_wait(0, -1.0)
-            memset(&up, 0, sizeof(up))
-            up.offset = offset
-            up.fds = <uint64_t><size_t>_array_i_pointer(table)
-            with nogil:
-                ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES_UPDATE, &up, n)
-            if ret < 0:
-                raise syscall_error("io_uring_register(FILES_UPDATE)", -ret)
-            return ret
+            self._enter_api()
+            try:
+                if first + n > self._reg_file_count:
+                    raise ValueError(f"slots {first}..{first + n - 1} are outside the "
+                                     f"registered file table ({self._reg_file_count} slots)")
+                self._submit_and_wait(0, -1.0)
+                memset(&up, 0, sizeof(up))
+                up.offset = first
+                up.fds = <uint64_t><size_t>table
+                with nogil:
+                    ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES_UPDATE, &up, n)
+                if ret < 0:
+                    raise syscall_error("io_uring_register(FILES_UPDATE)", -ret)
+                return ret
+            finally:
+                self._leave_api()
         finally:
-            self._leave_api()
+            free(table)
 
     def unregister_files(self):
         """Unregister the file table. Requests prepared before this call are
@@ -1922,21 +1974,21 @@ cdef class Ring:
     cdef void _discard_unsubmitted(self) noexcept:
         """Roll back SQEs the kernel has not consumed: their slots and holds go back.
         (Under SQPOLL the kernel thread may be reading them: they are submitted.)"""
-        cdef uint32_t khead
-        cdef uint64_t idx
+        cdef uint32_t khead, idx
         if self._setup_flags & IORING_SETUP_SQPOLL:
             self._publish()
             return
         khead = vy_load_acquire(self._sq_khead)   # pairs with the kernel's head release
         while self._sqe_tail != khead:
             self._sqe_tail -= 1
-            idx = self._sqes[self._sqe_tail & self._sq_mask].user_data
-            if idx < self._nslots and self._slots[idx].live:   # not an internal SQE
-                self._free_slot(<uint32_t>idx)
+            idx = self._slot_of(self._sqes[self._sqe_tail & self._sq_mask].user_data)
+            if idx != _NO_SLOT:                    # not an internal SQE
+                self._free_slot(idx)
         self._drop_released()
         # Release: pairs with the kernel's tail acquire, as in _publish.
         vy_store_release(self._sq_ktail, self._sqe_tail)
         self._sqe_published = self._sqe_tail
+        self._chain_open = False
 
     cdef bint _cancel_all(self) noexcept:
         """Cancel every request: IORING_ASYNC_CANCEL_ANY (5.19), or on older kernels
@@ -1954,7 +2006,7 @@ cdef class Ring:
             if self._slots[i].live:
                 if self._sq_entries == self._sq_pending() and self._enter_quietly(0) < 0:
                     break
-                self._push_internal(0, i)
+                self._push_internal(0, kernel_user_data(i, self._slot_seq[i]))
         if self._enter_quietly(0) < 0:
             self._discard_unsubmitted()
             return False

@@ -10,7 +10,8 @@ import os
 
 __all__ = [
     "UringError", "UringSyscallError", "UringUnavailableError", "RingClosedError",
-    "RingBusyError", "RingForkedError", "RingFullError", "syscall_error",
+    "RingBusyError", "RingForkedError", "RingFullError", "ArgumentRangeError",
+    "syscall_error",
 ]
 
 
@@ -56,6 +57,13 @@ class RingForkedError(UringError, RuntimeError):
 
 class RingFullError(UringError, RuntimeError):
     """As many requests are outstanding as the completion queue can hold; reap first."""
+
+
+class ArgumentRangeError(OverflowError, ValueError):
+    """An integer argument outside the range its kind accepts (an fd past 2**31 - 1,
+    flags past 32 bits, a negative count...). An OverflowError, as Python's own
+    conversions raise for a value too large for its C type, and a ValueError, as
+    for any other argument refused; never silently truncated."""
 
 
 # One-line fix hints, per syscall and errno; "*" is the syscall's fallback.

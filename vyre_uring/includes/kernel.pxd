@@ -152,6 +152,8 @@ cdef extern from "Python.h":
     int _get_buffer_noraise "PyObject_GetBuffer" (object obj, Py_buffer *view, int flags)
     # Likewise: the caller turns a failure into an error that names the argument.
     unsigned long long _as_u64_noraise "PyLong_AsUnsignedLongLong" (object v)
+    # Given an int, it cannot fail: a value past int64 sets *overflow instead.
+    long long _as_i64_overflow "PyLong_AsLongLongAndOverflow" (object v, int *overflow)
 
 cdef extern from "<linux/stat.h>" nogil:
     struct statx_timestamp:
