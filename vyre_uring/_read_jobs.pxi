@@ -86,6 +86,7 @@ cdef uint32_t _next_job_id = 0
 cdef Py_ssize_t _fds_held = 0
 # How long a job waits for other jobs' fds before EMFILE fails a file after all.
 cdef double _FD_WAIT_S = 5.0
+cdef double _FD_GRACE_S = 0.02
 
 # Results at least this large ask for transparent huge pages: the kernel then
 # faults their memory in 2 MiB at a time, not 4 KiB, which on a VM is most of
@@ -168,6 +169,7 @@ cdef struct Job:
     Py_ssize_t nretry
     Py_ssize_t opening      # opens in flight
     Py_ssize_t held         # fds the job opened and has not handed to a close
+    Py_ssize_t closing      # fds in close requests not yet submitted
     Py_ssize_t fd_cap       # at most this many opening + held (lowered by EMFILE)
     double fd_wait_since    # > 0: waiting for other jobs' fds since then
     bint fd_wait            # an open met EMFILE while only other jobs held fds
@@ -280,6 +282,7 @@ cdef void _job_abandon(Ring ring, Job *j) noexcept:
     waited for, and the fds the job still owns are closed."""
     cdef Py_ssize_t i
     _quiesce(ring)
+    _closes_submitted(j)
     for i in range(j.cq_len):
         close(j.closeq[i])
         _release_fd(j)
@@ -362,9 +365,18 @@ cdef inline char *_read_target(Job *j, Py_ssize_t i) noexcept nogil:
 
 
 cdef inline void _release_fd(Job *j) noexcept nogil:
+    """One of the job's fds is closed."""
     global _fds_held
     j.held -= 1
     _fds_held -= 1
+
+
+cdef inline void _closes_submitted(Job *j) noexcept nogil:
+    """The close requests filled so far went to the kernel (which closes a regular
+    file's fd while submitting): their fds no longer count as held."""
+    global _fds_held
+    _fds_held -= j.closing
+    j.closing = 0
 
 
 cdef inline bint _may_open(Job *j) noexcept nogil:
@@ -385,7 +397,8 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         sqe = claim_sqe(&c, (<uint64_t>KIND_CLOSE << 56) | j.tag, NULL)
         sqe.opcode = IORING_OP_CLOSE
         sqe.fd = j.closeq[j.cq_len]
-        _release_fd(j)                      # closed at the next submission
+        j.held -= 1                         # closed by the next submission
+        j.closing += 1
         k -= 1
     k = <uint32_t>min(<Py_ssize_t>k, j.depth - j.busy)
     j.busy += k             # less any opens skipped below
@@ -434,19 +447,18 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
 cdef bint _may_retry_open(Job *j) noexcept:
     """An open met the fd limit: whether to open the file again later. When this
     job holds fds, it opens fewer at a time from now on; when only other jobs do,
-    it waits for them (for at most _FD_WAIT_S); when no job holds one, the limit is
-    the caller's and the file fails with EMFILE."""
+    it waits for them to close some (for at most _FD_WAIT_S). When none does, the
+    limit is the caller's: after a short grace for closes still being carried out,
+    the file fails with EMFILE."""
     cdef double now
     if j.opening + j.held:
         j.fd_cap = max(1, j.opening + j.held)
         return True
-    if _fds_held <= 0:
-        return False
     now = vy_monotonic()
     if j.fd_wait_since == 0:
         j.fd_wait_since = now
     j.fd_wait = True
-    return now - j.fd_wait_since < _FD_WAIT_S
+    return now - j.fd_wait_since < (_FD_WAIT_S if _fds_held > 0 else _FD_GRACE_S)
 
 
 cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
@@ -656,10 +668,12 @@ cdef int _run_job(Ring ring, Job *j, Hold *hold, list keep) except -1:
                 _fill(ring, j, k, hold)
         if j.left == 0 and j.cq_len == 0:
             ring._submit_and_wait(0, -1.0)
+            _closes_submitted(j)
             return 0
         if ring._used() == 0:
             raise UringError("internal error: a read job is waiting with nothing in flight")
         ring._submit_and_wait(1, -1.0)
+        _closes_submitted(j)
         j.syscalls += 1
         _reap_job(ring, j, keep)
         if j.stop != NULL and (<Stop>j.stop).is_set:
