@@ -111,3 +111,16 @@ def direct_supported(path):
         return True
     except OSError:
         return False
+
+
+def limit_leaving_free(free):
+    """The RLIMIT_NOFILE soft limit that leaves exactly `free` fd numbers usable (a
+    new fd takes the lowest free number: the (free+1)-th lowest is the limit)."""
+    probes = []
+    try:
+        for _ in range(free + 1):
+            probes.append(os.open("/dev/null", os.O_RDONLY))
+    finally:
+        for f in probes:
+            os.close(f)
+    return probes[-1]

@@ -16,7 +16,7 @@ import pytest
 import vyre_uring
 from vyre_uring import BatchReader
 
-from conftest import open_fds
+from conftest import limit_leaving_free, open_fds
 
 
 @pytest.fixture(params=["io_uring", "threads"])
@@ -86,19 +86,6 @@ def fd_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
     yield lower
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def limit_leaving_free(free):
-    """The RLIMIT_NOFILE soft limit that leaves exactly `free` fd numbers usable (a
-    new fd takes the lowest free number: the (free+1)-th lowest is the limit)."""
-    probes = []
-    try:
-        for _ in range(free + 1):
-            probes.append(os.open("/dev/null", os.O_RDONLY))
-    finally:
-        for f in probes:
-            os.close(f)
-    return probes[-1]
 
 
 def test_the_fd_limit_reached_mid_batch_fails_no_file(tmp_path, backend, fd_limit):

@@ -28,7 +28,7 @@ import pytest
 
 from vyre_uring import BatchReader, read_files
 
-from conftest import open_fds, run_as_nobody
+from conftest import limit_leaving_free, open_fds, run_as_nobody
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 SENTINEL = 0xA5             # fills every caller buffer before a read
@@ -318,6 +318,23 @@ def scenario_mutated_values(tmp, backend, workers, calls=3000):
             assert view[b:b + m] == data[o:o + m], \
                 f"{what}: succeeded but a range is not where the validated values put it"
 
+    def attempt(r, lens_arg, boffs_arg, what):
+        """One read_ranges_into: it raises ValueError, or succeeds with the values
+        that were all in range at once (the good ones); the guards stay intact."""
+        mm[:] = fill
+        dest = memoryview(mm)[GUARD:GUARD + dest_len]
+        try:
+            counts = r.read_ranges_into(path, dest, offsets, lens_arg, boffs_arg)
+        except ValueError:
+            outcome["ValueError"] += 1
+            counts = None
+        finally:
+            dest.release()
+        guards_intact(what)
+        if counts is not None:
+            outcome["ok"] += 1
+            check_success(counts, good, [length] * n, what)
+
     old_switch = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)          # hand the GIL over as often as possible
     try:
@@ -339,21 +356,7 @@ def scenario_mutated_values(tmp, backend, workers, calls=3000):
             t.start()
             try:
                 for c in range(calls):
-                    mm[:] = fill
-                    dest = memoryview(mm)[GUARD:GUARD + dest_len]
-                    try:
-                        counts = r.read_ranges_into(path, dest, offsets, [length] * n, boffs)
-                    except ValueError:
-                        outcome["ValueError"] += 1
-                        counts = None
-                    finally:
-                        dest.release()
-                    guards_intact(f"array rewritten meanwhile, call {c}")
-                    if counts is not None:
-                        outcome["ok"] += 1
-                        # Only the good values were ever all in range at once.
-                        check_success(counts, good, [length] * n,
-                                      f"array rewritten meanwhile, call {c}")
+                    attempt(r, [length] * n, boffs, f"array rewritten meanwhile, call {c}")
             finally:
                 stop.set()
                 t.join()
@@ -362,27 +365,13 @@ def scenario_mutated_values(tmp, backend, workers, calls=3000):
             # on each call: the first answer is valid, every later one is not.
             for which in ("buffer_offsets", "lengths"):
                 for c in range(50):
-                    mm[:] = fill
                     if which == "buffer_offsets":
                         boffs_arg = [Fickle(g, bad_boffs) for g in good]
                         lens_arg = [length] * n
                     else:
                         boffs_arg = good
                         lens_arg = [Fickle(length, bad_lengths) for _ in range(n)]
-                    dest = memoryview(mm)[GUARD:GUARD + dest_len]
-                    try:
-                        counts = r.read_ranges_into(path, dest, offsets, lens_arg,
-                                                    boffs_arg)
-                    except ValueError:
-                        outcome["ValueError"] += 1
-                        counts = None
-                    finally:
-                        dest.release()
-                    guards_intact(f"fickle __index__ in {which}, call {c}")
-                    if counts is not None:
-                        outcome["ok"] += 1
-                        check_success(counts, good, [length] * n,
-                                      f"fickle __index__ in {which}, call {c}")
+                    attempt(r, lens_arg, boffs_arg, f"fickle __index__ in {which}, call {c}")
     finally:
         sys.setswitchinterval(old_switch)
     mm.close()
@@ -921,19 +910,6 @@ def test_iter_files_budget_holds_for_size_0_files(tmp_path, backend):
 
 # ---- item 10: near the fd limit ---------------------------------------------------------
 
-def _limit_with_free_fds(free):
-    """The RLIMIT_NOFILE soft limit that leaves exactly `free` fd numbers usable:
-    the (free+1)-th lowest free number (new fds always take the lowest free one)."""
-    probes = []
-    try:
-        for _ in range(free + 1):
-            probes.append(os.open("/dev/null", os.O_RDONLY))
-    finally:
-        for fd in probes:
-            os.close(fd)
-    return probes[-1]
-
-
 def scenario_fd_limit(tmp, backend, workers, free, count=300):
     root = os.path.join(tmp, "t")
     os.makedirs(root)
@@ -945,7 +921,7 @@ def scenario_fd_limit(tmp, backend, workers, free, count=300):
         assert r.read_files(paths) == expected        # threads and rings started
         gc.collect()
         before = open_fds()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (_limit_with_free_fds(free), hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit_leaving_free(free), hard))
         try:
             out = r.read_files(paths, on_error="return")
         finally:
