@@ -106,6 +106,34 @@ def beat():
     _last_beat[0] = time.monotonic()
 
 
+def call_durations(fns):
+    """How long each call takes uninterrupted: where to aim the interrupts."""
+    durations = []
+    for fn in fns:
+        t0 = time.monotonic()
+        fn()
+        durations.append(time.monotonic() - t0)
+    return durations
+
+
+def within(seconds, fn, hang_message):
+    """fn()'s result, run in a thread that must finish within `seconds` (a hang is a
+    failure, not a stuck suite); an exception it raised fails with its repr."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as exc:
+            result["error"] = repr(exc)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), hang_message
+    assert "error" not in result, result["error"]
+    return result["value"]
+
+
 def stall_guard(limit=5.0):
     """A hang fails fast: with no beat() for `limit` seconds, dump every thread's
     stack and exit (the parent reports a HANG)."""
@@ -493,11 +521,7 @@ def scenario_ring_lost(tmp, calls=2400):
     r = BatchReader(backend="io_uring", workers=1)
     fns = [lambda: r.read_files(paths, on_error="return"),
            lambda: r.read_ranges(big_path, offs, lens)]
-    durations = []
-    for fn in fns:
-        t0 = time.monotonic()
-        fn()
-        durations.append(time.monotonic() - t0)
+    durations = call_durations(fns)
     interrupted_calls = 0
     for c in range(calls):
         k = c % 2
@@ -510,20 +534,10 @@ def scenario_ring_lost(tmp, calls=2400):
                 _check_files(paths, expected, out)
             else:
                 assert out == want_ranges, f"call {c}: read_ranges returned wrong data"
-    result = {}
-
-    def final():
-        try:
-            result["files"] = r.read_files(paths)
-            result["ranges"] = r.read_ranges(big_path, offs, lens)
-        except BaseException as exc:
-            result["error"] = repr(exc)
-    t = threading.Thread(target=final, daemon=True)
-    t.start()
-    t.join(5)
-    assert not t.is_alive(), (f"after {calls} calls ({interrupted_calls} interrupted) "
-                              f"a normal call HANGS: the ring was lost")
-    assert "error" not in result, result["error"]
+    result = within(5, lambda: {"files": r.read_files(paths),
+                                "ranges": r.read_ranges(big_path, offs, lens)},
+                    f"after {calls} calls ({interrupted_calls} interrupted) a normal call "
+                    f"HANGS: the ring was lost")
     _check_files(paths, expected, result["files"])
     assert result["ranges"] == want_ranges
     r.close()
@@ -550,11 +564,7 @@ def scenario_fd_leak(tmp, backend, workers, calls=300):
     r = BatchReader(backend=backend, workers=workers, queue_depth=8)
     fns = [lambda: r.read_files(paths, on_error="return"),
            lambda: list(r.iter_files(paths, max_bytes_in_flight=16 << 10))]
-    durations = []
-    for fn in fns:
-        t0 = time.monotonic()
-        fn()
-        durations.append(time.monotonic() - t0)
+    durations = call_durations(fns)
     interrupted_calls = 0
     for c in range(calls):
         k = c % 2
@@ -1091,21 +1101,10 @@ def scenario_reentrant(tmp, backend, workers):
 
     def progress(done, total, nbytes):
         inner.append(r.read_files([other]))
-    result = {}
-
-    def outer():
-        try:
-            result["files"] = r.read_files(paths, progress=progress)
-            result["iter"] = list(r.iter_files(paths, progress=progress,
-                                               max_bytes_in_flight=64 << 10))
-        except BaseException as exc:
-            result["error"] = repr(exc)
-    t = threading.Thread(target=outer, daemon=True)
-    t.start()
-    t.join(6)
-    assert not t.is_alive(), (f"DEADLOCK: a progress callback calling the same reader "
-                              f"never returned ({len(inner)} inner calls done)")
-    assert "error" not in result, result["error"]
+    result = within(6, lambda: {
+        "files": r.read_files(paths, progress=progress),
+        "iter": list(r.iter_files(paths, progress=progress, max_bytes_in_flight=64 << 10))},
+        "DEADLOCK: a progress callback calling the same reader never returned")
     _check_files(paths, expected, result["files"])
     _check_iterated(paths, expected, result["iter"])
     assert inner and all(x == [b"inner read\n" * 100] for x in inner)
