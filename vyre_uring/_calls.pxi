@@ -23,11 +23,16 @@ cdef int _READ_FLAGS = OPEN_FLAGS
 
 @cython.final
 cdef class Stop:
-    """Set when a call is abandoned; its tasks stop at their next completion."""
-    cdef readonly bint is_set
+    """Set when a call is abandoned; its tasks stop at their next completion. Jobs
+    read it without the GIL."""
+    cdef int flag
+
+    @property
+    def is_set(self):
+        return vy_flag_get(&self.flag)
 
     def set(self):
-        self.is_set = True
+        vy_flag_set(&self.flag)
 
 
 class CallStopped(Exception):
@@ -43,7 +48,7 @@ def run_task(Py_ssize_t index, fn, resources, Stop stop, results):
 
 cdef tuple _run_one(fn, resources, Stop stop):
     cdef object resource = None, value = None, exc = None
-    if stop.is_set:
+    if vy_flag_get(&stop.flag):
         return None, CallStopped()
     try:
         if resources is not None:
@@ -82,7 +87,7 @@ def run_call(list tasks, post, resources, on_result=None):
             try:
                 item = results.get()
             except BaseException as e:          # Ctrl-C while waiting: stop, keep waiting
-                stop.is_set = True
+                vy_flag_set(&stop.flag)
                 if first is None:
                     first = e
                 continue
@@ -99,13 +104,13 @@ cdef object _after_task(tuple outcome, on_result, Stop stop, object first):
     if first is not None:
         return first
     if outcome[1] is not None and not isinstance(outcome[1], Exception):
-        stop.is_set = True                      # KeyboardInterrupt inside the task
+        vy_flag_set(&stop.flag)                 # KeyboardInterrupt inside the task
         return outcome[1]
     if on_result is not None:
         try:
             on_result(*outcome)
         except BaseException as e:
-            stop.is_set = True
+            vy_flag_set(&stop.flag)
             return e
     return None
 

@@ -7,12 +7,16 @@
 # so the completions of a job that ended early (an exception while waiting) are
 # recognised and ignored by later jobs, and the fds their opens returned are closed.
 #
-# Results are read straight into their final bytes objects: no pool, no copy. A
-# bytes object stays referenced by the job's Hold until its last read completes, and
-# no Python code sees it before that. O_DIRECT reads are the exception: the kernel
-# needs aligned memory, so they go through page-aligned bounce slots and are copied.
-# Files that report size 0 (empty, /proc, sysfs) are read to EOF in growing pieces
-# of the job's own memory, within the byte budget when there is one.
+# A job runs without the GIL: opening, sizing, reading, resubmitting short reads and
+# closing are one nogil loop (_job_steps), which comes back to the GIL only to run
+# signal handlers, to give large files their bytes objects, and once at the end.
+# Small files (up to ARENA_MAX bytes) are read into the ring's arena, memory reused
+# from job to job (so already faulted in), and copied into their bytes objects in
+# that last pass; larger ones are read straight into their final bytes objects,
+# which stay referenced by the job's Hold until their last read completes. O_DIRECT
+# reads go through page-aligned bounce slots and are copied. Files that report
+# size 0 (empty, /proc, sysfs) are read to EOF in growing pieces of the job's own
+# memory, within the byte budget when there is one.
 #
 # A job that ends early (an exception, or its call's Stop) cancels what it has in
 # flight and waits for it before the exception leaves: no read it started writes
@@ -30,6 +34,13 @@ from libc.stdlib cimport realloc
 from libc.stdint cimport INT64_MAX
 from posix.unistd cimport pread, usleep
 from posix.stat cimport S_ISREG
+
+cdef extern from "counters.h" nogil:
+    int64_t vy_i64_load(const int64_t *p)
+    int64_t vy_i64_add(int64_t *p, int64_t delta)
+    bint vy_i64_cas(int64_t *p, int64_t expected, int64_t desired)
+    bint vy_flag_get(const int *p)
+    void vy_flag_set(int *p)
 
 cdef enum:
     KIND_OPEN = 1
@@ -50,6 +61,7 @@ DEFERRED = ITEM_DEFERRED
 
 # A file that reports size 0 is read into this much memory first, doubled as needed.
 UNSIZED_FIRST = 64 << 10
+cdef int64_t _UNSIZED_FIRST = UNSIZED_FIRST
 # ...plus this much room past what the budget reserved: a read that reaches into it
 # shows the file holds more, without another request. A multiple of 8 bytes, as
 # /proc/self/pagemap wants its reads.
@@ -80,10 +92,10 @@ cdef int _O_DIRECT = os.O_DIRECT
 include "_calls.pxi"
 
 cdef uint32_t _next_job_id = 0
-# fds that jobs (on every ring of the process) have opened and not yet handed to a
-# close request; changed with the GIL held. A job that meets EMFILE while other
-# jobs hold fds waits for them rather than failing the file.
-cdef Py_ssize_t _fds_held = 0
+# fds that jobs (on every ring of the process) have opened and not yet closed; an
+# atomic, as jobs run without the GIL. A job that meets EMFILE while other jobs
+# hold fds waits for them rather than failing the file.
+cdef int64_t _fds_held = 0
 # How long a job waits for other jobs' fds before EMFILE fails a file after all.
 cdef double _FD_WAIT_S = 5.0
 cdef double _FD_GRACE_S = 0.02
@@ -108,45 +120,154 @@ def _test_set_limits(int64_t max_piece, int64_t direct_align):
     return old
 
 
+cdef struct Budget:
+    int64_t limit
+    int64_t taken           # atomic: the jobs of several rings take from it at once
+    int spent               # atomic flag: open no more files
+
+
 @cython.final
 cdef class ByteBudget:
     """The bytes a batch's results may take together, shared by the jobs (and
     threads) reading it: a file is taken while its size fits what is left, and the
-    first file always fits. Its methods run with the GIL, which serialises them."""
-    cdef readonly int64_t limit, taken
-    cdef readonly bint spent
+    first file always fits. Jobs use it without the GIL (atomics)."""
+    cdef Budget b
 
     def __cinit__(self, int64_t limit):
         if limit < 1:
             raise ValueError(f"a byte budget must be >= 1, not {limit}")
-        self.limit = limit
+        self.b.limit = limit
 
-    cpdef bint take(self, int64_t size):
+    @property
+    def limit(self):
+        return self.b.limit
+
+    @property
+    def taken(self):
+        return vy_i64_load(&self.b.taken)
+
+    @property
+    def spent(self):
+        return vy_flag_get(&self.b.spent)
+
+    def take(self, int64_t size):
         """Reserve `size` bytes; False (and spent from then on) when they do not fit."""
-        if self.spent or (self.taken and size > self.limit - self.taken):
-            self.spent = True
-            return False
-        self.taken += size
-        self.spent = self.taken >= self.limit
-        return True
+        return _budget_take(&self.b, size)
 
-    cpdef int grow(self, int64_t own, int64_t extra):
+    def grow(self, int64_t own, int64_t extra):
         """A file that reports size 0 and holds `own` bytes of the budget needs
         `extra` more: GROWN (reserved), GROW_LATER (other files hold what it needs:
         give `own` back and read it in a later batch) or GROW_NEVER (it alone would
         exceed the budget)."""
-        if own + extra > self.limit:
-            return BUDGET_NEVER
-        if extra > self.limit - self.taken:
-            self.spent = True
-            return BUDGET_LATER
-        self.taken += extra
-        self.spent = self.taken >= self.limit
-        return BUDGET_GROWN
+        return _budget_grow(&self.b, own, extra)
 
-    cpdef void give_back(self, int64_t size):
+    def give_back(self, int64_t size):
         """Return a reservation whose file was not read after all."""
-        self.taken -= size
+        vy_i64_add(&self.b.taken, -size)
+
+
+cdef bint _budget_take(Budget *b, int64_t size) noexcept nogil:
+    cdef int64_t taken
+    while True:
+        if vy_flag_get(&b.spent):
+            return False
+        taken = vy_i64_load(&b.taken)
+        if taken and size > b.limit - taken:
+            vy_flag_set(&b.spent)
+            return False
+        if vy_i64_cas(&b.taken, taken, taken + size):
+            if taken + size >= b.limit:
+                vy_flag_set(&b.spent)
+            return True
+
+
+cdef int _budget_grow(Budget *b, int64_t own, int64_t extra) noexcept nogil:
+    cdef int64_t taken
+    if own + extra > b.limit:
+        return BUDGET_NEVER
+    while True:
+        taken = vy_i64_load(&b.taken)
+        if extra > b.limit - taken:
+            vy_flag_set(&b.spent)
+            return BUDGET_LATER
+        if vy_i64_cas(&b.taken, taken, taken + extra):
+            if taken + extra >= b.limit:
+                vy_flag_set(&b.spent)
+            return BUDGET_GROWN
+
+
+# The arena: where a ring's jobs read small files, in blocks kept from job to job
+# (their pages stay faulted in), up to ARENA_KEEP bytes of them.
+ARENA_MAX = 64 << 10                # larger files are read into their bytes objects
+cdef int64_t _ARENA_MAX = ARENA_MAX
+cdef size_t _ARENA_BLOCK = 4 << 20
+cdef size_t _ARENA_KEEP = 32 << 20
+
+
+cdef struct ArenaBlock:
+    char *base
+    size_t size, used
+
+
+cdef struct ArenaState:
+    ArenaBlock *blocks
+    Py_ssize_t n, cap, cur
+
+
+@cython.final
+cdef class Arena:
+    """A ring's arena (one job at a time uses it)."""
+    cdef ArenaState a
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.a.n):
+            free(self.a.blocks[i].base)
+        free(self.a.blocks)
+
+
+cdef char *_arena_alloc(ArenaState *a, size_t size) noexcept nogil:
+    """`size` bytes of the arena (8-byte aligned), or NULL without memory."""
+    cdef ArenaBlock *blk
+    cdef void *p
+    size = (size + 7) & ~(<size_t>7)
+    while a.cur < a.n:
+        blk = &a.blocks[a.cur]
+        if blk.size - blk.used >= size:
+            blk.used += size
+            return blk.base + blk.used - size
+        a.cur += 1
+    if a.n == a.cap:
+        p = realloc(a.blocks, (a.cap * 2 + 4) * sizeof(ArenaBlock))
+        if p == NULL:
+            return NULL
+        a.blocks = <ArenaBlock *>p
+        a.cap = a.cap * 2 + 4
+    blk = &a.blocks[a.n]
+    blk.size = max(size, _ARENA_BLOCK)
+    blk.base = <char *>malloc(blk.size)
+    if blk.base == NULL:
+        return NULL
+    blk.used = size
+    a.cur = a.n
+    a.n += 1
+    return blk.base
+
+
+cdef void _arena_reset(ArenaState *a) noexcept nogil:
+    """Every block free again; blocks past the first ARENA_KEEP bytes go back."""
+    cdef Py_ssize_t i, kept = 0
+    cdef size_t total = 0
+    for i in range(a.n):
+        if total + a.blocks[i].size <= _ARENA_KEEP:
+            total += a.blocks[i].size
+            a.blocks[i].used = 0
+            a.blocks[kept] = a.blocks[i]
+            kept += 1
+        else:
+            free(a.blocks[i].base)
+    a.n = kept
+    a.cur = 0
 
 
 cdef struct Job:
@@ -164,6 +285,11 @@ cdef struct Job:
     int32_t *err            # 0, an errno, or an ITEM_* code
     int32_t *mode           # files: st_mode
     uint8_t *unsized        # files: reports size 0; dest is the job's, grown to EOF
+    uint8_t *copied         # files: dest is job memory (arena, or malloc'd when
+                            # unsized), copied into a bytes object at the end
+    Py_ssize_t *allocq      # files: items waiting for a bytes object (the GIL)
+    Py_ssize_t nalloc
+    ArenaState *arena
     Py_ssize_t next_open    # files: first item not yet opened
     Py_ssize_t *retry       # files: items to open again (EMFILE), nretry of them
     Py_ssize_t nretry
@@ -187,9 +313,10 @@ cdef struct Job:
     int32_t *slot           # per item: its bounce slot while its read is in flight
     int32_t *free_slots     # bounce slots not in use, nfree of them
     Py_ssize_t nfree
-    PyObject *budget        # files: a ByteBudget (borrowed: the caller holds it), or NULL
-    PyObject *stop          # the call's Stop (borrowed), or NULL
+    Budget *budget          # files: a ByteBudget's (the caller holds it), or NULL
+    int *stop               # the call's Stop flag (the caller holds it), or NULL
     bint spent              # the budget is spent: open no more files
+    int enter_err           # the -errno of a failed io_uring_enter
     int64_t syscalls, ops, short_reads, sync_reads, direct_fallbacks, nbytes
 
 
@@ -224,14 +351,16 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     j.err = <int32_t *>calloc(m, sizeof(int32_t))
     j.mode = <int32_t *>calloc(m, sizeof(int32_t))
     j.unsized = <uint8_t *>calloc(m, sizeof(uint8_t))
+    j.copied = <uint8_t *>calloc(m, sizeof(uint8_t))
+    j.allocq = <Py_ssize_t *>malloc(m * sizeof(Py_ssize_t))
     j.retry = <Py_ssize_t *>malloc(m * sizeof(Py_ssize_t))
     j.readq = <Py_ssize_t *>malloc(m * sizeof(Py_ssize_t))
     j.closeq = <int32_t *>malloc(m * sizeof(int32_t))
     j.direct = <uint8_t *>calloc(m, sizeof(uint8_t))
     j.slot = <int32_t *>calloc(m, sizeof(int32_t))
     if not (j.paths and j.fd and j.off and j.want and j.got and j.dest and j.err and
-            j.mode and j.unsized and j.retry and j.readq and j.closeq and j.direct and
-            j.slot):
+            j.mode and j.unsized and j.copied and j.allocq and j.retry and j.readq and
+            j.closeq and j.direct and j.slot):
         _job_free(j)
         raise MemoryError()
     memset(j.fd, 0xFF, m * sizeof(int32_t))        # every fd -1
@@ -245,8 +374,9 @@ cdef void _job_free(Job *j) noexcept:
             if j.unsized[i]:
                 free(j.dest[i])
     free(j.paths); free(j.fd); free(j.off); free(j.want); free(j.got)
-    free(j.dest); free(j.err); free(j.mode); free(j.unsized); free(j.retry)
-    free(j.readq); free(j.closeq); free(j.direct); free(j.slot); free(j.free_slots)
+    free(j.dest); free(j.err); free(j.mode); free(j.unsized); free(j.copied)
+    free(j.allocq); free(j.retry); free(j.readq); free(j.closeq); free(j.direct)
+    free(j.slot); free(j.free_slots)
     memset(j, 0, sizeof(Job))
 
 
@@ -366,16 +496,14 @@ cdef inline char *_read_target(Job *j, Py_ssize_t i) noexcept nogil:
 
 cdef inline void _release_fd(Job *j) noexcept nogil:
     """One of the job's fds is closed."""
-    global _fds_held
     j.held -= 1
-    _fds_held -= 1
+    vy_i64_add(&_fds_held, -1)
 
 
 cdef inline void _closes_submitted(Job *j) noexcept nogil:
     """The close requests filled so far went to the kernel (which closes a regular
     file's fd while submitting): their fds no longer count as held."""
-    global _fds_held
-    _fds_held -= j.closing
+    vy_i64_add(&_fds_held, -j.closing)
     j.closing = 0
 
 
@@ -444,7 +572,7 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
     ring._claim_end(&c)
 
 
-cdef bint _may_retry_open(Job *j) noexcept:
+cdef bint _may_retry_open(Job *j) noexcept nogil:
     """An open met the fd limit: whether to open the file again later. When this
     job holds fds, it opens fewer at a time from now on; when only other jobs do,
     it waits for them to close some (for at most _FD_WAIT_S). When none does, the
@@ -458,34 +586,34 @@ cdef bint _may_retry_open(Job *j) noexcept:
     if j.fd_wait_since == 0:
         j.fd_wait_since = now
     j.fd_wait = True
-    return now - j.fd_wait_since < (_FD_WAIT_S if _fds_held > 0 else _FD_GRACE_S)
+    return now - j.fd_wait_since < (_FD_WAIT_S if vy_i64_load(&_fds_held) > 0
+                                    else _FD_GRACE_S)
 
 
-cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
+cdef void _on_open(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
     """An open completed: fstat the fd, refuse what is not a regular file, and give
-    the file memory of its size to read into."""
-    global _fds_held
+    the file memory of its size to read into (in the arena, or a bytes object that
+    the GIL must make: then it waits in allocq)."""
     cdef stat_t st
     j.opening -= 1
     if res == -EINVAL and j.direct[i]:
         # The filesystem refuses O_DIRECT: open it buffered (rare; synchronously).
         j.direct[i] = 0
         j.direct_fallbacks += 1
-        with nogil:
-            res = c_open(j.paths[i], j.open_flags)
+        res = c_open(j.paths[i], j.open_flags)
         if res < 0:
             res = -errno
     if (res == -EMFILE or res == -ENFILE) and _may_retry_open(j):
         j.retry[j.nretry] = i
         j.nretry += 1
-        return 0
+        return
     if res < 0:
         j.err[i] = -res
         _finish(j, i)
-        return 0
+        return
     j.fd[i] = res
     j.held += 1
-    _fds_held += 1
+    vy_i64_add(&_fds_held, 1)
     j.fd_wait_since = 0
     if fstat(res, &st) != 0:
         j.err[i] = errno
@@ -493,80 +621,96 @@ cdef int _on_open(Job *j, Py_ssize_t i, int32_t res, list keep) except -1:
         j.err[i] = ITEM_NOT_REGULAR
         j.mode[i] = st.st_mode
     elif st.st_size == 0:
-        return _start_unsized(j, i)
+        _start_unsized(j, i)
+        return
     elif st.st_size > PY_SSIZE_T_MAX - 64:
         j.err[i] = EFBIG                    # no bytes object can hold it
-    elif j.budget != NULL and not (<ByteBudget>j.budget).take(st.st_size):
+    elif j.budget != NULL and not _budget_take(j.budget, st.st_size):
         j.err[i] = ITEM_DEFERRED            # for a later job
         j.spent = True
-    elif _give_bytes(j, i, st.st_size, keep):
-        _queue_read(j, i)
-        return 0
+    elif st.st_size <= _ARENA_MAX and j.arena != NULL:
+        j.dest[i] = _arena_alloc(j.arena, st.st_size)
+        j.want[i] = st.st_size
+        if j.dest[i] != NULL:
+            j.copied[i] = True
+            _queue_read(j, i)
+            return
+        j.err[i] = ENOMEM
+    else:
+        j.want[i] = st.st_size
+        j.allocq[j.nalloc] = i
+        j.nalloc += 1
+        return
     _finish(j, i)
+
+
+cdef int _give_bytes(Job *j, list keep) except -1:
+    """With the GIL: a bytes object for every item in allocq, to read into."""
+    cdef Py_ssize_t t, i
+    cdef object data
+    for t in range(j.nalloc):
+        i = j.allocq[t]
+        try:
+            data = PyBytes_FromStringAndSize(NULL, j.want[i])
+        except MemoryError:
+            j.err[i] = ENOMEM
+            _finish(j, i)
+            continue
+        keep[i] = data
+        j.dest[i] = PyBytes_AS_STRING(data)
+        _advise_huge(j.dest[i], j.want[i])
+        _queue_read(j, i)
+    j.nalloc = 0
     return 0
 
 
-cdef bint _give_bytes(Job *j, Py_ssize_t i, int64_t size, list keep) except -1:
-    """Item i reads into a new bytes object of `size` bytes (False: ENOMEM)."""
-    cdef object data
-    try:
-        data = PyBytes_FromStringAndSize(NULL, size)
-    except MemoryError:
-        j.err[i] = ENOMEM
-        return False
-    keep[i] = data
-    j.dest[i] = PyBytes_AS_STRING(data)
-    _advise_huge(j.dest[i], size)
-    j.want[i] = size
-    return True
-
-
-cdef int _start_unsized(Job *j, Py_ssize_t i) except -1:
+cdef void _start_unsized(Job *j, Py_ssize_t i) noexcept nogil:
     """A file that reports size 0 (empty, /proc, sysfs): its size says nothing, so
     it is read to EOF into memory of the job's, grown as it fills."""
-    cdef int64_t first = UNSIZED_FIRST
+    cdef int64_t first = _UNSIZED_FIRST
     if j.direct[i]:
         fcntl(j.fd[i], F_SETFL, fcntl(j.fd[i], F_GETFL) & ~_O_DIRECT)
         j.direct[i] = 0                     # /proc and sysfs refuse it anyway
     if j.budget != NULL:
-        first = min(first, (<ByteBudget>j.budget).limit)
-        if not (<ByteBudget>j.budget).take(first):
+        first = min(first, j.budget.limit)
+        if not _budget_take(j.budget, first):
             j.err[i] = ITEM_DEFERRED
             j.spent = True
             _finish(j, i)
-            return 0
+            return
     j.dest[i] = <char *>malloc(first + _UNSIZED_SLACK)
     if j.dest[i] == NULL:
         _unsized_fails(j, i, ENOMEM)
-        return 0
+        return
     j.unsized[i] = True
+    j.copied[i] = True
     j.want[i] = first
     _queue_read(j, i)
-    return 0
 
 
-cdef void _unsized_fails(Job *j, Py_ssize_t i, int32_t err) noexcept:
+cdef void _unsized_fails(Job *j, Py_ssize_t i, int32_t err) noexcept nogil:
     """An unsized item ends unread (err): its reservation and memory go back."""
     if j.budget != NULL and j.want[i]:
-        (<ByteBudget>j.budget).give_back(j.want[i])
+        vy_i64_add(&j.budget.taken, -j.want[i])
     if err == ITEM_DEFERRED:
         j.spent = True
     free(j.dest[i])
     j.dest[i] = NULL
     j.unsized[i] = False
+    j.copied[i] = False
     j.err[i] = err
     _finish(j, i)
 
 
-cdef bint _grow_unsized(Job *j, Py_ssize_t i) noexcept:
+cdef bint _grow_unsized(Job *j, Py_ssize_t i) noexcept nogil:
     """An unsized item filled its buffer: double it, within the budget. False when
     the item ended instead (deferred, over the budget, or out of memory)."""
     cdef int64_t extra = j.want[i]
     cdef int answer
     cdef char *p
     if j.budget != NULL:
-        extra = max(1, min(extra, (<ByteBudget>j.budget).limit - j.want[i]))
-        answer = (<ByteBudget>j.budget).grow(j.want[i], extra)
+        extra = max(1, min(extra, j.budget.limit - j.want[i]))
+        answer = _budget_grow(j.budget, j.want[i], extra)
         if answer != BUDGET_GROWN:
             _unsized_fails(j, i, ITEM_OVER_BUDGET if answer == BUDGET_NEVER else ITEM_DEFERRED)
             return False
@@ -582,16 +726,15 @@ cdef bint _grow_unsized(Job *j, Py_ssize_t i) noexcept:
     return True
 
 
-cdef void _on_read(Job *j, Py_ssize_t i, int32_t res) noexcept:
+cdef void _on_read(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
     cdef ssize_t r
     cdef int64_t file_off, skip, n
     cdef int64_t asked = _piece(j, i, &file_off, &skip)
     cdef char *target = _read_target(j, i)
     if res == -EAGAIN:
         # A file opened O_NONBLOCK on a filesystem (or kernel) that will not wait for
-        # the page cache: read this piece synchronously, without the GIL.
-        with nogil:
-            r = pread(j.fd[i], target, <size_t>asked, file_off)
+        # the page cache: read this piece synchronously.
+        r = pread(j.fd[i], target, <size_t>asked, file_off)
         res = <int32_t>r if r >= 0 else -errno
         j.sync_reads += 1
     if j.direct[i]:
@@ -629,8 +772,11 @@ cdef void _on_read(Job *j, Py_ssize_t i, int32_t res) noexcept:
     _finish(j, i)                           # n <= 0: EOF, what pread returns
 
 
-cdef int _reap_job(Ring ring, Job *j, list keep) except -1:
-    cdef Py_ssize_t t, n = ring._reap(None, None, None, ring._nslots)
+cdef void _reap_job(Ring ring, Job *j) noexcept nogil:
+    """Reap every completion ready and hand each to its item; those of other jobs
+    (abandoned earlier) are dropped, closing the fds their opens returned."""
+    cdef uint32_t t, n = ring._reap_some(ring._scratch_ud, ring._scratch_res, NULL,
+                                         ring._nslots)
     cdef uint64_t ud
     cdef int32_t res
     cdef uint32_t kind
@@ -645,47 +791,117 @@ cdef int _reap_job(Ring ring, Job *j, list keep) except -1:
             continue
         if kind == KIND_OPEN:
             j.busy -= 1
-            _on_open(j, <Py_ssize_t><uint32_t>ud, res, keep)
+            _on_open(j, <Py_ssize_t><uint32_t>ud, res)
         elif kind == KIND_READ:
             j.busy -= 1
             _on_read(j, <Py_ssize_t><uint32_t>ud, res)
-        else:
-            j.held -= 1                     # a close: its fd is free again
-    return 0
 
 
-cdef int _run_job(Ring ring, Job *j, Hold *hold, list keep) except -1:
-    """Fill, submit, wait and reap until every item is done; then submit the last
-    closes, so that the job's fds are closed when it returns."""
+# A job's wait lasts at most this long before it looks at signals and its Stop.
+cdef long long _WAIT_SLICE_NS = 100000000
+
+# What brings a job's nogil loop back to the GIL.
+cdef enum:
+    STEP_DONE = 0
+    STEP_SIGNAL = 1         # a wait was interrupted or timed out: run the handlers
+    STEP_ALLOC = 2          # items wait in allocq for bytes objects
+    STEP_STOP = 3           # the call's Stop is set
+    STEP_ERROR = 4          # io_uring_enter failed: j.enter_err
+    STEP_STUCK = 5          # items left, nothing in flight: a bug
+
+
+cdef int _job_enter(Ring ring, uint32_t wait) noexcept nogil:
+    """Submit every prepared request and wait for `wait` completions (0 or 1), for
+    at most _WAIT_SLICE_NS (-ETIME then) where the kernel takes a timeout (5.11):
+    a signal may land in another thread, and a read may never complete (a pipe),
+    yet Ctrl-C and the call's Stop must still be seen."""
+    cdef int fd = ring._fd
+    cdef uint32_t flags = IORING_ENTER_GETEVENTS if wait else 0
+    cdef vy_getevents_arg arg
+    cdef vy_timespec ts
+    cdef void *argp = NULL
+    cdef size_t argsz = 0
+    ring._publish()
+    if wait and ring._features & IORING_FEAT_EXT_ARG:
+        ts.tv_sec = 0
+        ts.tv_nsec = _WAIT_SLICE_NS
+        memset(&arg, 0, sizeof(arg))
+        arg.ts = <uint64_t><size_t>&ts
+        argp = &arg
+        argsz = sizeof(arg)
+        flags |= IORING_ENTER_EXT_ARG
+    if ring._ring_index >= 0 and vy_thread_token() == ring._ring_thread:
+        fd = ring._ring_index
+        flags |= IORING_ENTER_REGISTERED_RING
+    return vy_io_uring_enter(fd, ring._sq_pending(), wait, flags, argp, argsz)
+
+
+cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:
+    """Fill, submit, wait and reap until the job is done or needs the GIL."""
     cdef uint32_t k
     cdef Py_ssize_t wanted
+    cdef int ret
     while True:
+        if j.nalloc:
+            return STEP_ALLOC
         wanted = j.cq_len + min(j.rq_len + (j.n - j.next_open) + j.nretry,
                                 j.depth - j.busy)
         if wanted:
-            k = ring._room(<uint32_t>min(wanted, <Py_ssize_t>UINT32_MAX))
+            k = min(<uint32_t>min(wanted, <Py_ssize_t>UINT32_MAX),
+                    ring._sq_entries - ring._sq_pending(), ring._nslots - ring._used())
             if k:
                 _fill(ring, j, k, hold)
         if j.left == 0 and j.cq_len == 0:
-            ring._submit_and_wait(0, -1.0)
+            ret = _job_enter(ring, 0)           # the last closes: the fds close now
+            if ret == -EINTR:
+                return STEP_SIGNAL
             _closes_submitted(j)
-            return 0
+            return STEP_DONE
         if ring._used() == 0:
-            raise UringError("internal error: a read job is waiting with nothing in flight")
-        ring._submit_and_wait(1, -1.0)
-        _closes_submitted(j)
+            return STEP_STUCK
+        ret = _job_enter(ring, 1)
         j.syscalls += 1
-        _reap_job(ring, j, keep)
-        if j.stop != NULL and (<Stop>j.stop).is_set:
-            raise CallStopped()
-        if j.fd_wait:
-            j.fd_wait = False
-            with nogil:
-                usleep(1000)                # for other jobs to close some fds
-        if j.budget != NULL and (<ByteBudget>j.budget).spent:
+        if ret >= 0:
+            _closes_submitted(j)
+        elif ret == -EINTR:
+            return STEP_SIGNAL
+        elif ret == -EAGAIN or ret == -EBUSY:
+            vy_poll_in(ring._fd, 1)         # short of request memory: back off
+        elif ret != -ETIME:
+            j.enter_err = ret
+            return STEP_ERROR
+        _reap_job(ring, j)
+        if j.stop != NULL and vy_flag_get(j.stop):
+            return STEP_STOP
+        if ret == -ETIME:
+            return STEP_SIGNAL
+        if j.budget != NULL and vy_flag_get(&j.budget.spent):
             j.spent = True                  # (another job may have spent it)
         if j.spent:
             _defer_unopened(j)
+        if j.fd_wait:
+            j.fd_wait = False
+            usleep(1000)                    # for other jobs to close some fds
+
+
+cdef int _run_job(Ring ring, Job *j, Hold *hold, list keep) except -1:
+    """The job's nogil loop, and what only the GIL can do between its steps."""
+    cdef int step
+    while True:
+        with nogil:
+            step = _job_steps(ring, j, hold)
+        if step == STEP_DONE:
+            return 0
+        if step == STEP_SIGNAL:
+            PyErr_CheckSignals()            # Ctrl-C raises here
+        elif step == STEP_ALLOC:
+            _give_bytes(j, keep)
+        elif step == STEP_STOP:
+            raise CallStopped()
+        elif step == STEP_ERROR:
+            raise syscall_error("io_uring_enter", -j.enter_err)
+        else:
+            raise UringError("internal error: a read job is waiting with nothing in flight")
 
 
 cdef void _defer_unopened(Job *j) noexcept nogil:
@@ -748,7 +964,7 @@ cdef const char *_path_of(object p, list names) except? NULL:
 
 def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t stop,
                      list out, int open_flags, Py_ssize_t depth, stats, bounce=None,
-                     ByteBudget budget=None, Stop call=None):
+                     ByteBudget budget=None, Stop call=None, Arena arena=None):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
     `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode) for
     each file not read here, code an errno or NOT_REGULAR / OVER_BUDGET / NUL_BYTE /
@@ -757,8 +973,9 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
     with O_DIRECT, and buffered where the filesystem refuses it. With a ByteBudget,
     files it cannot take now come back DEFERRED, for a later call, and no more are
     opened once it is spent. `call`: the call's Stop, read after every completion.
-    `stats` (5 int64s: syscalls, operations, short reads, synchronous reads,
-    O_DIRECT refusals) is added to."""
+    `arena`: the ring's Arena for small files (else one for this call). `stats` (5
+    int64s: syscalls, operations, short reads, synchronous reads, O_DIRECT
+    refusals) is added to."""
     cdef Job j
     cdef Hold *hold = NULL
     cdef Py_ssize_t i, n = stop - start
@@ -768,13 +985,17 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
     cdef object data
     if not 0 <= start <= stop <= len(paths) or stop > len(out):
         raise ValueError(f"window {start}:{stop} is outside the paths or out")
+    if arena is None:
+        arena = Arena()
     _job_alloc(&j, n)
     try:
         j.open_flags = open_flags | os.O_CLOEXEC
         j.close_fds = True
         j.depth = max(depth, 1)
-        j.budget = <PyObject *>budget if budget is not None else NULL
-        j.stop = <PyObject *>call if call is not None else NULL
+        j.budget = &budget.b if budget is not None else NULL
+        j.stop = &call.flag if call is not None else NULL
+        j.arena = &arena.a
+        _arena_reset(j.arena)               # the last job's results are copied out
         for i in range(n):
             j.paths[i] = _path_of(paths[start + i], names)
             if j.paths[i] == NULL:
@@ -793,7 +1014,7 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
                 leftovers.append((i, j.err[i], j.mode[i]))
                 continue
             data = keep[i]
-            if j.unsized[i] or j.got[i] < j.want[i]:    # read to EOF, or shrank
+            if j.copied[i] or j.got[i] < j.want[i]:     # job memory, or it shrank
                 try:
                     data = PyBytes_FromStringAndSize(j.dest[i], j.got[i])
                 except MemoryError:
@@ -848,7 +1069,7 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
         n = off.n
         _job_alloc(&j, n)
         j.depth = max(depth, 1)
-        j.stop = <PyObject *>call if call is not None else NULL
+        j.stop = &call.flag if call is not None else NULL
         keep = [None] * n
         hold = hold_object(keep, (buffer is not None) + (bounce is not None))
         hold.refs += 1              # the job's own: the hold outlives every reap
@@ -946,7 +1167,7 @@ def drain_jobs(Ring ring not None, stats, double timeout=-1.0):
                     break
                 ring._submit_and_wait(1, left if timeout >= 0 else -1.0)
                 j.syscalls += 1
-                _reap_job(ring, &j, None)
+                _reap_job(ring, &j)
         finally:
             ring._leave_api()
         _add_stats(stats, &j)

@@ -16,8 +16,9 @@ import threading
 import time
 
 from ._files import OPEN_FLAGS, check_regular, over_budget_error, path_error
-from ._ring import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Op, Ring,
-                    drain_jobs, read_file_window, read_ranges_job, run_call, with_file)
+from ._ring import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Arena, Op,
+                    Ring, drain_jobs, read_file_window, read_ranges_job, run_call,
+                    with_file)
 from ._workers import Workers
 from .buffers import alloc_buffer
 from .errors import UringSyscallError
@@ -146,11 +147,13 @@ class UringBackend:
 
 class _RingReader:
     """One ring, its counters (syscalls, operations, short reads, synchronous reads,
-    O_DIRECT refusals) and, with direct=True, its bounce slots for O_DIRECT reads."""
+    O_DIRECT refusals), the arena its jobs read small files into and, with
+    direct=True, its bounce slots for O_DIRECT reads."""
 
     def __init__(self, queue_depth, direct):
         self.ring, self.depth = _sized_ring(queue_depth)
         self.stats = array.array("q", [0] * 5)
+        self.arena = Arena()
         # Page-aligned, touched only as far as reads use it; registered, so that
         # O_DIRECT reads skip pinning its pages each time, where the kernel and
         # RLIMIT_MEMLOCK allow (else the reads go unregistered, and stats say why).
@@ -182,7 +185,7 @@ class _RingReader:
         files done, bytes read)."""
         leftovers, nbytes = read_file_window(self.ring, paths, start, stop, out,
                                              OPEN_FLAGS, self.depth, self.stats,
-                                             self.bounce, budget, call)
+                                             self.bounce, budget, call, self.arena)
         deferred = []
         for i, code, mode in leftovers:
             if code == DEFERRED:

@@ -6,6 +6,7 @@ main thread only), so what a task does in Python (open, read, close) is never sp
 by one; the calling thread only posts and collects, in compiled code.
 """
 import queue
+import signal
 import threading
 
 from ._ring import run_task
@@ -37,7 +38,15 @@ class Workers:
             t.join()
 
 
+# Signals that report a fault in the thread itself: never blocked.
+_SYNCHRONOUS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT,
+                signal.SIGTRAP, signal.SIGSYS}
+
+
 def _serve(tasks):
+    # Process-wide signals (Ctrl-C, timers) go to a thread that does not block them:
+    # let that be the main thread, whose waits they must interrupt to run handlers.
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS)
     while True:
         task = tasks.get()
         if task is None:
