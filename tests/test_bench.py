@@ -169,9 +169,38 @@ def test_bench_command_runs_and_writes_json(tmp_path, capsys):
     assert os.listdir(tmp_path) == ["bench.json"]         # its data is gone
 
 
+@pytest.mark.parametrize("spec, cores, counts", [
+    (None, 1, [1]), (None, 16, [1, 16]),
+    ("sweep", 1, [1]), ("sweep", 2, [1, 2]), ("sweep", 16, [1, 2, 4, 8, 16]),
+    ("sweep", 12, [1, 2, 4, 8, 12]), ("sweep", 1024, [1, 2, 4, 8, 16, 32, 64, 128, 256]),
+    ("8,1,2,2", 4, [1, 2, 8]),
+])
+def test_worker_counts(spec, cores, counts):
+    assert workloads.worker_counts(spec, cores) == counts
+
+
+def test_each_worker_count_is_a_row_beside_the_default_calls(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    status = cli.main(["bench", "--quick", "--only", "small files warm", "sequential",
+                       "--workers", "1,3", "--file-mib", "1", "--files", "4",
+                       "--dir", str(tmp_path), "--json", str(out)])
+    capsys.readouterr()
+    assert status == 0
+    doc = json.loads(out.read_text())["workloads"]
+    assert set(doc) == {"small files warm", "128k sequential"}
+    for name, default in (("small files warm", "vyre read_files()"),
+                          ("128k sequential", "vyre read_ranges_into()")):
+        rows = list(doc[name]["summary"])
+        assert rows.index("vyre io_uring w1") + 1 == rows.index("vyre io_uring w3")
+        assert rows.index("vyre io_uring w3") + 1 == rows.index(default)
+        assert len(doc[name]["runs"][default]) == 5
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--rounds", "3"], "--rounds must be at least 5"),
     (["--files", "0"], "--files must be >= 1"),
+    (["--workers", "1,x"], "--workers takes a comma list of counts (1,2,4) or 'sweep'"),
+    (["--workers", "0,2"], "--workers counts must be between 1 and 256, not 0"),
 ])
 def test_bench_command_refuses_bad_arguments(capsys, argv, message):
     assert cli.main(["bench", *argv]) == 2

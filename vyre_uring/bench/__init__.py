@@ -25,6 +25,10 @@ def add_arguments(p):
                    help="how many small files (10000; 2000 with --quick)")
     p.add_argument("--file-size", type=int, metavar="BYTES",
                    help="bytes per small file (4096)")
+    p.add_argument("--workers", metavar="N,N,...|sweep",
+                   help="worker counts (rings) of the `vyre io_uring wN` rows: a comma "
+                        "list such as 1,2,4,8,16, or 'sweep' for 1, 2, 4, ... up to the "
+                        "core count (default: 1 and the core count)")
     p.add_argument("--only", nargs="+", metavar="TEXT",
                    help="run only the workloads whose names contain one of these "
                         "(e.g. nop, random, sequential, small, direct)")
@@ -53,6 +57,7 @@ def run(args, err):
         err("--rounds must be at least 5: fewer cannot show the spread")
     try:
         sizes = sizes_from(args)
+        workers = workloads.worker_counts(args.workers)
     except ValueError as exc:
         err(str(exc))
     if args.plot and importlib.util.find_spec("matplotlib") is None:
@@ -63,7 +68,7 @@ def run(args, err):
           flush=True)
     with workloads.DataSet(sizes, args.dir) as data, \
             tempfile.TemporaryDirectory(prefix="vyre-bench-bin-") as bindir:
-        found, ctx = workloads.build(data, sizes, bindir, args.only)
+        found, ctx = workloads.build(data, sizes, bindir, args.only, workers)
         try:
             if not found:
                 err(f"no workload matches --only {' '.join(args.only)}")
