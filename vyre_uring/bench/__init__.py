@@ -9,7 +9,7 @@ import importlib.util
 import sys
 import tempfile
 
-from . import harness, workloads
+from . import harness, native, workloads
 
 __all__ = ["add_arguments", "run"]
 
@@ -64,6 +64,8 @@ def run(args, err):
         # Said now, not after minutes of runs.
         err("--plot needs matplotlib: pip install 'vyre-uring[plot]'")
     env = harness.environment(_backend())
+    liburing, why = native.find_liburing()
+    env["liburing"] = liburing.describe() if liburing else why
     print("vyre-uring bench: " + ", ".join(f"{k} {v}" for k, v in env.items()),
           flush=True)
     with workloads.DataSet(sizes, args.dir) as data, \
