@@ -2,6 +2,7 @@
 contenders, the table, and clean-up of its data. No timing is asserted."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,16 +76,70 @@ def test_json_records_every_run_the_summary_and_the_cache_state(tmp_path):
 
 
 def test_c_programs_are_explained_when_they_cannot_be_built(monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "LIBURING_HEADER", str(tmp_path / "no-liburing.h"))
-    assert native.build_c("nop_liburing", str(tmp_path)) == \
-        (None, "liburing.h missing (apt-get install liburing-dev)")
+    monkeypatch.setattr(native, "SYSTEM_INCLUDE", str(tmp_path / "no-include"))
+    monkeypatch.setenv("CPATH", str(tmp_path))
+    monkeypatch.delenv("C_INCLUDE_PATH", raising=False)
+    assert native.build_c("nop_liburing", str(tmp_path)) == (None, (
+        f"liburing.h is in none of {tmp_path} (CPATH), {tmp_path / 'no-include'} "
+        f"(apt-get install liburing-dev, or unpack its .deb with dpkg -x and set "
+        f"C_INCLUDE_PATH to its usr/include)"))
     monkeypatch.setenv("PATH", str(tmp_path))
     assert native.build_c("nop_liburing", str(tmp_path))[1] == "no C compiler (cc) on PATH"
 
 
+def fake_liburing(prefix, header="/* liburing */\n"):
+    """A tree laid out as `dpkg -x` leaves liburing-dev and liburing2."""
+    (prefix / "usr/include").mkdir(parents=True)
+    (prefix / "usr/include/liburing.h").write_text(header)
+    libs = prefix / "usr/lib/x86_64-linux-gnu"
+    libs.mkdir(parents=True)
+    (libs / "liburing.so.2").write_bytes(b"")
+    return prefix / "usr/include", libs
+
+
+def test_liburing_is_searched_as_gcc_does_cpath_then_c_include_path_then_system(
+        monkeypatch, tmp_path):
+    system, _ = fake_liburing(tmp_path / "system")
+    monkeypatch.setattr(native, "SYSTEM_INCLUDE", str(system))
+    cpath, cpath_libs = fake_liburing(tmp_path / "cpath")
+    c_include, c_include_libs = fake_liburing(tmp_path / "c_include")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {"CPATH": f"{empty}::{tmp_path / 'missing'}:{cpath}",
+           "C_INCLUDE_PATH": str(c_include), "LIBRARY_PATH": str(empty)}
+    found, why = native.find_liburing(env)
+    assert why is None
+    assert (found.include, found.source) == (str(cpath), "CPATH")
+    assert found.lib_dirs == [str(empty), str(cpath_libs)]
+    assert found.flags() == ["-I", str(cpath), "-L", str(empty), f"-Wl,-rpath,{empty}",
+                             "-L", str(cpath_libs), f"-Wl,-rpath,{cpath_libs}"]
+    assert found.describe() == (f"liburing.h in {cpath} (from CPATH), libraries from "
+                                f"{empty}:{cpath_libs}")
+    del env["CPATH"]
+    found, _ = native.find_liburing(env)
+    assert (found.source, found.lib_dirs) == ("C_INCLUDE_PATH", [str(empty), str(c_include_libs)])
+    found, _ = native.find_liburing({})
+    assert (found.include, found.source, found.flags()) == (str(system), "system", [])
+    assert found.describe() == f"liburing.h in {system}"
+
+
+def test_the_c_programs_are_compiled_with_the_folder_found_not_the_environment(tmp_path):
+    # Passed as an argument, not set in the environment: only an explicit -I lets
+    # the compiler see this header, and it must win over an installed one.
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler (cc) on PATH")
+    include, _ = fake_liburing(tmp_path / "unpacked", "#error the unpacked header\n")
+    binary, why = native.build_c("nop_liburing", str(tmp_path),
+                                 {"C_INCLUDE_PATH": str(include)})
+    assert binary is None
+    assert why.startswith(f"cc failed (liburing.h in {include} (from C_INCLUDE_PATH), ")
+    assert why.endswith("#error the unpacked header")
+
+
 def test_the_c_programs_build_where_liburing_is_installed(tmp_path):
-    if not os.path.exists(native.LIBURING_HEADER):
-        pytest.skip("liburing-dev is not installed here")
+    found, why = native.find_liburing()
+    if found is None:
+        pytest.skip(why)
     for name in ("nop_liburing", "ranges_liburing", "small_files_liburing"):
         binary, why = native.build_c(name, str(tmp_path))
         assert why is None and os.access(binary, os.X_OK), (name, why)
@@ -169,9 +224,38 @@ def test_bench_command_runs_and_writes_json(tmp_path, capsys):
     assert os.listdir(tmp_path) == ["bench.json"]         # its data is gone
 
 
+@pytest.mark.parametrize("spec, cores, counts", [
+    (None, 1, [1]), (None, 16, [1, 16]),
+    ("sweep", 1, [1]), ("sweep", 2, [1, 2]), ("sweep", 16, [1, 2, 4, 8, 16]),
+    ("sweep", 12, [1, 2, 4, 8, 12]), ("sweep", 1024, [1, 2, 4, 8, 16, 32, 64, 128, 256]),
+    ("8,1,2,2", 4, [1, 2, 8]),
+])
+def test_worker_counts(spec, cores, counts):
+    assert workloads.worker_counts(spec, cores) == counts
+
+
+def test_each_worker_count_is_a_row_beside_the_default_calls(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    status = cli.main(["bench", "--quick", "--only", "small files warm", "sequential",
+                       "--workers", "1,3", "--file-mib", "1", "--files", "4",
+                       "--dir", str(tmp_path), "--json", str(out)])
+    capsys.readouterr()
+    assert status == 0
+    doc = json.loads(out.read_text())["workloads"]
+    assert set(doc) == {"small files warm", "128k sequential"}
+    for name, default in (("small files warm", "vyre read_files()"),
+                          ("128k sequential", "vyre read_ranges_into()")):
+        rows = list(doc[name]["summary"])
+        assert rows.index("vyre io_uring w1") + 1 == rows.index("vyre io_uring w3")
+        assert rows.index("vyre io_uring w3") + 1 == rows.index(default)
+        assert len(doc[name]["runs"][default]) == 5
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--rounds", "3"], "--rounds must be at least 5"),
     (["--files", "0"], "--files must be >= 1"),
+    (["--workers", "1,x"], "--workers takes a comma list of counts (1,2,4) or 'sweep'"),
+    (["--workers", "0,2"], "--workers counts must be between 1 and 256, not 0"),
 ])
 def test_bench_command_refuses_bad_arguments(capsys, argv, message):
     assert cli.main(["bench", *argv]) == 2

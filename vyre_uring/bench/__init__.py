@@ -9,7 +9,7 @@ import importlib.util
 import sys
 import tempfile
 
-from . import harness, workloads
+from . import harness, native, workloads
 
 __all__ = ["add_arguments", "run"]
 
@@ -25,6 +25,10 @@ def add_arguments(p):
                    help="how many small files (10000; 2000 with --quick)")
     p.add_argument("--file-size", type=int, metavar="BYTES",
                    help="bytes per small file (4096)")
+    p.add_argument("--workers", metavar="N,N,...|sweep",
+                   help="worker counts (rings) of the `vyre io_uring wN` rows: a comma "
+                        "list such as 1,2,4,8,16, or 'sweep' for 1, 2, 4, ... up to the "
+                        "core count (default: 1 and the core count)")
     p.add_argument("--only", nargs="+", metavar="TEXT",
                    help="run only the workloads whose names contain one of these "
                         "(e.g. nop, random, sequential, small, direct)")
@@ -53,17 +57,20 @@ def run(args, err):
         err("--rounds must be at least 5: fewer cannot show the spread")
     try:
         sizes = sizes_from(args)
+        workers = workloads.worker_counts(args.workers)
     except ValueError as exc:
         err(str(exc))
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         # Said now, not after minutes of runs.
         err("--plot needs matplotlib: pip install 'vyre-uring[plot]'")
     env = harness.environment(_backend())
+    liburing, why = native.find_liburing()
+    env["liburing"] = liburing.describe() if liburing else why
     print("vyre-uring bench: " + ", ".join(f"{k} {v}" for k, v in env.items()),
           flush=True)
     with workloads.DataSet(sizes, args.dir) as data, \
             tempfile.TemporaryDirectory(prefix="vyre-bench-bin-") as bindir:
-        found, ctx = workloads.build(data, sizes, bindir, args.only)
+        found, ctx = workloads.build(data, sizes, bindir, args.only, workers)
         try:
             if not found:
                 err(f"no workload matches --only {' '.join(args.only)}")

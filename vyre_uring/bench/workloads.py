@@ -88,13 +88,35 @@ def _write_small_files(directory, count, size):
     return paths
 
 
-def build(data, sizes, workdir, only=None):
-    """Every workload, with its contenders found or explained."""
+def worker_counts(spec=None, cores=None):
+    """The worker counts (rings) of the `vyre io_uring wN` rows, ascending: by
+    default 1 and the core count; "sweep" is 1, 2, 4, ... below the core count and
+    the core count itself; else a comma list such as "1,2,4,8,16"."""
+    cores = min(256, cores or os.cpu_count() or 1)     # BatchReader's limit
+    if spec is None:
+        return sorted({1, cores})
+    if spec == "sweep":
+        return [1 << k for k in range(cores.bit_length()) if 1 << k < cores] + [cores]
+    try:
+        counts = {int(part) for part in spec.split(",")}
+    except ValueError:
+        raise ValueError(f"--workers takes a comma list of counts (1,2,4) or 'sweep', "
+                         f"not {spec!r}") from None
+    bad = [n for n in counts if not 1 <= n <= 256]
+    if bad:
+        raise ValueError(f"--workers counts must be between 1 and 256, not {min(bad)}")
+    return sorted(counts)
+
+
+def build(data, sizes, workdir, only=None, workers=None):
+    """Every workload, with its contenders found or explained; `workers` as
+    worker_counts() returns it (None: its default)."""
     binaries = {name: native.build_c(name, workdir)
                 for name in ("nop_liburing", "ranges_liburing", "small_files_liburing")}
     fio, fio_why = native.find_fio()
     pypi, pypi_why = _probe_pypi_liburing()
-    ctx = _Context(data, sizes, binaries, fio, fio_why, pypi, pypi_why, [])
+    ctx = _Context(data, sizes, binaries, fio, fio_why, pypi, pypi_why,
+                   workers or worker_counts(), [], {})
     workloads = (_nop_workloads(ctx) + _random_workloads(ctx) + _sequential_workloads(ctx)
                  + _small_file_workloads(ctx) + _direct_workloads(ctx))
     if only:
@@ -111,7 +133,9 @@ class _Context:
     fio_why: str
     pypi: bool
     pypi_why: str
+    workers: list               # of the `vyre io_uring wN` rows
     owned: list                 # readers and rings to close at the end
+    readers: dict               # (settings) -> (reader, why): one per settings
 
     def close(self):
         for thing in self.owned:
@@ -125,13 +149,19 @@ class _Context:
         return Contender(label, lambda: fn(binary))
 
     def reader(self, **kwargs):
-        """A BatchReader, or the error that says why it cannot exist here."""
-        try:
-            reader = vyre_uring.BatchReader(**kwargs)
-        except OSError as exc:
-            return None, str(exc)
-        self.owned.append(reader)
-        return reader, None
+        """A BatchReader, or the error that says why it cannot exist here. Workloads
+        run one after another, so rows with the same settings share one (a sweep
+        would otherwise hold hundreds of rings)."""
+        key = tuple(sorted(kwargs.items()))
+        if key not in self.readers:
+            try:
+                reader = vyre_uring.BatchReader(**kwargs)
+            except OSError as exc:
+                self.readers[key] = None, str(exc)
+            else:
+                self.owned.append(reader)
+                self.readers[key] = reader, None
+        return self.readers[key]
 
 
 # ---- ring overhead -------------------------------------------------------------------
@@ -191,7 +221,9 @@ def _random_workloads(ctx):
     for qd, count in ((1, ctx.sizes.qd1_reads), (32, ctx.sizes.random_reads),
                       (128, ctx.sizes.random_reads)):
         offsets = _offsets(size, 4096, count)
-        contenders = _range_contenders(ctx, "rand", 4096, qd, offsets, python=qd == 32)
+        # At qd1 the row is about latency: one ring, no sweep.
+        contenders = _range_contenders(ctx, "rand", 4096, qd, offsets, python=qd == 32,
+                                       sweep=qd > 1)
         out.append(Workload(f"4k random qd{qd}", "reads/s", contenders, _warm_big(ctx)))
     return out
 
@@ -201,22 +233,15 @@ def _sequential_workloads(ctx):
     bs = 128 << 10
     count = ctx.sizes.seq_passes * (size // bs)
     offsets = _offsets(size, bs, count, sequential=True)
-    contenders = _range_contenders(ctx, "seq", bs, 32, offsets, python=True)
-    workers = os.cpu_count() or 1
-    if workers > 1:
-        contenders.insert(contenders.index(_named(contenders, "vyre io_uring")) + 1,
-                          _vyre_ranges(ctx, f"vyre io_uring w{workers}", bs, 32, offsets,
-                                       workers=workers))
+    contenders = _range_contenders(ctx, "seq", bs, 32, offsets, python=True, sweep=True)
     return [Workload("128k sequential", "reads/s", contenders, _warm_big(ctx))]
 
 
-def _named(contenders, name):
-    return next(c for c in contenders if c.name == name)
-
-
-def _range_contenders(ctx, mode, bs, qd, offsets, python, direct=False):
-    """C, fio, the PyPI binding and vyre at queue depth `qd`; with `python`, the
-    plain-Python loops too (they have no queue depth: one row is enough)."""
+def _range_contenders(ctx, mode, bs, qd, offsets, python, direct=False, sweep=False):
+    """C, fio, the PyPI binding and vyre at queue depth `qd`; with `sweep`, vyre
+    once per worker count and through the module-level call with its defaults;
+    with `python`, the plain-Python loops too (they have no queue depth: one row is
+    enough)."""
     path, count = ctx.data.big, len(offsets)
     tail = ("direct",) if direct else ()
     rw = "randread" if mode == "rand" else "read"
@@ -227,8 +252,13 @@ def _range_contenders(ctx, mode, bs, qd, offsets, python, direct=False):
                                                          direct))
         if ctx.fio else Contender("fio io_uring", why=ctx.fio_why),
         _pypi_contender(ctx, path, bs, qd, offsets, direct),
-        _vyre_ranges(ctx, "vyre io_uring", bs, qd, offsets, direct=direct),
     ]
+    if sweep:
+        out += [_vyre_ranges(ctx, f"vyre io_uring w{w}", bs, qd, offsets, workers=w,
+                             direct=direct) for w in ctx.workers]
+        out.append(_default_ranges(ctx, bs, qd, offsets, direct))
+    else:
+        out.append(_vyre_ranges(ctx, "vyre io_uring", bs, qd, offsets, direct=direct))
     if python:
         out += [
             _vyre_ranges(ctx, "vyre threads", bs, qd, offsets, backend="threads",
@@ -248,12 +278,39 @@ def _vyre_ranges(ctx, label, bs, qd, offsets, workers=1, backend="io_uring", dir
     share = -(-n // workers)
     # Destinations cycle through qd page-aligned slots per ring, as C's do.
     boffs = array.array("q", [((i % qd) + (i // share) * qd) * bs for i in range(n)])
-    lengths = array.array("q", [bs]) * n
     buf = alloc_buffer(workers * qd * bs)
+    return _ranges_contender(label, reader.read_ranges_into, ctx.data.big, buf, offsets,
+                             bs, boffs)
+
+
+def _default_ranges(ctx, bs, qd, offsets, direct):
+    """vyre_uring.read_ranges_into() with its own defaults (depth, rings, backend).
+    How many rings it uses is its business, so destinations cycle through qd slots
+    per core: reads in flight at once may share a slot, which costs nothing here."""
+    label = "vyre read_ranges_into()"
+    slots = qd * (os.cpu_count() or 1)
+    boffs = array.array("q", [(i % slots) * bs for i in range(len(offsets))])
+    buf = alloc_buffer(slots * bs)
+
+    def read(path, buffer, offsets, lengths, buffer_offsets):
+        return vyre_uring.read_ranges_into(path, buffer, offsets, lengths, buffer_offsets,
+                                           direct=direct)
+    try:
+        # Makes the process's shared reader now, not in the first timed run.
+        read(ctx.data.big, buf, offsets[:1], [bs], boffs[:1])
+    except OSError as exc:
+        return Contender(label, why=str(exc))
+    return _ranges_contender(label, read, ctx.data.big, buf, offsets, bs, boffs)
+
+
+def _ranges_contender(label, read, path, buf, offsets, bs, boffs):
+    """read(path, buf, offsets, lengths, boffs) timed, its byte counts checked."""
+    n = len(offsets)
+    lengths = array.array("q", [bs]) * n
 
     def run():
         start = time.perf_counter()
-        got = reader.read_ranges_into(ctx.data.big, buf, offsets, lengths, boffs)
+        got = read(path, buf, offsets, lengths, boffs)
         rate = n / (time.perf_counter() - start)
         if sum(got) != n * bs:
             raise AssertionError(f"{label}: short reads")
@@ -347,14 +404,14 @@ def _small_file_workloads(ctx):
     paths = ctx.data.small
     n = len(paths)
     listing = "\n".join(paths) + "\n"
-    workers = os.cpu_count() or 1
 
     def contenders():
         out = [ctx.c("small_files_liburing", REFERENCE,
                      lambda b: _c_small_files(b, listing))]
-        for w in sorted({1, workers}):
-            out.append(_vyre_files(ctx, f"vyre io_uring w{w}", paths, workers=w))
-        out += [_vyre_files(ctx, "vyre threads", paths, backend="threads"),
+        out += [_vyre_files(ctx, f"vyre io_uring w{w}", paths, workers=w)
+                for w in ctx.workers]
+        out += [_default_files(ctx, paths),
+                _vyre_files(ctx, "vyre threads", paths, backend="threads"),
                 Contender("os loop", lambda: _timed_files(os_loop, paths)),
                 Contender("open().read()", lambda: _timed_files(open_read, paths))]
         return out
@@ -382,11 +439,24 @@ def _vyre_files(ctx, label, paths, workers=None, backend="io_uring"):
     reader, why = ctx.reader(backend=backend, workers=workers, queue_depth=256)
     if reader is None:
         return Contender(label, why=why)
-    size = ctx.sizes.file_size
+    return _files_contender(label, reader.read_files, paths, ctx.sizes.file_size)
 
+
+def _default_files(ctx, paths):
+    """vyre_uring.read_files(paths): whatever its defaults are."""
+    label = "vyre read_files()"
+    try:
+        vyre_uring.read_files(paths[:1])    # makes the shared reader, untimed
+    except OSError as exc:
+        return Contender(label, why=str(exc))
+    return _files_contender(label, vyre_uring.read_files, paths, ctx.sizes.file_size)
+
+
+def _files_contender(label, read, paths, size):
+    """read(paths) timed, the sizes of what it returns checked."""
     def run():
         start = time.perf_counter()
-        out = reader.read_files(paths)
+        out = read(paths)
         rate = len(paths) / (time.perf_counter() - start)
         if any(len(d) != size for d in out):
             raise AssertionError(f"{label}: wrong sizes")
