@@ -92,7 +92,7 @@ class BatchReader:
         from ._threads_backend import ThreadsBackend
         # Blocking reads: a few threads per core keep the disk busy; page-cache reads
         # gain nothing past the core count, and each thread costs GIL hand-offs.
-        return ThreadsBackend(workers or min(16, (os.cpu_count() or 1) * 2), direct)
+        return ThreadsBackend(workers or min(16, 2 * default_workers()), direct)
 
     def _current(self):
         """The backend of this process: in a forked child, a new one (once)."""
@@ -248,9 +248,10 @@ class _Progress:
 
 
 def default_workers():
-    """Rings (threads) for the io_uring backend: one per core, at most four; each
-    waits with the GIL released, so their I/O overlaps."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """Rings (threads) for the io_uring backend: one per core this process may run
+    on. Jobs run without the GIL, so each ring keeps a core busy; a call splits
+    into at most as many jobs as its work fills (a small call runs on one ring)."""
+    return max(1, min(256, len(os.sched_getaffinity(0))))
 
 
 def _means_unavailable(exc):
