@@ -49,7 +49,12 @@ else
 fi
 
 # vyre_uring, built from this checkout (no index: the build requirements must be
-# installed already).
+# installed already, or their wheels be in .whl/, which is installed first).
+wheels=(.whl/*.whl)
+if (( ${#wheels[@]} )); then
+    "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/build-deps "${wheels[@]}"
+    export PYTHONPATH="/tmp/build-deps${PYTHONPATH:+:$PYTHONPATH}"
+fi
 if ! "$PYTHON" -c "import Cython, setuptools" 2>/dev/null; then
     echo "remote.sh: $PYTHON lacks Cython or setuptools, needed to build vyre_uring" >&2
     exit 1
@@ -63,7 +68,7 @@ if ! "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index --target
     echo "remote.sh: building vyre_uring failed (log: $log)" >&2
     exit 1
 fi
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$SITE"
 
 # `python -m vyre_uring` would put the working directory first on sys.path, and this
 # checkout's vyre_uring has no compiled extension: run the entry point pip wrote
