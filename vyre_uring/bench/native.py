@@ -81,7 +81,7 @@ def build_c(name, workdir, environ=None):
         return None, why
     out = os.path.join(workdir, name)
     proc = subprocess.run([cc, "-O2", *liburing.flags(), "-o", out,
-                           os.path.join(C_DIR, name + ".c"), "-luring"],
+                           os.path.join(C_DIR, name + ".c"), "-luring", "-lpthread"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return None, f"cc failed ({liburing.describe()}): {_first_error(proc.stderr)}"

@@ -405,9 +405,15 @@ def _small_file_workloads(ctx):
     n = len(paths)
     listing = "\n".join(paths) + "\n"
 
+    most = max(ctx.workers)
+
     def contenders():
         out = [ctx.c("small_files_liburing", REFERENCE,
                      lambda b: _c_small_files(b, listing))]
+        if most > 1:            # the C ceiling on as many threads, plain fds and direct
+            out += [ctx.c("small_files_liburing", f"C liburing w{most}{mode}",
+                          lambda b, mode=mode: _c_small_files(b, listing, most, mode))
+                    for mode in ("", " direct")]
         out += [_vyre_files(ctx, f"vyre io_uring w{w}", paths, workers=w)
                 for w in ctx.workers]
         out += [_default_files(ctx, paths),
@@ -428,8 +434,9 @@ def _small_file_workloads(ctx):
     return [warm, cold]
 
 
-def _c_small_files(binary, listing):
-    proc = subprocess.run([binary, "64"], input=listing, capture_output=True, text=True)
+def _c_small_files(binary, listing, threads=1, mode=""):
+    proc = subprocess.run([binary, "64", str(threads), mode.strip()], input=listing,
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"small_files_liburing failed: {proc.stderr.strip()}")
     return float(proc.stdout)
