@@ -82,7 +82,13 @@ def run_call(list tasks, post, resources, on_result=None):
     else:
         results = _SimpleQueue()
         for i in range(n):
-            post((i, tasks[i], resources, stop, results))
+            try:
+                post((i, tasks[i], resources, stop, results))
+            except BaseException as e:          # collect those posted, then raise
+                vy_flag_set(&stop.flag)
+                first = e
+                left = i
+                break
         while left:
             try:
                 item = results.get()

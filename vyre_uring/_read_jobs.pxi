@@ -96,6 +96,15 @@ cdef uint32_t _next_job_id = 0
 # atomic, as jobs run without the GIL. A job that meets EMFILE while other jobs
 # hold fds waits for them rather than failing the file.
 cdef int64_t _fds_held = 0
+
+
+def _forget_fds_in_child():
+    """A forked child holds none of the fds its parent's jobs were holding."""
+    global _fds_held
+    _fds_held = 0
+
+
+os.register_at_fork(after_in_child=_forget_fds_in_child)
 # How long a job waits for other jobs' fds before EMFILE fails a file after all.
 cdef double _FD_WAIT_S = 5.0
 cdef double _FD_GRACE_S = 0.02
@@ -196,12 +205,13 @@ cdef int _budget_grow(Budget *b, int64_t own, int64_t extra) noexcept nogil:
             return BUDGET_GROWN
 
 
-# The arena: where a ring's jobs read small files, in blocks kept from job to job
-# (their pages stay faulted in), up to ARENA_KEEP bytes of them.
+# The arena: where a ring's jobs read small files, in blocks of which the first
+# _ARENA_KEEP bytes are kept from job to job (their pages stay faulted in); the
+# rest go back as soon as the job's results are copied out.
 ARENA_MAX = 64 << 10                # larger files are read into their bytes objects
 cdef int64_t _ARENA_MAX = ARENA_MAX
 cdef size_t _ARENA_BLOCK = 4 << 20
-cdef size_t _ARENA_KEEP = 32 << 20
+cdef size_t _ARENA_KEEP = 4 << 20
 
 
 cdef struct ArenaBlock:
@@ -411,7 +421,8 @@ cdef void _job_abandon(Ring ring, Job *j) noexcept:
     every request in flight on the ring (the job owns the ring) is cancelled and
     waited for, and the fds the job still owns are closed."""
     cdef Py_ssize_t i
-    _quiesce(ring)
+    if not _quiesce(ring):
+        _keep_job_memory(j)
     _closes_submitted(j)
     for i in range(j.cq_len):
         close(j.closeq[i])
@@ -425,13 +436,27 @@ cdef void _job_abandon(Ring ring, Job *j) noexcept:
                 j.fd[i] = -1
 
 
-cdef void _quiesce(Ring ring) noexcept:
+cdef void _keep_job_memory(Job *j) noexcept:
+    """The kernel refused to wait, so reads may still be in flight into the job's
+    memory: never free or reuse it (a leak, as Ring.close keeps a request's hold).
+    The unsized buffers stay allocated, and the arena starts over without its
+    blocks."""
+    cdef Py_ssize_t i
+    for i in range(j.n):
+        j.unsized[i] = False                # _job_free frees only unsized buffers
+        j.copied[i] = False
+    if j.arena != NULL:
+        memset(j.arena, 0, sizeof(ArenaState))
+        j.arena = NULL
+
+
+cdef bint _quiesce(Ring ring) noexcept:
     """Submit, cancel and reap until nothing is in flight on `ring`, closing the fds
     that opens return meanwhile. The wait does not run signal handlers (a second
     Ctrl-C is raised after it): a read left in flight could still write into a
     buffer its caller has got back. Cancelling is IORING_ASYNC_CANCEL_ANY (5.19);
     older kernels refuse it and the requests simply complete. Only a kernel that
-    refuses to wait at all ends it early; the ring's close then keeps the memory."""
+    refuses to wait at all ends it early: False then, with requests in flight."""
     cdef int ret = 0
     cdef bint cancelled = False
     cdef uint32_t t, n
@@ -454,6 +479,7 @@ cdef void _quiesce(Ring ring) noexcept:
             ud = ring._scratch_ud[t]
             if (ud >> 56) == KIND_OPEN and ring._scratch_res[t] >= 0:
                 close(ring._scratch_res[t])
+    return ring._used() == 0
 
 
 cdef inline void _queue_read(Job *j, Py_ssize_t i) noexcept nogil:
@@ -837,10 +863,14 @@ cdef int _job_enter(Ring ring, uint32_t wait) noexcept nogil:
 
 
 cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:
-    """Fill, submit, wait and reap until the job is done or needs the GIL."""
+    """Fill, submit, wait and reap until the job is done or needs the GIL. It also
+    comes back when a wait ended with no completion (a signal cut it short, or its
+    time slice ran out) and every _WAIT_SLICE_NS anyway: a signal that lands while
+    the thread is outside the syscall is seen too."""
     cdef uint32_t k
     cdef Py_ssize_t wanted
     cdef int ret
+    cdef double since = vy_monotonic()
     while True:
         if j.nalloc:
             return STEP_ALLOC
@@ -855,6 +885,12 @@ cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:
             ret = _job_enter(ring, 0)           # the last closes: the fds close now
             if ret == -EINTR:
                 return STEP_SIGNAL
+            if ret == -EAGAIN or ret == -EBUSY:
+                vy_poll_in(ring._fd, 1)
+                continue
+            if ret < 0:
+                j.enter_err = ret
+                return STEP_ERROR
             _closes_submitted(j)
             return STEP_DONE
         if ring._used() == 0:
@@ -870,10 +906,12 @@ cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:
         elif ret != -ETIME:
             j.enter_err = ret
             return STEP_ERROR
+        if ring._cq_ready() == 0 and ret != -EAGAIN and ret != -EBUSY:
+            ret = -ETIME                    # the wait ended with nothing: a signal?
         _reap_job(ring, j)
         if j.stop != NULL and vy_flag_get(j.stop):
             return STEP_STOP
-        if ret == -ETIME:
+        if ret == -ETIME or vy_monotonic() - since > _WAIT_SLICE_NS * 1e-9:
             return STEP_SIGNAL
         if j.budget != NULL and vy_flag_get(&j.budget.spent):
             j.spent = True                  # (another job may have spent it)
@@ -895,6 +933,7 @@ cdef int _run_job(Ring ring, Job *j, Hold *hold, list keep) except -1:
         if step == STEP_SIGNAL:
             PyErr_CheckSignals()            # Ctrl-C raises here
         elif step == STEP_ALLOC:
+            PyErr_CheckSignals()
             _give_bytes(j, keep)
         elif step == STEP_STOP:
             raise CallStopped()
@@ -995,7 +1034,6 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
         j.budget = &budget.b if budget is not None else NULL
         j.stop = &call.flag if call is not None else NULL
         j.arena = &arena.a
-        _arena_reset(j.arena)               # the last job's results are copied out
         for i in range(n):
             j.paths[i] = _path_of(paths[start + i], names)
             if j.paths[i] == NULL:
@@ -1024,6 +1062,8 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
         _add_stats(stats, &j)
         return leftovers, j.nbytes
     finally:
+        if j.arena != NULL:
+            _arena_reset(j.arena)           # copied out: free for the next job
         _job_free(&j)
 
 

@@ -20,7 +20,7 @@ class Workers:
 
     def __init__(self, n, name):
         self._tasks = queue.SimpleQueue()
-        self.post = self._tasks.put
+        self._closed = False
         self._threads = []
         for k in range(n):
             t = threading.Thread(target=_serve, args=(self._tasks,), name=f"{name}-{k}",
@@ -31,7 +31,13 @@ class Workers:
     def __len__(self):
         return len(self._threads)
 
+    def post(self, task):
+        if self._closed:        # no thread would ever run it
+            raise RuntimeError("the reader was closed while this call was starting")
+        self._tasks.put(task)
+
     def close(self):
+        self._closed = True
         for _ in self._threads:
             self._tasks.put(None)
         for t in self._threads:
@@ -52,3 +58,4 @@ def _serve(tasks):
         if task is None:
             return
         run_task(*task)
+        del task                # the call's results are the caller's, not ours
