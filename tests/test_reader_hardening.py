@@ -974,12 +974,12 @@ def _as_nobody(body, memlock):
     suite. (Python itself cannot be exec'd by nobody where it lives under /root, so
     everything runs in the forked child, imported beforehand.)"""
     # Import now what the body will need: nobody cannot read the stdlib here.
-    import concurrent.futures.thread      # noqa: F401
     import contextlib                     # noqa: F401
     import faulthandler
     import io                             # noqa: F401
     import queue                          # noqa: F401
     import warnings                       # noqa: F401
+    import vyre_uring._workers            # noqa: F401
     import vyre_uring._threads_backend    # noqa: F401
     import vyre_uring._uring_backend      # noqa: F401
     import vyre_uring.cli                 # noqa: F401
