@@ -31,9 +31,6 @@ cdef class Stop:
     def is_set(self):
         return vy_flag_get(&self.flag)
 
-    def set(self):
-        vy_flag_set(&self.flag)
-
 
 class CallStopped(Exception):
     """A task ended early because its call was abandoned (never seen by callers)."""

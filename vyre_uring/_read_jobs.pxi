@@ -841,7 +841,7 @@ cdef int _job_enter(Ring ring, uint32_t wait) noexcept nogil:
     at most _WAIT_SLICE_NS (-ETIME then) where the kernel takes a timeout (5.11):
     a signal may land in another thread, and a read may never complete (a pipe),
     yet Ctrl-C and the call's Stop must still be seen."""
-    cdef int fd = ring._fd
+    cdef int fd
     cdef uint32_t flags = IORING_ENTER_GETEVENTS if wait else 0
     cdef vy_getevents_arg arg
     cdef vy_timespec ts
@@ -856,9 +856,7 @@ cdef int _job_enter(Ring ring, uint32_t wait) noexcept nogil:
         argp = &arg
         argsz = sizeof(arg)
         flags |= IORING_ENTER_EXT_ARG
-    if ring._ring_index >= 0 and vy_thread_token() == ring._ring_thread:
-        fd = ring._ring_index
-        flags |= IORING_ENTER_REGISTERED_RING
+    fd = ring._enter_fd(&flags)
     return vy_io_uring_enter(fd, ring._sq_pending(), wait, flags, argp, argsz)
 
 

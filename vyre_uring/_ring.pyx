@@ -897,14 +897,18 @@ cdef class Ring:
                 flags |= IORING_ENTER_EXT_ARG
             else:
                 return self._enter_then_poll(to_submit, flags, left)
-        cdef int fd = self._fd
-        if self._ring_index >= 0:
-            if vy_thread_token() == self._ring_thread:
-                fd = self._ring_index
-                flags |= IORING_ENTER_REGISTERED_RING
+        cdef int fd = self._enter_fd(&flags)
         with nogil:
             ret = vy_io_uring_enter(fd, to_submit, min_complete, flags, argp, argsz)
         return self._enter_result(ret)
+
+    cdef inline int _enter_fd(self, uint32_t *flags) noexcept nogil:
+        """The fd to enter through: the registered ring fd in the thread that
+        registered it (adding IORING_ENTER_REGISTERED_RING to *flags), else the fd."""
+        if self._ring_index >= 0 and vy_thread_token() == self._ring_thread:
+            flags[0] |= IORING_ENTER_REGISTERED_RING
+            return self._ring_index
+        return self._fd
 
     cdef int _enter_then_poll(self, uint32_t to_submit, uint32_t flags, double left) \
             except? -1000:
