@@ -183,10 +183,12 @@ def test_a_reader_is_reusable_and_counts(tmp_path, backend):
     assert s["fallback_reason"] is None
 
 
-def test_the_environment_variable_forces_a_backend(monkeypatch):
+def test_the_environment_variable_chooses_for_auto_and_an_explicit_backend_wins(monkeypatch):
     monkeypatch.setenv(reader_module.BACKEND_ENV, "threads")
-    with BatchReader(backend="io_uring") as r:
+    with BatchReader() as r:
         assert r.backend == "threads"
+    with BatchReader(backend="io_uring") as r:
+        assert r.backend == "io_uring"
     monkeypatch.setenv(reader_module.BACKEND_ENV, "bogus")
     with pytest.raises(ValueError, match="VYRE_URING_BACKEND"):
         BatchReader()

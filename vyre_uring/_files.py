@@ -1,10 +1,12 @@
 """What both reader backends agree on: how files are opened, which paths are
 refused, and how a failure names its path."""
+import array
 import errno
 import os
 import stat
 
-__all__ = ["OPEN_FLAGS", "check_regular", "over_budget_error", "path_error"]
+__all__ = ["OPEN_FLAGS", "check_regular", "lengths_within_eof", "over_budget_error",
+           "path_error"]
 
 # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a
 # regular file). It changes nothing for regular files.
@@ -19,10 +21,14 @@ def path_error(err, path, strerror=None):
     return OSError(err, strerror or os.strerror(err), os.fsdecode(path))
 
 
-def over_budget_error(path, limit):
-    """A file that reports size 0 (/proc) but holds more than a whole byte budget."""
-    return path_error(errno.EFBIG, path, f"File too large: it reports size 0 and holds "
-                                         f"more than max_bytes_in_flight ({limit} bytes)")
+def over_budget_error(path, budget):
+    """A file larger than max_file_bytes, or one that reports size 0 (/proc) but
+    holds more than a whole byte budget (a ByteBudget)."""
+    if budget.largest is not None:
+        why = f"larger than max_file_bytes ({budget.largest} bytes)"
+    else:
+        why = f"it reports size 0 and holds more than max_bytes_in_flight ({budget.limit} bytes)"
+    return path_error(errno.EFBIG, path, f"File too large: {why}")
 
 
 def check_regular(mode, path):
@@ -33,3 +39,13 @@ def check_regular(mode, path):
         raise path_error(errno.EISDIR, path)
     kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
     raise path_error(errno.EINVAL, path, f"not a regular file: {kind}")
+
+
+def lengths_within_eof(fd, offsets, lengths):
+    """The lengths cut to what the file holds when opened, so that a range asking
+    for far more than the file has (a 64 GiB length) allocates only what it can
+    return. A file that reports size 0 (/proc) keeps the lengths asked for."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return lengths
+    return array.array("q", [max(0, min(n, size - o)) for o, n in zip(offsets, lengths)])

@@ -50,7 +50,7 @@ cdef enum:
 # Item errors that are not errnos: the Python side turns them into OSErrors.
 cdef enum:
     ITEM_NOT_REGULAR = -1   # the mode says what it is
-    ITEM_OVER_BUDGET = -2   # reports size 0 and holds more than the whole byte budget
+    ITEM_OVER_BUDGET = -2   # holds more than the byte budget lets one file take
     ITEM_NUL_BYTE = -3      # the path holds a NUL byte
     ITEM_DEFERRED = -4      # not read: the job's byte budget was spent
 
@@ -131,6 +131,8 @@ def _test_set_limits(int64_t max_piece, int64_t direct_align):
 
 cdef struct Budget:
     int64_t limit
+    int64_t largest         # the most one file may hold (sized: INT64_MAX unless set)
+    int64_t unsized_cap     # the most a file that reports size 0 may hold
     int64_t taken           # atomic: the jobs of several rings take from it at once
     int spent               # atomic flag: open no more files
 
@@ -139,17 +141,34 @@ cdef struct Budget:
 cdef class ByteBudget:
     """The bytes a batch's results may take together, shared by the jobs (and
     threads) reading it: a file is taken while its size fits what is left, and the
-    first file always fits. Jobs use it without the GIL (atomics)."""
+    first file always fits, unless it is larger than `largest` (then it is not read:
+    the caller reads it in pieces). Jobs use it without the GIL (atomics)."""
     cdef Budget b
 
-    def __cinit__(self, int64_t limit):
+    def __cinit__(self, int64_t limit, largest=None):
         if limit < 1:
             raise ValueError(f"a byte budget must be >= 1, not {limit}")
         self.b.limit = limit
+        self.b.largest = INT64_MAX if largest is None else largest
+        if not 1 <= self.b.largest <= limit and largest is not None:
+            raise ValueError(f"the largest file must be 1 to {limit} bytes, not {largest}")
+        # A file that reports size 0 is read into memory grown as it fills: it may
+        # never hold more than the whole budget.
+        self.b.unsized_cap = min(limit, self.b.largest)
 
     @property
     def limit(self):
         return self.b.limit
+
+    @property
+    def largest(self):
+        """The most one file may hold, None when only the budget limits it."""
+        return None if self.b.largest == INT64_MAX else self.b.largest
+
+    @property
+    def unsized_cap(self):
+        """The most a file that reports size 0 may hold."""
+        return self.b.unsized_cap
 
     @property
     def taken(self):
@@ -167,7 +186,7 @@ cdef class ByteBudget:
         """A file that reports size 0 and holds `own` bytes of the budget needs
         `extra` more: GROWN (reserved), GROW_LATER (other files hold what it needs:
         give `own` back and read it in a later batch) or GROW_NEVER (it alone would
-        exceed the budget)."""
+        hold more than unsized_cap)."""
         return _budget_grow(&self.b, own, extra)
 
     def give_back(self, int64_t size):
@@ -192,7 +211,7 @@ cdef bint _budget_take(Budget *b, int64_t size) noexcept nogil:
 
 cdef int _budget_grow(Budget *b, int64_t own, int64_t extra) noexcept nogil:
     cdef int64_t taken
-    if own + extra > b.limit:
+    if own + extra > b.unsized_cap:
         return BUDGET_NEVER
     while True:
         taken = vy_i64_load(&b.taken)
@@ -651,6 +670,8 @@ cdef void _on_open(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
         return
     elif st.st_size > PY_SSIZE_T_MAX - 64:
         j.err[i] = EFBIG                    # no bytes object can hold it
+    elif j.budget != NULL and st.st_size > j.budget.largest:
+        j.err[i] = ITEM_OVER_BUDGET         # the caller reads it in pieces
     elif j.budget != NULL and not _budget_take(j.budget, st.st_size):
         j.err[i] = ITEM_DEFERRED            # for a later job
         j.spent = True
@@ -698,7 +719,7 @@ cdef void _start_unsized(Job *j, Py_ssize_t i) noexcept nogil:
         fcntl(j.fd[i], F_SETFL, fcntl(j.fd[i], F_GETFL) & ~_O_DIRECT)
         j.direct[i] = 0                     # /proc and sysfs refuse it anyway
     if j.budget != NULL:
-        first = min(first, j.budget.limit)
+        first = min(first, j.budget.unsized_cap)
         if not _budget_take(j.budget, first):
             j.err[i] = ITEM_DEFERRED
             j.spent = True
@@ -735,7 +756,7 @@ cdef bint _grow_unsized(Job *j, Py_ssize_t i) noexcept nogil:
     cdef int answer
     cdef char *p
     if j.budget != NULL:
-        extra = max(1, min(extra, j.budget.limit - j.want[i]))
+        extra = max(1, min(extra, j.budget.unsized_cap - j.want[i]))
         answer = _budget_grow(j.budget, j.want[i], extra)
         if answer != BUDGET_GROWN:
             _unsized_fails(j, i, ITEM_OVER_BUDGET if answer == BUDGET_NEVER else ITEM_DEFERRED)
@@ -1078,6 +1099,14 @@ cdef int _check_range(Py_ssize_t i, int64_t o, int64_t m, int64_t b, int64_t buf
     return 0
 
 
+cdef bytes _range_bytes(Py_ssize_t i, int64_t size, name):
+    """A new bytes object for range i; a MemoryError that names the range."""
+    try:
+        return PyBytes_FromStringAndSize(NULL, size)
+    except MemoryError:
+        raise MemoryError(f"no memory for range {i} of {name!r}: {size} bytes") from None
+
+
 def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
                     buffer_offsets, Py_ssize_t depth, stats, name, bounce=None,
                     bint fixed_file=False, Stop call=None):
@@ -1129,7 +1158,7 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
             if buffer is not None:
                 j.dest[i] = base + b
             else:
-                keep[i] = PyBytes_FromStringAndSize(NULL, j.want[i])
+                keep[i] = _range_bytes(i, j.want[i], name)
                 j.dest[i] = PyBytes_AS_STRING(keep[i])
                 _advise_huge(j.dest[i], j.want[i])
             if j.want[i] == 0:

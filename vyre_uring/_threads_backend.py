@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 
-from ._files import over_budget_error, path_error
+from ._files import lengths_within_eof, over_budget_error, path_error
 from ._ring import (DIRECT_ALIGN, DIRECT_CHUNK, GROW_NEVER, GROWN, UNSIZED_FIRST,
                     CallStopped, run_call, with_file)
 from ._workers import Workers
@@ -113,6 +113,8 @@ class ThreadsBackend:
                 return _read_unsized(fd, path, budget, stop)
             if size > sys.maxsize - 64:
                 return path_error(errno.EFBIG, path)   # no bytes object can hold it
+            if budget is not None and budget.largest is not None and size > budget.largest:
+                return over_budget_error(path, budget)
             if budget is not None and not budget.take(size):
                 return _DEFERRED
             return self._pread_all(fd, size, 0, direct, stop)
@@ -145,12 +147,16 @@ class ThreadsBackend:
         """Each range's bytes (pread semantics: past EOF, what exists)."""
         def on_file(fd, direct):
             self._count_refusal(direct)
+            sizes = lengths_within_eof(fd, offsets, lengths)
 
             def one(i, stop):
                 try:
-                    return self._pread_all(fd, lengths[i], offsets[i], direct, stop)
+                    return self._pread_all(fd, sizes[i], offsets[i], direct, stop)
                 except OSError as exc:
                     raise path_error(exc.errno, path) from None
+                except MemoryError:
+                    raise MemoryError(f"no memory for range {i} of {path!r}: "
+                                      f"{sizes[i]} bytes") from None
             return self._in_runs(len(offsets), one)
         return with_file(path, self.direct, on_file)
 
@@ -186,10 +192,10 @@ def _read_unsized(fd, path, budget, stop):
     """A file that reports size 0 (empty, /proc, sysfs), read to EOF in pieces; with
     a budget, the pieces are reserved in it as they come, as the io_uring backend
     does: _DEFERRED when other files hold what it needs, EFBIG when it alone holds
-    more than the whole budget."""
+    more than the budget lets one file take."""
     own = 0
     if budget is not None:
-        own = min(UNSIZED_FIRST, budget.limit)
+        own = min(UNSIZED_FIRST, budget.unsized_cap)
         if not budget.take(own):
             return _DEFERRED
     parts = []
@@ -205,10 +211,10 @@ def _read_unsized(fd, path, budget, stop):
             parts.append(chunk)
             total += len(chunk)
             while budget is not None and total > own:
-                extra = max(1, min(own, budget.limit - own))
+                extra = max(1, min(own, budget.unsized_cap - own))
                 answer = budget.grow(own, extra)
                 if answer != GROWN:
-                    return over_budget_error(path, budget.limit) if answer == GROW_NEVER \
+                    return over_budget_error(path, budget) if answer == GROW_NEVER \
                         else _DEFERRED
                 own += extra
     finally:

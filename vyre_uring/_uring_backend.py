@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 
-from ._files import OPEN_FLAGS, check_regular, over_budget_error, path_error
+from ._files import OPEN_FLAGS, check_regular, lengths_within_eof, over_budget_error, path_error
 from ._ring import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Arena, Op,
                     Ring, drain_jobs, read_file_window, read_ranges_job, run_call,
                     with_file)
@@ -135,9 +135,11 @@ class UringBackend:
             if self.direct and not direct:
                 with self._lock:
                     self._refused_direct += 1   # the filesystem refused O_DIRECT
+            # New bytes objects: only as large as the file lets them be.
+            sizes = lengths if buffer is not None else lengths_within_eof(fd, offsets, lengths)
             parts = self._run([
                 lambda r, stop, s=s: r.read_ranges(fd, offsets[s:s + share],
-                                                   lengths[s:s + share], buffer,
+                                                   sizes[s:s + share], buffer,
                                                    share_of(buffer_offsets, s), path,
                                                    direct, stop)
                 for s in range(0, n, share)])
@@ -256,7 +258,7 @@ def _leftover(path, code, mode, budget):
     if code == NUL_BYTE:
         return path_error(errno.EINVAL, path, "embedded null byte")
     if code == OVER_BUDGET:
-        return over_budget_error(path, budget.limit)
+        return over_budget_error(path, budget)
     if code == NOT_REGULAR:
         try:
             check_regular(mode, path)

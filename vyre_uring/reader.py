@@ -47,7 +47,7 @@ class BatchReader:
     backend: "auto" (io_uring, falling back to threads with a warning when io_uring
     is unavailable here, or no ring can be made within RLIMIT_MEMLOCK), "io_uring"
     (the UringSyscallError instead of falling back) or "threads". The environment
-    variable VYRE_URING_BACKEND overrides it.
+    variable VYRE_URING_BACKEND chooses in place of "auto"; an explicit backend wins.
     direct=True reads with O_DIRECT, bypassing the page cache: alignment is handled
     here (aligned reads through page-aligned bounce buffers, copied out), and files
     on filesystems that refuse O_DIRECT are read buffered, counted in
@@ -61,10 +61,7 @@ class BatchReader:
 
     def __init__(self, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH, workers=None,
                  direct=False):
-        backend = os.environ.get(BACKEND_ENV) or backend
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
-                             f"{' (from ' + BACKEND_ENV + ')' if os.environ.get(BACKEND_ENV) else ''}")
+        backend = _chosen_backend(backend)
         if not 1 <= queue_depth <= 4096:
             raise ValueError(f"queue_depth must be between 1 and 4096, not {queue_depth}")
         if workers is not None and not 1 <= workers <= 256:
@@ -135,14 +132,16 @@ class BatchReader:
                 "fallback_reason": self.fallback_reason}
 
     def read_files(self, paths, *, on_error="raise", progress=None):
-        """Every file's bytes, in input order. With on_error="return" a failed path's
-        slot holds its OSError (errno and filename set) and the others are still read;
-        with "raise" the first failure (in input order) is raised after the batch.
-        progress: True for a tqdm bar (when tqdm is installed), or a callable
-        receiving (files_done, files_total, bytes_done)."""
-        if on_error not in ("raise", "return"):
-            raise ValueError(f'on_error must be "raise" or "return", not {on_error!r}')
-        paths = paths if isinstance(paths, (list, tuple)) else list(paths)
+        """Every file's bytes, in input order. `paths`: a sequence (or iterable) of
+        str, bytes or os.PathLike. on_error: "raise" (the default) raises the first
+        failure (in input order) after the whole batch was read; "return" puts a
+        failed path's OSError (errno and filename set) in its slot; "skip" (or
+        "omit", fsspec's word) leaves failed paths out of the list. One failed path
+        never stops the others being read. progress: True for a tqdm bar (when tqdm
+        is installed), or a callable receiving (files_done, files_total, bytes_done).
+        Raises TypeError for a single path where the sequence belongs."""
+        on_error = _on_error(on_error)
+        paths = _path_list(paths)
         out = [None] * len(paths)
         report = _Progress(progress, len(paths))
         try:
@@ -154,36 +153,59 @@ class BatchReader:
             for r in out:
                 if isinstance(r, BaseException):
                     raise r
+        elif on_error == "skip":
+            out = [r for r in out if not isinstance(r, BaseException)]
         return out
 
-    def iter_files(self, paths, *, max_bytes_in_flight=64 << 20, progress=None):
+    def iter_files(self, paths, *, max_bytes_in_flight=64 << 20, max_file_bytes=None,
+                   progress=None):
         """Yield (index, path, bytes_or_OSError) batch by batch, as files complete
-        (not in input order). Memory stays within `max_bytes_in_flight` whatever the
+        (not in input order; index is the path's position in `paths`). `paths` is
+        consumed lazily, a batch at a time, so a generator of a million paths starts
+        yielding at once. Memory stays within `max_bytes_in_flight` whatever the
         total: a batch takes files while their sizes fit the budget (a file larger
-        than the budget comes alone); the files that did not fit go first in the next
-        batch."""
+        than the budget comes alone); the files that did not fit go first in the
+        next batch. With `max_file_bytes` (at most max_bytes_in_flight) the bound is
+        hard: a larger file is not read and comes as an OSError with errno EFBIG,
+        for the caller to read in pieces (read_ranges_into)."""
         if max_bytes_in_flight < 1:
             raise ValueError(f"max_bytes_in_flight must be >= 1, not {max_bytes_in_flight}")
-        paths = paths if isinstance(paths, (list, tuple)) else list(paths)
-        report = _Progress(progress, len(paths))
-        pending = list(range(len(paths)))
+        if max_file_bytes is not None and not 1 <= max_file_bytes <= max_bytes_in_flight:
+            raise ValueError(f"max_file_bytes must be 1 to max_bytes_in_flight "
+                             f"({max_bytes_in_flight}), not {max_file_bytes}")
+        source = _path_source(paths)
+        _Progress.check(progress)
+        total = len(paths) if hasattr(paths, "__len__") else None
+        # Checked above, read below: the arguments fail at the call, not at the first
+        # next().
+        return self._iter_files(source, (max_bytes_in_flight, max_file_bytes),
+                                progress, total)
+
+    def _iter_files(self, source, budget_args, progress, total):
+        report = _Progress(progress, total)
+        waiting = []                        # (index, path) deferred by the last batch
         try:
-            while pending:
-                indices = pending[:ITER_BATCH_FILES]
-                out = [None] * len(indices)
-                before = report.bytes
-                deferred = self._current().read_files([paths[i] for i in indices], out,
-                                                      report.advance,
-                                                      ByteBudget(max_bytes_in_flight))
-                self._count(len(indices) - len(deferred), report.bytes - before)
-                left = set(deferred)
-                pending = [indices[k] for k in deferred] + pending[len(indices):]
-                for k, i in enumerate(indices):
-                    if k not in left:
-                        yield i, paths[i], out[k]
-                        out[k] = None           # the caller's now, not ours
+            while True:
+                batch = waiting + list(itertools.islice(source, ITER_BATCH_FILES - len(waiting)))
+                if not batch:
+                    return
+                waiting = yield from self._iter_batch(batch, ByteBudget(*budget_args), report)
         finally:
             report.close()
+
+    def _iter_batch(self, batch, budget, report):
+        """Read one iter_files batch; yields what was read, returns what was deferred."""
+        out = [None] * len(batch)
+        before = report.bytes
+        deferred = self._current().read_files([p for _, p in batch], out, report.advance,
+                                              budget)
+        self._count(len(batch) - len(deferred), report.bytes - before)
+        left = set(deferred)
+        for k, (i, path) in enumerate(batch):
+            if k not in left:
+                yield i, path, out[k]
+                out[k] = None               # the caller's now, not ours
+        return [batch[k] for k in deferred]
 
     def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets=None):
         """pread each range into the caller's writable buffer; returns the bytes read
@@ -213,9 +235,16 @@ class BatchReader:
 
 class _Progress:
     """progress=True: a tqdm bar; a callable: (files_done, files_total, bytes_done),
-    called in the thread that called the reader, between its jobs."""
+    called in the thread that called the reader, between its jobs (files_total is
+    None for paths given as an iterator)."""
+
+    @staticmethod
+    def check(progress):
+        if not (progress is None or isinstance(progress, bool) or callable(progress)):
+            raise TypeError(f"progress must be True, a callable or None, not {progress!r}")
 
     def __init__(self, progress, total):
+        self.check(progress)
         self.files = self.bytes = 0
         self.total = total
         self._bar = None
@@ -230,8 +259,6 @@ class _Progress:
                 self._bar = tqdm(total=total, unit="file")
         elif callable(progress):
             self._callback = progress
-        elif progress not in (None, False):
-            raise TypeError(f"progress must be True, a callable or None, not {progress!r}")
 
     def advance(self, files, nbytes):
         """`files` more files done, `nbytes` more bytes read."""
@@ -247,6 +274,17 @@ class _Progress:
             self._bar.close()
 
 
+def _chosen_backend(backend):
+    """`backend`, or for "auto" what VYRE_URING_BACKEND asks for, checked."""
+    from_env = backend == "auto" and os.environ.get(BACKEND_ENV)
+    if from_env:
+        backend = from_env
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
+                         f"{' (from ' + BACKEND_ENV + ')' if from_env else ''}")
+    return backend
+
+
 def default_workers():
     """Rings (threads) for the io_uring backend: one per core this process may run
     on. Jobs run without the GIL, so each ring keeps a core busy; a call splits
@@ -259,6 +297,34 @@ def _means_unavailable(exc):
     disabled, or no ring fits in RLIMIT_MEMLOCK (ENOMEM even for the smallest)."""
     return isinstance(exc, UringUnavailableError) or is_unavailable_errno(exc.errno) \
         or exc.errno == errno.ENOMEM
+
+
+def _on_error(value):
+    """on_error checked; fsspec's "omit" is our "skip"."""
+    if value not in ("raise", "return", "skip", "omit"):
+        raise ValueError(f'on_error must be "raise", "return" or "skip", not {value!r}')
+    return "skip" if value == "omit" else value
+
+
+def _single_path_error(paths):
+    """The TypeError for one path passed where a sequence of paths belongs (a str
+    would otherwise be read as one path per character)."""
+    return TypeError(f"paths must be a sequence of paths, not one "
+                     f"{type(paths).__name__} ({paths!r}): pass [path]")
+
+
+def _path_list(paths):
+    """`paths` as a list or tuple, refusing a single path."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise _single_path_error(paths)
+    return paths if isinstance(paths, (list, tuple)) else list(paths)
+
+
+def _path_source(paths):
+    """An iterator of (index, path) over `paths`, refusing a single path."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise _single_path_error(paths)
+    return enumerate(paths)
 
 
 def _int_list(values, name):
@@ -282,7 +348,7 @@ def _shared_reader(backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH, workers=None
     """The process's BatchReader for these settings, made on first use and kept:
     the module-level calls below share it instead of making rings (and their
     locked memory, which the kernel returns only some time after a close) per call."""
-    key = (os.environ.get(BACKEND_ENV) or backend, queue_depth, workers, bool(direct))
+    key = (_chosen_backend(backend), queue_depth, workers, bool(direct))
     reader = _shared.get(key)
     if reader is None:
         with _lock:
@@ -310,11 +376,12 @@ def read_files(paths, *, on_error="raise", backend="auto", queue_depth=DEFAULT_Q
         paths, on_error=on_error, progress=progress)
 
 
-def iter_files(paths, *, max_bytes_in_flight=64 << 20, backend="auto",
+def iter_files(paths, *, max_bytes_in_flight=64 << 20, max_file_bytes=None, backend="auto",
                queue_depth=DEFAULT_QUEUE_DEPTH, workers=None, progress=None, direct=False):
     """Yield (index, path, bytes_or_OSError) as files complete; see BatchReader.iter_files."""
     return _shared_reader(backend, queue_depth, workers, direct).iter_files(
-        paths, max_bytes_in_flight=max_bytes_in_flight, progress=progress)
+        paths, max_bytes_in_flight=max_bytes_in_flight, max_file_bytes=max_file_bytes,
+        progress=progress)
 
 
 def read_ranges(path, offsets, lengths, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH,
