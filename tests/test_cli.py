@@ -24,12 +24,13 @@ needs_io_uring = pytest.mark.skipif(not IO_URING.available,
                                     reason=f"io_uring unavailable: {IO_URING.reason}")
 
 READ_OPTIONS = ["-r", "--recursive", "--checksum", "--backend", "--queue-depth",
-                "--workers", "--direct", "--progress", "--json"]
+                "--workers", "--direct", "--progress", "--json", "--files-from", "--null",
+                "-q", "--quiet"]
 
 
 @pytest.fixture(autouse=True)
 def _no_backend_override(monkeypatch):
-    # The environment variable would override --backend and hide what is tested.
+    # The environment variable would choose the backend of tests that give none.
     monkeypatch.delenv(BACKEND_ENV, raising=False)
 
 
@@ -196,24 +197,6 @@ def test_recursive_mixes_files_and_directories(capsys, tree, files):
     assert [p for _, p in parse_lines(out)] == [first] + [p for p, _ in expected]
 
 
-def test_files_are_read_in_bounded_batches(capsys, monkeypatch, tree):
-    root, expected, _ = tree
-    sizes = []
-    real = vyre_uring.BatchReader
-
-    class Counting(real):
-        def read_files(self, paths, *, on_error="raise"):
-            sizes.append(len(paths))
-            return super().read_files(paths, on_error=on_error)
-
-    monkeypatch.setattr(vyre_uring, "BatchReader", Counting)
-    monkeypatch.setattr(cli, "BATCH_FILES", 2)
-    status, out, _ = run(capsys, "read", "-r", "--checksum", "sha256", root)
-    assert status == 0
-    assert sizes == [2, 2, 1]
-    assert parse_lines(out) == [(digest("sha256", d), p) for p, d in expected]
-
-
 # ---- read: --json --------------------------------------------------------------------
 
 def test_json_output_structure(capsys, files, tmp_path):
@@ -377,6 +360,16 @@ def test_read_help_mentions_every_option(capsys):
         assert option in out, option
     for choice in ("crc32", "blake2b", "sha256", "auto", "io_uring", "threads"):
         assert choice in out
+    assert "path_bytes" in out and "@base64d" in out     # how to get a name back
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["read", "--help"]])
+def test_help_lists_the_exit_statuses(capsys, argv):
+    status, out, _ = run(capsys, *argv)
+    assert status == 0
+    for code in (cli.EXIT_FILE_FAILED, cli.EXIT_USAGE, cli.EXIT_WRITE_ERROR,
+                 cli.EXIT_INTERRUPTED, cli.EXIT_BROKEN_PIPE):
+        assert re.search(rf"^  {code} ", out, re.M), code
 
 
 def test_top_level_and_info_help(capsys):
@@ -399,8 +392,10 @@ def test_no_subcommand_prints_help_and_exits_2(capsys):
     (["read", "--queue-depth", "0", "x"], "must be at least 1"),
     (["read", "--queue-depth", "many", "x"], "not an integer"),
     (["read", "--queue-depth", "100000", "x"], "queue_depth must be between 1 and 4096"),
-    (["read", "--workers", "-3", "x"], "must be at least 1"),
-    (["read"], "the following arguments are required: PATH"),
+    # "-3" alone would read as an option: the parser has -0 (--null).
+    (["read", "--workers=-3", "x"], "must be at least 1"),
+    (["read"], "no PATH given (and no --files-from)"),
+    (["read", "-0", "x"], "-0/--null applies to --files-from"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(capsys, argv, message):
@@ -431,6 +426,7 @@ def test_info_json(capsys):
     assert info["kernel"] == os.uname().release
     assert info["io_uring"]["available"] is IO_URING.available
     assert info["io_uring"]["reason"] == IO_URING.reason
+    assert info["io_uring"]["seccomp"] in (0, 1, 2)          # a number, as the kernel says
     memlock = info["rlimit_memlock"]
     assert set(memlock) == {"soft", "hard"}
     assert all(v == "unlimited" or isinstance(v, int) for v in memlock.values())

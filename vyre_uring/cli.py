@@ -1,6 +1,6 @@
 """The vyre-uring command line.
 
-    vyre-uring read PATH... [-r] [--checksum ALGO] [--backend B] [--json] ...
+    vyre-uring read [PATH...] [--files-from FILE [-0]] [-r] [--checksum ALGO] [--json] ...
     vyre-uring info [--json]
     vyre-uring bench [--quick] [--json FILE] [--plot FILE.png] ...
 
@@ -10,8 +10,7 @@ main() returns the exit status (it never calls sys.exit), so tests can run it
 in-process; the console script passes that status to sys.exit.
 """
 import argparse
-import hashlib
-import itertools
+import base64
 import json
 import os
 import resource
@@ -19,18 +18,29 @@ import sys
 import textwrap
 import time
 import warnings
-import zlib
 
 import vyre_uring
+
+from ._read_command import ReadPipeline
 
 PROG = "vyre-uring"
 CHECKSUMS = ("crc32", "blake2b", "sha256")
 BACKENDS = ("auto", "io_uring", "threads")
-# Paths per read_files call: bounds the paths (and results) held at once for huge
-# trees. It does not bound bytes; a batch of big files is still read whole.
-BATCH_FILES = 4096
-# A progress bar only moves between batches, so it gets smaller ones.
-PROGRESS_BATCH_FILES = 256
+
+# Exit statuses, as coreutils tools use them.
+EXIT_OK = 0
+EXIT_FILE_FAILED = 1        # some file could not be read (the others were)
+EXIT_USAGE = 2              # bad arguments
+EXIT_WRITE_ERROR = 3        # standard output could not be written (a full disk, closed)
+EXIT_INTERRUPTED = 130      # Ctrl-C (128 + SIGINT)
+EXIT_BROKEN_PIPE = 141      # the reader of our output went away (128 + SIGPIPE), quietly
+EXIT_STATUSES = f"""exit status:
+  {EXIT_OK}    every file was read
+  {EXIT_FILE_FAILED}    some file could not be read (each is reported; the others were read)
+  {EXIT_USAGE}    bad arguments
+  {EXIT_WRITE_ERROR}    standard output could not be written (e.g. no space left)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_BROKEN_PIPE}  standard output was closed by its reader (e.g. | head); nothing is printed"""
 
 # IORING_FEAT_* bits (include/uapi/linux/io_uring.h). The package exports only three
 # of them; the rest are named here so `info` can decode what newer kernels report.
@@ -69,7 +79,8 @@ def _positive_int(text):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog=PROG, description="Read files through io_uring (vyre_uring), or report "
-                               "what io_uring offers on this machine.")
+                               "what io_uring offers on this machine.",
+        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {vyre_uring.__version__}",
                         help="print the vyre_uring version and exit")
@@ -85,34 +96,52 @@ def _add_read_parser(sub):
         "read", help="read files and print checksums and throughput",
         description="Read every PATH whole with vyre_uring.BatchReader. Failures are "
                     "reported on stderr as 'vyre-uring: PATH: REASON' and the others are "
-                    "still read; the exit status is 1 if any path failed. Without "
-                    "--checksum or --json only failures and the summary are printed.")
-    p.add_argument("paths", nargs="+", metavar="PATH",
+                    "still read. Without --checksum or --json only failures and the "
+                    "summary are printed. Memory stays bounded (about 50 MiB of file "
+                    "contents) whatever the files: large files are read and hashed in "
+                    "pieces, and hashing runs on every core while the next files are read.",
+        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", metavar="PATH",
                    help="files to read (directories need -r)")
+    p.add_argument("--files-from", metavar="FILE",
+                   help="also read the paths listed in FILE, one per line ('-': standard "
+                        "input), after any PATH arguments; e.g. find ... -print0 | "
+                        "vyre-uring read --files-from - -0")
+    p.add_argument("-0", "--null", action="store_true",
+                   help="--files-from names end with a NUL byte, not a newline")
     p.add_argument("-r", "--recursive", action="store_true",
                    help="read the files under directory arguments, recursively (top-down: "
-                        "a directory's files by name, then its subdirectories); symlinks to files are read, symlinked directories below an "
-                        "argument are not entered")
+                        "a directory's files by name, then its subdirectories); symlinks "
+                        "to files are read, symlinked directories below an argument are "
+                        "not entered")
     p.add_argument("--checksum", choices=CHECKSUMS,
                    help="print one line per file in sha256sum's format: hex digest, two "
                         "spaces, path (crc32: 8 hex digits of zlib.crc32)")
     p.add_argument("--backend", choices=BACKENDS,
                    help="reader backend (default: auto, i.e. io_uring, falling back to "
-                        "threads where io_uring is blocked); the environment variable "
-                        f"{_backend_env()} overrides it")
+                        "threads where io_uring is blocked, unless the environment "
+                        f"variable {_backend_env()} names one); --backend wins over it")
     p.add_argument("--queue-depth", type=_positive_int, metavar="N",
-                   help="io_uring queue depth (the reader's default if not given)")
+                   help="io_uring queue depth per ring (the reader's default if not given)")
     p.add_argument("--workers", type=_positive_int, metavar="N",
-                   help="threads for the threads backend (the reader's default if not given)")
+                   help="how many reads run in parallel: io_uring rings (each with its "
+                        "thread) for the io_uring backend, pool threads for the threads "
+                        "backend (default: one ring per core; two threads per core, at "
+                        "most 16)")
     p.add_argument("--direct", action="store_true",
                    help="read with O_DIRECT, bypassing the page cache (files on "
                         "filesystems that refuse it are read buffered; the summary "
                         "counts them)")
     p.add_argument("--progress", action="store_true",
                    help="show a progress bar over files on stderr (needs tqdm)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no summary line on stderr (failures are still reported)")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object on stdout: {"files": [{"path", "bytes", '
-                        '"checksum"?, "error"?}...], "summary": {...}}')
+                        '"checksum"?, "error"?}...], "summary": {...}}. A file name that '
+                        'is not valid UTF-8 has U+FFFD for its bad bytes in "path" and '
+                        'its exact bytes, base64-encoded, in "path_bytes" (jq: '
+                        '.path_bytes | @base64d)')
     # The subparser rides along so that errors found later show `read`'s usage.
     p.set_defaults(func=cmd_read, subparser=p)
 
@@ -156,28 +185,52 @@ def main(argv=None):
         if args.command is None:
             # A bare `vyre-uring` is a usage error: show what there is to run.
             parser.print_help(sys.stderr)
-            return 2
-        return args.func(args, args.subparser)
+            return EXIT_USAGE
+        status = args.func(args, args.subparser)
+        _flush_stdout()
+        return status
     except SystemExit as exc:
         # argparse exits on --help and on bad arguments; return its status instead so
         # that callers (tests, the console script) see one way out.
         return exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
         _err("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # `vyre-uring read ... | head`: the reader went away; that is not our failure.
-        # Point stdout at /dev/null so the interpreter's final flush does not fail too.
+        # `vyre-uring read ... | head`: the reader went away; that is not our failure,
+        # and not worth a message (coreutils tools die of SIGPIPE there, silently).
         _silence_stdout()
-        return 1
+        return EXIT_BROKEN_PIPE
+    except WriteError as exc:
+        _silence_stdout()
+        _err(f"write error: {_reason(exc.__cause__)}")
+        return EXIT_WRITE_ERROR
+
+
+class WriteError(Exception):
+    """Standard output could not be written; the OSError is the cause."""
 
 
 def _silence_stdout():
+    """Point fd 1 (and sys.stdout) at /dev/null, so that the interpreter's final
+    flush of what is still buffered fails no more."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except OSError:
         pass
+    sys.stdout = open(os.devnull, "w")
+
+
+def _flush_stdout():
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise WriteError() from exc
 
 
 # ---- output helpers ------------------------------------------------------------------
@@ -185,7 +238,23 @@ def _silence_stdout():
 def _write(stream, text):
     """Write text; a file name that is not valid in the stream's encoding (it carries
     surrogate escapes from os.walk) goes out as its original bytes, as sha256sum would
-    print it, rather than crashing the run."""
+    print it, rather than crashing the run. A failed write to standard output (closed,
+    full disk) raises WriteError; BrokenPipeError passes through."""
+    if stream is None:                   # started with fd 1 (or 2) closed
+        if text and stream is sys.stdout:
+            raise WriteError() from OSError(9, os.strerror(9))
+        return
+    try:
+        _write_text(stream, text)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        if stream is sys.stdout:
+            raise WriteError() from exc
+        # stderr itself failing: nowhere left to say so.
+
+
+def _write_text(stream, text):
     try:
         stream.write(text)
     except UnicodeEncodeError:
@@ -209,12 +278,6 @@ def _checksum_line(digest, path):
         escaped = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
         return f"\\{digest}  {escaped}\n"
     return f"{digest}  {path}\n"
-
-
-def _digest(algorithm, data):
-    if algorithm == "crc32":
-        return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
-    return hashlib.new(algorithm, data).hexdigest()
 
 
 def _reason(exc):
@@ -258,13 +321,41 @@ def _drain(errors):
     errors.clear()
 
 
-def _batches(items, size):
-    it = iter(items)
+def listed_paths(source, null):
+    """The names in a --files-from stream (binary), one per line or NUL-ended, as
+    str (undecodable bytes as surrogate escapes, as os.walk gives them); read in
+    blocks, so a list of millions starts at once. Empty names are skipped."""
+    end = b"\0" if null else b"\n"
+    rest = b""
     while True:
-        batch = list(itertools.islice(it, size))
-        if not batch:
-            return
-        yield batch
+        block = source.read(1 << 16)
+        if not block:
+            break
+        *names, rest = (rest + block).split(end)
+        yield from (os.fsdecode(n) for n in names if n)
+    if rest:
+        yield os.fsdecode(rest)
+
+
+def _arguments(args, listing):
+    """The paths to read: the PATH arguments, then those of `listing` (the open
+    --files-from stream, or None)."""
+    yield from args.paths
+    if listing is not None:
+        yield from listed_paths(listing, args.null)
+
+
+def _open_listing(args, parser):
+    """The --files-from stream (binary), or None; a list that cannot be opened is a
+    usage error."""
+    if args.files_from is None:
+        return None
+    if args.files_from == "-":
+        return sys.stdin.buffer
+    try:
+        return open(args.files_from, "rb")
+    except OSError as exc:
+        parser.error(f"cannot open --files-from {args.files_from}: {_reason(exc)}")
 
 
 # ---- read: the reader ----------------------------------------------------------------
@@ -279,9 +370,6 @@ def reader_options(args, parser):
 
 def open_reader(args, parser):
     options = reader_options(args, parser)
-    env = os.environ.get(_backend_env())
-    if args.backend and env and env != args.backend:
-        _err(f"note: {_backend_env()}={env} overrides --backend {args.backend}")
     try:
         with warnings.catch_warnings():
             # "auto" warns when it falls back to threads; the summary reports the
@@ -302,8 +390,8 @@ def _progress_bar(args):
         _err("note: --progress needs tqdm, which is not installed (pip install tqdm); "
              "continuing without a progress bar")
         return None
-    # The total is known only when nothing is walked (a tree is listed lazily).
-    total = None if args.recursive else len(args.paths)
+    # The total is known only when nothing is walked or listed (both are lazy).
+    total = None if args.recursive or args.files_from is not None else len(args.paths)
     return tqdm(total=total, unit="file", file=sys.stderr, desc=PROG)
 
 
@@ -312,10 +400,10 @@ def _progress_bar(args):
 class ReadRun:
     """Counts and output of one `read`: one record per path, in input order."""
 
-    def __init__(self, args):
+    def __init__(self, args, bar):
         self.args = args
+        self.bar = bar
         self.files = self.bytes = self.errors = 0
-        self.read_seconds = 0.0
         self.first_record = True
 
     def start(self):
@@ -324,36 +412,41 @@ class ReadRun:
             _write(sys.stdout, '{"files": [')
 
     def record(self, path, result):
+        """One path's outcome: (bytes, digest or None), or its OSError."""
         if isinstance(result, BaseException):
             self.errors += 1
             _err(f"{path}: {_reason(result)}")
-            rec = {"path": path, "bytes": None, "error": _reason(result)}
+            rec = {"bytes": None, "error": _reason(result)}
         else:
+            nbytes, digest = result
             self.files += 1
-            self.bytes += len(result)
-            rec = {"path": path, "bytes": len(result)}
-            if self.args.checksum:
-                rec["checksum"] = _digest(self.args.checksum, result)
+            self.bytes += nbytes
+            rec = {"bytes": nbytes}
+            if digest is not None:
+                rec["checksum"] = digest
                 if not self.args.json:
-                    _write(sys.stdout, _checksum_line(rec["checksum"], path))
+                    _write(sys.stdout, _checksum_line(digest, path))
         if self.args.json:
+            rec = {**_json_path(path), **rec}
             _write(sys.stdout, ("" if self.first_record else ", ") + json.dumps(rec))
             self.first_record = False
+        if self.bar is not None:
+            self.bar.update(1)
 
     def finish(self, reader, elapsed):
         summary = self.summary(reader, elapsed)
         if self.args.json:
             _write(sys.stdout, '], "summary": ' + json.dumps(summary) + "}\n")
-        else:
+        elif not self.args.quiet:
             _write(sys.stderr, _summary_text(summary) + "\n")
 
     def summary(self, reader, elapsed):
         stats = reader.stats()
-        seconds = self.read_seconds
         return {
             "files": self.files, "bytes": self.bytes, "errors": self.errors,
-            "seconds": round(seconds, 6), "elapsed_seconds": round(elapsed, 6),
-            "gb_per_s": round(self.bytes / seconds / 1e9, 4) if seconds > 0 else 0.0,
+            "seconds": round(elapsed, 6),
+            # Over the whole run's wall time: what the user waited for.
+            "gb_per_s": round(self.bytes / elapsed / 1e9, 4) if elapsed > 0 else 0.0,
             "backend": stats.get("backend", reader.backend),
             "fallback_reason": stats.get("fallback_reason"),
             # The backend's own counters (None where it does not count them).
@@ -362,10 +455,20 @@ class ReadRun:
         }
 
 
+def _json_path(path):
+    """{"path": name} for a UTF-8 name; for one that is not, U+FFFD in "path" and its
+    exact bytes in "path_bytes" (base64), so that no JSON tool mangles it."""
+    raw = os.fsencode(path)
+    try:
+        return {"path": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"path": raw.decode("utf-8", "replace"),
+                "path_bytes": base64.b64encode(raw).decode("ascii")}
+
+
 def _summary_text(s):
     text = (f"{PROG}: files {s['files']}, bytes {s['bytes']}, errors {s['errors']}, "
-            f"{s['seconds']:.3f} s reading ({s['elapsed_seconds']:.3f} s total), "
-            f"{s['gb_per_s']:.2f} GB/s, backend {s['backend']}")
+            f"{s['seconds']:.3f} s, {s['gb_per_s']:.2f} GB/s, backend {s['backend']}")
     if s["fallback_reason"]:
         text += f" (io_uring unavailable, fell back to threads: {s['fallback_reason']})"
     if s["direct_fallbacks"]:
@@ -376,37 +479,31 @@ def _summary_text(s):
 
 def cmd_read(args, parser):
     started = time.perf_counter()
+    if not args.paths and args.files_from is None:
+        parser.error("no PATH given (and no --files-from)")
+    if args.null and args.files_from is None:
+        parser.error("-0/--null applies to --files-from, which is not given")
+    listing = _open_listing(args, parser)
     try:
         reader = open_reader(args, parser)
     except OSError as exc:                   # --backend io_uring where it is blocked
         _err(f"cannot use the {args.backend or 'auto'} backend: {exc}")
-        return 1
-    run, bar = ReadRun(args), _progress_bar(args)
-    size = PROGRESS_BATCH_FILES if bar is not None else BATCH_FILES
+        return EXIT_FILE_FAILED
+    bar = _progress_bar(args)
+    run = ReadRun(args, bar)
+    pipeline = ReadPipeline(reader, args.checksum)
     try:
         run.start()
-        for batch in _batches(iter_paths(args.paths, args.recursive), size):
-            _read_batch(reader, batch, run)
-            if bar is not None:
-                bar.update(len(batch))
+        pipeline.run(iter_paths(_arguments(args, listing), args.recursive), run.record)
         if bar is not None:
             bar.close()                      # before the summary, so it is not overdrawn
         run.finish(reader, time.perf_counter() - started)
     finally:
+        pipeline.close()
         reader.close()
-    return 1 if run.errors else 0
-
-
-def _read_batch(reader, batch, run):
-    """Read one batch's paths and record every entry, failures from the walk included,
-    in their order."""
-    to_read = [path for path, err in batch if err is None]
-    t0 = time.perf_counter()
-    results = reader.read_files(to_read, on_error="return")
-    run.read_seconds += time.perf_counter() - t0
-    results.reverse()                        # pop() from the end hands them out in order
-    for path, err in batch:
-        run.record(path, err if err is not None else results.pop())
+        if listing is not None and listing is not sys.stdin.buffer:
+            listing.close()
+    return EXIT_FILE_FAILED if run.errors else EXIT_OK
 
 
 # ---- info ----------------------------------------------------------------------------
@@ -437,13 +534,23 @@ def gather_info():
         "vyre_uring": vyre_uring.__version__,
         "kernel": avail.kernel,
         "io_uring": {"available": avail.available, "reason": avail.reason,
-                     "sysctl_io_uring_disabled": avail.sysctl, "seccomp": avail.seccomp},
+                     "sysctl_io_uring_disabled": avail.sysctl,
+                     "seccomp": _seccomp_mode(avail.seccomp)},
         "features": None, "opcodes": None,
         "rlimit_memlock": _memlock(),
     }
     if avail.available:
         _add_ring_info(info)
     return info
+
+
+def _seccomp_mode(line):
+    """The number in /proc/self/status's "Seccomp:\t2" line (0 none, 1 strict,
+    2 filter), or None where the kernel does not say."""
+    try:
+        return int(line.split(":")[1])
+    except (AttributeError, IndexError, ValueError):
+        return None
 
 
 def _add_ring_info(info):
