@@ -54,12 +54,29 @@ def test_table_shows_ratios_and_why_a_contender_is_missing():
     results = {"rand": {REFERENCE: [100.0, 200.0, 300.0], "vyre": [90.0, 180.0, 330.0]}}
     summary = harness.summaries(results, [w])
     assert summary["rand"]["fio io_uring"] == {"not_available": "fio is not installed"}
-    text = harness.table(summary, [w])
-    assert "not available: fio is not installed" in text
+    cold = Workload("cold", "reads/s", [Contender(REFERENCE, why="needs root"),
+                                        Contender("vyre", why="needs root")])
+    summary.update(harness.summaries({}, [cold]))
+    text = harness.table(summary, [w, cold])
+    # Contenders that cannot run are listed once at the end, grouped by the reason.
+    assert "fio" not in text.split("Not run here:")[0]
+    assert text.split("Not run here:")[1].splitlines()[1:] == [
+        "  fio is not installed:", "    fio io_uring (rand)",
+        "  needs root:", f"    {REFERENCE} (cold), vyre (cold)"]
     vyre = next(line for line in text.splitlines() if "vyre" in line)
     assert "0.90x" in vyre and "1.10x" in vyre          # medians 180/200, best 330/300
     ref = next(line for line in text.splitlines() if REFERENCE in line)
     assert "1.00x" in ref
+
+
+def test_ratios_are_to_the_workloads_own_reference_and_the_legend_names_it():
+    w = Workload("sums", "files/s", [Contender("xargs", lambda: 0), Contender("vyre", lambda: 0)],
+                 reference="xargs")
+    summary = harness.summaries({"sums": {"xargs": [10.0, 20.0], "vyre": [30.0, 30.0]}}, [w])
+    assert summary["sums"]["vyre"]["ratio"] == 30.0 / 15.0
+    legend = harness.legend([w])
+    assert "higher is better" in legend and "best/best" in legend and "per round" in legend
+    assert "sums: xargs" in legend
 
 
 def test_json_records_every_run_the_summary_and_the_cache_state(tmp_path):
@@ -280,3 +297,14 @@ def test_plot_draws_the_ratios(tmp_path):
     out = tmp_path / "p.png"
     harness.plot(out, harness.summaries(results, [w]), [w], harness.environment())
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_real_tree_lists_readable_regular_files_only(tmp_path):
+    (tmp_path / "b").mkdir()
+    for name in ("a1", "a2", "b/c"):
+        (tmp_path / name).write_bytes(b"x")
+    os.symlink(tmp_path / "a1", tmp_path / "link")
+    os.mkfifo(tmp_path / "fifo")
+    assert workloads.real_tree(10, [str(tmp_path)]) == [
+        str(tmp_path / n) for n in ("a1", "a2", "b/c")]
+    assert len(workloads.real_tree(2, [str(tmp_path)])) == 2

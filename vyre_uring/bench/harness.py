@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -35,6 +36,7 @@ class Workload:
     contenders: list
     before: Optional[Callable[[], Optional[str]]] = None
     cache: set = field(default_factory=set)        # states before() reported
+    reference: str = REFERENCE                     # the contender ratios are to
 
     @property
     def runnable(self):
@@ -73,13 +75,13 @@ def summarize(values, reference=None):
     return out
 
 
-def summaries(results, workloads, reference=REFERENCE):
-    """{workload: {contender: summary}}; contenders that could not run appear with
-    {"not_available": why}."""
+def summaries(results, workloads):
+    """{workload: {contender: summary}}, ratios to each workload's reference;
+    contenders that could not run appear with {"not_available": why}."""
     out = {}
     for w in workloads:
         rows = results.get(w.name, {})
-        ref = rows.get(reference)
+        ref = rows.get(w.reference)
         out[w.name] = {name: summarize(vals, ref) for name, vals in rows.items()}
         for c in w.contenders:
             if c.run is None:
@@ -87,19 +89,41 @@ def summaries(results, workloads, reference=REFERENCE):
     return out
 
 
-def table(summary, workloads, reference=REFERENCE):
-    """The terminal table: one row per contender, grouped by workload."""
+LEGEND = """\
+How to read this table: each row is one way of doing the workload; the figures are
+rates (operations per second, the unit column), so higher is better. Every
+contender ran once per round, interleaved (A B C A B C ...), so machine drift hits
+all alike; min, median and max are over the rounds. Ratios are to the workload's
+reference ({reference} unless the workload names another), measured in the same
+run:
+  vs ref     this row's median over the reference's median
+  best/best  this row's best round over the reference's best round (the least
+             disturbed runs of each)
+  per round  min / median / max of the ratios of the same round (drift cancels)
+"""
+
+
+def legend(workloads):
+    """The explanation printed above the table; names the references used."""
+    others = [f"{w.name}: {w.reference}" for w in workloads if w.reference != REFERENCE]
+    text = LEGEND.format(reference=REFERENCE)
+    return text + (f"Other references: {'; '.join(others)}.\n" if others else "")
+
+
+def table(summary, workloads):
+    """The terminal table: one row per contender that ran, grouped by workload; those
+    that could not run here are listed once at the end, grouped by the reason."""
     wname = max([8] + [len(w.name) for w in workloads])
-    cname = max([9] + [len(c.name) for w in workloads for c in w.contenders])
+    cname = max([9] + [len(c.name) for w in workloads for c in w.runnable])
     head = (f"{'workload':<{wname}}  {'contender':<{cname}}  {'unit':<8} {'min':>9} "
-            f"{'median':>9} {'max':>9}  {'vs C':>6}  {'best/best':>9}  "
+            f"{'median':>9} {'max':>9}  {'vs ref':>6}  {'best/best':>9}  "
             f"{'per round min/med/max':>21}")
     lines = [head, "-" * len(head)]
+    missing = {}                                   # why -> [(workload, contender)]
     for w in workloads:
         for name, s in summary[w.name].items():
             if "not_available" in s:
-                lines.append(f"{w.name:<{wname}}  {name:<{cname}}  not available: "
-                             f"{s['not_available']}")
+                missing.setdefault(s["not_available"], []).append((w.name, name))
                 continue
             ratio = best = rounds = "n/a"
             if "ratio" in s:
@@ -108,6 +132,12 @@ def table(summary, workloads, reference=REFERENCE):
             lines.append(f"{w.name:<{wname}}  {name:<{cname}}  {w.unit:<8} "
                          f"{_rate(s['min'])} {_rate(s['median'])} {_rate(s['max'])}  "
                          f"{ratio:>6}  {best:>9}  {rounds:>21}")
+    if missing:
+        lines.append("\nNot run here:")
+        for why, rows in missing.items():
+            lines.append(f"  {why}:")
+            lines += textwrap.wrap(", ".join(f"{c} ({w})" for w, c in rows), width=88,
+                                   initial_indent="    ", subsequent_indent="    ")
     return "\n".join(lines)
 
 
@@ -158,16 +188,17 @@ def plot(path, summary, workloads, env):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [(w.name, name, s["ratio"]) for w in workloads
+    rows = [(w.name, name, s["ratio"], name == w.reference) for w in workloads
             for name, s in summary[w.name].items() if "ratio" in s]
     fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(rows))))
-    labels = [f"{w}: {c}" for w, c, _ in rows]
-    ax.barh(range(len(rows)), [r for _, _, r in rows],
-            color=["#888" if c == REFERENCE else "#2a6" for _, c, _ in rows])
+    labels = [f"{w}: {c}" for w, c, _, _ in rows]
+    ax.barh(range(len(rows)), [r for _, _, r, _ in rows],
+            color=["#888" if is_ref else "#2a6" for *_, is_ref in rows])
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.axvline(1.0, color="k", linewidth=0.8)
-    ax.set_xlabel("rate relative to C liburing in the same run (median of rounds)")
+    ax.set_xlabel("rate relative to the workload's reference (C liburing unless named) "
+                  "in the same run, median of rounds")
     ax.set_title(f"vyre_uring {env['vyre_uring']}, kernel {env['kernel']}, {env['date']}",
                  fontsize=9)
     fig.tight_layout()

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,11 +34,13 @@ class Sizes:
     qd1_reads: int = 100_000
     direct_reads: int = 20_000
     seq_passes: int = 2                             # 128 KiB reads: passes over the file
+    tree_files: int = 50_000                        # of a real tree, for the checksums
 
     @classmethod
     def quick(cls):
         return cls(file_mib=256, files=2_000, nops=(60_000, 300_000, 500_000),
-                   random_reads=40_000, qd1_reads=20_000, direct_reads=4_000)
+                   random_reads=40_000, qd1_reads=20_000, direct_reads=4_000,
+                   tree_files=5_000)
 
 
 class DataSet:
@@ -118,7 +121,8 @@ def build(data, sizes, workdir, only=None, workers=None):
     ctx = _Context(data, sizes, binaries, fio, fio_why, pypi, pypi_why,
                    workers or worker_counts(), [], {})
     workloads = (_nop_workloads(ctx) + _random_workloads(ctx) + _sequential_workloads(ctx)
-                 + _small_file_workloads(ctx) + _direct_workloads(ctx))
+                 + _small_file_workloads(ctx) + _direct_workloads(ctx)
+                 + _checksum_workloads(ctx))
     if only:
         workloads = [w for w in workloads if any(o in w.name for o in only)]
     return workloads, ctx
@@ -507,3 +511,61 @@ def _direct_workloads(ctx):
     return [Workload(name, "reads/s",
                      _range_contenders(ctx, "rand", 4096, 32, offsets, python=True,
                                        direct=True))]
+
+
+# ---- checksums of a real tree ----------------------------------------------------------------
+
+# Where real trees are: the Python standard library, then /usr/share.
+TREES = (sysconfig.get_paths()["stdlib"], "/usr/share")
+SHA256_LINES = "xargs -P{n} sha256sum"
+
+
+def real_tree(count, roots=TREES):
+    """Up to `count` regular files (not links) under `roots`, readable by us."""
+    out = []
+    for root in roots:
+        for dirpath, _, names in os.walk(root):
+            for name in sorted(names):
+                path = os.path.join(dirpath, name)
+                if os.path.isfile(path) and not os.path.islink(path) and \
+                        os.access(path, os.R_OK):
+                    out.append(path)
+                    if len(out) == count:
+                        return out
+    return out
+
+
+def _checksum_workloads(ctx):
+    """`vyre-uring read --checksum sha256` against coreutils' sha256sum run on every
+    core by xargs, over the same list of real files (both get it NUL-separated)."""
+    paths = real_tree(ctx.sizes.tree_files)
+    n = len(os.sched_getaffinity(0))
+    reference = SHA256_LINES.format(n=n)
+    listing = os.path.join(ctx.data.root, "tree.list")
+    with open(listing, "wb") as f:
+        f.write(b"".join(os.fsencode(p) + b"\0" for p in paths))
+    missing = [tool for tool in ("xargs", "sha256sum") if shutil.which(tool) is None]
+    if missing:
+        ref = Contender(reference, why=f"{' and '.join(missing)} not found")
+    else:
+        ref = Contender(reference, lambda: _timed_command(
+            ["xargs", "-0", f"-P{n}", "sha256sum"], listing, len(paths)))
+    ours = Contender("vyre-uring read --checksum", lambda: _timed_command(
+        [sys.executable, "-m", "vyre_uring", "read", "--files-from", "-", "-0",
+         "--checksum", "sha256", "-q"], listing, len(paths)))
+    name = f"sha256 of {len(paths):,} real files"
+    return [Workload(name, "files/s", [ref, ours], lambda: cache.warm(paths, 200),
+                     reference=reference)]
+
+
+def _timed_command(argv, stdin_path, count):
+    """`count` / the wall time of argv run with stdin_path as its input (output
+    discarded); a failed run raises."""
+    with open(stdin_path, "rb") as stdin:
+        start = time.perf_counter()
+        proc = subprocess.run(argv, stdin=stdin, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, cwd="/")
+        elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {proc.stderr.decode()[-500:]}")
+    return count / elapsed
