@@ -169,9 +169,12 @@ def test_files_from_a_missing_list_is_an_error_naming_it(tmp_path):
 # ---- pipes and write errors ----------------------------------------------------------
 
 def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path, small_files):
+    # 30 times the files: far more output than a pipe holds, so writes must fail.
+    listing = tmp_path / "list"
+    listing.write_text("\n".join(list(small_files) * 30))
     proc = subprocess.Popen([sys.executable, "-m", "vyre_uring", "read", "--checksum",
-                             "crc32", *small_files], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                             "crc32", "--files-from", listing], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.readline()
     proc.stdout.close()                           # as `| head -1` does
     err = proc.stderr.read()
