@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -234,3 +235,19 @@ def test_json_keeps_non_utf8_names_recoverable(tmp_path):
     assert base64.b64decode(rec["path_bytes"]) == raw
     assert rec["path"].endswith("caf\ufffd \ufffd.txt")
     assert rec["checksum"] == sha256(b"latin-1 name")
+
+
+def test_ctrl_c_mid_file_exits_130_promptly_without_a_traceback(tmp_path):
+    # A 64 GiB sparse file would take minutes to hash: the run must stop between
+    # pieces, not finish the file.
+    (tmp_path / "a").write_bytes(b"first")
+    with open(tmp_path / "b", "wb") as f:
+        f.truncate(64 << 30)
+    proc = subprocess.Popen([sys.executable, "-m", "vyre_uring", "read", "--checksum",
+                             "sha256", tmp_path / "a", tmp_path / "b"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().endswith(b"a\n")   # the big file is being read now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.decode().splitlines() == ["vyre-uring: interrupted"]
