@@ -7,22 +7,22 @@ release the GIL) while the main thread's next iter_files batch reads without it.
 Files larger than WHOLE_FILE_MAX are not read whole: a pool thread streams each
 through the reader in pieces (read_ranges_into into one buffer it reuses).
 
-Memory held for file contents, whatever the tree: READ_BUDGET (read, not yet
-handed on) + HASH_BUDGET (handed on, not yet hashed, large files' pieces
-included), 16 MiB in all; the peak RSS grows by about twice that (allocator
-slack, the reader's arenas), measured in tests/test_cli_io.py.
+Memory held for file contents, whatever the tree: a read budget (read, not yet
+handed on) and a hash budget (handed on, not yet hashed, large files' pieces
+included) of 8 MiB each on 8 cores or fewer, 1 MiB per core beyond, at most 16 MiB
+each; the peak RSS grows by about twice that (allocator slack, the reader's
+arenas), measured in tests/test_cli_io.py and on 16 cores.
 """
-import collections
 import errno
 import hashlib
 import os
+import queue
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
-READ_BUDGET = 8 << 20
-HASH_BUDGET = 8 << 20
-WHOLE_FILE_MAX = 4 << 20          # larger files are streamed (at most READ_BUDGET)
+from ._workers import block_async_signals
+
+WHOLE_FILE_MAX = 4 << 20          # larger files are streamed (at most the read budget)
 GROUP_FILES = 512                 # a pool task hashes at most this many files
 MAX_WAITING = 1 << 16             # results kept for in-order output behind a slow file
 
@@ -61,6 +61,13 @@ def hash_threads():
     return max(1, len(os.sched_getaffinity(0)))
 
 
+def budget(threads):
+    """The read budget, and the hash budget: enough to keep `threads` busy (a large
+    file is hashed by one thread, so many cores need many files in flight), within
+    a bound that does not grow with the machine."""
+    return min(16 << 20, max(8 << 20, threads << 20))
+
+
 class ReadPipeline:
     """Reads (path, error) items with `reader` and calls emit(path, result) for each,
     in input order: result is (bytes, digest or None), or the OSError that stopped
@@ -70,15 +77,16 @@ class ReadPipeline:
         self.reader = reader
         self.algorithm = algorithm
         self.threads = hash_threads()
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vyre-uring-hash")
+        self.budget = budget(self.threads)
+        self.pool = HashPool(self.threads)
         self.stopping = threading.Event()     # Ctrl-C: streams stop between pieces
-        # Every thread gets work while the hand-off stays within HASH_BUDGET: groups
+        # Every thread gets work while the hand-off stays within the budget: groups
         # and pieces of a size that lets twice as many be in flight as threads.
-        share = HASH_BUDGET // (2 * self.threads)
+        share = self.budget // (2 * self.threads)
         self.group_max = max(64 << 10, share)
         self.piece = max(256 << 10, min(4 << 20, share))
-        self.pending = collections.deque()     # (future, bytes it holds), oldest first
-        self.held = 0                         # bytes the pending futures hold
+        self.pending = 0                      # tasks posted, not yet taken back
+        self.held = 0                         # bytes the pending tasks hold
         self.ready = {}                       # seq -> (path, result), not yet emitted
         self.next_seq = 0
         self.group, self.group_bytes = [], 0
@@ -97,7 +105,7 @@ class ReadPipeline:
                     index += 1
                     yield path
         for index, path, result in self.reader.iter_files(
-                paths(), max_bytes_in_flight=READ_BUDGET, max_file_bytes=WHOLE_FILE_MAX):
+                paths(), max_bytes_in_flight=self.budget, max_file_bytes=WHOLE_FILE_MAX):
             seq = seq_of.pop(index)
             if isinstance(result, bytes):
                 self._add_to_group(seq, path, result)
@@ -109,11 +117,11 @@ class ReadPipeline:
             self._collect()
         self._flush_group()
         while self.pending:
-            self._wait_oldest()
+            self._take(self.pool.done.get())
 
     def close(self):
         self.stopping.set()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
 
     # ---- hand-off ----------------------------------------------------------------
 
@@ -132,20 +140,28 @@ class ReadPipeline:
             self.group, self.group_bytes = [], 0
 
     def _submit(self, fn, arg, nbytes):
-        while self.pending and self.held + nbytes > HASH_BUDGET:
-            self._wait_oldest()
-        self.pending.append((self.pool.submit(fn, arg), nbytes))
+        # Waits for whichever task ends first, not the oldest: a long stream must not
+        # hold up the hand-off while other threads are free.
+        while self.pending and self.held + nbytes > self.budget:
+            self._take(self.pool.done.get())
+        self.pool.post(fn, arg, nbytes)
+        self.pending += 1
         self.held += nbytes
 
     def _collect(self):
         """Take in what has finished; wait while too many results queue for output."""
-        while self.pending and (self.pending[0][0].done() or len(self.ready) > MAX_WAITING):
-            self._wait_oldest()
+        while not self.pool.done.empty():
+            self._take(self.pool.done.get())
+        while self.pending and len(self.ready) > MAX_WAITING:
+            self._take(self.pool.done.get())
 
-    def _wait_oldest(self):
-        future, nbytes = self.pending.popleft()
+    def _take(self, finished):
+        nbytes, results = finished
+        self.pending -= 1
         self.held -= nbytes
-        for seq, path, result in future.result():
+        if isinstance(results, BaseException):
+            raise results
+        for seq, path, result in results:
             self._done(seq, path, result)
 
     def _done(self, seq, path, result):
@@ -177,3 +193,40 @@ class ReadPipeline:
                 if got < self.piece:
                     return [(seq, path, (total, h.hexdigest() if h is not None else None))]
         return []                             # stopped: nothing to report
+
+
+class HashPool:
+    """`n` threads running posted tasks; each finished task's (bytes it held, result
+    or exception) goes to the `done` queue, in the order they finish."""
+
+    def __init__(self, n):
+        self.todo = queue.SimpleQueue()
+        self.done = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._serve, name=f"vyre-uring-hash-{k}",
+                                         daemon=True) for k in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def post(self, fn, arg, nbytes):
+        self.todo.put((fn, arg, nbytes))
+
+    def close(self):
+        """Ends the threads once the tasks already posted ran."""
+        for _ in self.threads:
+            self.todo.put(None)
+        for t in self.threads:
+            t.join()
+
+    def _serve(self):
+        block_async_signals()
+        while True:
+            task = self.todo.get()
+            if task is None:
+                return
+            fn, arg, nbytes = task
+            try:
+                result = fn(arg)
+            except BaseException as exc:       # raised again in the main thread
+                result = exc
+            self.done.put((nbytes, result))
+            del task, arg, result               # the data is hashed: let it go

@@ -11,7 +11,7 @@ import threading
 
 from ._ring import run_task
 
-__all__ = ["Workers"]
+__all__ = ["Workers", "block_async_signals"]
 
 
 class Workers:
@@ -49,10 +49,15 @@ _SYNCHRONOUS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, sig
                 signal.SIGTRAP, signal.SIGSYS}
 
 
-def _serve(tasks):
-    # Process-wide signals (Ctrl-C, timers) go to a thread that does not block them:
-    # let that be the main thread, whose waits they must interrupt to run handlers.
+def block_async_signals():
+    """In a helper thread: process-wide signals (Ctrl-C, timers) go to a thread that
+    does not block them; let that be the main thread, whose waits they must
+    interrupt to run handlers."""
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS)
+
+
+def _serve(tasks):
+    block_async_signals()
     while True:
         task = tasks.get()
         if task is None:
