@@ -155,6 +155,9 @@ class VyreFileSystem(LocalFileSystem):
                 content = next(data)
                 if isinstance(content, Exception):
                     raise content
+                dst = self._strip_protocol(dst)
+                if self.auto_mkdir:         # as cp_file does
+                    self.makedirs(self._parent(dst), exist_ok=True)
                 with open(dst, "wb") as f:
                     f.write(content)
             done += len(batch)
