@@ -95,10 +95,10 @@ cdef void _window_free(FileWindow *w) noexcept nogil:
     memset(w, 0, sizeof(FileWindow))
 
 
-cdef void _open_window(FileWindow *w, bint direct) noexcept nogil:
+cdef void _open_window(FileWindow *w, bint direct, const int *stop) noexcept nogil:
     """Open and size the window's files. At the fd limit, with some of the window's
     files open, the window ends there (w.opened): the rest go to the next window,
-    after these are closed. With none open, the file fails with EMFILE."""
+    after these are closed. With none open, see _open_at_limit."""
     cdef Py_ssize_t k, held = 0
     cdef int fd
     cdef stat_t st
@@ -107,9 +107,11 @@ cdef void _open_window(FileWindow *w, bint direct) noexcept nogil:
             w.err[k] = ITEM_NUL_BYTE
             continue
         fd = _open_stat(w.names[k], direct, &st)
-        if (fd == -EMFILE or fd == -ENFILE) and held:
-            w.opened = k
-            return
+        if fd == -EMFILE or fd == -ENFILE:
+            if held:
+                w.opened = k
+                return
+            fd = _open_at_limit(w.names[k], direct, &st, stop)
         if fd < 0:
             w.err[k] = -fd
             continue
@@ -123,6 +125,22 @@ cdef void _open_window(FileWindow *w, bint direct) noexcept nogil:
         w.direct[k] = direct and (fcntl(fd, F_GETFL) & _O_DIRECT) != 0
         w.refused += direct and not w.direct[k]
     w.opened = w.n
+
+
+cdef int _open_at_limit(const char *p, bint direct, stat_t *st, const int *stop) \
+        noexcept nogil:
+    """_open_stat at the fd limit with no fd of our own to close: other jobs' fds
+    are waited for (at most _FD_WAIT_S), or when none holds any, closes still being
+    carried out (_FD_GRACE_S); then the file fails with EMFILE. The call's Stop ends
+    the wait."""
+    cdef double since = vy_monotonic()
+    cdef int fd = -EMFILE
+    while (fd == -EMFILE or fd == -ENFILE) and not (stop != NULL and vy_flag_get(stop)) \
+            and vy_monotonic() - since < (_FD_WAIT_S if vy_i64_load(&_fds_held) > 0
+                                          else _FD_GRACE_S):
+        usleep(1000)
+        fd = _open_stat(p, direct, st)
+    return fd
 
 
 cdef inline int64_t _clamped(int64_t off, int64_t length, int64_t size) noexcept nogil:
@@ -166,7 +184,8 @@ def read_path_ranges_job(Ring ring not None, list files, order, first, offsets, 
             for k in range(w.n):
                 w.names[k] = _path_of(files[pos + k], names)
             with nogil:
-                _open_window(&w, bounce is not None)
+                _open_window(&w, bounce is not None,
+                             &call.flag if call is not None else NULL)
             stats[4] += w.refused
             nbytes += _read_window(ring, &w, files, pos, _q_data(order), _q_data(first),
                                    &off, &length, out, depth, stats, error_of, bounce,
