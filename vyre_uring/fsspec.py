@@ -83,9 +83,9 @@ class VyreFileSystem(LocalFileSystem):
         paths = [self._strip_protocol(p) for p in paths]
         offsets, lengths, refused = _resolve_ranges(paths, starts, ends)
         out = self._reader().read_path_ranges(paths, offsets, lengths, on_error="return")
-        for i in refused:
-            if isinstance(out[i], bytes):   # the file opened: then read() refuses
-                out[i] = ValueError("read length must be non-negative or -1")
+        for i, exc in refused.items():
+            if isinstance(out[i], bytes):   # the file opened: then its read refuses
+                out[i] = exc
         if on_error != "return":
             for r in out:
                 if isinstance(r, Exception):
@@ -179,6 +179,12 @@ class VyreFileSystem(LocalFileSystem):
 class VyreFile(AbstractBufferedFile):
     """A file opened "rb": every fetch is a reader call (one read job)."""
 
+    def read(self, length=-1):
+        # As the io.BufferedReader of LocalFileSystem's files (fsspec's would read all).
+        if length is not None and length < -1:
+            raise ValueError("read length must be non-negative or -1")
+        return super().read(length)
+
     def _fetch_range(self, start, end):
         return self.fs._reader().read_path_ranges([self.path], [start], [end - start])[0]
 
@@ -192,31 +198,38 @@ def _size_or_none(path):
 
 def _resolve_ranges(paths, starts, ends):
     """fsspec's (start, end) of each range as (offset, length) for the reader, and
-    the indices of ranges whose read() would refuse its length (end before start
-    by more than one byte: LocalFileSystem's f.read(end - tell) raises ValueError,
-    and reads to EOF when the difference is -1). Negative starts and ends count
-    from the end of the file: those files are sized first."""
-    offsets, lengths, refused = [0] * len(paths), [0] * len(paths), []
+    {index: exception} for the ranges whose read fsspec's file would refuse once
+    open: a start or end that is not an integer (TypeError), or an end before the
+    start by more than one byte (f.read(end - tell) raises ValueError; by one byte,
+    it reads to EOF). Negative starts and ends count from the end of the file: those
+    files are sized first."""
+    offsets, lengths, refused = [0] * len(paths), [0] * len(paths), {}
     sizes = {}
     for i, (path, start, end) in enumerate(zip(paths, starts, ends)):
-        if (start is not None and start < 0) or (end is not None and end < 0):
-            if path not in sizes:
-                sizes[path] = _size_or_none(path)
-            size = sizes[path]
-            if size is None:
-                continue                    # (0, 0): the read reports why
-            if start is not None and start < 0:
-                start = max(0, size + start)
-            if end is not None and end < 0:
-                end = size + end
-        offsets[i] = start = start or 0
-        if end is None or end - start == -1:
-            lengths[i] = -1
-        elif end - start < -1:
-            refused.append(i)
-        else:
-            lengths[i] = end - start
+        try:
+            offsets[i], lengths[i] = _resolve(path, start, end, sizes)
+        except (TypeError, ValueError) as exc:
+            refused[i] = exc
     return offsets, lengths, refused
+
+
+def _resolve(path, start, end, sizes):
+    if (start is not None and start < 0) or (end is not None and end < 0):
+        if path not in sizes:
+            sizes[path] = _size_or_none(path)
+        size = sizes[path]
+        if size is None:
+            return 0, 0                     # the read reports why
+        if start is not None and start < 0:
+            start = max(0, size + start)
+        if end is not None and end < 0:
+            end = size + end
+    start = start or 0
+    if end is None or end - start == -1:
+        return start, -1
+    if end - start < -1:
+        raise ValueError("read length must be non-negative or -1")
+    return start, end - start
 
 
 def route_local_paths():
