@@ -133,23 +133,31 @@ cdef int _open_regular(object path, bint direct) except -1:
     """An fd of the regular file at `path`, or the OSError naming it."""
     cdef bytes name = os.fsencode(PyOS_FSPath(path))
     cdef const char *p = PyBytes_AS_STRING(name)
-    cdef int fd, err = 0
+    cdef int fd
     cdef stat_t st
     if strlen(p) != <size_t>len(name):
         raise path_error(EINVAL, path, "embedded null byte")
     with nogil:
-        fd = c_open(p, _READ_FLAGS | (_O_DIRECT if direct else 0))
-        if fd < 0 and direct and errno == EINVAL:
-            fd = c_open(p, _READ_FLAGS)     # the filesystem refuses O_DIRECT
-        if fd < 0:
-            err = errno
-        elif fstat(fd, &st) != 0:
-            err = errno
+        fd = _open_stat(p, direct, &st)
     if fd < 0:
-        raise path_error(err, path)
-    if err or not S_ISREG(st.st_mode):
+        raise path_error(-fd, path)
+    if not S_ISREG(st.st_mode):
         close(fd)
-        if err:
-            raise path_error(err, path)
         check_regular(st.st_mode, path)
+    return fd
+
+
+cdef int _open_stat(const char *p, bint direct, stat_t *st) noexcept nogil:
+    """open(p) for reading (O_DIRECT when asked and the filesystem allows it) and
+    fstat it into `st`: the fd, or -errno (nothing left open)."""
+    cdef int err
+    cdef int fd = c_open(p, _READ_FLAGS | (_O_DIRECT if direct else 0))
+    if fd < 0 and direct and errno == EINVAL:
+        fd = c_open(p, _READ_FLAGS)     # the filesystem refuses O_DIRECT
+    if fd < 0:
+        return -errno
+    if fstat(fd, st) != 0:
+        err = errno
+        close(fd)
+        return -err
     return fd

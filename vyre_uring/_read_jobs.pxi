@@ -1242,3 +1242,5 @@ def drain_jobs(Ring ring not None, stats, double timeout=-1.0):
     finally:
         _job_free(&j)
 
+
+include "_path_ranges.pxi"

@@ -160,6 +160,43 @@ class ThreadsBackend:
             return self._in_runs(len(offsets), one)
         return with_file(path, self.direct, on_file)
 
+    def read_path_ranges(self, paths, offsets, lengths, out):
+        """out[r] = lengths[r] bytes at offsets[r] of paths[r] (a negative length:
+        to EOF), or its OSError; returns the bytes read. Each file is opened once."""
+        by_file = {}
+        for r, p in enumerate(paths):
+            key = p if isinstance(p, (str, bytes)) else os.fspath(p)
+            by_file.setdefault(key, []).append(r)
+        groups = list(by_file.items())
+
+        def one(g, stop):
+            path, ranges = groups[g]
+            try:
+                return with_file(path, self.direct, lambda fd, direct: self._file_ranges(
+                    fd, direct, path, ranges, offsets, lengths, out, stop))
+            except OSError as exc:
+                for r in ranges:
+                    out[r] = exc
+                return 0
+        return sum(self._in_runs(len(groups), one))
+
+    def _file_ranges(self, fd, direct, path, ranges, offsets, lengths, out, stop):
+        """The ranges of one open file, each clamped to its size when opened."""
+        self._count_refusal(direct)
+        size = os.fstat(fd).st_size
+        nbytes = 0
+        for r in ranges:
+            if stop.is_set:
+                raise CallStopped()
+            rest = max(0, size - offsets[r])
+            try:
+                out[r] = self._pread_all(fd, rest if lengths[r] < 0 else min(lengths[r], rest),
+                                         offsets[r], direct, stop)
+                nbytes += len(out[r])
+            except OSError as exc:
+                out[r] = path_error(exc.errno, path)
+        return nbytes
+
     def _pread_all(self, fd, size, offset, direct, stop):
         """`size` bytes at `offset`, fewer at EOF (a file that shrank: what read()
         would return)."""

@@ -10,6 +10,7 @@ thread runs the jobs, with several the reader's worker threads do, each taking a
 free ring. Any number of threads may share one backend.
 """
 import array
+import bisect
 import errno
 import queue
 import threading
@@ -17,8 +18,8 @@ import time
 
 from ._files import OPEN_FLAGS, check_regular, lengths_within_eof, over_budget_error, path_error
 from ._ring import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Arena, Op,
-                    Ring, drain_jobs, read_file_window, read_ranges_job, run_call,
-                    with_file)
+                    Ring, drain_jobs, group_paths, read_file_window, read_path_ranges_job,
+                    read_ranges_job, run_call, with_file)
 from ._workers import Workers
 from .buffers import alloc_buffer
 from .errors import UringSyscallError
@@ -147,6 +148,20 @@ class UringBackend:
         return with_file(path, self.direct, on_file)
 
 
+    def read_path_ranges(self, paths, offsets, lengths, out):
+        """out[r] = lengths[r] bytes at offsets[r] of paths[r], or its OSError;
+        returns the bytes read. With several rings, each takes whole files (each
+        file is opened once), shares balanced by their ranges."""
+        files, order, first = group_paths(paths)
+        rings = len(self._rings)
+        cuts = sorted({0, len(files)} | {bisect.bisect_left(first, len(paths) * k // rings)
+                                         for k in range(1, rings)})
+        tasks = [lambda r, stop, a=a, b=b: r.read_path_ranges(files, order, first, offsets,
+                                                              lengths, a, b, out, stop)
+                 for a, b in zip(cuts, cuts[1:]) if b > a]
+        return sum(self._run(tasks))
+
+
 class _RingReader:
     """One ring, its counters (syscalls, operations, short reads, synchronous reads,
     O_DIRECT refusals), the arena its jobs read small files into and, with
@@ -218,6 +233,12 @@ class _RingReader:
                 self.ring.unregister_files()
 
 
+    def read_path_ranges(self, files, order, first, offsets, lengths, f0, f1, out, call):
+        return read_path_ranges_job(self.ring, files, order, first, offsets, lengths, f0,
+                                    f1, out, self.depth, self.stats, _file_error,
+                                    self.bounce, call)
+
+
 def _sized_ring(depth):
     """(ring, depth): a restricted ring of `depth` entries, or smaller where
     RLIMIT_MEMLOCK (which io_uring charges for ring memory) does not allow it."""
@@ -251,6 +272,11 @@ def _restricted_ring(entries, **kwargs):
         if exc.errno != errno.EINVAL:
             raise
     return Ring(entries, **kwargs)
+
+
+def _file_error(code, mode, path):
+    """The OSError of a file whose ranges could not be read."""
+    return _leftover(path, code, mode, None)
 
 
 def _leftover(path, code, mode, budget):

@@ -5,6 +5,7 @@ pool of os.pread where io_uring is blocked.
     iter_files(paths)                  -> (index, path, bytes) as files complete
     read_ranges(path, offsets, lengths) -> list of bytes (pread semantics)
     read_ranges_into(path, buffer, offsets, lengths, buffer_offsets) -> byte counts
+    read_path_ranges(paths, offsets, lengths) -> list of bytes, ranges of many files
     BatchReader(...)                   the reusable object behind them
 """
 import array
@@ -20,7 +21,7 @@ from .availability import is_unavailable_errno
 from .errors import UringSyscallError, UringUnavailableError
 
 __all__ = ["BatchReader", "read_files", "iter_files", "read_ranges", "read_ranges_into",
-           "BACKEND_ENV"]
+           "read_path_ranges", "BACKEND_ENV"]
 
 BACKEND_ENV = "VYRE_URING_BACKEND"     # forces a backend: io_uring or threads
 BACKENDS = ("auto", "io_uring", "threads")
@@ -232,6 +233,32 @@ class BatchReader:
         self._count(0, sum(map(len, out)))
         return out
 
+    def read_path_ranges(self, paths, offsets, lengths, *, on_error="raise"):
+        """Byte ranges of many files in one call: range i is lengths[i] bytes at
+        offsets[i] of paths[i] (pread semantics: fewer past EOF; a negative length
+        reads to EOF). Each distinct path is opened once however many ranges it has,
+        and its ranges are read in the same job as the other files'. With
+        on_error="return" a failed range holds its OSError (every range of a file
+        that cannot be read holds that file's) and the rest are read; with "raise"
+        the first failure in input order is raised after the call."""
+        if on_error not in ("raise", "return"):
+            raise ValueError(f'on_error must be "raise" or "return", not {on_error!r}')
+        paths = paths if isinstance(paths, (list, tuple)) else list(paths)
+        offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
+        if not len(paths) == len(offsets) == len(lengths):
+            raise ValueError(f"paths, offsets and lengths must have one value per range: "
+                             f"{len(paths)}, {len(offsets)} and {len(lengths)}")
+        if offsets and min(offsets) < 0:
+            i = next(i for i, o in enumerate(offsets) if o < 0)
+            raise ValueError(f"range {i}: offset {offsets[i]} must be >= 0")
+        out = [None] * len(paths)
+        self._count(0, self._current().read_path_ranges(paths, offsets, lengths, out))
+        if on_error == "raise":
+            for r in out:
+                if isinstance(r, BaseException):
+                    raise r
+        return out
+
 
 class _Progress:
     """progress=True: a tqdm bar; a callable: (files_done, files_total, bytes_done),
@@ -396,3 +423,10 @@ def read_ranges_into(path, buffer, offsets, lengths, buffer_offsets=None, *, bac
     """Read byte ranges of one file into a buffer; see BatchReader.read_ranges_into."""
     return _shared_reader(backend, queue_depth, None, direct).read_ranges_into(
         path, buffer, offsets, lengths, buffer_offsets)
+
+
+def read_path_ranges(paths, offsets, lengths, *, on_error="raise", backend="auto",
+                     queue_depth=DEFAULT_QUEUE_DEPTH, workers=None, direct=False):
+    """Read byte ranges of many files; see BatchReader.read_path_ranges."""
+    return _shared_reader(backend, queue_depth, workers, direct).read_path_ranges(
+        paths, offsets, lengths, on_error=on_error)
