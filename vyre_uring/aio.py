@@ -110,6 +110,7 @@ class _RingEngine:
     queued (opens also wait for the fd budget); a callback scheduled once per loop
     iteration submits and reaps; the eventfd callback reaps the rest."""
     name = "io_uring"
+    api = None                                  # its LoopRing, once asked for
 
     def __init__(self, loop):
         from ._ring import Ring
@@ -275,8 +276,7 @@ class _RingEngine:
             return
         self._closing = True
         for call in {call for call, _ in self._calls.values()}:
-            call.abandon(RingClosedError("the event loop was closed with this call's "
-                                         "I/O in flight"))
+            call.orphan()
         try:
             while self._calls and self.ring.in_flight + self.ring.pending:
                 self.ring.submit()
@@ -292,6 +292,7 @@ class _ThreadEngine:
     """The same requests as plain syscalls on a thread pool, for where io_uring is
     blocked. Cancel withdraws a request not yet started; one running ends first."""
     name = "threads"
+    api = None
 
     def __init__(self, loop):
         self._pool = ThreadPoolExecutor(min(32, 4 * default_workers()),
@@ -348,8 +349,7 @@ class _ThreadEngine:
         if self.closed:
             return
         for call in {call for call, _ in self._owners.values()}:
-            call.abandon(RingClosedError("the event loop was closed with this call's "
-                                         "I/O in flight"))
+            call.orphan()
         self.closed = True
         self._pool.shutdown(wait=True)      # running requests end before the loop does
         for future in list(self._owners):
@@ -370,7 +370,7 @@ class _Ignore:
     def _done(self, item, res):
         pass
 
-    def abandon(self, error=None):
+    def orphan(self):
         pass
 
 
@@ -389,7 +389,7 @@ class _Call:
         self.live = set()               # the engine's tokens of outstanding requests
         self.stopping = False
         self.error = None
-        self._draining = False
+        self._draining = self._orphaned = False
         self._future = asyncio.get_running_loop().create_future()
 
     async def run(self):
@@ -428,6 +428,12 @@ class _Call:
             self.stopping = True
             self.engine.cancel(self)
 
+    def orphan(self):
+        """Stop because the loop is closing: nobody will run to see an outcome, so
+        none is set (its task is destroyed pending, as asyncio says)."""
+        self._orphaned = True
+        self.abandon()
+
     def _done(self, item, res):
         try:
             if self.stopping:
@@ -442,6 +448,8 @@ class _Call:
         if self.live or self._future.done():
             return
         self.release()
+        if self._orphaned:
+            return
         if self._draining:
             self._future.set_result(None)
         elif self.error is not None:
@@ -909,7 +917,10 @@ class LoopRing:
 
 def loop_ring():
     """The running loop's LoopRing (made on first use; one per loop)."""
-    return LoopRing(_engine())
+    engine = _engine()
+    if engine.api is None:
+        engine.api = LoopRing(engine)
+    return engine.api
 
 
 def _fd(fd):
