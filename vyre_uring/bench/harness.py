@@ -35,6 +35,7 @@ class Workload:
     contenders: list
     before: Optional[Callable[[], Optional[str]]] = None
     cache: set = field(default_factory=set)        # states before() reported
+    reference: str = REFERENCE                     # the contender ratios are against
 
     @property
     def runnable(self):
@@ -73,13 +74,13 @@ def summarize(values, reference=None):
     return out
 
 
-def summaries(results, workloads, reference=REFERENCE):
-    """{workload: {contender: summary}}; contenders that could not run appear with
-    {"not_available": why}."""
+def summaries(results, workloads):
+    """{workload: {contender: summary}}, ratios against each workload's reference;
+    contenders that could not run appear with {"not_available": why}."""
     out = {}
     for w in workloads:
         rows = results.get(w.name, {})
-        ref = rows.get(reference)
+        ref = rows.get(w.reference)
         out[w.name] = {name: summarize(vals, ref) for name, vals in rows.items()}
         for c in w.contenders:
             if c.run is None:
@@ -87,12 +88,13 @@ def summaries(results, workloads, reference=REFERENCE):
     return out
 
 
-def table(summary, workloads, reference=REFERENCE):
-    """The terminal table: one row per contender, grouped by workload."""
+def table(summary, workloads):
+    """The terminal table: one row per contender, grouped by workload; `vs ref` is
+    against C liburing unless a note under the table names another reference."""
     wname = max([8] + [len(w.name) for w in workloads])
     cname = max([9] + [len(c.name) for w in workloads for c in w.contenders])
     head = (f"{'workload':<{wname}}  {'contender':<{cname}}  {'unit':<8} {'min':>9} "
-            f"{'median':>9} {'max':>9}  {'vs C':>6}  {'best/best':>9}  "
+            f"{'median':>9} {'max':>9}  {'vs ref':>6}  {'best/best':>9}  "
             f"{'per round min/med/max':>21}")
     lines = [head, "-" * len(head)]
     for w in workloads:
@@ -108,6 +110,8 @@ def table(summary, workloads, reference=REFERENCE):
             lines.append(f"{w.name:<{wname}}  {name:<{cname}}  {w.unit:<8} "
                          f"{_rate(s['min'])} {_rate(s['median'])} {_rate(s['max'])}  "
                          f"{ratio:>6}  {best:>9}  {rounds:>21}")
+    lines += [f"  {w.name}: ratios against {w.reference}" for w in workloads
+              if w.reference != REFERENCE]
     return "\n".join(lines)
 
 
