@@ -13,6 +13,7 @@ import pytest
 from vyre_uring import aio
 
 from conftest import open_fds as _open_fds, run_under_seccomp
+from test_reader import make_tree
 
 GUARD = 0xA5
 
@@ -53,19 +54,9 @@ def run(new_loop, backend):
     return run
 
 
-def make_files(directory, sizes, seed=3):
-    rnd = random.Random(seed)
-    paths = []
-    for i, size in enumerate(sizes):
-        p = directory / f"f{i:05d}"
-        p.write_bytes(rnd.randbytes(size))
-        paths.append(str(p))
-    return paths
-
-
 def test_10000_concurrent_read_file_equal_the_sync_reads(run, tmp_path):
     rnd = random.Random(5)
-    paths = make_files(tmp_path, [rnd.choice([0, 1, 4096, 5000, 70_000]) for _ in range(10_000)])
+    paths = make_tree(tmp_path, [rnd.choice([0, 1, 4096, 5000, 70_000]) for _ in range(10_000)])
     before = open_fds()
 
     async def main():
@@ -76,7 +67,7 @@ def test_10000_concurrent_read_file_equal_the_sync_reads(run, tmp_path):
 
 
 def test_read_files_in_order_with_per_file_errors(run, tmp_path):
-    paths = make_files(tmp_path, [10, 0, 9000])
+    paths = make_tree(tmp_path, [10, 0, 9000])
     fifo = str(tmp_path / "fifo")
     os.mkfifo(fifo)
     bad = [str(tmp_path / "missing"), str(tmp_path), fifo, "nul\0byte"]
@@ -258,7 +249,7 @@ def test_cancelled_pipe_read_is_cancelled_in_the_kernel(run, pipe):
 
 
 def test_a_second_cancel_does_not_cut_the_drain_short(run, tmp_path):
-    paths = make_files(tmp_path, [4096] * 300)
+    paths = make_tree(tmp_path, [4096] * 300)
 
     async def main():
         aio.loop_ring()
@@ -280,7 +271,7 @@ def test_cancellation_at_random_moments_never_writes_after_cancelled_error(run, 
     but not reaped. A buffer seen at CancelledError is never written after; guard
     bytes are never written; every fd is closed."""
     size = 8192
-    paths = make_files(tmp_path, [size] * 64)
+    paths = make_tree(tmp_path, [size] * 64)
     rnd = random.Random(7)
     before = open_fds()
     seen = []
@@ -339,7 +330,7 @@ def test_cancellation_at_random_moments_never_writes_after_cancelled_error(run, 
 
 def test_loop_closed_with_io_in_flight_drains_it(new_loop, backend, tmp_path, pipe):
     r, w = pipe
-    paths = make_files(tmp_path, [4096] * 500)
+    paths = make_tree(tmp_path, [4096] * 500)
     buf, off = guarded(64)
     before = open_fds()
     loop = new_loop()
@@ -365,7 +356,7 @@ def test_loop_closed_with_io_in_flight_drains_it(new_loop, backend, tmp_path, pi
 
 
 def test_asyncio_run_with_io_in_flight_at_exit_drains_it(backend, tmp_path):
-    paths = make_files(tmp_path, [4096] * 500)
+    paths = make_tree(tmp_path, [4096] * 500)
     before = open_fds()
     tasks = []
 
@@ -384,7 +375,7 @@ def test_the_loop_stays_responsive_while_10000_files_are_read(run, backend, tmp_
         # Measured: gather() starts 10,000 tasks in one loop iteration, and handing
         # each request to the thread pool there stalls the loop for ~1.3 s here.
         pytest.skip("the thread-pool fallback is not responsive under 10,000 calls at once")
-    paths = make_files(tmp_path, [4096] * 10_000)
+    paths = make_tree(tmp_path, [4096] * 10_000)
 
     async def main():
         done = False

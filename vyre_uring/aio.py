@@ -42,7 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from ._files import OPEN_FLAGS, check_regular, path_error
 from ._ring import MAX_PIECE, UNSIZED_FIRST, check_ranges
 from .errors import RingClosedError, RingFullError, UringSyscallError
-from .reader import BACKEND_ENV, _int_list, _means_unavailable, _packed, default_workers
+from .reader import (BACKEND_ENV, _int_list, _means_unavailable, default_workers,
+                     ranges_into_args)
 
 __all__ = ["read_file", "read_files", "read_ranges", "read_ranges_into", "write_file",
            "open", "AsyncFile", "LoopRing", "loop_ring", "fallback_reason"]
@@ -689,15 +690,8 @@ async def read_file(path):
 async def read_ranges_into(path, buffer, offsets, lengths, buffer_offsets=None):
     """pread each range of `path` into the writable `buffer`; returns the bytes read
     per range (fewer past EOF). buffer_offsets=None packs the ranges."""
-    offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
-    if buffer_offsets is None:
-        buffer_offsets = _packed(lengths)
-    buffer_offsets = _int_list(buffer_offsets, "buffer_offsets")
-    with memoryview(buffer) as view:
-        if view.readonly:
-            raise TypeError(f"buffer must be writable (bytearray, mmap, numpy array), "
-                            f"not a read-only {type(buffer).__name__}")
-        check_ranges(offsets, lengths, buffer_offsets, view.nbytes)
+    offsets, lengths, buffer_offsets = ranges_into_args(buffer, offsets, lengths,
+                                                        buffer_offsets)
     async with open(path, "rb") as f:
         return await _Ranges(f.engine, f.fileno(), [buffer] * len(offsets),
                              list(buffer_offsets), list(offsets), list(lengths)).run()
