@@ -1,6 +1,11 @@
 """Shared fixtures for the vyre_uring tests."""
+import json
 import os
+import platform
 import random
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -124,3 +129,54 @@ def limit_leaving_free(free):
         for f in probes:
             os.close(f)
     return probes[-1]
+
+
+# Installs a seccomp filter that fails io_uring_setup with errno sys.argv[1]; the
+# body run after it prints a JSON object whose "setup" is "ok".
+SECCOMP_FILTER = textwrap.dedent("""
+    import ctypes, json, sys
+    ERR = int(sys.argv[1])
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8),
+                    ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
+    prog = [
+        (BPF_LD_W_ABS, 0, 0, 4),              # seccomp_data.arch
+        (BPF_JEQ_K, 0, 3, 0xC000003E),        # AUDIT_ARCH_X86_64, else allow
+        (BPF_LD_W_ABS, 0, 0, 0),              # seccomp_data.nr
+        (BPF_JEQ_K, 0, 1, 425),               # io_uring_setup
+        (BPF_RET_K, 0, 0, 0x00050000 | ERR),  # SECCOMP_RET_ERRNO | ERR
+        (BPF_RET_K, 0, 0, 0x7FFF0000),        # SECCOMP_RET_ALLOW
+    ]
+    filters = (SockFilter * len(prog))(*[SockFilter(*i) for i in prog])
+    fprog = SockFprog(len(prog), filters)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                           ctypes.c_ulong]
+    if libc.prctl(38, 1, 0, 0, 0) != 0:                       # PR_SET_NO_NEW_PRIVS
+        print(json.dumps({"setup": "no_new_privs errno %d" % ctypes.get_errno()}))
+        sys.exit(0)
+    if libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0) != 0:  # SECCOMP_MODE_FILTER
+        print(json.dumps({"setup": "seccomp errno %d" % ctypes.get_errno()}))
+        sys.exit(0)
+""")
+
+
+def run_under_seccomp(body, err):
+    """Run the Python source `body` in a child whose io_uring_setup fails with `err`
+    (a seccomp filter); returns the JSON object it printed. Skips where no filter
+    can be installed."""
+    if platform.machine() != "x86_64":
+        pytest.skip("the seccomp filter is written for x86_64 (io_uring_setup = 425)")
+    r = subprocess.run([sys.executable, "-c", SECCOMP_FILTER + textwrap.dedent(body),
+                        str(err)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    if out["setup"] != "ok":
+        pytest.skip(f"cannot install a seccomp filter here: {out['setup']}")
+    return out

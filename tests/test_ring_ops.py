@@ -786,3 +786,30 @@ def test_cq_entries_bounds_outstanding(fd):
         assert r.sq_entries == 4 and r.cq_entries == 16
         assert r.prep_nops(array.array("Q", range(40))) == 16
         assert sorted(collect(r, 16)) == list(range(16))
+
+
+def test_register_eventfd_signals_completions_and_refuses_a_second(ring):
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        ring.register_eventfd(efd)
+        with pytest.raises(vyre_uring.UringSyscallError, match="EBUSY"):
+            ring.register_eventfd(efd)
+        ring.prep_nop(user_data=7)
+        ring.submit()
+        assert os.eventfd_read(efd) >= 1
+        assert [c.user_data for c in ring.completions()] == [7]
+        ring.unregister_eventfd()
+        ring.prep_nop(user_data=8)
+        ring.submit()
+        assert [c.user_data for c in ring.wait(timeout=5)] == [8]
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(efd)        # no longer signalled
+    finally:
+        os.close(efd)
+
+
+def test_register_eventfd_refuses_what_is_not_an_eventfd(ring, fd):
+    with pytest.raises(vyre_uring.UringSyscallError, match="must be an open eventfd"):
+        ring.register_eventfd(fd)
+    with pytest.raises(OverflowError):
+        ring.register_eventfd(-1)

@@ -2,12 +2,8 @@
 saying why and what to do, and check() reports it; every syscall error names the
 syscall, the errno and a fix."""
 import errno
-import json
 import os
 import pickle
-import platform
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -15,7 +11,7 @@ import pytest
 import vyre_uring
 from vyre_uring import Ring, UringSyscallError, UringUnavailableError
 
-from conftest import run_as_nobody
+from conftest import run_as_nobody, run_under_seccomp
 
 SYSCTL = "/proc/sys/kernel/io_uring_disabled"
 
@@ -151,36 +147,6 @@ def test_disabled_0_allows_unprivileged_user(io_uring_disabled):
 # ---- seccomp -----------------------------------------------------------------------
 
 SECCOMP_CHILD = textwrap.dedent("""
-    import ctypes, json, sys
-    ERR = int(sys.argv[1])
-
-    class SockFilter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8),
-                    ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
-
-    BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
-    prog = [
-        (BPF_LD_W_ABS, 0, 0, 4),              # seccomp_data.arch
-        (BPF_JEQ_K, 0, 3, 0xC000003E),        # AUDIT_ARCH_X86_64, else allow
-        (BPF_LD_W_ABS, 0, 0, 0),              # seccomp_data.nr
-        (BPF_JEQ_K, 0, 1, 425),               # io_uring_setup
-        (BPF_RET_K, 0, 0, 0x00050000 | ERR),  # SECCOMP_RET_ERRNO | ERR
-        (BPF_RET_K, 0, 0, 0x7FFF0000),        # SECCOMP_RET_ALLOW
-    ]
-    filters = (SockFilter * len(prog))(*[SockFilter(*i) for i in prog])
-    fprog = SockFprog(len(prog), filters)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                           ctypes.c_ulong]
-    if libc.prctl(38, 1, 0, 0, 0) != 0:                       # PR_SET_NO_NEW_PRIVS
-        print(json.dumps({"setup": "no_new_privs errno %d" % ctypes.get_errno()}))
-        sys.exit(0)
-    if libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0) != 0:  # SECCOMP_MODE_FILTER
-        print(json.dumps({"setup": "seccomp errno %d" % ctypes.get_errno()}))
-        sys.exit(0)
     out = {"setup": "ok"}
     import vyre_uring
     try:
@@ -208,15 +174,7 @@ SECCOMP_CHILD = textwrap.dedent("""
 
 
 def _run_seccomp_child(err):
-    if platform.machine() != "x86_64":
-        pytest.skip("the seccomp filter is written for x86_64 (io_uring_setup = 425)")
-    r = subprocess.run([sys.executable, "-c", SECCOMP_CHILD, str(err)], capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    if out["setup"] != "ok":
-        pytest.skip(f"cannot install a seccomp filter here: {out['setup']}")
-    return out
+    return run_under_seccomp(SECCOMP_CHILD, err)
 
 
 @pytest.mark.parametrize("err", [errno.EPERM, errno.ENOSYS], ids=["EPERM", "ENOSYS"])

@@ -247,7 +247,8 @@ def try_setup():
 cdef tuple _RESTRICTED_REGISTER_OPS = (
     IORING_REGISTER_BUFFERS, IORING_UNREGISTER_BUFFERS, IORING_REGISTER_FILES,
     IORING_UNREGISTER_FILES, IORING_REGISTER_FILES_UPDATE, IORING_REGISTER_PROBE,
-    IORING_REGISTER_RING_FDS, IORING_UNREGISTER_RING_FDS)
+    IORING_REGISTER_RING_FDS, IORING_UNREGISTER_RING_FDS, IORING_REGISTER_EVENTFD,
+    IORING_UNREGISTER_EVENTFD)
 
 
 cdef bytes _allowed_ops(object ops):
@@ -1908,6 +1909,38 @@ cdef class Ring:
             if ret < 0:
                 raise syscall_error("io_uring_register(UNREGISTER_FILES)", -ret)
             self._reg_file_count = 0
+        finally:
+            self._leave_api()
+
+    def register_eventfd(self, fd):
+        """Have the kernel signal eventfd `fd` (os.eventfd) each time it posts a
+        completion (IORING_REGISTER_EVENTFD), so that an event loop can watch for
+        completions among its other fds. A signal may come for a completion that
+        was already reaped: read the counter, then reap whatever is there. One
+        eventfd per ring; the ring neither owns nor closes it."""
+        cdef int64_t f = _i64_arg(fd, "fd")
+        cdef int32_t efd
+        cdef int ret
+        self._enter_api()
+        try:
+            self._check_fd(f, 0)
+            efd = <int32_t>f
+            ret = vy_io_uring_register(self._fd, IORING_REGISTER_EVENTFD, &efd, 1)
+            if ret < 0:
+                raise syscall_error("io_uring_register(REGISTER_EVENTFD)", -ret,
+                                    None if ret == -EBUSY else
+                                    f"fd {f} must be an open eventfd (os.eventfd)")
+        finally:
+            self._leave_api()
+
+    def unregister_eventfd(self):
+        """Stop signalling the eventfd given to register_eventfd."""
+        cdef int ret
+        self._enter_api()
+        try:
+            ret = vy_io_uring_register(self._fd, IORING_UNREGISTER_EVENTFD, NULL, 0)
+            if ret < 0:
+                raise syscall_error("io_uring_register(UNREGISTER_EVENTFD)", -ret)
         finally:
             self._leave_api()
 

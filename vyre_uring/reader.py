@@ -211,15 +211,8 @@ class BatchReader:
     def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets=None):
         """pread each range into the caller's writable buffer; returns the bytes read
         per range (fewer than asked past EOF). buffer_offsets=None packs the ranges."""
-        offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
-        if buffer_offsets is None:
-            buffer_offsets = _packed(lengths)
-        buffer_offsets = _int_list(buffer_offsets, "buffer_offsets")
-        with memoryview(buffer) as view:
-            if view.readonly:
-                raise TypeError(f"buffer must be writable (bytearray, mmap, numpy array), "
-                                f"not a read-only {type(buffer).__name__}")
-            check_ranges(offsets, lengths, buffer_offsets, view.nbytes)
+        offsets, lengths, buffer_offsets = ranges_into_args(buffer, offsets, lengths,
+                                                            buffer_offsets)
         got = self._current().read_ranges_into(os.fspath(path), buffer, offsets, lengths,
                                                buffer_offsets)
         self._count(0, sum(got))
@@ -361,6 +354,21 @@ def _int_list(values, name):
         return array.array("q", values)
     except (TypeError, OverflowError) as exc:
         raise TypeError(f"{name} must be a sequence of ints: {exc}") from None
+
+
+def ranges_into_args(buffer, offsets, lengths, buffer_offsets):
+    """read_ranges_into's arguments checked against `buffer` (writable, every range
+    inside it), as the caller's own int64 arrays: (offsets, lengths, buffer_offsets)."""
+    offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
+    if buffer_offsets is None:
+        buffer_offsets = _packed(lengths)
+    buffer_offsets = _int_list(buffer_offsets, "buffer_offsets")
+    with memoryview(buffer) as view:
+        if view.readonly:
+            raise TypeError(f"buffer must be writable (bytearray, mmap, numpy array), "
+                            f"not a read-only {type(buffer).__name__}")
+        check_ranges(offsets, lengths, buffer_offsets, view.nbytes)
+    return offsets, lengths, buffer_offsets
 
 
 def _packed(lengths):

@@ -35,7 +35,7 @@ def add_arguments(p):
                         "core count (default: 1 and the core count)")
     p.add_argument("--only", nargs="+", metavar="TEXT",
                    help="run only the workloads whose names contain one of these "
-                        "(e.g. nop, random, sequential, small, direct)")
+                        "(e.g. nop, random, sequential, small, direct, aio)")
     p.add_argument("--dir", metavar="DIR",
                    help="where to make the temporary data (default: the system's "
                         "temporary directory); its filesystem decides O_DIRECT")

@@ -20,6 +20,7 @@ import vyre_uring
 from vyre_uring.buffers import alloc_buffer
 
 from . import cache, native
+from .async_workloads import async_workloads
 from .harness import REFERENCE, Contender, Workload
 
 
@@ -122,7 +123,7 @@ def build(data, sizes, workdir, only=None, workers=None):
                    workers or worker_counts(), [], {})
     workloads = (_nop_workloads(ctx) + _random_workloads(ctx) + _sequential_workloads(ctx)
                  + _small_file_workloads(ctx) + _direct_workloads(ctx)
-                 + _checksum_workloads(ctx))
+                 + _checksum_workloads(ctx) + async_workloads(ctx))
     if only:
         workloads = [w for w in workloads if any(o in w.name for o in only)]
     return workloads, ctx
