@@ -1537,8 +1537,11 @@ cdef class Ring:
         bad = _first_bad_range(b, self._reg_file_count, self._reg_buffers,
                                self._reg_buffer_count, &why)
         if bad >= 0:
-            raise ValueError(_batch_error(b, bad, why, self._reg_file_count,
-                                          self._reg_buffer_count))
+            # A value outside its argument's range, as the per-request methods say it.
+            error = ArgumentRangeError if why in (BAD_OFFSET, BAD_LENGTH, BAD_BUFFER_OFFSET) \
+                else ValueError
+            raise error(_batch_error(b, bad, why, self._reg_file_count,
+                                     self._reg_buffer_count))
         return 0
 
     cdef Py_ssize_t _fill_loop(self, ReadBatch *reads, PathBatch *paths, Py_ssize_t n,
