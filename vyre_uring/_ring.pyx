@@ -328,6 +328,23 @@ cdef class Ring:
     arguments are never truncated: a non-integer is a TypeError, and a value
     outside the argument's range an ArgumentRangeError (an OverflowError and a
     ValueError) naming it. A request the kernel fails completes with res = -errno.
+
+    Prep methods (one request each) return None. They raise TypeError or
+    ArgumentRangeError for an argument of the wrong type or range, ValueError for
+    one the ring cannot use (a fixed-file slot or buf_index outside what is
+    registered, a range outside the buffer), RingFullError when as many requests
+    are outstanding as the CQ holds (reap first), and the errors above; nothing is
+    prepared when they raise.
+
+    Batch methods (prep_nops, prep_reads, prep_read_fixed_batch,
+    prep_openat_batch, prep_statx_batch, prep_close_batch) return how many requests
+    they prepared, in order from the first: fewer than asked (possibly 0) when the
+    CQ's capacity is reached; reap, then prepare the rest. They raise TypeError for
+    an argument that is not an integer array (bytes, bytearray and str are
+    refused), ValueError when the arrays' lengths differ, ArgumentRangeError or
+    ValueError naming the first bad element, RingFullError for a linked batch that
+    could not fit the SQ, and the errors above. A batch is checked whole before any
+    of it is prepared: when it raises, nothing is.
     """
     cdef int _fd
     cdef int _busy
@@ -1148,11 +1165,8 @@ cdef class Ring:
         """Prepare a request that does nothing and completes with res 0: a way to test the
         ring, or to end a linked chain.
 
-        Returns None. Raises TypeError or ArgumentRangeError (an OverflowError and a
-        ValueError) for an argument of the wrong type or range, ValueError for one the
-        ring cannot use, RingFullError when as many requests are outstanding as the CQ
-        holds, and the errors common to every method (see Ring). Nothing is prepared
-        when it raises.
+        Returns None. Raises as every prep method does (see Ring); nothing is prepared
+        then.
         """
         cdef uint64_t ud = _u64_arg(user_data, "user_data")
         cdef uint8_t fl = _u8_arg(flags, "flags")
@@ -1195,19 +1209,13 @@ cdef class Ring:
         """Prepare one write of `nbytes` bytes (default: the rest of `buf`) from
         `buf[buf_offset:]` to `fd` at `offset`.
 
-        `offset` is a file offset, or -1 for the file position: the request then reads
-        or writes at the file's current position and advances it, as read(2)/write(2) do
-        (requests using it run in submission order only when linked). Any other negative
-        offset raises ArgumentRangeError. Returns None; the completion's `res` is the
-        byte count written or -errno.
+        `offset`: as in prep_read (>= 0, or -1 for the file position). Returns None; the
+        completion's `res` is the byte count written or -errno.
 
         Holds: `buf` stays exported from this call until the completion is reaped or the
         ring is closed: a bytearray cannot be resized meanwhile.
 
-        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
-        an argument of the wrong type or range, ValueError for one the ring cannot use,
-        RingFullError when as many requests are outstanding as the CQ holds, and the
-        errors common to every method (see Ring). Nothing is prepared when it raises.
+        Raises as every prep method does (see Ring); nothing is prepared then.
         """
         self._prep_rw(IORING_OP_WRITE, _i64_arg(fd, "fd"), buf, _offset_arg(offset), nbytes,
                       buf_offset, _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), False)
@@ -1243,20 +1251,14 @@ cdef class Ring:
         """Prepare one scatter read (READV) from `fd` at `offset`, filling each writable
         buffer of `buffers` (1 to 1024 of them) in turn.
 
-        `offset` is a file offset, or -1 for the file position: the request then reads
-        or writes at the file's current position and advances it, as read(2)/write(2) do
-        (requests using it run in submission order only when linked). Any other negative
-        offset raises ArgumentRangeError. Returns None; the completion's `res` is the
-        total byte count read or -errno.
+        `offset`: as in prep_read (>= 0, or -1 for the file position). Returns None; the
+        completion's `res` is the total byte count read or -errno.
 
         Holds: every buffer of `buffers` stays exported, and the iovec array is kept,
         until the completion is reaped or the ring is closed.
 
-        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
-        an argument of the wrong type or range, ValueError for one the ring cannot use,
-        RingFullError when as many requests are outstanding as the CQ holds, and the
-        errors common to every method (see Ring). Nothing is prepared when it raises. A
-        read-only buffer is a TypeError naming it (`buffers[i]`).
+        Raises as every prep method does (see Ring); nothing is prepared then. A read-
+        only buffer is a TypeError naming it (`buffers[i]`).
         """
         self._prep_rwv(IORING_OP_READV, _i64_arg(fd, "fd"), buffers, _offset_arg(offset),
                        _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), True)
@@ -1266,19 +1268,13 @@ cdef class Ring:
         """Prepare one gather write (WRITEV) to `fd` at `offset` of each buffer of
         `buffers` (1 to 1024 of them) in turn.
 
-        `offset` is a file offset, or -1 for the file position: the request then reads
-        or writes at the file's current position and advances it, as read(2)/write(2) do
-        (requests using it run in submission order only when linked). Any other negative
-        offset raises ArgumentRangeError. Returns None; the completion's `res` is the
-        total byte count written or -errno.
+        `offset`: as in prep_read (>= 0, or -1 for the file position). Returns None; the
+        completion's `res` is the total byte count written or -errno.
 
         Holds: every buffer of `buffers` stays exported until the completion is reaped
         or the ring is closed.
 
-        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
-        an argument of the wrong type or range, ValueError for one the ring cannot use,
-        RingFullError when as many requests are outstanding as the CQ holds, and the
-        errors common to every method (see Ring). Nothing is prepared when it raises.
+        Raises as every prep method does (see Ring); nothing is prepared then.
         """
         self._prep_rwv(IORING_OP_WRITEV, _i64_arg(fd, "fd"), buffers, _offset_arg(offset),
                        _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), False)
@@ -1322,19 +1318,13 @@ cdef class Ring:
         `buf_index` (see register_buffers) at `buf_offset`, with no page pinning per
         request.
 
-        `offset` is a file offset, or -1 for the file position: the request then reads
-        or writes at the file's current position and advances it, as read(2)/write(2) do
-        (requests using it run in submission order only when linked). Any other negative
-        offset raises ArgumentRangeError. Returns None; the completion's `res` is the
-        byte count read or -errno.
+        `offset`: as in prep_read (>= 0, or -1 for the file position). Returns None; the
+        completion's `res` is the byte count read or -errno.
 
         Holds: the registered buffers stay registered and exported until the completion
         is reaped, even if unregister_buffers() is called meanwhile.
 
-        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
-        an argument of the wrong type or range, ValueError for one the ring cannot use,
-        RingFullError when as many requests are outstanding as the CQ holds, and the
-        errors common to every method (see Ring). Nothing is prepared when it raises. A
+        Raises as every prep method does (see Ring); nothing is prepared then. A
         `buf_index` outside the registered buffers, or a range past the end of that
         buffer, is a ValueError.
         """
@@ -1347,19 +1337,13 @@ cdef class Ring:
         """Prepare one write of `nbytes` from registered buffer `buf_index` at `buf_offset`
         to `fd` at `offset`.
 
-        `offset` is a file offset, or -1 for the file position: the request then reads
-        or writes at the file's current position and advances it, as read(2)/write(2) do
-        (requests using it run in submission order only when linked). Any other negative
-        offset raises ArgumentRangeError. Returns None; the completion's `res` is the
-        byte count written or -errno.
+        `offset`: as in prep_read (>= 0, or -1 for the file position). Returns None; the
+        completion's `res` is the byte count written or -errno.
 
         Holds: the registered buffers stay exported until the completion is reaped, even
         if unregister_buffers() is called meanwhile.
 
-        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
-        an argument of the wrong type or range, ValueError for one the ring cannot use,
-        RingFullError when as many requests are outstanding as the CQ holds, and the
-        errors common to every method (see Ring). Nothing is prepared when it raises.
+        Raises as every prep method does (see Ring); nothing is prepared then.
         """
         self._prep_fixed(IORING_OP_WRITE_FIXED, _i64_arg(fd, "fd"), _i64_arg(buf_index, "buf_index"),
                          _offset_arg(offset), nbytes, buf_offset,
@@ -1406,12 +1390,9 @@ cdef class Ring:
 
         Holds: a private copy of the path until the completion is reaped.
 
-        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
-        an argument of the wrong type or range, ValueError for one the ring cannot use,
-        RingFullError when as many requests are outstanding as the CQ holds, and the
-        errors common to every method (see Ring). Nothing is prepared when it raises. A
-        path with a NUL byte is a ValueError; `file_index` without a registered file
-        table, or outside it, is a ValueError.
+        Raises as every prep method does (see Ring); nothing is prepared then. A path
+        with a NUL byte is a ValueError; `file_index` without a registered file table,
+        or outside it, is a ValueError.
         """
         cdef bytes b = _path_bytes(path)
         cdef uint32_t open_flags = _u32_arg(flags, "flags")
@@ -1456,10 +1437,7 @@ cdef class Ring:
         """Prepare close(2) of `fd`, or with fixed=True of the direct descriptor in slot
         `fd` of the registered file table. Returns None; res is 0 or -errno.
 
-        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
-        an argument of the wrong type or range, ValueError for one the ring cannot use,
-        RingFullError when as many requests are outstanding as the CQ holds, and the
-        errors common to every method (see Ring). Nothing is prepared when it raises.
+        Raises as every prep method does (see Ring); nothing is prepared then.
         """
         cdef int64_t f = _i64_arg(fd, "fd")
         cdef uint64_t ud = _u64_arg(user_data, "user_data")
@@ -1489,10 +1467,7 @@ cdef class Ring:
 
         Holds: the path's bytes and `statx_buf` until the completion is reaped.
 
-        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
-        an argument of the wrong type or range, ValueError for one the ring cannot use,
-        RingFullError when as many requests are outstanding as the CQ holds, and the
-        errors common to every method (see Ring). Nothing is prepared when it raises.
+        Raises as every prep method does (see Ring); nothing is prepared then.
         """
         cdef bytes b = _path_bytes(path)
         cdef uint32_t at_flags = _u32_arg(flags, "flags")
@@ -1518,10 +1493,7 @@ cdef class Ring:
         """Prepare fsync(2) of `fd`, or fdatasync(2) with datasync=True. Returns None; res
         is 0 or -errno. Link it after writes (SQE_IO_LINK) to have it wait for them.
 
-        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
-        an argument of the wrong type or range, ValueError for one the ring cannot use,
-        RingFullError when as many requests are outstanding as the CQ holds, and the
-        errors common to every method (see Ring). Nothing is prepared when it raises.
+        Raises as every prep method does (see Ring); nothing is prepared then.
         """
         cdef int64_t f = _i64_arg(fd, "fd")
         cdef uint64_t ud = _u64_arg(user_data, "user_data")
@@ -1543,11 +1515,8 @@ cdef class Ring:
         timer. Returns None. The timespec lives in the ring until the completion is
         reaped.
 
-        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
-        an argument of the wrong type or range, ValueError for one the ring cannot use,
-        RingFullError when as many requests are outstanding as the CQ holds, and the
-        errors common to every method (see Ring). Nothing is prepared when it raises.
-        `seconds` must be a number >= 0 and finite.
+        Raises as every prep method does (see Ring); nothing is prepared then. `seconds`
+        must be a number >= 0 and finite.
         """
         cdef uint32_t n = _u32_arg(count, "count")
         cdef uint64_t ud = _u64_arg(user_data, "user_data")
@@ -1580,10 +1549,7 @@ cdef class Ring:
         then completes with -ECANCELED), -ENOENT when no such request was found, and
         -EALREADY when it was already running.
 
-        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
-        an argument of the wrong type or range, ValueError for one the ring cannot use,
-        RingFullError when as many requests are outstanding as the CQ holds, and the
-        errors common to every method (see Ring). Nothing is prepared when it raises.
+        Raises as every prep method does (see Ring); nothing is prepared then.
         """
         cdef uint64_t target = _u64_arg(target_user_data, "target_user_data")
         cdef uint64_t ud = _u64_arg(user_data, "user_data")
@@ -1631,17 +1597,11 @@ cdef class Ring:
         """Prepare one NOP per element of `user_data` (a 1-D integer array: array.array,
         numpy array or a sequence of ints), each completing with res 0.
 
-        Returns how many requests were prepared, in order from the first: fewer than
-        asked (possibly 0) when the completion queue's capacity is reached; reap, then
-        prepare the rest. When the SQ fills, what is prepared is submitted first (never
-        part of a linked chain).
+        Returns how many requests were prepared: fewer than asked when the CQ's capacity
+        is reached (see Ring).
 
-        Raises TypeError for an argument that is not an integer array (bytes, bytearray
-        and str are refused), ValueError when the arrays' lengths differ, and
-        ArgumentRangeError or ValueError naming the first bad element (`range i`, with
-        its values); RingFullError for a linked batch (SQE_IO_LINK) that could not fit
-        the SQ; and the errors common to every method (see Ring). The whole batch is
-        checked before any of it is prepared: when it raises, nothing is.
+        Raises as every batch method does (see Ring), naming the first bad element;
+        nothing is prepared then.
         """
         cdef IntCopy ud
         cdef Py_ssize_t done = 0
@@ -1728,21 +1688,15 @@ cdef class Ring:
         buffer_offsets[i] (default: the start of that buffer). Offsets follow
         prep_reads: >= 0, or -1 for the file position.
 
-        Returns how many requests were prepared, in order from the first: fewer than
-        asked (possibly 0) when the completion queue's capacity is reached; reap, then
-        prepare the rest. When the SQ fills, what is prepared is submitted first (never
-        part of a linked chain).
+        Returns how many requests were prepared: fewer than asked when the CQ's capacity
+        is reached (see Ring).
 
         Holds: the registered buffers stay exported until every prepared range's
         completion is reaped, even if unregister_buffers() is called meanwhile.
 
-        Raises TypeError for an argument that is not an integer array (bytes, bytearray
-        and str are refused), ValueError when the arrays' lengths differ, and
-        ArgumentRangeError or ValueError naming the first bad element (`range i`, with
-        its values); RingFullError for a linked batch (SQE_IO_LINK) that could not fit
-        the SQ; and the errors common to every method (see Ring). The whole batch is
-        checked before any of it is prepared: when it raises, nothing is. A buf_index
-        outside the registered buffers is a ValueError.
+        Raises as every batch method does (see Ring), naming the first bad element;
+        nothing is prepared then. A buf_index outside the registered buffers is a
+        ValueError.
         """
         return self._prep_batch(IORING_OP_READ_FIXED, fd, buf_index, offsets, lengths,
                                 buffer_offsets, user_data, _u8_arg(flags, "flags"))
@@ -1850,20 +1804,13 @@ cdef class Ring:
         slots of the registered file table instead (direct descriptors). user_data=None
         numbers them 0..n-1.
 
-        Returns how many requests were prepared, in order from the first: fewer than
-        asked (possibly 0) when the completion queue's capacity is reached; reap, then
-        prepare the rest. When the SQ fills, what is prepared is submitted first (never
-        part of a linked chain).
+        Returns how many requests were prepared: fewer than asked when the CQ's capacity
+        is reached (see Ring).
 
         Holds: private copies of the paths until every prepared completion is reaped.
 
-        Raises TypeError for an argument that is not an integer array (bytes, bytearray
-        and str are refused), ValueError when the arrays' lengths differ, and
-        ArgumentRangeError or ValueError naming the first bad element (`range i`, with
-        its values); RingFullError for a linked batch (SQE_IO_LINK) that could not fit
-        the SQ; and the errors common to every method (see Ring). The whole batch is
-        checked before any of it is prepared: when it raises, nothing is. A path with a
-        NUL byte is a ValueError.
+        Raises as every batch method does (see Ring), naming the first bad element;
+        nothing is prepared then. A path with a NUL byte is a ValueError.
         """
         cdef PathBatch b
         cdef tuple t = _paths_tuple(paths)
@@ -1884,19 +1831,13 @@ cdef class Ring:
         -errno; read results (results.sizes(), results.modes()) after the completions
         are reaped. user_data=None numbers them 0..n-1.
 
-        Returns how many requests were prepared, in order from the first: fewer than
-        asked (possibly 0) when the completion queue's capacity is reached; reap, then
-        prepare the rest. When the SQ fills, what is prepared is submitted first (never
-        part of a linked chain).
+        Returns how many requests were prepared: fewer than asked when the CQ's capacity
+        is reached (see Ring).
 
         Holds: the paths' bytes and `results` until every prepared completion is reaped.
 
-        Raises TypeError for an argument that is not an integer array (bytes, bytearray
-        and str are refused), ValueError when the arrays' lengths differ, and
-        ArgumentRangeError or ValueError naming the first bad element (`range i`, with
-        its values); RingFullError for a linked batch (SQE_IO_LINK) that could not fit
-        the SQ; and the errors common to every method (see Ring). The whole batch is
-        checked before any of it is prepared: when it raises, nothing is.
+        Raises as every batch method does (see Ring), naming the first bad element;
+        nothing is prepared then.
         """
         cdef PathBatch b
         cdef tuple t = _paths_tuple(paths)
@@ -1915,17 +1856,11 @@ cdef class Ring:
         those slots of the registered file table. user_data=None numbers them 0..n-1;
         res is 0 or -errno.
 
-        Returns how many requests were prepared, in order from the first: fewer than
-        asked (possibly 0) when the completion queue's capacity is reached; reap, then
-        prepare the rest. When the SQ fills, what is prepared is submitted first (never
-        part of a linked chain).
+        Returns how many requests were prepared: fewer than asked when the CQ's capacity
+        is reached (see Ring).
 
-        Raises TypeError for an argument that is not an integer array (bytes, bytearray
-        and str are refused), ValueError when the arrays' lengths differ, and
-        ArgumentRangeError or ValueError naming the first bad element (`range i`, with
-        its values); RingFullError for a linked batch (SQE_IO_LINK) that could not fit
-        the SQ; and the errors common to every method (see Ring). The whole batch is
-        checked before any of it is prepared: when it raises, nothing is.
+        Raises as every batch method does (see Ring), naming the first bad element;
+        nothing is prepared then.
         """
         cdef PathBatch b
         memset(&b, 0, sizeof(PathBatch))
