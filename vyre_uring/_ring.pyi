@@ -2,22 +2,19 @@
 # checkers and IDEs read in place of the extension. The docstrings live in the
 # module itself (help(vyre_uring.Ring)); tests/test_typing.py checks this stub
 # against it with mypy's stubtest.
-import os
 from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
 from queue import SimpleQueue
 from types import TracebackType
 from typing import Any, Final, Optional, Union, final
 
-from typing_extensions import Buffer, Self, TypeAlias
+from typing_extensions import Self, TypeAlias
+
+from ._typing import Buffer
+from ._typing import IntArray as _IntArray
+from ._typing import PathArg as _Path
 
 __all__ = ["Ring", "Completion", "Statx", "StatxArray", "Op", "try_setup"]
-
-# A path as os.open takes it.
-_Path: TypeAlias = Union[str, bytes, os.PathLike[str], os.PathLike[bytes]]
-# A 1-D array of integers: an array.array, a numpy array, a memoryview of one, or a
-# sequence of ints (bytes, bytearray and str are refused at run time).
-_IntArray: TypeAlias = Union[Buffer, Sequence[int]]
 
 class Op(IntEnum):
     NOP = 0
