@@ -5,6 +5,7 @@ import platform
 import random
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -12,6 +13,86 @@ import pytest
 import vyre_uring
 
 TMP_FILE_SIZE = 1 << 20
+
+SYSCTL = "/proc/sys/kernel/io_uring_disabled"
+# Flipping the sysctl disables io_uring for every process on the host while a test
+# runs, so it is opt-in (.ci/run opts in); by default the seccomp tests of
+# test_unavailable.py cover the same diagnosis inside one child process.
+SYSCTL_OPT_IN = "VYRE_URING_TEST_SYSCTL"
+# "<original value> <pid>" while a run has the sysctl changed: a run killed before it
+# could restore the value leaves this behind, and the next run restores it. /run is
+# cleared at boot, as is the sysctl.
+SYSCTL_STATE = os.path.join("/run" if os.path.isdir("/run") else tempfile.gettempdir(),
+                            "vyre_uring-tests-io_uring_disabled")
+
+
+def read_sysctl(path=SYSCTL):
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+def write_sysctl(value, path=SYSCTL):
+    with open(path, "w") as f:
+        f.write(f"{value}\n")
+
+
+def restore_sysctl_left_by_a_killed_run(state=SYSCTL_STATE, sysctl=SYSCTL):
+    """Put back the value a run saved before changing the sysctl, unless that run
+    is still going; returns the value restored, or None."""
+    try:
+        with open(state) as f:
+            value, pid = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+        return None                    # still running: it restores the value itself
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return None                    # alive, owned by another user
+    write_sysctl(value, sysctl)
+    os.unlink(state)
+    return value
+
+
+def pytest_sessionstart(session):
+    if os.path.exists(SYSCTL_STATE):
+        value = restore_sysctl_left_by_a_killed_run()
+        if value is not None:
+            print(f"\nrestored kernel.io_uring_disabled = {value}, left changed by a run "
+                  f"that was killed")
+
+
+@pytest.fixture
+def io_uring_disabled():
+    """set(value): write kernel.io_uring_disabled, machine-wide; the old value is
+    restored after the test (or, should the run be killed, by the next run). Runs
+    only when VYRE_URING_TEST_SYSCTL=1, as root, on Linux 6.6 or newer."""
+    if os.environ.get(SYSCTL_OPT_IN) != "1":
+        pytest.skip(f"changes kernel.io_uring_disabled for the whole machine: opt in with "
+                    f"{SYSCTL_OPT_IN}=1 (the seccomp tests cover the same diagnosis)")
+    if not os.path.exists(SYSCTL):
+        pytest.skip(f"{SYSCTL} is missing (kernel older than 6.6)")
+    if os.geteuid() != 0:
+        pytest.skip("changing kernel.io_uring_disabled needs root")
+    old = read_sysctl()
+    try:
+        write_sysctl(old)
+    except OSError as e:
+        pytest.skip(f"{SYSCTL} is not writable here: {e}")
+    with open(SYSCTL_STATE, "w") as f:
+        f.write(f"{old} {os.getpid()}\n")
+
+    def set_value(value):
+        write_sysctl(value)
+        assert read_sysctl() == value
+
+    try:
+        yield set_value
+    finally:
+        write_sysctl(old)
+        os.unlink(SYSCTL_STATE)
 
 
 @pytest.fixture

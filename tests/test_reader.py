@@ -22,7 +22,6 @@ from vyre_uring import reader as reader_module
 
 from conftest import direct_supported, open_fds, run_as_nobody
 
-SYSCTL = "/proc/sys/kernel/io_uring_disabled"
 
 
 @pytest.fixture(params=["io_uring", "threads"])
@@ -203,22 +202,10 @@ def test_bad_arguments(tmp_path):
         read_files([], on_error="ignore")
 
 
-@pytest.fixture
-def io_uring_disabled():
-    if not os.path.exists(SYSCTL) or os.geteuid() != 0:
-        pytest.skip("needs root and kernel.io_uring_disabled (Linux 6.6+)")
-    with open(SYSCTL) as f:
-        old = f.read().strip()
-    with open(SYSCTL, "w") as f:
-        f.write("2")
-    try:
-        yield
-    finally:
-        with open(SYSCTL, "w") as f:
-            f.write(old)
-
-
+# Opt-in, as they disable io_uring machine-wide (see conftest.py); by default
+# test_unavailable.py checks the same through a seccomp filter in a child process.
 def test_auto_falls_back_to_threads_and_says_why(tmp_path, io_uring_disabled, monkeypatch):
+    io_uring_disabled(2)
     paths = make_tree(tmp_path, [100, 0, 5000])
     monkeypatch.setattr(reader_module, "_warned", threading.Event())
     with pytest.warns(RuntimeWarning, match="io_uring_disabled"):
@@ -233,6 +220,7 @@ def test_auto_falls_back_to_threads_and_says_why(tmp_path, io_uring_disabled, mo
 
 
 def test_io_uring_backend_refuses_to_fall_back(io_uring_disabled):
+    io_uring_disabled(2)
     with pytest.raises(UringUnavailableError, match="io_uring_disabled"):
         BatchReader(backend="io_uring")
 

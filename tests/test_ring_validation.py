@@ -160,6 +160,71 @@ def test_bad_offset_is_refused(ring, fd):
     assert ring.pending == 0
 
 
+# ---- offset -1: the file position, for every op that takes an offset ---------------------
+
+def _position_reads(ring, fd, buf):
+    """Each op that takes an offset, given -1: (name, prepare), reading 4 bytes."""
+    ring.register_buffers([buf])
+    return [
+        ("prep_read", lambda: ring.prep_read(fd, buf, -1, nbytes=4)),
+        ("prep_readv", lambda: ring.prep_readv(fd, [memoryview(buf)[:4]], -1)),
+        ("prep_read_fixed", lambda: ring.prep_read_fixed(fd, 0, -1, 4)),
+        ("prep_reads", lambda: ring.prep_reads(fd, buf, [-1], [4])),
+        ("prep_read_fixed_batch", lambda: ring.prep_read_fixed_batch(fd, 0, [-1], [4])),
+    ]
+
+
+def test_offset_minus_one_reads_at_the_file_position_and_advances_it(ring, tmp_file):
+    path, data = tmp_file
+    buf = bytearray(8)
+    f = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(f, 100, os.SEEK_SET)
+        for i, (name, prepare) in enumerate(_position_reads(ring, f, buf)):
+            start = 100 + 4 * i
+            prepare()
+            (c,) = ring.wait(timeout=5)
+            assert c.res == 4, name
+            assert buf[:4] == data[start:start + 4], name
+            assert os.lseek(f, 0, os.SEEK_CUR) == start + 4, name
+    finally:
+        os.close(f)
+
+
+def test_offset_minus_one_writes_at_the_file_position(ring, tmp_path):
+    f = os.open(tmp_path / "w", os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(f, b"ab")
+        ring.prep_write(f, b"cd", -1)
+        ring.prep_writev(f, [b"ef"], -1)
+        assert [c.res for c in ring.wait(2, timeout=5)] == [2, 2]
+        assert os.pread(f, 16, 0) == b"abcdef"
+    finally:
+        os.close(f)
+
+
+@pytest.mark.parametrize("offset", [-2, -4096, -2**63])
+def test_offsets_below_minus_one_are_refused_by_every_op(ring, fd, offset):
+    buf = bytearray(8)
+    ring.register_buffers([buf])
+    single = [lambda: ring.prep_read(fd, buf, offset),
+              lambda: ring.prep_write(fd, b"x", offset),
+              lambda: ring.prep_readv(fd, [buf], offset),
+              lambda: ring.prep_writev(fd, [b"x"], offset),
+              lambda: ring.prep_read_fixed(fd, 0, offset, 1),
+              lambda: ring.prep_write_fixed(fd, 0, offset, 1)]
+    for call in single:
+        with pytest.raises(ArgumentRangeError,
+                           match="offset must be >= 0, or -1 for the file position"):
+            call()
+    for call in [lambda: ring.prep_reads(fd, buf, [0, offset], [1, 1]),
+                 lambda: ring.prep_read_fixed_batch(fd, 0, [0, offset], [1, 1])]:
+        with pytest.raises(ArgumentRangeError,
+                           match=r"offsets\[1\] must be >= 0, or -1 for the file position"):
+            call()
+    assert ring.pending == 0
+
+
 def test_readv_bad_buffers_are_refused(ring, fd):
     ok = bytearray(8)
     with pytest.raises(TypeError, match=r"buffers\[1\]"):
@@ -291,7 +356,7 @@ def test_fixed_batch_unequal_buf_index(ring, fd):
 @pytest.mark.parametrize("bad,match", [
     ({"lengths": [4, 4, 100, 4]}, "does not fit"),
     ({"lengths": [4, 4, -1, 4]}, "length"),
-    ({"offsets": [0, 0, -1, 0]}, "offset"),
+    ({"offsets": [0, 0, -2, 0]}, "offsets[2] must be >= 0, or -1 for the file position"),
     ({"buffer_offsets": [0, 4, -8, 12]}, "buffer offset"),
     ({"buffer_offsets": [0, 4, 14, 12]}, "does not fit"),
     ({"fd": "bad"}, "fd"),

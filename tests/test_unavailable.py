@@ -11,45 +11,25 @@ import pytest
 import vyre_uring
 from vyre_uring import Ring, UringSyscallError, UringUnavailableError
 
-from conftest import run_as_nobody, run_under_seccomp
-
-SYSCTL = "/proc/sys/kernel/io_uring_disabled"
-
-
-def _read_sysctl():
-    with open(SYSCTL) as f:
-        return int(f.read().strip())
+from conftest import (read_sysctl, restore_sysctl_left_by_a_killed_run, run_as_nobody,
+                      run_under_seccomp)
 
 
-def _write_sysctl(value):
-    with open(SYSCTL, "w") as f:
-        f.write(f"{value}\n")
+# ---- kernel.io_uring_disabled (opt-in: VYRE_URING_TEST_SYSCTL=1) ---------------------
 
+def test_a_killed_runs_sysctl_value_is_restored_by_the_next_run(tmp_path):
+    sysctl, state = tmp_path / "io_uring_disabled", tmp_path / "state"
+    sysctl.write_text("2\n")
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    state.write_text(f"1 {os.getpid()}\n")          # a run still going: left alone
+    assert restore_sysctl_left_by_a_killed_run(state, sysctl) is None
+    assert sysctl.read_text() == "2\n" and state.exists()
+    state.write_text(f"0 {dead.pid}\n")             # a killed run: restored
+    assert restore_sysctl_left_by_a_killed_run(state, sysctl) == 0
+    assert sysctl.read_text() == "0\n" and not state.exists()
+    assert restore_sysctl_left_by_a_killed_run(state, sysctl) is None
 
-@pytest.fixture
-def io_uring_disabled():
-    """set(value): write kernel.io_uring_disabled; the old value is restored after."""
-    if not os.path.exists(SYSCTL):
-        pytest.skip(f"{SYSCTL} is missing (kernel older than 6.6)")
-    if os.geteuid() != 0:
-        pytest.skip("changing kernel.io_uring_disabled needs root")
-    old = _read_sysctl()
-    try:
-        _write_sysctl(old)
-    except OSError as e:
-        pytest.skip(f"{SYSCTL} is not writable here: {e}")
-
-    def set_value(value):
-        _write_sysctl(value)
-        assert _read_sysctl() == value
-
-    try:
-        yield set_value
-    finally:
-        _write_sysctl(old)
-
-
-# ---- kernel.io_uring_disabled ------------------------------------------------------
 
 def test_disabled_2_makes_ring_raise_unavailable_with_the_fix(io_uring_disabled):
     io_uring_disabled(2)
@@ -74,7 +54,7 @@ def test_disabled_2_check_reports_unavailable_with_reason(io_uring_disabled):
 
 
 def test_ring_works_again_after_restoring_sysctl(io_uring_disabled):
-    old = _read_sysctl()
+    old = read_sysctl()
     io_uring_disabled(2)
     with pytest.raises(UringUnavailableError):
         Ring(4)
@@ -169,6 +149,11 @@ SECCOMP_CHILD = textwrap.dedent("""
             out["reader_backend"] = r.backend
             out["fallback_reason"] = r.stats()["fallback_reason"]
     out["warnings"] = [str(w.message) for w in caught]
+    try:
+        vyre_uring.BatchReader(backend="io_uring").close()
+        out["explicit_io_uring"] = "ok"
+    except vyre_uring.UringUnavailableError as e:
+        out["explicit_io_uring"] = str(e)
     print(json.dumps(out))
 """)
 
@@ -191,6 +176,7 @@ def test_seccomp_blocking_io_uring_setup_is_diagnosed(err):
     assert out["reader_backend"] == "threads" and out["reader_same"] is True
     assert "seccomp" in out["fallback_reason"]
     assert len(out["warnings"]) == 1 and "seccomp" in out["warnings"][0]
+    assert "seccomp" in out["explicit_io_uring"]        # an explicit backend never falls back
 
 
 # ---- every syscall error names syscall, errno and a fix ----------------------------

@@ -42,9 +42,25 @@ cdef inline int64_t _i64_arg(object v, str name) except? -1:
     return _int_arg(v, name, INT64_MIN, INT64_MAX)
 
 
+# A read or write at offset -1 (all ones as the kernel's u64) uses the file position
+# and advances it, as read(2)/write(2) do; on a file without one (a pipe, a socket)
+# it reads or writes the stream. Every other negative offset is refused.
+cdef enum:
+    FILE_POSITION = -1
+
+
+cdef inline bint _offset_ok(int64_t offset) noexcept nogil:
+    """Whether `offset` is a file offset (>= 0) or FILE_POSITION."""
+    return offset >= FILE_POSITION
+
+
 cdef inline int64_t _offset_arg(object v) except? -1:
     """A file offset, or -1 for the file position."""
-    return _int_arg(v, "offset", -1, INT64_MAX)
+    cdef int64_t offset = _int_arg(v, "offset", INT64_MIN, INT64_MAX)
+    if not _offset_ok(offset):
+        raise ArgumentRangeError(f"offset must be >= 0, or -1 for the file position, "
+                                 f"not {v!r}")
+    return offset
 
 
 cdef inline uint64_t _u64_arg(object v, str name, Py_ssize_t index=-1) \

@@ -51,7 +51,7 @@ cdef Py_ssize_t _first_bad_range(ReadBatch *b, int64_t nfiles, Hold *reg, uint32
                 why[0] = BAD_FIXED_FD
         elif not 0 <= fd <= 0x7FFFFFFF:
             why[0] = BAD_FD
-        if why[0] == 0 and off < 0:
+        if why[0] == 0 and not _offset_ok(off):
             why[0] = BAD_OFFSET
         elif why[0] == 0 and not 0 <= length <= UINT32_MAX:
             why[0] = BAD_LENGTH
@@ -88,11 +88,11 @@ cdef str _batch_error(ReadBatch *b, Py_ssize_t i, int why, int64_t nfiles, uint3
     if why == BAD_FIXED_FD:
         return f"{where}: fd is not a slot of the registered file table ({nfiles} slots)"
     if why == BAD_OFFSET:
-        return f"{where}: offset must be >= 0"
+        return f"{where}: offsets[{i}] must be >= 0, or -1 for the file position"
     if why == BAD_LENGTH:
-        return f"{where}: length must be between 0 and {UINT32_MAX}"
+        return f"{where}: lengths[{i}] must be between 0 and {UINT32_MAX}"
     if why == BAD_BUFFER_OFFSET:
-        return f"{where}: buffer offset must be >= 0"
+        return f"{where}: buffer_offsets[{i}] must be >= 0"
     if why == BAD_INDEX:
         return (f"{where}: buf_index {ic_get(&b.index, i)} is outside the registered "
                 f"buffers ({nbufs} registered)")

@@ -80,7 +80,11 @@ cdef void _fill_path_sqe(PathBatch *b, Py_ssize_t i, io_uring_sqe *sqe) noexcept
 
 
 cdef class StatxArray:
-    """`n` statx(2) results side by side: the destination of prep_statx_batch."""
+    """`n` statx(2) results side by side: the destination of prep_statx_batch.
+
+    StatxArray(n) allocates n zeroed entries (n >= 1; MemoryError when they do not
+    fit). Read them with sizes() and modes() after the completions are reaped: until
+    then the ring holds the array and the kernel may be writing it."""
     cdef statx *items
     cdef readonly Py_ssize_t n
 

@@ -176,7 +176,9 @@ cdef inline io_uring_sqe *claim_sqe(Claim *c, uint64_t user_data, Hold *hold) no
 
 
 cdef class Completion:
-    """One completed request: `user_data` as given, `res` (>= 0, or -errno) and `flags`."""
+    """One completed request, as wait() and completions() return it: `user_data` as
+    given to the prep call, `res` (the request's result: a byte count, an fd, 0, or
+    -errno) and `flags` (IORING_CQE_F_* bits). Immutable, hashable, compares by value."""
     cdef readonly uint64_t user_data
     cdef readonly int32_t res
     cdef readonly uint32_t flags
@@ -203,7 +205,11 @@ cdef Completion _completion(uint64_t user_data, int32_t res, uint32_t flags):
 
 
 cdef class Statx:
-    """The destination of prep_statx: the kernel fills it when the request completes."""
+    """The destination of prep_statx: the kernel fills it when the request completes.
+
+    Read its fields (size, mode, ino, nlink, uid, gid, blksize, blocks, mtime_ns, and
+    `mask`, the STATX_* bits the kernel filled) after the completion is reaped; until
+    then the ring holds it and the kernel may be writing it. All zero before."""
     cdef statx buf
 
     @property
@@ -233,7 +239,8 @@ cdef class Statx:
 
 
 def try_setup():
-    """Create and destroy a one-entry ring; return 0, or the errno io_uring_setup gave."""
+    """Create and destroy a one-entry ring; return 0, or the (positive) errno
+    io_uring_setup gave. Never raises; vyre_uring.check() explains a failure."""
     cdef io_uring_params p
     memset(&p, 0, sizeof(p))
     cdef int fd = vy_io_uring_setup(1, &p)
@@ -309,6 +316,36 @@ cdef class Ring:
     the chain it joins refuses it before preparing any of it. submit(),
     submit_and_wait(), wait() and reap(min_complete > 0) submit everything, an open
     chain included: the kernel ends a chain at the end of a submission.
+
+    Memory: a buffer given to a request stays exported (a bytearray cannot be
+    resized, no object is freed) from the prep call until that request's completion
+    is reaped, or the ring is closed; each method says what it holds.
+
+    Errors common to every method: RingClosedError (a ValueError) after close();
+    RingBusyError (a RuntimeError) while another thread is inside a method of this
+    ring; RingForkedError in a forked child (a child must create its own Ring);
+    UringSyscallError (an OSError naming the syscall, the errno and a fix) when a
+    prep call that finds the SQ full submits and io_uring_enter fails. Integer
+    arguments are never truncated: a non-integer is a TypeError, and a value
+    outside the argument's range an ArgumentRangeError (an OverflowError and a
+    ValueError) naming it. A request the kernel fails completes with res = -errno.
+
+    Prep methods (one request each) return None. They raise TypeError or
+    ArgumentRangeError for an argument of the wrong type or range, ValueError for
+    one the ring cannot use (a fixed-file slot or buf_index outside what is
+    registered, a range outside the buffer), RingFullError when as many requests
+    are outstanding as the CQ holds (reap first), and the errors above; nothing is
+    prepared when they raise.
+
+    Batch methods (prep_nops, prep_reads, prep_read_fixed_batch,
+    prep_openat_batch, prep_statx_batch, prep_close_batch) return how many requests
+    they prepared, in order from the first: fewer than asked (possibly 0) when the
+    CQ's capacity is reached; reap, then prepare the rest. They raise TypeError for
+    an argument that is not an integer array (bytes, bytearray and str are
+    refused), ValueError when the arrays' lengths differ, ArgumentRangeError or
+    ValueError naming the first bad element, RingFullError for a linked batch that
+    could not fit the SQ, and the errors above. A batch is checked whole before any
+    of it is prepared: when it raises, nothing is.
     """
     cdef int _fd
     cdef int _busy
@@ -363,17 +400,25 @@ cdef class Ring:
                  sq_thread_idle_ms=1000, sq_thread_cpu=None,
                  bint single_issuer=False, bint defer_taskrun=False,
                  bint coop_taskrun=False, allowed_ops=None, _test_overcommit=0):
-        """Create a ring of `entries` submission slots (a power of two is used by the kernel).
+        """Create a ring of `entries` submission slots (the kernel rounds up to a power of
+        two).
 
         cq_entries: completion-queue size (default: twice `entries`); it bounds how many
-        requests can be outstanding. sqpoll: a kernel thread polls the SQ (opt-in; it
-        costs a core). single_issuer, defer_taskrun, coop_taskrun: the kernel's
-        IORING_SETUP_* hints for rings used by one thread. allowed_ops: the only
-        opcodes (Op values) the kernel will run on this ring (IORING_REGISTER_
-        RESTRICTIONS, Linux 5.10): any other request completes with -EACCES, and the
-        register operations are limited to buffers, files and probing. ASYNC_CANCEL is
-        always allowed: close() needs it. `_test_overcommit` lets the tests push more
-        requests than the CQ holds, to exercise overflow recovery.
+        requests can be outstanding at once. sqpoll: a kernel thread polls the SQ (opt-
+        in; it costs a core). sq_thread_idle_ms, sq_thread_cpu: that thread's idle time
+        before it sleeps, and the CPU it is pinned to. single_issuer, defer_taskrun,
+        coop_taskrun: the kernel's IORING_SETUP_* hints for rings used by one thread
+        (Linux 6.0, 6.1, 5.19). allowed_ops: the only opcodes (Op values) the kernel
+        will run on this ring (IORING_REGISTER_RESTRICTIONS, Linux 5.10): any other
+        request completes with -EACCES, and the register operations are limited to
+        buffers, files and probing. ASYNC_CANCEL is always allowed: close() needs it.
+
+        Raises UringUnavailableError (an OSError) where io_uring is blocked (sysctl,
+        seccomp, no kernel support), saying which and how to fix it; UringSyscallError
+        when io_uring_setup or mmap fails otherwise (ENOMEM: RLIMIT_MEMLOCK); TypeError
+        or ArgumentRangeError for an argument of the wrong type or range.
+        `_test_overcommit` is for the tests only (more requests than the CQ holds, to
+        exercise overflow).
         """
         cdef io_uring_params p
         cdef int fd
@@ -1074,6 +1119,8 @@ cdef class Ring:
 
     @property
     def closed(self):
+        """True after close() (or a failed __init__): every method but close() then
+        raises RingClosedError."""
         return self._closed
 
     @property
@@ -1102,7 +1149,7 @@ cdef class Ring:
         return self._reg_buffer_count
 
     def fileno(self):
-        """The ring's file descriptor."""
+        """The ring's file descriptor. Raises RingClosedError after close()."""
         if self._closed:
             raise RingClosedError("the Ring is closed")
         return self._fd
@@ -1116,7 +1163,12 @@ cdef class Ring:
     # ---- public: per-op prep ------------------------------------------------------
 
     def prep_nop(self, *, user_data=0, flags=0):
-        """A request that does nothing and completes with res 0."""
+        """Prepare a request that does nothing and completes with res 0: a way to test the
+        ring, or to end a linked chain.
+
+        Returns None. Raises as every prep method does (see Ring); nothing is prepared
+        then.
+        """
         cdef uint64_t ud = _u64_arg(user_data, "user_data")
         cdef uint8_t fl = _u8_arg(flags, "flags")
         self._enter_api()
@@ -1128,14 +1180,44 @@ cdef class Ring:
 
     def prep_read(self, fd, buf, offset=0, *, nbytes=None, buf_offset=0, user_data=0,
                   flags=0):
-        """Read up to `nbytes` (default: the rest of `buf`) at file `offset` (-1: the
-        file position) into writable `buf` starting at `buf_offset`."""
+        """Prepare one read of up to `nbytes` bytes (default: the rest of `buf`) from `fd`
+        at `offset`, into the writable buffer `buf` starting at `buf_offset`.
+
+        `offset` is a file offset, or -1 for the file position: the request then reads
+        or writes at the file's current position and advances it, as read(2)/write(2) do
+        (requests using it run in submission order only when linked). Any other negative
+        offset raises ArgumentRangeError. `fd` is a file descriptor, or with
+        flags=SQE_FIXED_FILE a slot of the registered file table. `flags`: SQE_* bits
+        (IO_LINK, IO_HARDLINK, IO_DRAIN, ASYNC, FIXED_FILE). Returns None; the
+        completion's `res` is the byte count read (0 at EOF) or -errno, and carries
+        `user_data`.
+
+        Holds: `buf` stays exported (a bytearray cannot be resized, no object is freed)
+        from this call until the completion is reaped (wait, completions, reap) or the
+        ring is closed.
+
+        Raises TypeError or ArgumentRangeError (an OverflowError and a ValueError) for
+        an argument of the wrong type or range, ValueError for one the ring cannot use,
+        RingFullError when as many requests are outstanding as the CQ holds, and the
+        errors common to every method (see Ring). Nothing is prepared when it raises. A
+        read-only `buf` is a TypeError.
+        """
         self._prep_rw(IORING_OP_READ, _i64_arg(fd, "fd"), buf, _offset_arg(offset), nbytes,
                       buf_offset, _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), True)
 
     def prep_write(self, fd, buf, offset=0, *, nbytes=None, buf_offset=0, user_data=0,
                    flags=0):
-        """Write `nbytes` (default: the rest of `buf`) from `buf[buf_offset:]` at `offset`."""
+        """Prepare one write of `nbytes` bytes (default: the rest of `buf`) from
+        `buf[buf_offset:]` to `fd` at `offset`.
+
+        `offset`: as in prep_read (>= 0, or -1 for the file position). Returns None; the
+        completion's `res` is the byte count written or -errno.
+
+        Holds: `buf` stays exported from this call until the completion is reaped or the
+        ring is closed: a bytearray cannot be resized meanwhile.
+
+        Raises as every prep method does (see Ring); nothing is prepared then.
+        """
         self._prep_rw(IORING_OP_WRITE, _i64_arg(fd, "fd"), buf, _offset_arg(offset), nbytes,
                       buf_offset, _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), False)
 
@@ -1167,13 +1249,34 @@ cdef class Ring:
 
     def prep_readv(self, fd, buffers, offset=0, *, user_data=0,
                    flags=0):
-        """Scatter-read into each writable buffer of `buffers` in turn."""
+        """Prepare one scatter read (READV) from `fd` at `offset`, filling each writable
+        buffer of `buffers` (1 to 1024 of them) in turn.
+
+        `offset`: as in prep_read (>= 0, or -1 for the file position). Returns None; the
+        completion's `res` is the total byte count read or -errno.
+
+        Holds: every buffer of `buffers` stays exported, and the iovec array is kept,
+        until the completion is reaped or the ring is closed.
+
+        Raises as every prep method does (see Ring); nothing is prepared then. A read-
+        only buffer is a TypeError naming it (`buffers[i]`).
+        """
         self._prep_rwv(IORING_OP_READV, _i64_arg(fd, "fd"), buffers, _offset_arg(offset),
                        _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), True)
 
     def prep_writev(self, fd, buffers, offset=0, *, user_data=0,
                     flags=0):
-        """Gather-write each buffer of `buffers` in turn."""
+        """Prepare one gather write (WRITEV) to `fd` at `offset` of each buffer of
+        `buffers` (1 to 1024 of them) in turn.
+
+        `offset`: as in prep_read (>= 0, or -1 for the file position). Returns None; the
+        completion's `res` is the total byte count written or -errno.
+
+        Holds: every buffer of `buffers` stays exported until the completion is reaped
+        or the ring is closed.
+
+        Raises as every prep method does (see Ring); nothing is prepared then.
+        """
         self._prep_rwv(IORING_OP_WRITEV, _i64_arg(fd, "fd"), buffers, _offset_arg(offset),
                        _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"), False)
 
@@ -1212,14 +1315,37 @@ cdef class Ring:
 
     def prep_read_fixed(self, fd, buf_index, offset, nbytes, buf_offset=0, *, user_data=0,
                         flags=0):
-        """Read `nbytes` at `offset` into registered buffer `buf_index` at `buf_offset`."""
+        """Prepare one read of `nbytes` from `fd` at `offset` into registered buffer
+        `buf_index` (see register_buffers) at `buf_offset`, with no page pinning per
+        request.
+
+        `offset`: as in prep_read (>= 0, or -1 for the file position). Returns None; the
+        completion's `res` is the byte count read or -errno.
+
+        Holds: the registered buffers stay registered and exported until the completion
+        is reaped, even if unregister_buffers() is called meanwhile.
+
+        Raises as every prep method does (see Ring); nothing is prepared then. A
+        `buf_index` outside the registered buffers, or a range past the end of that
+        buffer, is a ValueError.
+        """
         self._prep_fixed(IORING_OP_READ_FIXED, _i64_arg(fd, "fd"), _i64_arg(buf_index, "buf_index"),
                          _offset_arg(offset), nbytes, buf_offset,
                          _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"))
 
     def prep_write_fixed(self, fd, buf_index, offset, nbytes, buf_offset=0, *, user_data=0,
                          flags=0):
-        """Write `nbytes` from registered buffer `buf_index` at `buf_offset` to `offset`."""
+        """Prepare one write of `nbytes` from registered buffer `buf_index` at `buf_offset`
+        to `fd` at `offset`.
+
+        `offset`: as in prep_read (>= 0, or -1 for the file position). Returns None; the
+        completion's `res` is the byte count written or -errno.
+
+        Holds: the registered buffers stay exported until the completion is reaped, even
+        if unregister_buffers() is called meanwhile.
+
+        Raises as every prep method does (see Ring); nothing is prepared then.
+        """
         self._prep_fixed(IORING_OP_WRITE_FIXED, _i64_arg(fd, "fd"), _i64_arg(buf_index, "buf_index"),
                          _offset_arg(offset), nbytes, buf_offset,
                          _u64_arg(user_data, "user_data"), _u8_arg(flags, "flags"))
@@ -1254,10 +1380,21 @@ cdef class Ring:
 
     def prep_openat(self, path, flags=os.O_RDONLY, mode=0o644, *, dir_fd=AT_FDCWD,
                     file_index=None, user_data=0, sqe_flags=0):
-        """Open `path` (relative to `dir_fd`); res is the new fd, opened O_CLOEXEC as
-        Python opens files. With `file_index`, open into that slot of the registered
-        file table instead (a direct descriptor; res is 0), or into a free slot with
-        FILE_INDEX_ALLOC (res is the slot); direct descriptors have no close-on-exec."""
+        """Prepare openat(2) of `path` (str, bytes or os.PathLike) relative to `dir_fd`
+        (default AT_FDCWD), with open `flags` and `mode`.
+
+        The file is opened O_CLOEXEC, as Python opens files; the completion's `res` is
+        the new fd (yours to close) or -errno. With `file_index`, it opens into that
+        slot of the registered file table instead (a direct descriptor; res is 0), or
+        into a free slot with FILE_INDEX_ALLOC (res is the slot); direct descriptors
+        have no close-on-exec. Returns None.
+
+        Holds: a private copy of the path until the completion is reaped.
+
+        Raises as every prep method does (see Ring); nothing is prepared then. A path
+        with a NUL byte is a ValueError; `file_index` without a registered file table,
+        or outside it, is a ValueError.
+        """
         cdef bytes b = _path_bytes(path)
         cdef uint32_t open_flags = _u32_arg(flags, "flags")
         cdef uint32_t direct = 0
@@ -1298,7 +1435,11 @@ cdef class Ring:
         return <uint32_t>index + 1
 
     def prep_close(self, fd, bint fixed=False, *, user_data=0, flags=0):
-        """Close `fd`, or with fixed=True the direct descriptor in registered slot `fd`."""
+        """Prepare close(2) of `fd`, or with fixed=True of the direct descriptor in slot
+        `fd` of the registered file table. Returns None; res is 0 or -errno.
+
+        Raises as every prep method does (see Ring); nothing is prepared then.
+        """
         cdef int64_t f = _i64_arg(fd, "fd")
         cdef uint64_t ud = _u64_arg(user_data, "user_data")
         cdef uint8_t fl = _u8_arg(flags, "flags") & ~IOSQE_FIXED_FILE
@@ -1318,7 +1459,17 @@ cdef class Ring:
 
     def prep_statx(self, path, Statx statx_buf not None, *, flags=0,
                    mask=STATX_BASIC_STATS, dir_fd=AT_FDCWD, user_data=0, sqe_flags=0):
-        """statx(2) of `path` into `statx_buf` (a Statx); `flags` are AT_* flags."""
+        """Prepare statx(2) of `path` relative to `dir_fd` into `statx_buf` (a Statx);
+        `flags` are AT_* flags, `mask` the STATX_* fields wanted (default: the basic
+        ones).
+
+        Returns None; res is 0 or -errno, and `statx_buf` is filled once the completion
+        has been reaped (read it then, not before).
+
+        Holds: the path's bytes and `statx_buf` until the completion is reaped.
+
+        Raises as every prep method does (see Ring); nothing is prepared then.
+        """
         cdef bytes b = _path_bytes(path)
         cdef uint32_t at_flags = _u32_arg(flags, "flags")
         cdef uint32_t want = _u32_arg(mask, "mask")
@@ -1340,7 +1491,11 @@ cdef class Ring:
             self._leave_api()
 
     def prep_fsync(self, fd, bint datasync=False, *, user_data=0, flags=0):
-        """fsync(2) `fd`, or fdatasync(2) with datasync=True."""
+        """Prepare fsync(2) of `fd`, or fdatasync(2) with datasync=True. Returns None; res
+        is 0 or -errno. Link it after writes (SQE_IO_LINK) to have it wait for them.
+
+        Raises as every prep method does (see Ring); nothing is prepared then.
+        """
         cdef int64_t f = _i64_arg(fd, "fd")
         cdef uint64_t ud = _u64_arg(user_data, "user_data")
         cdef uint8_t fl = _u8_arg(flags, "flags")
@@ -1356,8 +1511,14 @@ cdef class Ring:
             self._leave_api()
 
     def prep_timeout(self, seconds, count=0, *, user_data=0, flags=0):
-        """Complete after `seconds` (res -ETIME), or once `count` other requests have
-        completed (res 0), whichever is first; count=0 is a pure timer."""
+        """Prepare a timeout: it completes after `seconds` (res -ETIME), or once `count`
+        other requests have completed (res 0), whichever is first; count=0 is a pure
+        timer. Returns None. The timespec lives in the ring until the completion is
+        reaped.
+
+        Raises as every prep method does (see Ring); nothing is prepared then. `seconds`
+        must be a number >= 0 and finite.
+        """
         cdef uint32_t n = _u32_arg(count, "count")
         cdef uint64_t ud = _u64_arg(user_data, "user_data")
         cdef uint8_t fl = _u8_arg(flags, "flags")
@@ -1384,9 +1545,13 @@ cdef class Ring:
             self._leave_api()
 
     def prep_cancel(self, target_user_data, *, user_data=0, flags=0):
-        """Cancel the oldest outstanding request whose user_data is `target_user_data`.
-        res is 0 when it was cancelled, -ENOENT when no such request was found, and
-        -EALREADY when it was already running."""
+        """Prepare a cancel of the oldest outstanding request whose user_data is
+        `target_user_data`. Returns None; res is 0 when it was cancelled (the target
+        then completes with -ECANCELED), -ENOENT when no such request was found, and
+        -EALREADY when it was already running.
+
+        Raises as every prep method does (see Ring); nothing is prepared then.
+        """
         cdef uint64_t target = _u64_arg(target_user_data, "target_user_data")
         cdef uint64_t ud = _u64_arg(user_data, "user_data")
         cdef uint8_t fl = _u8_arg(flags, "flags")
@@ -1430,8 +1595,15 @@ cdef class Ring:
     # ---- public: batch prep -------------------------------------------------------
 
     def prep_nops(self, user_data, *, flags=0):
-        """One NOP per element of `user_data` (a 1-D integer buffer). Returns how many
-        were prepared: fewer than asked when the CQ's capacity is reached."""
+        """Prepare one NOP per element of `user_data` (a 1-D integer array: array.array,
+        numpy array or a sequence of ints), each completing with res 0.
+
+        Returns how many requests were prepared: fewer than asked when the CQ's capacity
+        is reached (see Ring).
+
+        Raises as every batch method does (see Ring), naming the first bad element;
+        nothing is prepared then.
+        """
         cdef IntCopy ud
         cdef Py_ssize_t done = 0
         cdef uint32_t k
@@ -1464,18 +1636,69 @@ cdef class Ring:
 
     def prep_reads(self, fd, buffer, offsets, lengths, buffer_offsets=None, user_data=None,
                    *, flags=0):
-        """Read many ranges into one writable `buffer`: range i reads lengths[i] bytes at
-        offsets[i] of fd (an int, or one fd per range) into buffer[buffer_offsets[i]:].
-        buffer_offsets=None packs the ranges back to back; user_data=None numbers them
-        0..n-1. Every range is checked before any is prepared. Returns how many were
-        prepared: fewer than asked when the CQ's capacity is reached."""
+        """Prepare many reads into one writable `buffer`, in one call whose loops run in C.
+
+        Range i reads lengths[i] bytes from fd (an int, or one fd per range) at
+        offsets[i] into buffer[buffer_offsets[i]:buffer_offsets[i] + lengths[i]].
+        buffer_offsets=None packs the ranges back to back from the start of `buffer`.
+        user_data=None numbers the ranges 0..n-1 (the completions carry these);
+        otherwise one 64-bit value per range. offsets, lengths, buffer_offsets,
+        user_data and fd (as an array) are 1-D integer arrays: array.array, numpy
+        arrays, memoryviews of them, or sequences of ints. They are copied before they
+        are checked, so another thread changing them meanwhile cannot change what runs.
+        `flags` (SQE_* bits) apply to every range; with SQE_FIXED_FILE, fd names slots
+        of the registered file table.
+
+        Each offsets[i] is a file offset, or -1 for the file position (the read advances
+        it; ranges using it are ordered only when linked); any other negative offset is
+        an ArgumentRangeError naming `offsets[i]`. A range must fit inside `buffer`. A
+        completion's `res` is that range's byte count (short at EOF) or -errno.
+
+        Returns how many requests were prepared, in order from the first: fewer than
+        asked (possibly 0) when the completion queue's capacity is reached; reap, then
+        prepare the rest. When the SQ fills, what is prepared is submitted first (never
+        part of a linked chain).
+
+        Holds: `buffer` stays exported (a bytearray cannot be resized, a numpy array or
+        mmap cannot be freed) from this call until the completion of the last range
+        prepared is reaped, or the ring is closed. The integer arrays are not held: they
+        were copied.
+
+        Raises TypeError for an argument that is not an integer array (bytes, bytearray
+        and str are refused), ValueError when the arrays' lengths differ, and
+        ArgumentRangeError or ValueError naming the first bad element (`range i`, with
+        its values); RingFullError for a linked batch (SQE_IO_LINK) that could not fit
+        the SQ; and the errors common to every method (see Ring). The whole batch is
+        checked before any of it is prepared: when it raises, nothing is. A read-only
+        `buffer` is a TypeError.
+
+        Example::
+
+            n = ring.prep_reads(fd, buf, offsets=[0, 4096], lengths=[4096, 4096])
+            ud, res = array.array("Q", [0] * n), array.array("i", [0] * n)
+            ring.reap(ud, res, min_complete=n)
+        """
         return self._prep_batch(IORING_OP_READ, fd, buffer, offsets, lengths, buffer_offsets,
                                 user_data, _u8_arg(flags, "flags"))
 
     def prep_read_fixed_batch(self, fd, buf_index, offsets, lengths, buffer_offsets=None,
                               user_data=None, *, flags=0):
-        """prep_reads into registered buffers: range i goes to registered buffer
-        buf_index (an int, or one index per range) at buffer_offsets[i]."""
+        """prep_reads into registered buffers (see register_buffers): range i reads
+        lengths[i] bytes from fd (an int, or one per range) at offsets[i] into
+        registered buffer buf_index (an int, or one index per range) at
+        buffer_offsets[i] (default: the start of that buffer). Offsets follow
+        prep_reads: >= 0, or -1 for the file position.
+
+        Returns how many requests were prepared: fewer than asked when the CQ's capacity
+        is reached (see Ring).
+
+        Holds: the registered buffers stay exported until every prepared range's
+        completion is reaped, even if unregister_buffers() is called meanwhile.
+
+        Raises as every batch method does (see Ring), naming the first bad element;
+        nothing is prepared then. A buf_index outside the registered buffers is a
+        ValueError.
+        """
         return self._prep_batch(IORING_OP_READ_FIXED, fd, buf_index, offsets, lengths,
                                 buffer_offsets, user_data, _u8_arg(flags, "flags"))
 
@@ -1538,8 +1761,11 @@ cdef class Ring:
         bad = _first_bad_range(b, self._reg_file_count, self._reg_buffers,
                                self._reg_buffer_count, &why)
         if bad >= 0:
-            raise ValueError(_batch_error(b, bad, why, self._reg_file_count,
-                                          self._reg_buffer_count))
+            # A value outside its argument's range, as the per-request methods say it.
+            error = ArgumentRangeError if why in (BAD_OFFSET, BAD_LENGTH, BAD_BUFFER_OFFSET) \
+                else ValueError
+            raise error(_batch_error(b, bad, why, self._reg_file_count,
+                                     self._reg_buffer_count))
         return 0
 
     cdef Py_ssize_t _fill_loop(self, ReadBatch *reads, PathBatch *paths, Py_ssize_t n,
@@ -1572,10 +1798,21 @@ cdef class Ring:
 
     def prep_openat_batch(self, paths, flags=os.O_RDONLY, mode=0o644, *, dir_fd=AT_FDCWD,
                           file_indexes=None, user_data=None, sqe_flags=0):
-        """One openat per path (str, bytes or os.PathLike); res is each new fd (opened
-        O_CLOEXEC). With `file_indexes` (an int array, or FILE_INDEX_ALLOC), open into
-        those slots of the registered file table instead (direct descriptors).
-        user_data=None numbers them 0..n-1. Returns how many were prepared."""
+        """Prepare one openat(2) per path of `paths` (str, bytes or os.PathLike), relative
+        to `dir_fd`, with open `flags` and `mode`. Each file is opened O_CLOEXEC and its
+        completion's res is the new fd (yours to close) or -errno. With `file_indexes`
+        (an int array, one slot per path, or FILE_INDEX_ALLOC), they open into those
+        slots of the registered file table instead (direct descriptors). user_data=None
+        numbers them 0..n-1.
+
+        Returns how many requests were prepared: fewer than asked when the CQ's capacity
+        is reached (see Ring).
+
+        Holds: private copies of the paths until every prepared completion is reaped.
+
+        Raises as every batch method does (see Ring), naming the first bad element;
+        nothing is prepared then. A path with a NUL byte is a ValueError.
+        """
         cdef PathBatch b
         cdef tuple t = _paths_tuple(paths)
         memset(&b, 0, sizeof(PathBatch))
@@ -1590,8 +1827,19 @@ cdef class Ring:
 
     def prep_statx_batch(self, paths, StatxArray results not None, *, flags=0,
                          mask=STATX_BASIC_STATS, dir_fd=AT_FDCWD, user_data=None, sqe_flags=0):
-        """One statx(2) per path into results[i] (a StatxArray at least as long);
-        `flags` are AT_* flags. Returns how many were prepared."""
+        """Prepare one statx(2) per path of `paths` into results[i] (a StatxArray at least
+        as long); `flags` are AT_* flags, `mask` the STATX_* fields wanted. res is 0 or
+        -errno; read results (results.sizes(), results.modes()) after the completions
+        are reaped. user_data=None numbers them 0..n-1.
+
+        Returns how many requests were prepared: fewer than asked when the CQ's capacity
+        is reached (see Ring).
+
+        Holds: the paths' bytes and `results` until every prepared completion is reaped.
+
+        Raises as every batch method does (see Ring), naming the first bad element;
+        nothing is prepared then.
+        """
         cdef PathBatch b
         cdef tuple t = _paths_tuple(paths)
         if len(t) > results.n:
@@ -1605,8 +1853,16 @@ cdef class Ring:
         return self._prep_paths(&b, t, results, None, user_data, sqe_flags)
 
     def prep_close_batch(self, fds, *, bint fixed=False, user_data=None, sqe_flags=0):
-        """Close every fd of `fds` (an int array), or with fixed=True those slots of
-        the registered file table. Returns how many were prepared."""
+        """Prepare close(2) of every fd of `fds` (an int array), or with fixed=True of
+        those slots of the registered file table. user_data=None numbers them 0..n-1;
+        res is 0 or -errno.
+
+        Returns how many requests were prepared: fewer than asked when the CQ's capacity
+        is reached (see Ring).
+
+        Raises as every batch method does (see Ring), naming the first bad element;
+        nothing is prepared then.
+        """
         cdef PathBatch b
         memset(&b, 0, sizeof(PathBatch))
         b.opcode = IORING_OP_CLOSE
@@ -1695,7 +1951,13 @@ cdef class Ring:
     # ---- public: submit and reap --------------------------------------------------
 
     def submit(self):
-        """Hand every prepared request to the kernel; returns how many it took."""
+        """Hand every prepared request to the kernel, an open linked chain included (which
+        ends it). Returns how many requests the kernel took. Does not wait.
+
+        Raises UringSyscallError when io_uring_enter fails (EINTR, EAGAIN and EBUSY are
+        retried; Ctrl-C raises KeyboardInterrupt), and the errors common to every
+        method.
+        """
         self._enter_api()
         try:
             return self._submit_and_wait(0, -1.0)
@@ -1703,9 +1965,16 @@ cdef class Ring:
             self._leave_api()
 
     def submit_and_wait(self, min_complete=1, timeout=None):
-        """Submit, then wait until `min_complete` completions are ready or `timeout`
-        seconds pass (on timeout it returns normally, with fewer ready). Returns how
-        many requests were submitted."""
+        """Submit what is prepared, then wait until `min_complete` completions are ready or
+        `timeout` seconds pass (None: no limit); on timeout it returns normally, with
+        fewer ready, and never raises TimeoutError. Returns how many requests were
+        submitted; reap the completions with completions(), wait() or reap(). The GIL is
+        released while it waits; Ctrl-C raises KeyboardInterrupt.
+
+        Raises ValueError when `min_complete` exceeds what is outstanding (the wait
+        could never end), UringSyscallError when io_uring_enter fails, and the errors
+        common to every method.
+        """
         cdef double t = _timeout_arg(timeout)
         cdef uint32_t want = _u32_arg(min_complete, "min_complete")
         self._enter_api()
@@ -1716,7 +1985,11 @@ cdef class Ring:
             self._leave_api()
 
     def completions(self):
-        """Every completion available now, without blocking, as Completion objects."""
+        """Every completion available now, without submitting or blocking, as a list of
+        Completion(user_data, res, flags), possibly empty. Reaping releases what each
+        request held (its buffer exports, paths). Raises the errors common to every
+        method.
+        """
         self._enter_api()
         try:
             return self._reap_list()
@@ -1725,8 +1998,15 @@ cdef class Ring:
 
     def wait(self, min_complete=1, timeout=None):
         """Submit what is pending, wait until `min_complete` completions are ready or
-        `timeout` seconds pass, and return every completion available. On timeout it
-        returns what is there, possibly an empty list; it never raises TimeoutError."""
+        `timeout` seconds pass (None: no limit), and return every completion available
+        as a list of Completion; on timeout it returns what is there, possibly an empty
+        list, and never raises TimeoutError. Reaping releases what each request held.
+        The GIL is released while it waits; Ctrl-C raises KeyboardInterrupt.
+
+        Raises ValueError when `min_complete` exceeds what is outstanding,
+        UringSyscallError when io_uring_enter fails, and the errors common to every
+        method.
+        """
         cdef double t = _timeout_arg(timeout)
         cdef uint32_t want = _u32_arg(min_complete, "min_complete")
         self._enter_api()
@@ -1738,10 +2018,21 @@ cdef class Ring:
             self._leave_api()
 
     def reap(self, user_data_out, res_out, flags_out=None, *, min_complete=0, timeout=None):
-        """Fill the caller's 1-D integer arrays with up to len(user_data_out)
-        completions (user_data_out 8-byte items, res_out and flags_out 4 or 8) and
-        return how many. With min_complete > 0 it first submits what is pending and
-        waits for that many (or until `timeout` seconds pass)."""
+        """Copy up to len(user_data_out) completions into the caller's arrays and return
+        how many: user_data_out[i], res_out[i] and flags_out[i] (optional) describe
+        completion i. The arrays are writable 1-D integer buffers of equal length:
+        user_data_out of 8-byte items (array('Q')), res_out of signed 4- or 8-byte items
+        (array('i')), flags_out of 4- or 8-byte items (array('I')). With min_complete >
+        0 it first submits what is pending and waits (GIL released) for that many, or
+        until `timeout` seconds pass; with 0 it never blocks. Reaping releases what each
+        request held (its buffer exports, paths). The arrays are only borrowed during
+        the call.
+
+        Raises TypeError for arrays of the wrong kind or item size, ValueError for
+        arrays of unequal length or a min_complete larger than they are,
+        UringSyscallError when io_uring_enter fails, and the errors common to every
+        method.
+        """
         cdef double t = _timeout_arg(timeout)
         cdef uint32_t want = _u32_arg(min_complete, "min_complete")
         cdef Sinks sinks
@@ -1765,8 +2056,11 @@ cdef class Ring:
     # ---- public: registration -------------------------------------------------------
 
     def probe(self):
-        """The opcodes the running kernel supports (IORING_REGISTER_PROBE), as a
-        frozenset of Op members (plain ints for opcodes newer than this build)."""
+        """The opcodes the running kernel supports (IORING_REGISTER_PROBE, Linux 5.6), as a
+        frozenset of Op members (plain ints for opcodes newer than this build). Raises
+        UringSyscallError when the kernel refuses the probe, and the errors common to
+        every method.
+        """
         cdef size_t size = sizeof(io_uring_probe) + 256 * sizeof(io_uring_probe_op)
         cdef io_uring_probe *p
         cdef int ret, i
@@ -1789,9 +2083,20 @@ cdef class Ring:
         return frozenset(known.get(op, op) for op in ops)
 
     def register_buffers(self, buffers):
-        """Register writable buffers for prep_read_fixed (the kernel pins their pages).
-        They stay exported, so they cannot be resized or freed, until
-        unregister_buffers() and the completion of every fixed request using them."""
+        """Register `buffers` (an iterable of 1 to 16384 writable, non-empty buffers) for
+        prep_read_fixed, prep_write_fixed and prep_read_fixed_batch: the kernel pins
+        their pages once instead of per request. alloc_buffer() gives page-aligned
+        buffers. Returns None.
+
+        Holds: every buffer stays exported (it cannot be resized or freed) until
+        unregister_buffers() or close(), and beyond that until every fixed request using
+        it has completed and been reaped.
+
+        Raises TypeError for a read-only buffer and ValueError for an empty one (naming
+        `buffers[i]`), UringSyscallError when the kernel refuses (EBUSY: buffers are
+        registered already; ENOMEM: RLIMIT_MEMLOCK too low), and the errors common to
+        every method.
+        """
         cdef list bufs = list(buffers)
         cdef Py_ssize_t i, n = len(bufs)
         cdef Hold *hold
@@ -1825,9 +2130,11 @@ cdef class Ring:
             self._leave_api()
 
     def unregister_buffers(self):
-        """Unregister the buffers. Requests prepared before this call are submitted
-        first, so they still find the buffers they name; fixed requests in flight
-        keep theirs alive."""
+        """Unregister the buffers. Requests prepared before this call are submitted first,
+        so they still find the buffers they name; fixed requests in flight keep theirs
+        alive until reaped. Returns None. Raises UringSyscallError (ENXIO when none are
+        registered) and the errors common to every method.
+        """
         cdef int ret
         self._enter_api()
         try:
@@ -1850,7 +2157,16 @@ cdef class Ring:
                 hold_free(hold)
 
     def register_files(self, fds):
-        """Register a file table; -1 leaves a slot empty (for direct descriptors)."""
+        """Register a file table of the fds in `fds` (an int array or a sequence of ints);
+        -1 leaves a slot empty, for direct descriptors (prep_openat's file_index). With
+        SQE_FIXED_FILE, requests then name a slot instead of an fd. Returns None; the
+        table is copied (the kernel takes its own references to the files).
+
+        Raises ArgumentRangeError for an entry outside -1..2**31-1, ValueError for a
+        table of more than 2**20 slots or none, UringSyscallError when the kernel
+        refuses (EBUSY: a table is registered already; EBADF: an fd is not open), and
+        the errors common to every method.
+        """
         cdef Py_ssize_t n
         cdef int32_t *table = _file_table(fds, &n)
         cdef int ret
@@ -1868,9 +2184,15 @@ cdef class Ring:
             free(table)
 
     def update_files(self, offset, fds):
-        """Replace registered file slots offset.. with `fds` (-1 empties a slot).
-        Requests prepared before this call are submitted first, against the table
-        they were prepared for."""
+        """Replace registered file slots offset.. with `fds` (-1 empties a slot). `offset`
+        is a slot index, not a file offset. Requests prepared before this call are
+        submitted first, against the table they were prepared for. Returns how many
+        slots the kernel updated.
+
+        Raises ValueError when the slots run past the registered table,
+        UringSyscallError when the kernel refuses, and the errors common to every
+        method.
+        """
         cdef uint32_t first = _u32_arg(offset, "offset")
         cdef Py_ssize_t n
         cdef int32_t *table = _file_table(fds, &n)
@@ -1897,9 +2219,11 @@ cdef class Ring:
             free(table)
 
     def unregister_files(self):
-        """Unregister the file table. Requests prepared before this call are
-        submitted first, so they still find their files; requests in flight keep
-        their files open."""
+        """Unregister the file table. Requests prepared before this call are submitted
+        first, so they still find their files; requests in flight keep their files open.
+        Returns None. Raises UringSyscallError (ENXIO when none is registered) and the
+        errors common to every method.
+        """
         cdef int ret
         self._enter_api()
         try:
@@ -1947,9 +2271,15 @@ cdef class Ring:
     # ---- closing ------------------------------------------------------------------
 
     def close(self):
-        """Cancel and drain every request in flight, release what they held, then
-        unmap the rings and close the fd. Prepared but unsubmitted requests are
-        discarded. Idempotent."""
+        """Cancel and drain every request in flight, release what they held (buffer
+        exports, paths, registered buffers), then unmap the rings and close the fd.
+        Prepared but unsubmitted requests are discarded. Idempotent; returns None.
+
+        Raises RingBusyError when another thread is using the ring (close it from
+        there). Ctrl-C during the drain raises KeyboardInterrupt with the ring still
+        open and consistent: call close() again. In a forked child it only releases the
+        child's copy, never touching the parent's requests.
+        """
         if self._closed:
             return
         if self._fork_gen != vy_fork_gen():

@@ -20,7 +20,10 @@ _UNAVAILABLE_ERRNOS = (_errno.EPERM, _errno.ENOSYS, _errno.EACCES)
 
 @dataclass(frozen=True)
 class Availability:
-    """The answer of :func:`check`: ``available``, and when not, ``reason``."""
+    """The answer of :func:`check`: ``available``, and when not, ``reason``; the
+    evidence it was drawn from: ``kernel`` (release), ``sysctl`` (the value of
+    kernel.io_uring_disabled, or None) and ``seccomp`` (the Seccomp: line of
+    /proc/self/status, or None)."""
     available: bool
     reason: str
     kernel: str
@@ -28,7 +31,7 @@ class Availability:
     seccomp: Optional[str]
 
 
-def _read_sysctl():
+def _read_sysctl() -> Optional[int]:
     try:
         with open(_SYSCTL) as f:
             return int(f.read().strip())
@@ -36,7 +39,7 @@ def _read_sysctl():
         return None
 
 
-def _seccomp_line():
+def _seccomp_line() -> Optional[str]:
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -47,7 +50,7 @@ def _seccomp_line():
     return None
 
 
-def _in_io_uring_group():
+def _in_io_uring_group() -> bool:
     try:
         with open("/proc/sys/kernel/io_uring_group") as f:
             gid = int(f.read().strip())
@@ -56,7 +59,7 @@ def _in_io_uring_group():
     return gid >= 0 and (gid == os.getegid() or gid in os.getgroups())
 
 
-def _diagnose(err, sqpoll):
+def _diagnose(err: int, sqpoll: bool) -> tuple[str, str]:
     """(cause, fix) of io_uring_setup failing with ``err``."""
     kernel = os.uname().release
     sysctl = _read_sysctl()
@@ -86,19 +89,26 @@ def _diagnose(err, sqpoll):
             "use backend='threads', or ask the administrator what blocks io_uring")
 
 
-def unavailable_error(err, sqpoll=False):
-    """A :class:`UringUnavailableError` whose message diagnoses the cause of ``err``."""
+def unavailable_error(err: int, sqpoll: bool = False) -> UringUnavailableError:
+    """A :class:`UringUnavailableError` whose message diagnoses the cause of ``err``
+    (returned, not raised)."""
     cause, fix = _diagnose(err, sqpoll)
     return UringUnavailableError(err, "io_uring_setup", fix, detail=cause)
 
 
-def is_unavailable_errno(err):
+def is_unavailable_errno(err: int) -> bool:
     """True when io_uring_setup failing with ``err`` means io_uring is blocked here."""
     return err in _UNAVAILABLE_ERRNOS
 
 
-def check():
-    """Try to create a one-entry ring and say whether io_uring works in this process."""
+def check() -> Availability:
+    """Try to create a one-entry ring and say whether io_uring works in this process.
+
+    Returns an :class:`Availability`: ``available``; ``reason``, when not, the same
+    diagnosis and fix that ``UringUnavailableError`` gives; the kernel release, the
+    value of ``kernel.io_uring_disabled`` (None where the kernel has no such sysctl)
+    and the ``Seccomp:`` line of /proc/self/status. Never raises for io_uring being
+    blocked; the ring it tries is closed before it returns."""
     from ._ring import try_setup
     err = try_setup()
     kernel = os.uname().release

@@ -9,11 +9,17 @@ import mmap
 
 __all__ = ["alloc_buffer", "PAGE_SIZE"]
 
-PAGE_SIZE = mmap.PAGESIZE
+PAGE_SIZE: int = mmap.PAGESIZE
 
 
-def alloc_buffer(nbytes):
-    """A zero-filled, page-aligned, writable buffer of ``nbytes`` (rounded up to pages)."""
+def alloc_buffer(nbytes: int) -> mmap.mmap:
+    """A zero-filled, page-aligned, writable buffer of ``nbytes`` (rounded up to pages).
+
+    Returns an anonymous ``mmap.mmap`` (a writable buffer: give it to prep_read,
+    prep_reads, register_buffers or read_ranges_into). While a request or a
+    registration holds it, closing or resizing it raises BufferError; its memory is
+    returned when it is closed or collected. Raises ValueError when ``nbytes`` <= 0,
+    and OSError (ENOMEM) when the mapping cannot be made."""
     nbytes = int(nbytes)
     if nbytes <= 0:
         raise ValueError(f"nbytes must be > 0, not {nbytes}")

@@ -7,6 +7,7 @@ one-line fix hint.
 """
 import errno as _errno
 import os
+from typing import Any, Optional, Union
 
 __all__ = [
     "UringError", "UringSyscallError", "UringUnavailableError", "RingClosedError",
@@ -20,19 +21,27 @@ class UringError(Exception):
 
 
 class UringSyscallError(UringError, OSError):
-    """An io_uring or mmap syscall failed; ``syscall`` and ``hint`` say which and what to do."""
+    """An io_uring or mmap syscall failed; ``syscall`` and ``hint`` say which and what to do.
 
-    def __init__(self, err, syscall, hint, detail=None):
+    An ``OSError``: ``errno`` and ``strerror`` are the syscall's. ``detail``, when
+    set, is a diagnosis of the cause (see ``UringUnavailableError``). str() gives
+    all of it: the syscall, the errno's name, the detail and ``fix: <hint>``.
+    """
+    syscall: str
+    hint: str
+    detail: Optional[str]
+
+    def __init__(self, err: int, syscall: str, hint: str, detail: Optional[str] = None) -> None:
         OSError.__init__(self, err, os.strerror(err))
         self.syscall = syscall
         self.hint = hint
         self.detail = detail
 
-    def __reduce__(self):                 # picklable across process pools
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across process pools
         return (type(self), (self.errno, self.syscall, self.hint, self.detail))
 
-    def __str__(self):
-        name = _errno.errorcode.get(self.errno, str(self.errno))
+    def __str__(self) -> str:
+        name = _errno.errorcode.get(self.errno or 0, str(self.errno))
         text = f"{self.syscall} failed: {name} ({self.strerror})"
         if self.detail:
             text += f"\n{self.detail}"
@@ -40,7 +49,12 @@ class UringSyscallError(UringError, OSError):
 
 
 class UringUnavailableError(UringSyscallError):
-    """io_uring cannot be used in this process (disabled by sysctl, seccomp, or kernel)."""
+    """io_uring cannot be used in this process (disabled by sysctl, seccomp, or kernel).
+
+    Raised by ``Ring()`` (and ``BatchReader(backend="io_uring")``); ``detail`` names the
+    cause found (the sysctl's value, the seccomp line of /proc/self/status, the
+    kernel) and ``hint`` the fix. ``vyre_uring.check()`` answers the same without
+    raising."""
 
 
 class RingClosedError(UringError, ValueError):
@@ -67,7 +81,7 @@ class ArgumentRangeError(OverflowError, ValueError):
 
 
 # One-line fix hints, per syscall and errno; "*" is the syscall's fallback.
-_HINTS = {
+_HINTS: dict[str, dict[Union[int, str], str]] = {
     "io_uring_setup": {
         _errno.EINVAL: "a size or setup flag this kernel rejects: entries must be 1..32768 and "
                        "cq_entries >= entries; single_issuer needs Linux 6.0, defer_taskrun 6.1, "
@@ -108,12 +122,12 @@ _HINTS = {
 }
 
 
-def fix_hint(syscall, err):
+def fix_hint(syscall: str, err: int) -> str:
     """The one-line fix hint for ``syscall`` failing with ``err``."""
     table = _HINTS.get(syscall.split("(")[0], {})
     return table.get(err) or table.get("*") or "see the syscall's man page"
 
 
-def syscall_error(syscall, err, detail=None):
+def syscall_error(syscall: str, err: int, detail: Optional[str] = None) -> UringSyscallError:
     """The exception for ``syscall`` failing with positive errno ``err``."""
     return UringSyscallError(err, syscall, fix_hint(syscall, err), detail)

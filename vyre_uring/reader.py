@@ -8,6 +8,8 @@ pool of os.pread where io_uring is blocked.
     read_path_ranges(paths, offsets, lengths) -> list of bytes, ranges of many files
     BatchReader(...)                   the reusable object behind them
 """
+from __future__ import annotations
+
 import array
 import atexit
 import errno
@@ -15,10 +17,15 @@ import itertools
 import os
 import threading
 import warnings
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union, overload
 
 from ._ring import ByteBudget, check_ranges
 from .availability import is_unavailable_errno
 from .errors import UringSyscallError, UringUnavailableError
+
+if TYPE_CHECKING:
+    from ._typing import Backend, Buffer, IntArray, OnError, OnErrorNoFailures, PathArg, Progress
 
 __all__ = ["BatchReader", "read_files", "iter_files", "read_ranges", "read_ranges_into",
            "read_path_ranges", "BACKEND_ENV"]
@@ -60,8 +67,8 @@ class BatchReader:
     the reader that runs it.
     """
 
-    def __init__(self, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH, workers=None,
-                 direct=False):
+    def __init__(self, *, backend: Backend = "auto", queue_depth: int = DEFAULT_QUEUE_DEPTH,
+                 workers: Optional[int] = None, direct: bool = False) -> None:
         backend = _chosen_backend(backend)
         if not 1 <= queue_depth <= 4096:
             raise ValueError(f"queue_depth must be between 1 and 4096, not {queue_depth}")
@@ -109,30 +116,37 @@ class BatchReader:
             self._bytes += nbytes
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         """The backend in use: "io_uring" or "threads"."""
         return self._backend.name
 
-    def close(self):
+    def close(self) -> None:
         if self._pid == os.getpid():
             self._backend.close()
         else:
             self._backend.forget()
 
-    def __enter__(self):
+    def __enter__(self) -> BatchReader:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def stats(self):
+    def stats(self) -> dict[str, Any]:
         """Counters since creation: files, bytes, operations, short reads resubmitted,
         syscalls, the backend, and why it fell back (None when it did not)."""
         return {"files": self._files, "bytes": self._bytes, **self._backend.stats,
                 "backend": self.backend, "workers": self._backend.workers,
                 "fallback_reason": self.fallback_reason}
 
-    def read_files(self, paths, *, on_error="raise", progress=None):
+    @overload
+    def read_files(self, paths: Iterable[PathArg], *, on_error: OnErrorNoFailures = ...,
+                   progress: Progress = ...) -> list[bytes]: ...
+    @overload
+    def read_files(self, paths: Iterable[PathArg], *, on_error: Literal["return"],
+                   progress: Progress = ...) -> list[Union[bytes, OSError]]: ...
+    def read_files(self, paths: Iterable[PathArg], *, on_error: OnError = "raise",
+                   progress: Progress = None) -> Union[list[bytes], list[Union[bytes, OSError]]]:
         """Every file's bytes, in input order. `paths`: a sequence (or iterable) of
         str, bytes or os.PathLike. on_error: "raise" (the default) raises the first
         failure (in input order) after the whole batch was read; "return" puts a
@@ -158,8 +172,9 @@ class BatchReader:
             out = [r for r in out if not isinstance(r, BaseException)]
         return out
 
-    def iter_files(self, paths, *, max_bytes_in_flight=64 << 20, max_file_bytes=None,
-                   progress=None):
+    def iter_files(self, paths: Iterable[PathArg], *, max_bytes_in_flight: int = 64 << 20,
+                   max_file_bytes: Optional[int] = None, progress: Progress = None,
+                   ) -> Iterator[tuple[int, PathArg, Union[bytes, OSError]]]:
         """Yield (index, path, bytes_or_OSError) batch by batch, as files complete
         (not in input order; index is the path's position in `paths`). `paths` is
         consumed lazily, a batch at a time, so a generator of a million paths starts
@@ -208,7 +223,9 @@ class BatchReader:
                 out[k] = None               # the caller's now, not ours
         return [batch[k] for k in deferred]
 
-    def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets=None):
+    def read_ranges_into(self, path: PathArg, buffer: Buffer, offsets: IntArray,
+                         lengths: IntArray, buffer_offsets: Optional[IntArray] = None,
+                         ) -> list[int]:
         """pread each range into the caller's writable buffer; returns the bytes read
         per range (fewer than asked past EOF). buffer_offsets=None packs the ranges."""
         offsets, lengths, buffer_offsets = ranges_into_args(buffer, offsets, lengths,
@@ -218,7 +235,7 @@ class BatchReader:
         self._count(0, sum(got))
         return got
 
-    def read_ranges(self, path, offsets, lengths):
+    def read_ranges(self, path: PathArg, offsets: IntArray, lengths: IntArray) -> list[bytes]:
         """Each range's bytes (pread semantics: a range past EOF returns what exists)."""
         offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
         check_ranges(offsets, lengths)
@@ -305,7 +322,7 @@ def _chosen_backend(backend):
     return backend
 
 
-def default_workers():
+def default_workers() -> int:
     """Rings (threads) for the io_uring backend: one per core this process may run
     on. Jobs run without the GIL, so each ring keeps a core busy; a call splits
     into at most as many jobs as its work fills (a small call runs on one ring)."""
@@ -404,30 +421,45 @@ def _close_shared():
     _shared.clear()
 
 
-def read_files(paths, *, on_error="raise", backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH,
-               workers=None, progress=None, direct=False):
+@overload
+def read_files(paths: Iterable[PathArg], *, on_error: OnErrorNoFailures = ...,
+               backend: Backend = ..., queue_depth: int = ..., workers: Optional[int] = ...,
+               progress: Progress = ..., direct: bool = ...) -> list[bytes]: ...
+@overload
+def read_files(paths: Iterable[PathArg], *, on_error: Literal["return"], backend: Backend = ...,
+               queue_depth: int = ..., workers: Optional[int] = ..., progress: Progress = ...,
+               direct: bool = ...) -> list[Union[bytes, OSError]]: ...
+def read_files(paths: Iterable[PathArg], *, on_error: OnError = "raise",
+               backend: Backend = "auto", queue_depth: int = DEFAULT_QUEUE_DEPTH,
+               workers: Optional[int] = None, progress: Progress = None, direct: bool = False,
+               ) -> Union[list[bytes], list[Union[bytes, OSError]]]:
     """Read whole files; see BatchReader.read_files."""
     return _shared_reader(backend, queue_depth, workers, direct).read_files(
         paths, on_error=on_error, progress=progress)
 
 
-def iter_files(paths, *, max_bytes_in_flight=64 << 20, max_file_bytes=None, backend="auto",
-               queue_depth=DEFAULT_QUEUE_DEPTH, workers=None, progress=None, direct=False):
+def iter_files(paths: Iterable[PathArg], *, max_bytes_in_flight: int = 64 << 20,
+               max_file_bytes: Optional[int] = None, backend: Backend = "auto",
+               queue_depth: int = DEFAULT_QUEUE_DEPTH, workers: Optional[int] = None,
+               progress: Progress = None, direct: bool = False,
+               ) -> Iterator[tuple[int, PathArg, Union[bytes, OSError]]]:
     """Yield (index, path, bytes_or_OSError) as files complete; see BatchReader.iter_files."""
     return _shared_reader(backend, queue_depth, workers, direct).iter_files(
         paths, max_bytes_in_flight=max_bytes_in_flight, max_file_bytes=max_file_bytes,
         progress=progress)
 
 
-def read_ranges(path, offsets, lengths, *, backend="auto", queue_depth=DEFAULT_QUEUE_DEPTH,
-                direct=False):
+def read_ranges(path: PathArg, offsets: IntArray, lengths: IntArray, *,
+                backend: Backend = "auto", queue_depth: int = DEFAULT_QUEUE_DEPTH,
+                direct: bool = False) -> list[bytes]:
     """Read byte ranges of one file; see BatchReader.read_ranges."""
     return _shared_reader(backend, queue_depth, None, direct).read_ranges(path, offsets,
                                                                          lengths)
 
 
-def read_ranges_into(path, buffer, offsets, lengths, buffer_offsets=None, *, backend="auto",
-                     queue_depth=DEFAULT_QUEUE_DEPTH, direct=False):
+def read_ranges_into(path: PathArg, buffer: Buffer, offsets: IntArray, lengths: IntArray,
+                     buffer_offsets: Optional[IntArray] = None, *, backend: Backend = "auto",
+                     queue_depth: int = DEFAULT_QUEUE_DEPTH, direct: bool = False) -> list[int]:
     """Read byte ranges of one file into a buffer; see BatchReader.read_ranges_into."""
     return _shared_reader(backend, queue_depth, None, direct).read_ranges_into(
         path, buffer, offsets, lengths, buffer_offsets)
