@@ -4,6 +4,8 @@ syscall, the errno and a fix."""
 import errno
 import os
 import pickle
+import subprocess
+import sys
 import textwrap
 
 import pytest
