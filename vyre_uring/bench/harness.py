@@ -144,7 +144,9 @@ def table(summary, workloads):
 def _rate(x):
     if x >= 1e6:
         return f"{x / 1e6:7.2f} M"
-    return f"{x / 1e3:7.1f} k"
+    if x >= 1e3:
+        return f"{x / 1e3:7.1f} k"
+    return f"{x:9.2f}"
 
 
 def environment(backend=None):
