@@ -49,7 +49,8 @@ else
 fi
 
 # vyre_uring, built from this checkout (no index: the build requirements must be
-# installed already, or their wheels be in .whl/, which is installed first).
+# installed already, or their wheels be in .whl/, which is installed first, with the
+# wheels of any contenders the machine lacks).
 wheels=(.whl/*.whl)
 if (( ${#wheels[@]} )); then
     "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/build-deps "${wheels[@]}"
@@ -68,7 +69,8 @@ if ! "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index --target
     echo "remote.sh: building vyre_uring failed (log: $log)" >&2
     exit 1
 fi
-export PYTHONPATH="$SITE"
+# The wheels of .whl/ stay importable: contenders (aiofiles, fsspec...) come that way.
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 # `python -m vyre_uring` would put the working directory first on sys.path, and this
 # checkout's vyre_uring has no compiled extension: run the entry point pip wrote
