@@ -292,7 +292,9 @@ def test_options_not_given_are_left_to_the_reader(capsys, monkeypatch, files):
     seen = _recording_reader(monkeypatch)
     status, _, _ = run(capsys, "read", *files)
     assert status == 0
-    assert seen == {"backend": "auto", "queue_depth": 64, "workers": None, "direct": False}
+    # Workers: the reader's default, at most the command's own cap.
+    workers = min(cli.READ_RINGS, vyre_uring.reader.default_workers())
+    assert seen == {"backend": "auto", "queue_depth": 64, "workers": workers, "direct": False}
 
 
 def test_an_unavailable_io_uring_backend_exits_1_with_the_reason(capsys, monkeypatch, files):

@@ -7,11 +7,11 @@ release the GIL) while the main thread's next iter_files batch reads without it.
 Files larger than WHOLE_FILE_MAX are not read whole: a pool thread streams each
 through the reader in pieces (read_ranges_into into one buffer it reuses).
 
-Memory held for file contents, whatever the tree: a read budget (read, not yet
+Memory held for file contents, whatever the tree: READ_BUDGET (read, not yet
 handed on) and a hash budget (handed on, not yet hashed, large files' pieces
-included) of 8 MiB each on 8 cores or fewer, 1 MiB per core beyond, at most 16 MiB
-each; the peak RSS grows by about twice that (allocator slack, the reader's
-arenas), measured in tests/test_cli_io.py and on 16 cores.
+included) of 8 MiB on 8 cores or fewer, 1 MiB per core beyond, at most 16 MiB; the
+peak RSS grows by about twice that (small files are copied out of the rings'
+arenas, allocator slack), measured in tests/test_cli_io.py and on 16 cores.
 """
 import errno
 import hashlib
@@ -23,6 +23,11 @@ import zlib
 from ._workers import block_async_signals
 
 WHOLE_FILE_MAX = 4 << 20          # larger files are streamed (at most the read budget)
+READ_BUDGET = 8 << 20             # read, not yet handed on (small files land twice:
+                                  # in a ring's arena, then in their bytes)
+# Rings the command reads with unless told: hashing, not reading, is what needs the
+# cores, and each ring keeps an arena of its own (4 MiB) resident.
+READ_RINGS = 4
 GROUP_FILES = 512                 # a pool task hashes at most this many files
 MAX_WAITING = 1 << 16             # results kept for in-order output behind a slow file
 
@@ -61,10 +66,10 @@ def hash_threads():
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def budget(threads):
-    """The read budget, and the hash budget: enough to keep `threads` busy (a large
-    file is hashed by one thread, so many cores need many files in flight), within
-    a bound that does not grow with the machine."""
+def hash_budget(threads):
+    """Bytes handed to the hash threads and not yet hashed: enough to keep `threads`
+    busy (a large file is hashed by one thread, so many cores need many files in
+    flight), within a bound that does not grow with the machine."""
     return min(16 << 20, max(8 << 20, threads << 20))
 
 
@@ -77,7 +82,7 @@ class ReadPipeline:
         self.reader = reader
         self.algorithm = algorithm
         self.threads = hash_threads()
-        self.budget = budget(self.threads)
+        self.budget = hash_budget(self.threads)
         self.pool = HashPool(self.threads)
         self.stopping = threading.Event()     # Ctrl-C: streams stop between pieces
         # Every thread gets work while the hand-off stays within the budget: groups
@@ -105,7 +110,7 @@ class ReadPipeline:
                     index += 1
                     yield path
         for index, path, result in self.reader.iter_files(
-                paths(), max_bytes_in_flight=self.budget, max_file_bytes=WHOLE_FILE_MAX):
+                paths(), max_bytes_in_flight=READ_BUDGET, max_file_bytes=WHOLE_FILE_MAX):
             seq = seq_of.pop(index)
             if isinstance(result, bytes):
                 self._add_to_group(seq, path, result)

@@ -21,7 +21,7 @@ import warnings
 
 import vyre_uring
 
-from ._read_command import ReadPipeline
+from ._read_command import READ_RINGS, ReadPipeline
 
 PROG = "vyre-uring"
 CHECKSUMS = ("crc32", "blake2b", "sha256")
@@ -126,8 +126,8 @@ def _add_read_parser(sub):
     p.add_argument("--workers", type=_positive_int, metavar="N",
                    help="how many reads run in parallel: io_uring rings (each with its "
                         "thread) for the io_uring backend, pool threads for the threads "
-                        "backend (default: one ring per core; two threads per core, at "
-                        "most 16)")
+                        f"backend (default: one per core, at most {READ_RINGS}: hashing "
+                        "runs on every core regardless)")
     p.add_argument("--direct", action="store_true",
                    help="read with O_DIRECT, bypassing the page cache (files on "
                         "filesystems that refuse it are read buffered; the summary "
@@ -362,9 +362,10 @@ def _open_listing(args, parser):
 
 def reader_options(args, parser):
     """BatchReader keyword arguments for the options given (the rest keep the
-    reader's defaults)."""
+    reader's defaults, but for at most READ_RINGS workers)."""
+    workers = args.workers or min(READ_RINGS, vyre_uring.reader.default_workers())
     wanted = {"backend": args.backend, "queue_depth": args.queue_depth,
-              "workers": args.workers, "direct": args.direct or None}
+              "workers": workers, "direct": args.direct or None}
     return {k: v for k, v in wanted.items() if v is not None}
 
 
