@@ -96,8 +96,8 @@ def test_checksums_of_a_real_tree_stay_within_64_mib():
 
 
 def test_large_files_hashed_in_pieces_equal_hashlib(tmp_path):
-    # Above WHOLE_FILE_MAX: streamed through read_ranges_into, piece by piece.
-    sizes = [_read_command.WHOLE_FILE_MAX + 1, 3 * (8 << 20) + 5, 8 << 20]
+    # Above THREAD_BUDGET: streamed through read_ranges_into, piece by piece.
+    sizes = [_read_command.THREAD_BUDGET + 1, 3 * _read_command.THREAD_BUDGET, 8 << 20]
     paths = []
     for i, size in enumerate(sizes):
         p = tmp_path / f"large{i}"

@@ -109,7 +109,8 @@ class UringBackend:
         rings = len(self._rings)
         step = max(self._rings[0].depth, min(MAX_JOB_FILES, -(-n // (4 * rings))))
         if budget is not None:
-            step = max(1, -(-n // rings))      # one job per ring
+            # One job per ring; a call of at most a queue's worth of files, one job.
+            step = max(self._rings[0].depth, -(-n // rings))
         tasks = [lambda r, stop, s=s: r.read_files(paths, s, min(s + step, n), out, budget,
                                                    stop)
                  for s in range(0, n, step)]
