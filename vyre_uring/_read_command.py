@@ -116,10 +116,7 @@ class ReadPipeline:
                 chunk = self._take_chunk()
                 if not chunk:
                     break
-                results = self._read_chunk(chunk)
-                if self.stopping.is_set():    # a stream stopped part-way: no result
-                    break
-                self.done.put(results)
+                self._read_chunk(chunk)
         except BaseException as exc:          # raised again in the main thread
             self.stopping.set()
             self.done.put(exc)
@@ -135,6 +132,8 @@ class ReadPipeline:
         return [(seq, path, err) for seq, (path, err) in chunk]
 
     def _read_chunk(self, chunk):
+        """Read and hash a chunk, handing results to the main thread as they come:
+        those before a large file go out before it is streamed."""
         out = [(seq, path, err) for seq, path, err in chunk if err is not None]
         todo = [(seq, path) for seq, path, err in chunk if err is None]
         for i, path, result in self.reader.iter_files(
@@ -143,9 +142,16 @@ class ReadPipeline:
             if isinstance(result, bytes):
                 result = _summed(self.algorithm, result)
             elif getattr(result, "errno", None) == errno.EFBIG:
+                self._hand_over(out)
+                out = []
                 result = self._stream(path)
             out.append((todo[i][0], path, result))
-        return out
+        self._hand_over(out)
+
+    def _hand_over(self, results):
+        # After a stop, a stream may have ended part-way: its result is no result.
+        if results and not self.stopping.is_set():
+            self.done.put(results)
 
     def _stream(self, path):
         """A file larger than THREAD_BUDGET: (bytes, digest) read in pieces into one
