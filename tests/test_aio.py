@@ -173,6 +173,45 @@ def test_write_file_and_the_async_file_object(run, tmp_path):
     assert whole == blob + b"more"
 
 
+def test_a_read_on_an_idle_ring_returns_without_suspending(run, tmp_file, backend):
+    """A read on an idle ring is submitted at once: a page-cache hit completes inside
+    the submit, so the await returns before the loop runs anything. Short reads at
+    EOF and failures seen at once keep their usual results."""
+    path, data = tmp_file
+
+    async def main():
+        ring = aio.loop_ring()
+        ran = []
+        asyncio.get_running_loop().call_soon(ran.append, "loop")
+        fd = os.open(path, os.O_RDONLY)
+        wfd = os.open(path, os.O_WRONLY)
+        try:
+            buf = bytearray(4096)
+            n = await ring.read(fd, buf, 8192)
+            ran.append("read")
+            with pytest.raises(OSError) as ei:
+                await ring.read(wfd, bytearray(8))
+            assert ei.value.errno == errno.EBADF
+        finally:
+            os.close(fd)
+            os.close(wfd)
+        async with aio.open(path, "rb") as f:
+            f.seek(len(data) - 10)
+            tail = await f.read(100)
+            assert await f.read(100) == b"" and f.tell() == len(data)
+        async with aio.open(path, "r+b") as f:
+            f.seek(len(data))
+            await f.write(b"x")
+        async with aio.open(path, "ab") as f:
+            with pytest.raises(OSError) as ei:
+                await f.read(10)
+            assert ei.value.errno == errno.EBADF and f.tell() == len(data) + 1
+        return n, buf, tail, ran
+    n, buf, tail, ran = run(main())
+    assert (n, bytes(buf), tail) == (4096, data[8192:12288], data[-10:])
+    assert ran[0] == ("loop" if backend == "threads" else "read")
+
+
 def test_low_level_ops_return_results_or_raise_oserror(run, tmp_file):
     path, data = tmp_file
 
