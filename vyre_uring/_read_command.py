@@ -4,8 +4,9 @@ in bounded memory, reported in input order.
 Each of a pool of threads (one per core) takes the next CHUNK_FILES paths, reads
 them with BatchReader.iter_files within a byte budget of its own (THREAD_BUDGET)
 and hashes each file as it comes (hashlib and zlib release the GIL), so reading and
-hashing overlap across threads; a file larger than the budget is read in pieces
-into one buffer the thread reuses (read_ranges_into) and hashed as they come. The
+hashing overlap across threads. A file larger than the budget goes to a queue that
+every thread serves before taking more paths: it is read in pieces into one buffer
+the thread reuses (read_ranges_into) and hashed as they come. The
 main thread only walks the paths (under a lock, for whichever thread asks) and
 prints the results in input order.
 
@@ -77,6 +78,7 @@ class ReadPipeline:
         self.done = queue.SimpleQueue()       # from the threads: results, or the end
         self.slots = threading.Semaphore(MAX_WAITING)   # records taken, not yet printed
         self.source_lock = threading.Lock()
+        self.large = queue.SimpleQueue()      # (seq, path) of files to stream
         self.threads = []
 
     def run(self, items, emit):
@@ -113,10 +115,18 @@ class ReadPipeline:
         block_async_signals()
         try:
             while not self.stopping.is_set():
+                # Large files first, whoever found them: adjacent paths (one
+                # directory's libraries) would otherwise leave one thread hashing
+                # them all while the others wait.
+                large = self._next_large()
+                if large is not None:
+                    seq, path = large
+                    self._hand_over([(seq, path, self._stream(path))])
+                    continue
                 chunk = self._take_chunk()
                 if not chunk:
-                    break
-                self._read_chunk(chunk)
+                    break                     # a large file found meanwhile: its
+                self._read_chunk(chunk)       # finder streams it before leaving
         except BaseException as exc:          # raised again in the main thread
             self.stopping.set()
             self.done.put(exc)
@@ -131,21 +141,26 @@ class ReadPipeline:
             self.slots.acquire()
         return [(seq, path, err) for seq, (path, err) in chunk]
 
+    def _next_large(self):
+        try:
+            return self.large.get_nowait()
+        except queue.Empty:
+            return None
+
     def _read_chunk(self, chunk):
-        """Read and hash a chunk, handing results to the main thread as they come:
-        those before a large file go out before it is streamed."""
+        """Read and hash a chunk's small files and hand their results to the main
+        thread; its large files go to the queue any thread streams from."""
         out = [(seq, path, err) for seq, path, err in chunk if err is not None]
         todo = [(seq, path) for seq, path, err in chunk if err is None]
         for i, path, result in self.reader.iter_files(
                 [path for _, path in todo], max_bytes_in_flight=THREAD_BUDGET,
                 max_file_bytes=THREAD_BUDGET):
             if isinstance(result, bytes):
-                result = _summed(self.algorithm, result)
+                out.append((todo[i][0], path, _summed(self.algorithm, result)))
             elif getattr(result, "errno", None) == errno.EFBIG:
-                self._hand_over(out)
-                out = []
-                result = self._stream(path)
-            out.append((todo[i][0], path, result))
+                self.large.put(todo[i])
+            else:
+                out.append((todo[i][0], path, result))
         self._hand_over(out)
 
     def _hand_over(self, results):
