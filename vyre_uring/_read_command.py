@@ -113,6 +113,7 @@ class ReadPipeline:
 
     def _serve(self):
         block_async_signals()
+        piece = bytearray(THREAD_BUDGET)      # this thread's buffer for large files
         try:
             while not self.stopping.is_set():
                 # Large files first, whoever found them: adjacent paths (one
@@ -121,7 +122,7 @@ class ReadPipeline:
                 large = self._next_large()
                 if large is not None:
                     seq, path = large
-                    self._hand_over([(seq, path, self._stream(path))])
+                    self._hand_over([(seq, path, self._stream(path, piece))])
                     continue
                 chunk = self._take_chunk()
                 if not chunk:
@@ -168,12 +169,9 @@ class ReadPipeline:
         if results and not self.stopping.is_set():
             self.done.put(results)
 
-    def _stream(self, path):
-        """A file larger than THREAD_BUDGET: (bytes, digest) read in pieces into one
-        buffer and hashed as they come, or its OSError."""
-        buf = getattr(_local, "piece", None)
-        if buf is None:
-            buf = _local.piece = bytearray(THREAD_BUDGET)
+    def _stream(self, path, buf):
+        """A file larger than THREAD_BUDGET: (bytes, digest) read in pieces into `buf`
+        and hashed as they come, or its OSError."""
         h = new_hash(self.algorithm)
         total = 0
         with memoryview(buf) as view:
@@ -188,6 +186,3 @@ class ReadPipeline:
                 if got < len(buf):
                     break
         return total, h.hexdigest() if h is not None else None
-
-
-_local = threading.local()          # each thread's piece buffer, reused

@@ -130,8 +130,10 @@ def _test_set_limits(int64_t max_piece, int64_t direct_align):
 
 
 cdef struct Budget:
+    # limit, largest and unsized_cap are set when the ByteBudget is made, before any
+    # job sees it, and never change: plain reads suffice.
     int64_t limit
-    int64_t largest         # the most one file may hold (sized: INT64_MAX unless set)
+    int64_t largest         # the most one file may hold (INT64_MAX: no such limit)
     int64_t unsized_cap     # the most a file that reports size 0 may hold
     int64_t taken           # atomic: the jobs of several rings take from it at once
     int spent               # atomic flag: open no more files
@@ -148,10 +150,10 @@ cdef class ByteBudget:
     def __cinit__(self, int64_t limit, largest=None):
         if limit < 1:
             raise ValueError(f"a byte budget must be >= 1, not {limit}")
+        if largest is not None and not 1 <= largest <= limit:
+            raise ValueError(f"the largest file must be 1 to {limit} bytes, not {largest}")
         self.b.limit = limit
         self.b.largest = INT64_MAX if largest is None else largest
-        if not 1 <= self.b.largest <= limit and largest is not None:
-            raise ValueError(f"the largest file must be 1 to {limit} bytes, not {largest}")
         # A file that reports size 0 is read into memory grown as it fills: it may
         # never hold more than the whole budget.
         self.b.unsized_cap = min(limit, self.b.largest)
@@ -1099,6 +1101,15 @@ cdef int _check_range(Py_ssize_t i, int64_t o, int64_t m, int64_t b, int64_t buf
     return 0
 
 
+cdef int64_t _known_size(int fd) noexcept:
+    """The size of a regular file that reports one, else -1 (a /proc file reports 0
+    and holds more)."""
+    cdef stat_t st
+    if fstat(fd, &st) == 0 and S_ISREG(st.st_mode) and st.st_size > 0:
+        return st.st_size
+    return -1
+
+
 cdef bytes _range_bytes(Py_ssize_t i, int64_t size, name):
     """A new bytes object for range i; a MemoryError that names the range."""
     try:
@@ -1127,6 +1138,7 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
     cdef int64_t b = 0
     cdef char *base = NULL
     cdef Py_ssize_t base_len = -1
+    cdef int64_t eof = -1
     cdef list keep
     cdef list results
     off.has_view = length.has_view = boff.has_view = False
@@ -1148,12 +1160,18 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
             hold_export(hold, buffer, True, "buffer")
             base = <char *>hold.views[0].buf
             base_len = hold.views[0].len
+        else:
+            # New bytes objects only as large as the file lets them be: a range
+            # asking for 64 GiB of a 10-byte file allocates 10 bytes.
+            eof = _known_size(fd)
         for i in range(n):
             j.off[i] = ia_get(&off, i)
             j.want[i] = ia_get(&length, i)
             if buffer is not None:
                 b = ia_get(&boff, i)
             _check_range(i, j.off[i], j.want[i], b, base_len)
+            if eof >= 0:
+                j.want[i] = max(0, min(j.want[i], eof - j.off[i]))
             j.fd[i] = fd
             if buffer is not None:
                 j.dest[i] = base + b

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 
-from ._files import OPEN_FLAGS, check_regular, lengths_within_eof, over_budget_error, path_error
+from ._files import OPEN_FLAGS, check_regular, over_budget_error, path_error
 from ._ring import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Arena, Op,
                     Ring, drain_jobs, group_paths, read_file_window, read_path_ranges_job,
                     read_ranges_job, run_call, with_file)
@@ -137,11 +137,9 @@ class UringBackend:
             if self.direct and not direct:
                 with self._lock:
                     self._refused_direct += 1   # the filesystem refused O_DIRECT
-            # New bytes objects: only as large as the file lets them be.
-            sizes = lengths if buffer is not None else lengths_within_eof(fd, offsets, lengths)
             parts = self._run([
                 lambda r, stop, s=s: r.read_ranges(fd, offsets[s:s + share],
-                                                   sizes[s:s + share], buffer,
+                                                   lengths[s:s + share], buffer,
                                                    share_of(buffer_offsets, s), path,
                                                    direct, stop)
                 for s in range(0, n, share)])

@@ -212,15 +212,14 @@ class WriteError(Exception):
 
 
 def _silence_stdout():
-    """Point fd 1 (and sys.stdout) at /dev/null, so that the interpreter's final
-    flush of what is still buffered fails no more."""
+    """Point fd 1 at /dev/null, so that the interpreter's final flush of what is
+    still buffered fails no more."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.close(devnull)
     except OSError:
         pass
-    sys.stdout = open(os.devnull, "w")
 
 
 def _flush_stdout():

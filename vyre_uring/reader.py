@@ -189,7 +189,8 @@ class BatchReader:
         if max_file_bytes is not None and not 1 <= max_file_bytes <= max_bytes_in_flight:
             raise ValueError(f"max_file_bytes must be 1 to max_bytes_in_flight "
                              f"({max_bytes_in_flight}), not {max_file_bytes}")
-        source = _path_source(paths)
+        _refuse_single_path(paths)
+        source = enumerate(paths)
         _Progress.check(progress)
         total = len(paths) if hasattr(paths, "__len__") else None
         # Checked above, read below: the arguments fail at the call, not at the first
@@ -343,25 +344,18 @@ def _on_error(value):
     return "skip" if value == "omit" else value
 
 
-def _single_path_error(paths):
-    """The TypeError for one path passed where a sequence of paths belongs (a str
-    would otherwise be read as one path per character)."""
-    return TypeError(f"paths must be a sequence of paths, not one "
-                     f"{type(paths).__name__} ({paths!r}): pass [path]")
+def _refuse_single_path(paths):
+    """TypeError for one path passed where a sequence of paths belongs (a str would
+    otherwise be read as one path per character)."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"paths must be a sequence of paths, not one "
+                        f"{type(paths).__name__} ({paths!r}): pass [path]")
 
 
 def _path_list(paths):
     """`paths` as a list or tuple, refusing a single path."""
-    if isinstance(paths, (str, bytes, os.PathLike)):
-        raise _single_path_error(paths)
+    _refuse_single_path(paths)
     return paths if isinstance(paths, (list, tuple)) else list(paths)
-
-
-def _path_source(paths):
-    """An iterator of (index, path) over `paths`, refusing a single path."""
-    if isinstance(paths, (str, bytes, os.PathLike)):
-        raise _single_path_error(paths)
-    return enumerate(paths)
 
 
 def _int_list(values, name):
