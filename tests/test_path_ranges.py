@@ -191,3 +191,20 @@ def test_near_the_fd_limit(tmp_path, backend, free):
         assert got == expected
     else:
         assert all(isinstance(x, OSError) and x.errno == errno.EMFILE for x in got)
+
+
+def test_files_whose_size_says_nothing_are_read_as_asked_or_to_eof(backend):
+    # /proc reports size 0 and holds more: a range is read as asked, or to EOF.
+    with BatchReader(backend=backend) as r:
+        whole, part = r.read_path_ranges(["/proc/self/cmdline"] * 2, [0, 1], [-1, 3])
+    with open("/proc/self/cmdline", "rb") as f:
+        expected = f.read()
+    assert whole == expected and part == expected[1:4]
+
+
+def test_a_single_path_and_offsets_past_any_file_are_refused_on_both_backends(backend):
+    with BatchReader(backend=backend) as r:
+        with pytest.raises(TypeError, match="sequence of paths"):
+            r.read_path_ranges(STDLIB_FILES[0], [0], [1])
+        with pytest.raises(ValueError, match="range 0: offset"):
+            r.read_path_ranges([STDLIB_FILES[0]], [(1 << 63) - 1], [1])

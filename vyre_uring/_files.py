@@ -4,7 +4,8 @@ import errno
 import os
 import stat
 
-__all__ = ["OPEN_FLAGS", "check_regular", "over_budget_error", "path_error"]
+__all__ = ["OPEN_FLAGS", "check_regular", "over_budget_error", "path_error",
+           "pread_to_eof"]
 
 # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a
 # regular file). It changes nothing for regular files.
@@ -37,3 +38,19 @@ def check_regular(mode, path):
         raise path_error(errno.EISDIR, path)
     kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
     raise path_error(errno.EINVAL, path, f"not a regular file: {kind}")
+
+
+def pread_to_eof(fd, offset, path):
+    """The bytes of fd from `offset` to its end, for a file whose size says nothing
+    (/proc and sysfs report 0): read until a read returns nothing. Its OSError names
+    `path`."""
+    parts = []
+    try:
+        while True:
+            chunk = os.pread(fd, 64 << 10, offset)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+            offset += len(chunk)
+    except OSError as exc:
+        raise path_error(exc.errno, path) from None

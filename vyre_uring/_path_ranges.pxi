@@ -145,8 +145,11 @@ cdef int _open_at_limit(const char *p, bint direct, stat_t *st, const int *stop)
 
 cdef inline int64_t _clamped(int64_t off, int64_t length, int64_t size) noexcept nogil:
     """The bytes a range can read of a file of `size` bytes (a negative length: to
-    the end of the file)."""
+    the end of the file). A size of 0 says nothing (/proc reports it): the length
+    asked for."""
     cdef int64_t rest = size - off if off < size else 0
+    if size == 0:
+        return length
     return rest if length < 0 else min(length, rest)
 
 
@@ -235,12 +238,20 @@ cdef int64_t _read_window(Ring ring, FileWindow *w, list files, Py_ssize_t pos,
                 if o < 0 or o > INT64_MAX - _CHUNK:
                     raise ValueError(f"range {r}: offset {o} must be >= 0 and a file "
                                      f"offset")
+                j.want[i] = _clamped(o, ic_get(length, r), w.size[k])
+                if j.want[i] < 0:           # to the end of a file whose size says
+                    j.left -= 1                 # nothing: rare (/proc), read here
+                    try:
+                        out[r] = pread_to_eof(w.fd[k], o, files[pos + k])
+                    except OSError as e:
+                        out[r] = e
+                    continue
                 j.fd[i] = w.fd[k]
                 j.off[i] = o
-                j.want[i] = _clamped(o, ic_get(length, r), w.size[k])
                 j.direct[i] = w.direct[k]
-                keep[i] = PyBytes_FromStringAndSize(NULL, j.want[i])
+                keep[i] = _range_bytes(r, j.want[i], files[pos + k])
                 j.dest[i] = PyBytes_AS_STRING(keep[i])
+                _advise_huge(j.dest[i], j.want[i])
                 if j.want[i] == 0:
                     j.left -= 1
                 else:

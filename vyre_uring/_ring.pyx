@@ -41,7 +41,7 @@ from libc.string cimport memcpy, memset, strlen
 from vyre_uring.includes.kernel cimport *
 
 from vyre_uring.availability import is_unavailable_errno, unavailable_error
-from vyre_uring._files import path_error
+from vyre_uring._files import path_error, pread_to_eof
 from vyre_uring.errors import (ArgumentRangeError, RingBusyError, RingClosedError,
                                RingForkedError, RingFullError, UringError, syscall_error)
 

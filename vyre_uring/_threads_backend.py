@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 
-from ._files import over_budget_error, path_error
+from ._files import over_budget_error, path_error, pread_to_eof
 from ._ring import (DIRECT_ALIGN, DIRECT_CHUNK, GROW_NEVER, GROWN, UNSIZED_FIRST,
                     CallStopped, run_call, with_file)
 from ._workers import Workers
@@ -191,8 +191,12 @@ class ThreadsBackend:
                 raise CallStopped()
             rest = max(0, size - offsets[r])
             try:
-                out[r] = self._pread_all(fd, rest if lengths[r] < 0 else min(lengths[r], rest),
-                                         offsets[r], direct, stop)
+                if size == 0:               # says nothing (/proc): as asked, or to EOF
+                    out[r] = pread_to_eof(fd, offsets[r], path) if lengths[r] < 0 else \
+                        self._pread_all(fd, lengths[r], offsets[r], direct, stop)
+                else:
+                    out[r] = self._pread_all(fd, rest if lengths[r] < 0 else
+                                             min(lengths[r], rest), offsets[r], direct, stop)
                 nbytes += len(out[r])
             except OSError as exc:
                 out[r] = path_error(exc.errno, path)

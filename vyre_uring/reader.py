@@ -254,14 +254,13 @@ class BatchReader:
         the first failure in input order is raised after the call."""
         if on_error not in ("raise", "return"):
             raise ValueError(f'on_error must be "raise" or "return", not {on_error!r}')
-        paths = paths if isinstance(paths, (list, tuple)) else list(paths)
+        paths = _path_list(paths)
         offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
         if not len(paths) == len(offsets) == len(lengths):
             raise ValueError(f"paths, offsets and lengths must have one value per range: "
                              f"{len(paths)}, {len(offsets)} and {len(lengths)}")
-        if offsets and min(offsets) < 0:
-            i = next(i for i, o in enumerate(offsets) if o < 0)
-            raise ValueError(f"range {i}: offset {offsets[i]} must be >= 0")
+        # The offsets as read_ranges checks them (a negative length is allowed here).
+        check_ranges(offsets, array.array("q", bytes(8 * len(offsets))))
         out = [None] * len(paths)
         self._count(0, self._current().read_path_ranges(paths, offsets, lengths, out))
         if on_error == "raise":
