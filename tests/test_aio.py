@@ -480,3 +480,13 @@ def test_where_seccomp_blocks_io_uring_the_same_api_runs_on_threads():
     assert out["missing"] == [errno.ENOENT, "/nonexistent/file"]
     assert "seccomp" in out["reason"]
     assert len(out["warnings"]) == 1 and "seccomp" in out["warnings"][0]
+
+
+def test_a_single_path_and_ranges_far_past_eof_behave_as_the_sync_reader(run, tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"0123456789")
+    with pytest.raises(TypeError, match="sequence of paths"):
+        run(aio.read_files(str(p)))
+    # 64 GiB asked of a 10-byte file: only what it holds is allocated.
+    got = run(aio.read_ranges(str(p), [0, 4, 20], [64 << 30, 1 << 40, 64 << 30]))
+    assert got == [b"0123456789", b"456789", b""]

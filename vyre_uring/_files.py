@@ -1,11 +1,12 @@
 """What both reader backends agree on: how files are opened, which paths are
 refused, and how a failure names its path."""
+import array
 import errno
 import os
 import stat
 
-__all__ = ["OPEN_FLAGS", "check_regular", "over_budget_error", "path_error",
-           "pread_to_eof"]
+__all__ = ["OPEN_FLAGS", "check_regular", "lengths_within_eof", "over_budget_error",
+           "path_error", "pread_to_eof"]
 
 # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a
 # regular file). It changes nothing for regular files.
@@ -54,3 +55,14 @@ def pread_to_eof(fd, offset, path):
             offset += len(chunk)
     except OSError as exc:
         raise path_error(exc.errno, path) from None
+
+
+def lengths_within_eof(fd, offsets, lengths):
+    """The lengths cut to what the file holds when opened, so that a range asking
+    for far more than the file has (a 64 GiB length) allocates only what it can
+    return, as read_ranges_job does in C for the io_uring backend. A file that reports
+    size 0 (/proc) keeps the lengths asked for."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return lengths
+    return array.array("q", [max(0, min(n, size - o)) for o, n in zip(offsets, lengths)])

@@ -5,14 +5,13 @@ blocked, and the oracle the reader's tests compare io_uring against. Every read 
 on a worker thread, even with one worker: the calling thread only posts and collects
 (run_call), so an interrupt there never splits an open from its close.
 """
-import array
 import errno
 import fcntl
 import os
 import sys
 import threading
 
-from ._files import over_budget_error, path_error, pread_to_eof
+from ._files import lengths_within_eof, over_budget_error, path_error, pread_to_eof
 from ._ring import (DIRECT_ALIGN, DIRECT_CHUNK, GROW_NEVER, GROWN, UNSIZED_FIRST,
                     CallStopped, run_call, with_file)
 from ._workers import Workers
@@ -148,7 +147,7 @@ class ThreadsBackend:
         """Each range's bytes (pread semantics: past EOF, what exists)."""
         def on_file(fd, direct):
             self._count_refusal(direct)
-            sizes = _within_eof(fd, offsets, lengths)
+            sizes = lengths_within_eof(fd, offsets, lengths)
 
             def one(i, stop):
                 try:
@@ -310,14 +309,3 @@ def _pread_into(fd, view, offset, stop):
             break
         done += n
     return done
-
-
-def _within_eof(fd, offsets, lengths):
-    """The lengths cut to what the file holds when opened, so that a range asking
-    for far more than the file has (a 64 GiB length) allocates only what it can
-    return, as read_ranges_job does for the io_uring backend. A file that reports
-    size 0 (/proc) keeps the lengths asked for."""
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return lengths
-    return array.array("q", [max(0, min(n, size - o)) for o, n in zip(offsets, lengths)])

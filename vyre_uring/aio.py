@@ -41,10 +41,10 @@ import weakref
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 
-from ._files import OPEN_FLAGS, check_regular, path_error
+from ._files import OPEN_FLAGS, check_regular, lengths_within_eof, path_error
 from ._ring import MAX_PIECE, UNSIZED_FIRST, check_ranges
 from .errors import RingClosedError, RingFullError, UringSyscallError
-from .reader import (BACKEND_ENV, _int_list, _means_unavailable, default_workers,
+from .reader import (BACKEND_ENV, _int_list, _means_unavailable, _path_list, default_workers,
                      ranges_into_args)
 
 __all__ = ["read_file", "read_files", "read_ranges", "read_ranges_into", "write_file",
@@ -96,7 +96,8 @@ def _close_with_loop(loop, engine):
     original = loop.close
 
     def close():
-        engine.close(loop)
+        if not loop.is_running():           # else original() refuses: nothing to drain
+            engine.close(loop)
         original()
     loop.close = close
 
@@ -158,10 +159,24 @@ class _RingEngine:
         ring, ud = self.ring, self._next
         self._next = ud + 1
         ring.prep_read(fd, buf, offset, nbytes=nbytes, buf_offset=buf_offset, user_data=ud)
-        ring.submit()
-        if ring.reap(self._ud, self._res):
-            return self._res[0]         # idle: the only request there was is this one
+        try:
+            ring.submit()
+            if ring.reap(self._ud, self._res):
+                return self._res[0]     # idle: the only request there was is this one
+        except BaseException:
+            self._drain_alone(ud)
+            raise
         return _Op(self, lambda op: self._adopt(op, 0, ud))
+
+    def _drain_alone(self, ud):
+        """read_now's read after its call failed before any _Op owned it: cancelled
+        and waited for (the ring had nothing else in flight), so that nothing writes
+        into the caller's buffer once the exception leaves."""
+        ring = self.ring
+        ring.prep_cancel(ud, user_data=self._next)
+        self._next += 1
+        while ring.in_flight or ring.pending:
+            ring.reap(self._ud, self._res, min_complete=1)
 
     def _adopt(self, call, item, ud):
         """Make `call` the owner of request `ud`, submitted already."""
@@ -701,7 +716,7 @@ async def read_files(paths, *, on_error="raise"):
     with "raise" the first failure in input order is raised once all are done."""
     if on_error not in ("raise", "return"):
         raise ValueError(f'on_error must be "raise" or "return", not {on_error!r}')
-    paths = paths if isinstance(paths, (list, tuple)) else list(paths)
+    paths = _path_list(paths)
     out = await _WholeFiles(_engine(), paths).run()
     if on_error == "raise":
         for r in out:
@@ -732,8 +747,10 @@ async def read_ranges(path, offsets, lengths):
     """Each range's bytes (pread semantics: a range past EOF returns what exists)."""
     offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
     check_ranges(offsets, lengths)
-    dests = [bytearray(n) for n in lengths]
     async with open(path, "rb") as f:
+        # Buffers only as large as the file lets them be, as the sync reader's.
+        lengths = lengths_within_eof(f.fileno(), offsets, lengths)
+        dests = [bytearray(n) for n in lengths]
         got = await _Ranges(f.engine, f.fileno(), dests, [0] * len(dests), list(offsets),
                             list(lengths)).run()
     return [bytes(d) if g == len(d) else bytes(d[:g]) for d, g in zip(dests, got)]
