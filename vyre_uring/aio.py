@@ -305,6 +305,14 @@ class _RingEngine:
                     prep(ud)
                 except RingFullError:
                     return
+                except Exception:
+                    # Refused now what the call's checks allowed when it was queued
+                    # (a bytearray shrunk meanwhile): that request fails alone, the
+                    # queue goes on.
+                    waiting.discard(ud)
+                    queue.popleft()
+                    self._complete(ud, -errno.EINVAL)
+                    continue
                 waiting.discard(ud)
             queue.popleft()
 

@@ -3,7 +3,6 @@ and asyncio.to_thread (each run in a fresh default event loop, timing only its o
 coroutine), with the synchronous read_files as the ceiling. A contender that is not
 installed says so (pip install 'vyre-uring[bench]')."""
 import asyncio
-import importlib.util
 import os
 import pathlib
 import random
@@ -13,7 +12,7 @@ import vyre_uring
 from vyre_uring import aio
 
 from . import cache
-from .harness import Contender, Workload
+from .harness import Contender, Workload, missing
 
 
 def async_workloads(ctx):
@@ -30,12 +29,6 @@ def async_workloads(ctx):
         cold = Workload("aio files cold", "files/s", cold_rows,
                         lambda: cache.drop(paths, sample), reference="aiofiles")
     return [warm, cold, _latency_workload(ctx)]
-
-
-def _missing(module):
-    if importlib.util.find_spec(module) is None:
-        return f"{module} is not installed (pip install 'vyre-uring[bench]')"
-    return None
 
 
 def _in_loop(count, body):
@@ -92,7 +85,7 @@ def _files_contenders(paths, size, cold=False):
 
 
 def _optional(module, contender):
-    why = _missing(module)
+    why = missing(module, "bench")
     return Contender(contender.name, why=why) if why else contender
 
 

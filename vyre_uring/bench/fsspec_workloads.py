@@ -3,13 +3,12 @@ fsspec's own LocalFileSystem (the reference), on the run's data: cat of the smal
 files, cat_ranges of random 4 KiB ranges of the large file (warm and cold), and
 fsspec.parquet.open_parquet_file of a parquet file with several row groups and a
 column subset. Rows whose libraries are not installed say so."""
-import importlib.util
 import os
 import random
 import time
 
 from . import cache
-from .harness import Contender, Workload
+from .harness import Contender, Workload, missing
 
 LOCAL = "fsspec LocalFileSystem"
 OURS = "vyre VyreFileSystem"
@@ -17,7 +16,7 @@ RANGES = 2_000                     # 4 KiB ranges per cat_ranges call
 
 
 def fsspec_workloads(ctx):
-    why = _missing("fsspec")
+    why = missing("fsspec", "fsspec")
     if why:
         return [Workload("fsspec cat files warm", "files/s",
                          [Contender(LOCAL, why=why), Contender(OURS, why=why)],
@@ -27,12 +26,6 @@ def fsspec_workloads(ctx):
     local, ours = fsspec.filesystem("file"), VyreFileSystem()
     return [_cat_files(ctx, local, ours), *_cat_ranges(ctx, local, ours),
             _parquet(ctx, local, ours)]
-
-
-def _missing(module):
-    if importlib.util.find_spec(module) is None:
-        return f"{module} is not installed (pip install 'vyre-uring[fsspec]')"
-    return None
 
 
 def _rate(count, fn, check):
@@ -87,7 +80,7 @@ def _cat_ranges(ctx, local, ours):
 
 def _parquet(ctx, local, ours):
     name = "fsspec open_parquet_file"
-    why = _missing("pandas") or _missing("pyarrow")
+    why = missing("pandas", "test") or missing("pyarrow", "test")
     if why:
         return Workload(name, "files/s", [Contender(LOCAL, why=why), Contender(OURS, why=why)],
                         reference=LOCAL)

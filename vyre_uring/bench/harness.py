@@ -2,6 +2,7 @@
 machine drift hits all alike), then min/median/max and ratios to a reference
 measured in the same run. Nothing here times anything itself: a contender's run()
 returns its own rate, so this logic is tested without timing."""
+import importlib.util
 import json
 import os
 import platform
@@ -41,6 +42,14 @@ class Workload:
     @property
     def runnable(self):
         return [c for c in self.contenders if c.run is not None]
+
+
+def missing(module, extra):
+    """Why a contender needing `module` cannot run here (None when it can): the
+    package extra that installs it."""
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed (pip install 'vyre-uring[{extra}]')"
+    return None
 
 
 def interleave(workloads, rounds, tick=None):
@@ -119,11 +128,11 @@ def table(summary, workloads):
             f"{'median':>9} {'max':>9}  {'vs ref':>6}  {'best/best':>9}  "
             f"{'per round min/med/max':>21}")
     lines = [head, "-" * len(head)]
-    missing = {}                                   # why -> [(workload, contender)]
+    unavailable = {}                               # why -> [(workload, contender)]
     for w in workloads:
         for name, s in summary[w.name].items():
             if "not_available" in s:
-                missing.setdefault(s["not_available"], []).append((w.name, name))
+                unavailable.setdefault(s["not_available"], []).append((w.name, name))
                 continue
             ratio = best = rounds = "n/a"
             if "ratio" in s:
@@ -132,9 +141,9 @@ def table(summary, workloads):
             lines.append(f"{w.name:<{wname}}  {name:<{cname}}  {w.unit:<8} "
                          f"{_rate(s['min'])} {_rate(s['median'])} {_rate(s['max'])}  "
                          f"{ratio:>6}  {best:>9}  {rounds:>21}")
-    if missing:
+    if unavailable:
         lines.append("\nNot run here:")
-        for why, rows in missing.items():
+        for why, rows in unavailable.items():
             lines.append(f"  {why}:")
             lines += textwrap.wrap(", ".join(f"{c} ({w})" for w, c in rows), width=88,
                                    initial_indent="    ", subsequent_indent="    ")
