@@ -168,19 +168,19 @@ def read_path_ranges_job(Ring ring not None, list files, order, first, offsets, 
     cdef Py_ssize_t k, pos = f0
     cdef int64_t nbytes = 0
     cdef list names
-    cdef IntCopy off, length
+    cdef IntCopy off, length, cord, cfirst
     memset(&w, 0, sizeof(FileWindow))
-    off.v = length.v = NULL
-    if not 0 <= f0 <= f1 <= len(files) or len(first) != len(files) + 1 or \
-            len(order) != len(out):
-        raise ValueError("the groups of read_path_ranges_job do not match its files")
+    off.v = length.v = cord.v = cfirst.v = NULL
     try:
         # The reader's own arrays, copied again: what the window checks is what
         # its reads use, whatever another thread does to the caller's.
         int_copy(&off, offsets, "offsets", False)
         int_copy(&length, lengths, "lengths", False)
+        int_copy(&cord, order, "order", False)
+        int_copy(&cfirst, first, "first", False)
         if off.n != len(out) or length.n != len(out):
             raise ValueError("offsets and lengths must have one value per range")
+        _check_groups(&cord, &cfirst, len(files), f0, f1, len(out))
         while pos < f1:
             names = []
             _window_alloc(&w, min(_FILE_WINDOW, f1 - pos))
@@ -190,16 +190,34 @@ def read_path_ranges_job(Ring ring not None, list files, order, first, offsets, 
                 _open_window(&w, bounce is not None,
                              &call.flag if call is not None else NULL)
             stats[4] += w.refused
-            nbytes += _read_window(ring, &w, files, pos, _q_data(order), _q_data(first),
-                                   &off, &length, out, depth, stats, error_of, bounce,
-                                   call)
+            nbytes += _read_window(ring, &w, files, pos, cord.v, cfirst.v, &off, &length,
+                                   out, depth, stats, error_of, bounce, call)
             pos += w.opened
             _window_free(&w)
         return nbytes
     finally:
         _window_free(&w)
+        int_copy_free(&cfirst)
+        int_copy_free(&cord)
         int_copy_free(&length)
         int_copy_free(&off)
+
+
+cdef int _check_groups(const IntCopy *order, const IntCopy *first, Py_ssize_t nfiles,
+                       Py_ssize_t f0, Py_ssize_t f1, Py_ssize_t n) except -1:
+    """Refuse groups that would index outside the job's arrays: first must rise from
+    0 to len(order), one entry per file and one more, and order name ranges 0..n-1."""
+    cdef Py_ssize_t f, t
+    if not 0 <= f0 <= f1 <= nfiles or first.n != nfiles + 1 or order.n != n or \
+            first.v[0] != 0 or first.v[nfiles] != n:
+        raise ValueError("the groups of read_path_ranges_job do not match its files")
+    for f in range(nfiles):
+        if first.v[f] > first.v[f + 1]:
+            raise ValueError("read_path_ranges_job: first must not decrease")
+    for t in range(n):
+        if not 0 <= order.v[t] < n:
+            raise ValueError(f"read_path_ranges_job: order[{t}] is not a range")
+    return 0
 
 
 cdef int64_t _read_window(Ring ring, FileWindow *w, list files, Py_ssize_t pos,
