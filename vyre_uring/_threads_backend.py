@@ -143,6 +143,27 @@ class ThreadsBackend:
                 return self._in_runs(len(offsets), one)
             return with_file(path, self.direct, on_file)
 
+    def run_lanes(self, n, lane):
+        """lane(i, read, stop) for each i < n, each on a worker of its own, at once;
+        read(fd, offsets, lengths, buffer, buffer_offsets, name) preads the ranges into
+        the buffer and returns their byte counts. n <= workers."""
+        def read(fd, offsets, lengths, buffer, buffer_offsets, name, stop):
+            got = []
+            with memoryview(buffer) as view:
+                for offset, length, b in zip(offsets, lengths, buffer_offsets):
+                    with view[b:b + length] as part:
+                        try:
+                            got.append(_pread_into(fd, part, offset, stop))
+                        except OSError as exc:
+                            raise path_error(exc.errno, name) from None
+            return got
+
+        def task(i):
+            return lambda _, stop: lane(i, lambda *args: read(*args, stop), stop)
+        for _, exc in run_call([task(i) for i in range(n)], self._workers.post, None):
+            if exc is not None:
+                raise exc
+
     def read_ranges(self, path, offsets, lengths):
         """Each range's bytes (pread semantics: past EOF, what exists)."""
         def on_file(fd, direct):

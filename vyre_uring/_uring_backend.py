@@ -147,6 +147,17 @@ class UringBackend:
         return with_file(path, self.direct, on_file)
 
 
+    def run_lanes(self, n, lane):
+        """lane(i, read, stop) for each i < n, each on a ring of its own, at once;
+        read(fd, offsets, lengths, buffer, buffer_offsets, name) reads the ranges into
+        the buffer in C, without the GIL, and returns their byte counts. n <= workers."""
+        def task(i):
+            return lambda r, stop: lane(i, lambda fd, offsets, lengths, buffer, buffer_offsets,
+                                        name: r.read_ranges(fd, offsets, lengths, buffer,
+                                                            buffer_offsets, name, False, stop),
+                                        stop)
+        self._run([task(i) for i in range(n)])
+
     def read_path_ranges(self, paths, offsets, lengths, out):
         """out[r] = lengths[r] bytes at offsets[r] of paths[r], or its OSError;
         returns the bytes read. With several rings, each takes whole files (each

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union, overload
 
 from ._ring import ByteBudget, check_ranges
+from ._staging import (STAGING_DEFAULT, CudaTarget, StagingCache, check_staging_bytes,
+                       cuda_destination, read_into)
 from .availability import is_unavailable_errno
 from .errors import UringSyscallError, UringUnavailableError
 
@@ -61,6 +63,10 @@ class BatchReader:
     on filesystems that refuse O_DIRECT are read buffered, counted in
     stats()["direct_fallbacks"].
 
+    read_ranges_into also reads into CUDA memory (a torch tensor or CuPy array on a
+    GPU): through at most `staging_bytes` of pinned host memory (1 MiB to 4 GiB,
+    kept between calls), copied to the device while the rings read the next piece.
+
     One reader may be shared by any number of threads. Used in a forked child (a
     multiprocessing or DataLoader worker), it makes itself a new backend there: the
     parent's rings and threads are not the child's. A progress callback may call
@@ -68,7 +74,8 @@ class BatchReader:
     """
 
     def __init__(self, *, backend: Backend = "auto", queue_depth: int = DEFAULT_QUEUE_DEPTH,
-                 workers: Optional[int] = None, direct: bool = False) -> None:
+                 workers: Optional[int] = None, direct: bool = False,
+                 staging_bytes: int = STAGING_DEFAULT) -> None:
         backend = _chosen_backend(backend)
         if not 1 <= queue_depth <= 4096:
             raise ValueError(f"queue_depth must be between 1 and 4096, not {queue_depth}")
@@ -79,6 +86,8 @@ class BatchReader:
         self._counts = threading.Lock()
         self._files = self._bytes = 0
         self._pid = os.getpid()
+        self._staging_bytes = check_staging_bytes(staging_bytes)
+        self._staging = StagingCache()
         self._backend = self._make_backend(*self._config)
 
     def _make_backend(self, backend, queue_depth, workers, direct):
@@ -121,6 +130,7 @@ class BatchReader:
         return self._backend.name
 
     def close(self) -> None:
+        self._staging.close()
         if self._pid == os.getpid():
             self._backend.close()
         else:
@@ -228,13 +238,29 @@ class BatchReader:
                          lengths: IntArray, buffer_offsets: Optional[IntArray] = None,
                          ) -> list[int]:
         """pread each range into the caller's writable buffer; returns the bytes read
-        per range (fewer than asked past EOF). buffer_offsets=None packs the ranges."""
-        offsets, lengths, buffer_offsets = ranges_into_args(buffer, offsets, lengths,
-                                                            buffer_offsets)
-        got = self._current().read_ranges_into(os.fspath(path), buffer, offsets, lengths,
-                                               buffer_offsets)
+        per range (fewer than asked past EOF). buffer_offsets=None packs the ranges.
+        `buffer` may be CUDA memory (anything with __cuda_array_interface__: a torch
+        tensor or CuPy array, C-contiguous): the bytes then go through pinned staging,
+        and every copy has completed when the call returns or raises."""
+        dest = cuda_destination(buffer)
+        if dest is None:
+            offsets, lengths, buffer_offsets = ranges_into_args(buffer, offsets, lengths,
+                                                                buffer_offsets)
+            got = self._current().read_ranges_into(os.fspath(path), buffer, offsets,
+                                                   lengths, buffer_offsets)
+        else:
+            offsets, lengths, buffer_offsets = _checked_ranges(offsets, lengths,
+                                                               buffer_offsets, dest.nbytes)
+            got = self._into_device([(os.fspath(path), offsets, lengths, buffer_offsets)],
+                                    dest)
         self._count(0, sum(got))
         return got
+
+    def _into_device(self, groups, dest):
+        """Ranges of several files, (path, offsets, lengths, dest_offsets) each, into
+        the CUDA Destination `dest`; the byte counts of every range, in order."""
+        return read_into(self._current(), groups, CudaTarget(dest, self._staging),
+                         self._staging_bytes)
 
     def read_ranges(self, path: PathArg, offsets: IntArray, lengths: IntArray) -> list[bytes]:
         """Each range's bytes (pread semantics: a range past EOF returns what exists)."""
@@ -369,15 +395,21 @@ def _int_list(values, name):
 def ranges_into_args(buffer, offsets, lengths, buffer_offsets):
     """read_ranges_into's arguments checked against `buffer` (writable, every range
     inside it), as the caller's own int64 arrays: (offsets, lengths, buffer_offsets)."""
-    offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
-    if buffer_offsets is None:
-        buffer_offsets = _packed(lengths)
-    buffer_offsets = _int_list(buffer_offsets, "buffer_offsets")
     with memoryview(buffer) as view:
         if view.readonly:
             raise TypeError(f"buffer must be writable (bytearray, mmap, numpy array), "
                             f"not a read-only {type(buffer).__name__}")
-        check_ranges(offsets, lengths, buffer_offsets, view.nbytes)
+        return _checked_ranges(offsets, lengths, buffer_offsets, view.nbytes)
+
+
+def _checked_ranges(offsets, lengths, buffer_offsets, nbytes):
+    """(offsets, lengths, buffer_offsets) as our own int64 arrays, every range checked
+    to lie inside an `nbytes`-byte buffer."""
+    offsets, lengths = _int_list(offsets, "offsets"), _int_list(lengths, "lengths")
+    if buffer_offsets is None:
+        buffer_offsets = _packed(lengths)
+    buffer_offsets = _int_list(buffer_offsets, "buffer_offsets")
+    check_ranges(offsets, lengths, buffer_offsets, nbytes)
     return offsets, lengths, buffer_offsets
 
 
