@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import vyre_uring
 from vyre_uring import BatchReader
+from vyre_uring._cuda import CudaUnavailableError
 from vyre_uring._staging import (STAGING_MIN, Staging, _open_files, check_staging_bytes,
                                  plan, read_into)
 
@@ -203,3 +205,26 @@ def test_a_file_that_shrinks_reports_what_was_read(tmp_path):
     got, dest, _ = _read("io_uring", [(path, [0], [len(data)], [0])], len(data), STAGING_MIN)
     assert got == [1 << 20]
     assert dest[:1 << 20] == data[:1 << 20]
+
+
+def _has_libcuda():
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+class FakeCudaArray:
+    """Claims to be CUDA memory: what a CPU-only machine must refuse clearly."""
+    __cuda_array_interface__ = {"shape": (16,), "typestr": "|u1", "data": (1 << 40, False),
+                                "version": 3, "strides": None}
+
+
+@pytest.mark.skipif(_has_libcuda(), reason="this machine has the CUDA driver library")
+def test_cpu_only_machine_says_which_library_is_missing(tmp_path):
+    """A CUDA destination where there is no NVIDIA driver: the error says so."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 16)
+    with pytest.raises(CudaUnavailableError, match="libcuda.so.1"):
+        vyre_uring.read_ranges_into(path, FakeCudaArray(), [0], [16])

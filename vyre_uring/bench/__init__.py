@@ -29,13 +29,17 @@ def add_arguments(p):
                    help="how many small files (10000; 2000 with --quick)")
     p.add_argument("--file-size", type=int, metavar="BYTES",
                    help="bytes per small file (4096)")
+    p.add_argument("--gpu-gib", type=int, metavar="N",
+                   help="size of the GPU rows' synthetic checkpoint in GiB, written twice "
+                        f"(one file, four shards) and once to /dev/shm "
+                        f"(16; {quick.gpu_gib} with --quick)")
     p.add_argument("--workers", metavar="N,N,...|sweep",
                    help="worker counts (rings) of the `vyre io_uring wN` rows: a comma "
                         "list such as 1,2,4,8,16, or 'sweep' for 1, 2, 4, ... up to the "
                         "core count (default: 1 and the core count)")
     p.add_argument("--only", nargs="+", metavar="TEXT",
                    help="run only the workloads whose names contain one of these "
-                        "(e.g. nop, random, sequential, small, direct, aio)")
+                        "(e.g. nop, random, sequential, small, direct, aio, fsspec, gpu)")
     p.add_argument("--dir", metavar="DIR",
                    help="where to make the temporary data (default: the system's "
                         "temporary directory); its filesystem decides O_DIRECT")
@@ -46,7 +50,7 @@ def add_arguments(p):
 
 def sizes_from(args):
     sizes = workloads.Sizes.quick() if args.quick else workloads.Sizes()
-    for name in ("file_mib", "files", "file_size"):
+    for name in ("file_mib", "files", "file_size", "gpu_gib"):
         value = getattr(args, name)
         if value is not None:
             if value < 1:

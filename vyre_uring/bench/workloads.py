@@ -22,6 +22,7 @@ from vyre_uring.buffers import alloc_buffer
 from . import cache, native
 from .async_workloads import async_workloads
 from .fsspec_workloads import fsspec_workloads
+from .gpu_workloads import gpu_workloads
 from .harness import REFERENCE, Contender, Workload
 
 
@@ -37,12 +38,13 @@ class Sizes:
     direct_reads: int = 20_000
     seq_passes: int = 2                             # 128 KiB reads: passes over the file
     tree_files: int = 50_000                        # of a real tree, for the checksums
+    gpu_gib: int = 16                               # the GPU rows' checkpoint
 
     @classmethod
     def quick(cls):
         return cls(file_mib=256, files=2_000, nops=(60_000, 300_000, 500_000),
                    random_reads=40_000, qd1_reads=20_000, direct_reads=4_000,
-                   tree_files=5_000)
+                   tree_files=5_000, gpu_gib=2)
 
 
 class DataSet:
@@ -124,7 +126,8 @@ def build(data, sizes, workdir, only=None, workers=None):
                    workers or worker_counts(), [], {})
     workloads = (_nop_workloads(ctx) + _random_workloads(ctx) + _sequential_workloads(ctx)
                  + _small_file_workloads(ctx) + _direct_workloads(ctx)
-                 + _checksum_workloads(ctx) + async_workloads(ctx) + fsspec_workloads(ctx))
+                 + _checksum_workloads(ctx) + async_workloads(ctx) + fsspec_workloads(ctx)
+                 + gpu_workloads(ctx))
     if only:
         workloads = [w for w in workloads if any(o in w.name for o in only)]
     return workloads, ctx
