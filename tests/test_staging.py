@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import random
+import signal
 
 import pytest
 from hypothesis import given, settings
@@ -14,8 +15,8 @@ from hypothesis import strategies as st
 import vyre_uring
 from vyre_uring import BatchReader
 from vyre_uring._cuda import CudaUnavailableError
-from vyre_uring._staging import (STAGING_MIN, Staging, _open_files, check_staging_bytes,
-                                 plan, read_into)
+from vyre_uring._staging import (STAGING_MIN, Staging, StagingCache, _open_files,
+                                 check_staging_bytes, plan, read_into)
 
 BACKENDS = ["io_uring", "threads"]
 
@@ -228,3 +229,62 @@ def test_cpu_only_machine_says_which_library_is_missing(tmp_path):
     path.write_bytes(b"x" * 16)
     with pytest.raises(CudaUnavailableError, match="libcuda.so.1"):
         vyre_uring.read_ranges_into(path, FakeCudaArray(), [0], [16])
+
+
+class InterruptingLane(DeferredLane):
+    """Sends the process Ctrl-C at its `at`-th record (from a worker thread: Python
+    delivers it to the main thread, waiting in the call)."""
+
+    def __init__(self, slots, log, counter, at):
+        super().__init__(slots, log)
+        self.counter, self.at = counter, at
+
+    def record(self, slot):
+        super().record(slot)
+        self.counter.append(slot)
+        if len(self.counter) == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_mid_load_stops_every_lane_with_its_copies_done(tmp_path, backend):
+    path, data = _file(tmp_path, "big", 24 << 20)
+    dest = bytearray(len(data))
+    target = HostTarget(dest)
+    records = []
+    real_session = target.session
+
+    @contextlib.contextmanager
+    def session(layout):
+        with real_session(layout) as (staging, lanes):
+            lanes[:] = [InterruptingLane(layout.slots, target.pending, records, 5)
+                        for _ in lanes]
+            target.lanes = lanes
+            yield staging, lanes
+    target.session = session
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with BatchReader(backend=backend, workers=4) as reader:
+        with pytest.raises(KeyboardInterrupt):
+            read_into(reader._current(), [(path, [0], [len(data)], [0])], target,
+                      STAGING_MIN)
+    del target._anchor
+    assert 5 <= len(records) < len(data) // (STAGING_MIN // 3)   # it stopped early
+    for lane in target.lanes:
+        assert not lane.current and not any(lane.pending.values())
+    assert len(os.listdir("/proc/self/fd")) == fds_before       # the file was closed
+
+
+def test_staging_cache_keeps_the_largest_and_reuses_it():
+    cache = StagingCache()
+    first = cache.take(1 << 20, None)
+    cache.give(first)
+    assert cache.take(4096, None) is first          # large enough: reused
+    cache.give(first)
+    bigger = cache.take(2 << 20, None)              # too small: replaced
+    assert bigger is not first and first.memory.closed
+    other = Staging(1 << 20)                        # a concurrent call's own
+    cache.give(bigger)
+    cache.give(other)
+    assert other.memory.closed and not bigger.memory.closed
+    cache.close()
+    assert bigger.memory.closed
