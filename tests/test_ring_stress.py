@@ -10,6 +10,7 @@ import pytest
 
 import vyre_uring
 from vyre_uring import Ring, RingFullError
+from vyre_uring._ring import _test_set_overcommit
 
 
 def mark(seen, user_data):
@@ -141,7 +142,11 @@ def test_random_mix_never_exceeds_cq_capacity(seed):
 # ---- CQ overflow ------------------------------------------------------------------
 
 def _overcommitted_ring():
-    ring = Ring(4, cq_entries=8, _test_overcommit=24)
+    old = _test_set_overcommit(24)
+    try:
+        ring = Ring(4, cq_entries=8)
+    finally:
+        _test_set_overcommit(old)
     if not ring.features & vyre_uring.FEAT_NODROP:
         ring.close()
         pytest.skip("the kernel lacks IORING_FEAT_NODROP: overflowed CQEs are dropped")

@@ -783,7 +783,6 @@ RING_ARGS = [
     (lambda v: Ring(v), "entries", [0, 32769, 2**32 + 8]),
     (lambda v: Ring(8, cq_entries=v), "cq_entries", [4, 65537, 2**32 + 8]),
     (lambda v: Ring(8, sq_thread_idle_ms=v), "sq_thread_idle_ms", [-1, 2**32]),
-    (lambda v: Ring(8, _test_overcommit=v), "_test_overcommit", [-1, 32769, 2**32 + 8]),
     (lambda v: StatxArray(v), "n", [0, -1, 2**63]),
 ]
 

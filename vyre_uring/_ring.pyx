@@ -298,6 +298,20 @@ cdef int _restrict(int fd, bytes ops) except -1:
     return 0
 
 
+# Tests only (_test_set_overcommit): extra request slots beyond the CQ's size.
+cdef uint32_t _overcommit = 0
+
+
+def _test_set_overcommit(n):
+    """Tests only: rings made from now on accept `n` more requests than their CQ
+    holds, so that completions overflow to the kernel's list (the CQ-overflow tests).
+    Returns the previous value."""
+    global _overcommit
+    old = _overcommit
+    _overcommit = <uint32_t>_int_arg(n, "n", 0, _MAX_ENTRIES)
+    return old
+
+
 @cython.final        # cdef methods become direct calls the compiler can inline
 cdef class Ring:
     """An io_uring instance: submission and completion queues shared with the kernel.
@@ -399,7 +413,7 @@ cdef class Ring:
     def __init__(self, entries=256, *, cq_entries=None, bint sqpoll=False,
                  sq_thread_idle_ms=1000, sq_thread_cpu=None,
                  bint single_issuer=False, bint defer_taskrun=False,
-                 bint coop_taskrun=False, allowed_ops=None, _test_overcommit=0):
+                 bint coop_taskrun=False, allowed_ops=None):
         """Create a ring of `entries` submission slots (the kernel rounds up to a power of
         two).
 
@@ -417,17 +431,14 @@ cdef class Ring:
         seccomp, no kernel support), saying which and how to fix it; UringSyscallError
         when io_uring_setup or mmap fails otherwise (ENOMEM: RLIMIT_MEMLOCK); TypeError
         or ArgumentRangeError for an argument of the wrong type or range.
-        `_test_overcommit` is for the tests only (more requests than the CQ holds, to
-        exercise overflow).
         """
         cdef io_uring_params p
         cdef int fd
-        cdef uint32_t n, idle_ms, overcommit
+        cdef uint32_t n, idle_ms
         if self._fd >= 0 or not self._closed and self._slots != NULL:
             raise RuntimeError("Ring.__init__ was already called")
         n = <uint32_t>_int_arg(entries, "entries", 1, _MAX_ENTRIES)
         idle_ms = _u32_arg(sq_thread_idle_ms, "sq_thread_idle_ms")
-        overcommit = <uint32_t>_int_arg(_test_overcommit, "_test_overcommit", 0, _MAX_ENTRIES)
         memset(&p, 0, sizeof(p))
         self._setup_params(&p, n, cq_entries, sqpoll, idle_ms, sq_thread_cpu, single_issuer,
                            defer_taskrun, coop_taskrun)
@@ -442,7 +453,7 @@ cdef class Ring:
             raise syscall_error("io_uring_setup", -fd)
         try:
             self._map_rings(fd, &p)
-            self._alloc_slots(p.cq_entries + overcommit)
+            self._alloc_slots(p.cq_entries + _overcommit)
             if allowed is not None:
                 _restrict(fd, allowed)
         except BaseException:
