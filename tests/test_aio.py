@@ -5,6 +5,9 @@ import errno
 import gc
 import os
 import random
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -490,3 +493,30 @@ def test_a_single_path_and_ranges_far_past_eof_behave_as_the_sync_reader(run, tm
     # 64 GiB asked of a 10-byte file: only what it holds is allocated.
     got = run(aio.read_ranges(str(p), [0, 4, 20], [64 << 30, 1 << 40, 64 << 30]))
     assert got == [b"0123456789", b"456789", b""]
+
+
+@pytest.mark.parametrize("backend", ["io_uring", "threads"])
+def test_thousands_of_files_under_a_small_fd_limit(tmp_path, backend):
+    """RLIMIT_NOFILE 64 (and 1,500 files): the calls hold at most a quarter of it,
+    so every file reads, on io_uring and on the thread fallback alike."""
+    for i in range(1500):
+        (tmp_path / f"f{i}").write_bytes(b"%d" % i)
+    code = textwrap.dedent(f"""
+        import asyncio, os, resource, sys, warnings
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        os.environ["VYRE_URING_BACKEND"] = {backend!r}
+        warnings.simplefilter("ignore")
+        from vyre_uring import aio
+        paths = [os.path.join({str(tmp_path)!r}, f"f{{i}}") for i in range(1500)]
+        async def main():
+            many = await aio.read_files(paths)
+            one_each = await asyncio.gather(*(aio.read_file(p) for p in paths))
+            return many, one_each
+        many, one_each = asyncio.run(main())
+        want = [b"%d" % i for i in range(1500)]
+        assert many == want and one_each == want, "wrong or failed reads"
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.stdout.strip() == "ok", out.stderr

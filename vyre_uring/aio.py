@@ -35,6 +35,7 @@ import asyncio
 import collections
 import errno
 import os
+import resource
 import threading
 import warnings
 import weakref
@@ -51,7 +52,7 @@ __all__ = ["read_file", "read_files", "read_ranges", "read_ranges_into", "write_
            "open", "AsyncFile", "LoopRing", "loop_ring", "fallback_reason"]
 
 RING_ENTRIES = 512      # SQ entries; the CQ (twice that) bounds requests in flight
-MAX_OPEN_FILES = 256    # fds the whole-file calls of one loop hold at once
+MAX_OPEN_FILES = 256    # fds the whole-file calls of one loop hold at once, at most
 _REAP_BATCH = 1024
 
 _engines = weakref.WeakKeyDictionary()      # loop -> its engine
@@ -138,6 +139,7 @@ class _RingEngine:
         self._waiting = set()                   # user_data of both; withdrawn: removed
         self._budget_waiting = set()            # user_data of _opens
         self.open_fds = 0                       # fds whole-file calls hold (or will)
+        self.fd_budget = open_files_budget()
         self._flush_due = False
         self._ud = array("Q", bytes(8 * _REAP_BATCH))
         self._res = array("i", bytes(4 * _REAP_BATCH))
@@ -189,17 +191,17 @@ class _RingEngine:
                                                 buf_offset=buf_offset, user_data=ud))
 
     def openat(self, call, item, path, flags, mode, budget=False):
-        """budget=True: the fd counts against MAX_OPEN_FILES until release_fd(); the
-        open waits while the budget is spent."""
+        """budget=True: the fd counts against fd_budget until release_fd(); the open
+        waits while the budget is spent."""
         prep = self.ring.prep_openat
-        wait = budget and (self._opens or self.open_fds >= MAX_OPEN_FILES)
+        wait = budget and (self._opens or self.open_fds >= self.fd_budget)
         self.open_fds += budget and not wait
         self._start(call, item, lambda ud: prep(path, flags, mode, user_data=ud),
                     self._opens if wait else None)
 
     def release_fd(self):
         self.open_fds -= 1
-        while self._opens and self.open_fds < MAX_OPEN_FILES:
+        while self._opens and self.open_fds < self.fd_budget:
             ud, prep = self._opens.popleft()
             if ud in self._budget_waiting:
                 self._budget_waiting.discard(ud)
@@ -345,6 +347,10 @@ class _ThreadEngine:
         self._pool = ThreadPoolExecutor(min(32, 4 * default_workers()),
                                         thread_name_prefix="vyre-aio")
         self._owners = {}                       # concurrent future -> (call, item)
+        self.open_fds = 0                       # fds whole-file calls hold (or will)
+        self.fd_budget = open_files_budget()
+        self._opens = collections.deque()       # tokens of opens waiting for fd budget
+        self._budget_waiting = {}               # token -> (call, item, fn)
         self.closed = False
         _close_with_loop(loop, self)
 
@@ -365,10 +371,29 @@ class _ThreadEngine:
         self._start(call, item, run)
 
     def openat(self, call, item, path, flags, mode, budget=False):
-        self._start(call, item, lambda: os.open(path, flags | os.O_CLOEXEC, mode))
+        """budget=True: the fd counts against fd_budget until release_fd(); the open
+        waits while the budget is spent (opens finish long before the reads behind
+        them in the pool: unbounded, they would hold an fd per file)."""
+        fn = lambda: os.open(path, flags | os.O_CLOEXEC, mode)    # noqa: E731
+        if budget and (self._opens or self.open_fds >= self.fd_budget):
+            token = object()                    # the open in call.live until it starts
+            self._budget_waiting[token] = (call, item, fn)
+            self._opens.append(token)
+            call.live.add(token)
+            return
+        self.open_fds += budget
+        self._start(call, item, fn)
 
     def release_fd(self):
-        """Opens on threads are bounded by the pool's size: no budget to give back."""
+        self.open_fds -= 1
+        while self._opens and self.open_fds < self.fd_budget:
+            token = self._opens.popleft()
+            waiting = self._budget_waiting.pop(token, None)
+            if waiting is not None:             # (else withdrawn)
+                call, item, fn = waiting
+                call.live.discard(token)
+                self.open_fds += 1
+                self._start(call, item, fn)
 
     def fsync(self, call, item, fd, datasync):
         self._start(call, item, lambda: (os.fdatasync if datasync else os.fsync)(fd) or 0)
@@ -393,18 +418,36 @@ class _ThreadEngine:
                            else future.result())
 
     def cancel(self, call):
-        for future in list(call.live):
-            future.cancel()                 # the done callback completes it
+        for token in list(call.live):
+            waiting = self._budget_waiting.pop(token, None)
+            if waiting is None:
+                token.cancel()              # a future: the done callback completes it
+                continue
+            call.live.discard(token)        # an open not started: withdrawn
+            self.open_fds += 1              # as if started: its completion gives it back
+            call._done(waiting[1], -errno.ECANCELED)
 
     def close(self, loop):
         if self.closed:
             return
-        for call in {call for call, _ in self._owners.values()}:
-            call.orphan()
+        calls = {call for call, _ in self._owners.values()}
+        calls.update(call for call, _, _ in self._budget_waiting.values())
+        for call in calls:
+            call.orphan()                   # withdraws its opens still waiting for budget
         self.closed = True
         self._pool.shutdown(wait=True)      # running requests end before the loop does
         for future in list(self._owners):
             self._finished(future)          # their callbacks will never run now
+
+
+def open_files_budget():
+    """How many fds one loop's whole-file calls may hold at once: MAX_OPEN_FILES, or a
+    quarter of RLIMIT_NOFILE where that is smaller (the rest of the process needs
+    fds too), and never fewer than 4."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_OPEN_FILES
+    return max(4, min(MAX_OPEN_FILES, soft // 4))
 
 
 def _read_op(engine, fd, buf, offset, nbytes, buf_offset):
