@@ -85,7 +85,17 @@ MALFORMED = {
                        "2 bytes after the last tensor"),
     "bad metadata": (lambda p: write_safetensors(p, sample(), metadata={"a": 1}),
                      "__metadata__"),
+    "dtype not a string": (lambda p: write_safetensors(
+        p, {"t": ("U8", (1,), b"x")}, header_patch=_set("t", "dtype", ["U8"])),
+        "tensor 't': unknown or unsupported dtype"),
+    "UTF-16 header": (lambda p: _raw(p, json.dumps({}).encode("utf-16")), "not JSON"),
 }
+
+
+def _set(name, key, value):
+    def patch(header):
+        header[name][key] = value
+    return patch
 
 
 def _raw(path, header):
@@ -127,6 +137,14 @@ def test_a_malformed_shard_fails_before_any_shard_is_read(tmp_path):
         load_files([good, bad], device="cuda:0")
 
 
+def test_one_path_where_a_list_belongs_and_a_path_twice_are_refused(tmp_path):
+    path = write_safetensors(tmp_path / "a.safetensors", sample())
+    with pytest.raises(TypeError, match="sequence of paths"):
+        load_files(path)
+    with pytest.raises(ValueError, match="given twice"):
+        load_files([path, path])
+
+
 def test_a_name_in_two_shards_is_refused(tmp_path):
     a = write_safetensors(tmp_path / "a.safetensors", {"x": ("U8", (1,), b"1")})
     b = write_safetensors(tmp_path / "b.safetensors", {"x": ("U8", (1,), b"2")})
@@ -162,3 +180,13 @@ def test_subset_and_lazy_loads(tmp_path):
         assert torch.equal(f.get_tensor("w"), load_file(path)["w"])
     with pytest.raises(KeyError, match="nope"):
         load_file(path, tensors=["nope"])
+
+
+def test_a_file_replaced_after_its_header_was_read_is_refused(tmp_path):
+    _torch()
+    path = write_safetensors(tmp_path / "a.safetensors", sample())
+    with safe_open(path) as f:
+        os.unlink(path)
+        write_safetensors(tmp_path / "a.safetensors", sample(random.Random(9)))
+        with pytest.raises(SafetensorsError, match="changed"):
+            f.get_tensor("w")

@@ -7,6 +7,7 @@ import ctypes
 import os
 import random
 import signal
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 import vyre_uring
 from vyre_uring import BatchReader
 from vyre_uring._cuda import CudaUnavailableError
-from vyre_uring._staging import (STAGING_MIN, Staging, StagingCache, _open_files,
+from vyre_uring._staging import (STAGING_MIN, CudaTarget, Destination, Staging, StagingCache,
                                  check_staging_bytes, plan, read_into)
 
 BACKENDS = ["io_uring", "threads"]
@@ -23,12 +24,14 @@ BACKENDS = ["io_uring", "threads"]
 
 class DeferredLane:
     """A copy lane whose copies happen late: at wait(slot) for that slot's copies, at
-    finish() for all. Records the most slots it ever had copies pending on."""
+    finish() (a stream's synchronize) for all. Records the most slots it ever had
+    copies pending on."""
 
     def __init__(self, slots, log):
         self.pending = {s: [] for s in range(slots)}
         self.current = []
         self.log = log
+        self.closed = False
 
     def copy(self, dest, source, nbytes):
         self.current.append((dest, source, nbytes))
@@ -44,33 +47,66 @@ class DeferredLane:
         self.pending[slot] = []
 
     def finish(self):
-        assert not self.current, "copies queued after the slot's last record"
         for slot in self.pending:
             self.wait(slot)
+        self.current = []           # queued after the last record: a failed load's
 
-    close = finish
+    def close(self):
+        self.finish()
+        self.closed = True
 
 
-class HostTarget:
-    """A bytearray as the destination, staging that is not pinned, deferred lanes."""
+class FakeDevice:
+    """What CudaTarget asks of a CUDA device, over host memory: deferred copy lanes,
+    pinning, the current context. `lane` makes the lanes (DeferredLane)."""
 
-    def __init__(self, dest):
-        self._anchor = ctypes.c_char.from_buffer(dest)
-        self.address = ctypes.addressof(self._anchor)
-        self.device = None
-        self.layouts, self.pending, self.lanes = [], [], []
+    def __init__(self, lane=DeferredLane):
+        self.lanes, self.log, self.pinned = [], [], set()
+        self._threads = threading.local()       # a context is current per thread
+        self._lane = lane
 
-    @contextlib.contextmanager
-    def session(self, layout):
-        self.layouts.append(layout)
-        staging = Staging(layout.nbytes)
-        self.lanes = [DeferredLane(layout.slots, self.pending) for _ in range(layout.lanes)]
-        try:
-            yield staging, self.lanes
-        finally:
-            for lane in self.lanes:
-                lane.close()
-            staging.close()
+    @property
+    def current(self):
+        return getattr(self._threads, "current", False)
+
+    def make_current(self):
+        old, self._threads.current = self.current, True
+        return old
+
+    def restore(self, old):
+        assert self.current
+        self._threads.current = old
+
+    def synchronize(self):
+        for lane in self.lanes:
+            lane.finish()
+
+    def copy_lane(self, slots):
+        assert self.current, "a stream made without the device's context"
+        self.lanes.append(self._lane(slots, self.log))
+        return self.lanes[-1]
+
+    def pin(self, address, nbytes):
+        assert self.current, "staging pinned without the device's context"
+        self.pinned.add(address)
+        self.pinned_bytes = nbytes
+
+    def unpin(self, address):
+        self.pinned.remove(address)
+
+
+def _read_into(backend, groups, dest, staging_bytes, workers=4, device=None):
+    """read_into through the real CudaTarget, its CUDA device faked over `dest` (a
+    bytearray); returns (counts, device, cache)."""
+    device = device or FakeDevice()
+    cache = StagingCache()
+    anchor = ctypes.c_char.from_buffer(dest)
+    target = CudaTarget(Destination(ctypes.addressof(anchor), len(dest), device), cache)
+    try:
+        with BatchReader(backend=backend, workers=workers) as reader:
+            return read_into(reader._current(), groups, target, staging_bytes), device, cache
+    finally:
+        del anchor, target
 
 
 def _file(tmp_path, name, size, seed=0):
@@ -82,24 +118,22 @@ def _file(tmp_path, name, size, seed=0):
 
 def _read(backend, groups, size, staging_bytes, workers=4):
     dest = bytearray(max(size, 1))           # ctypes needs a byte to point at
-    target = HostTarget(dest)
-    with BatchReader(backend=backend, workers=workers) as reader:
-        got = read_into(reader._current(), groups, target, staging_bytes)
-    del target._anchor
-    return got, dest[:size], target
+    got, device, cache = _read_into(backend, groups, dest, staging_bytes, workers)
+    assert all(lane.closed for lane in device.lanes) and not device.current
+    cache.close()
+    assert not device.pinned                 # unpinned when freed
+    return got, dest[:size], device
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_file_through_small_staging_equals_the_file(tmp_path, backend):
     path, data = _file(tmp_path, "a", (5 << 20) + 123)
-    got, dest, target = _read(backend, [(path, [0], [len(data)], [0])], len(data),
+    got, dest, device = _read(backend, [(path, [0], [len(data)], [0])], len(data),
                               STAGING_MIN)
     assert got == [len(data)]
     assert bytes(dest) == data
-    layout = target.layouts[0]
-    assert layout.nbytes <= STAGING_MIN            # staging stays within its bound
-    assert layout.slots * layout.lanes * layout.chunk == layout.nbytes
-    assert max(target.pending) > 1                 # copies overlapped the next read
+    assert device.pinned_bytes <= STAGING_MIN      # staging stays within its bound
+    assert max(device.log) > 1                     # copies overlapped the next read
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -148,7 +182,8 @@ def test_any_split_of_a_file_reassembles_it(tmp_path_factory, size, staging, wor
 
 def test_plan_is_bounded_by_staging_and_workers(tmp_path):
     path, data = _file(tmp_path, "big", 64 << 20)
-    with _open_files([path]) as fds:
+    fds = [os.open(path, os.O_RDONLY)]
+    try:
         for staging in (STAGING_MIN, 32 << 20, 256 << 20):
             for workers in (1, 3, 16):
                 layout, loads, _ = plan([(path, [0], [len(data)], [0])], fds, workers,
@@ -157,6 +192,8 @@ def test_plan_is_bounded_by_staging_and_workers(tmp_path):
                 assert layout.lanes <= workers
                 assert all(sum(n for n in f.lengths) <= layout.chunk
                            for load in loads for f in load.reads)
+    finally:
+        os.close(fds[0])
 
 
 @pytest.mark.parametrize("value", [STAGING_MIN - 1, (4 << 30) + 1, 0, -1])
@@ -180,22 +217,22 @@ def test_an_unreadable_file_fails_the_call_with_its_name_and_nothing_pending(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_read_error_mid_load_stops_every_lane_and_drains_its_copies(tmp_path, backend):
-    """A directory opened as a file reads EISDIR: here a file whose reads fail in the
-    middle, as a failing disk's would (EIO), through /proc/self/mem at a hole."""
-    path, data = _file(tmp_path, "good", 6 << 20)
+    """A read that fails in the middle of a load, as a failing disk's would (EIO):
+    /proc/self/mem at offset 0, never mapped in a process. Four lanes: the call fails
+    naming that file once every lane's copies completed, with the context restored
+    and the staging freed, not kept for the next call."""
+    path, data = _file(tmp_path, "good", 24 << 20)
     dest = bytearray(len(data) + 4096)
-    target = HostTarget(dest)
-    with BatchReader(backend=backend, workers=3) as reader:
-        # /proc/self/mem reports size 0, so its length is read as asked; offset 0 is
-        # never mapped in a process, so that read fails with EIO.
-        groups = [(path, [0], [len(data)], [0]), ("/proc/self/mem", [0], [4096],
-                                                   [len(data)])]
-        with pytest.raises(OSError) as info:
-            read_into(reader._current(), groups, target, STAGING_MIN)
-    del target._anchor
+    # /proc/self/mem reports size 0, so its length is read as asked.
+    groups = [(path, [0], [len(data)], [0]), ("/proc/self/mem", [0], [4096], [len(data)])]
+    device = FakeDevice()
+    with pytest.raises(OSError) as info:
+        _read_into(backend, groups, dest, 12 * STAGING_MIN, device=device)
     assert info.value.filename == "/proc/self/mem"
-    for lane in target.lanes:                     # every lane finished its copies
-        assert not lane.current and not any(lane.pending.values())
+    assert len(device.lanes) == 4
+    for lane in device.lanes:
+        assert lane.closed and not any(lane.pending.values())
+    assert not device.current and not device.pinned
 
 
 def test_a_file_that_shrinks_reports_what_was_read(tmp_path):
@@ -248,29 +285,18 @@ class InterruptingLane(DeferredLane):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ctrl_c_mid_load_stops_every_lane_with_its_copies_done(tmp_path, backend):
-    path, data = _file(tmp_path, "big", 24 << 20)
-    dest = bytearray(len(data))
-    target = HostTarget(dest)
+    path, data = _file(tmp_path, "big", 48 << 20)
     records = []
-    real_session = target.session
-
-    @contextlib.contextmanager
-    def session(layout):
-        with real_session(layout) as (staging, lanes):
-            lanes[:] = [InterruptingLane(layout.slots, target.pending, records, 5)
-                        for _ in lanes]
-            target.lanes = lanes
-            yield staging, lanes
-    target.session = session
+    device = FakeDevice(lambda slots, log: InterruptingLane(slots, log, records, 5))
     fds_before = len(os.listdir("/proc/self/fd"))
-    with BatchReader(backend=backend, workers=4) as reader:
-        with pytest.raises(KeyboardInterrupt):
-            read_into(reader._current(), [(path, [0], [len(data)], [0])], target,
-                      STAGING_MIN)
-    del target._anchor
-    assert 5 <= len(records) < len(data) // (STAGING_MIN // 3)   # it stopped early
-    for lane in target.lanes:
-        assert not lane.current and not any(lane.pending.values())
+    with pytest.raises(KeyboardInterrupt):
+        _read_into(backend, [(path, [0], [len(data)], [0])], bytearray(len(data)),
+                   12 * STAGING_MIN, device=device)
+    assert len(device.lanes) == 4
+    assert 5 <= len(records) < len(data) // STAGING_MIN       # it stopped early
+    for lane in device.lanes:
+        assert lane.closed and not any(lane.pending.values())
+    assert not device.current and not device.pinned
     assert len(os.listdir("/proc/self/fd")) == fds_before       # the file was closed
 
 

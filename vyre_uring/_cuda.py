@@ -21,14 +21,11 @@ _HOST_REGISTER_PORTABLE = 0x01      # pinned for every context, not only the cur
 _STREAM_NON_BLOCKING = 0x01         # never waits for the legacy default stream
 _EVENT_DISABLE_TIMING = 0x02        # cheaper record and synchronize
 _POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9
-_ERROR_NOT_FOUND = 500
-_ERROR_INVALID_VALUE = 1
 
 _u64 = ctypes.c_uint64
 _vp = ctypes.c_void_p
 _PROTOTYPES = {
     "cuInit": (ctypes.c_uint,),
-    "cuDriverGetVersion": (ctypes.POINTER(ctypes.c_int),),
     "cuDeviceGetCount": (ctypes.POINTER(ctypes.c_int),),
     "cuDeviceGet": (ctypes.POINTER(ctypes.c_int), ctypes.c_int),
     "cuDevicePrimaryCtxRetain": (ctypes.POINTER(_vp), ctypes.c_int),
@@ -190,6 +187,7 @@ class CopyLane:
         self._cu = cu
         self._stream = _vp()
         self._events = []
+        self._recorded = [False] * slots
         cu("cuStreamCreate", ctypes.byref(self._stream), _STREAM_NON_BLOCKING)
         try:
             for _ in range(slots):
@@ -199,7 +197,6 @@ class CopyLane:
         except BaseException:
             self.close()
             raise
-        self._recorded = [False] * slots
 
     def copy(self, destination, source, nbytes):
         self._cu("cuMemcpyHtoDAsync_v2", destination, source, nbytes, self._stream)
@@ -219,14 +216,14 @@ class CopyLane:
         self._recorded = [False] * len(self._recorded)
 
     def close(self):
-        """Synchronize, then free the events and the stream (each, even if one fails)."""
-        try:
-            if self._stream:
-                self.finish()
-        finally:
-            for event in self._events:
-                self._cu.lib.cuEventDestroy_v2(event)
-            self._events = []
-            if self._stream:
-                self._cu.lib.cuStreamDestroy_v2(self._stream)
-                self._stream = _vp()
+        """Synchronize, then free the events and the stream. If the synchronize fails
+        (or is interrupted) they are left as they are: destroying a stream does not
+        wait for its copies, and the caller must see them completed first."""
+        if self._stream:
+            self.finish()
+        for event in self._events:
+            self._cu.lib.cuEventDestroy_v2(event)
+        self._events = []
+        if self._stream:
+            self._cu.lib.cuStreamDestroy_v2(self._stream)
+            self._stream = _vp()

@@ -19,12 +19,16 @@ import array
 import contextlib
 import ctypes
 import mmap
+import operator
 import os
+import threading
+import weakref
 from collections import namedtuple
 from itertools import count
 
 from . import _cuda
-from ._files import OPEN_FLAGS, check_regular, path_error
+from ._files import lengths_within_eof
+from ._ring import with_file
 from .buffers import PAGE_SIZE, alloc_buffer
 
 __all__ = ["STAGING_DEFAULT", "STAGING_MAX", "STAGING_MIN", "CudaTarget", "Staging",
@@ -36,14 +40,19 @@ STAGING_MAX = 4 << 30           # so a caller may not take more than this.
 SLOTS_PER_LANE = 3              # one being read, one being copied, one spare for jitter
 CHUNK_MAX = 16 << 20            # larger slots gain nothing and delay the first copy
 REQUEST_BYTES = 4 << 20         # one read request; a slot is read by several at once
+LANE_MIN = 4 << 20              # less work per lane costs more in streams than it gains
 
-Destination = namedtuple("Destination", "address nbytes device owner")
+Destination = namedtuple("Destination", "address nbytes device")
 Piece = namedtuple("Piece", "index slot_offset dest_offset nbytes first_request requests")
 Load = namedtuple("Load", "reads pieces")
 FileReads = namedtuple("FileReads", "fd name offsets lengths slot_offsets")
 
 
 def check_staging_bytes(nbytes):
+    try:
+        nbytes = operator.index(nbytes)
+    except TypeError:
+        raise TypeError(f"staging_bytes must be an int, not {type(nbytes).__name__}") from None
     if not STAGING_MIN <= nbytes <= STAGING_MAX:
         raise ValueError(f"staging_bytes must be between {STAGING_MIN} and {STAGING_MAX} "
                          f"(1 MiB and 4 GiB of pinned memory), not {nbytes}")
@@ -71,12 +80,20 @@ def cuda_destination(obj):
         raise TypeError(f"buffer must be C-contiguous; this {what} has strides {strides}")
     address = cai["data"][0]
     if nbytes == 0:
-        return Destination(address, 0, None, obj)
-    device = _cuda.device(_cuda.device_ordinal_of(address))
-    base, size = device.allocation_of(address)
+        return Destination(address, 0, None)
+    try:
+        device = _cuda.device(_cuda.device_ordinal_of(address))
+        old = device.make_current()
+        try:
+            base, size = device.allocation_of(address)
+        finally:
+            device.restore(old)
+    except _cuda.CudaError as exc:
+        raise ValueError(f"buffer: this {what}'s __cuda_array_interface__ points at "
+                         f"{address:#x}, which is not CUDA device memory ({exc})") from None
     if address + nbytes > base + size:
         raise ValueError(f"buffer's {nbytes} bytes run past its CUDA allocation")
-    return Destination(address, nbytes, device, obj)
+    return Destination(address, nbytes, device)
 
 
 def _c_strides(shape, itemsize):
@@ -91,21 +108,23 @@ def read_into(backend, groups, target, staging_bytes):
     """Read `groups` (path, offsets, lengths, dest_offsets; every range checked to lie
     inside the destination) through at most `staging_bytes` of staging into
     `target` (a CudaTarget); returns the byte count of each range, in order."""
-    with _open_files([path for path, *_ in groups]) as fds:
+    def with_fds(fds):
         layout, loads, pieces = plan(groups, fds, backend.workers, staging_bytes)
         got = []
         if loads:
             with target.session(layout) as (staging, lanes):
                 got = run_pipeline(backend, layout, loads, len(pieces), staging, lanes,
                                    target.address, target.device)
-    return _range_counts(groups, pieces, got)
+        return _range_counts(groups, pieces, got)
+    return _with_files([path for path, *_ in groups], with_fds)
 
 
 class CudaTarget:
     """The CUDA memory of a Destination, with the reader's StagingCache: a session
-    pins staging (or reuses the cache's), makes the device's context current, waits
+    makes the device's context current, pins staging (or reuses the cache's), waits
     for the destination's pending work and gives each lane a stream; on leaving,
-    every stream is synchronized before the staging goes back to the cache."""
+    every copy has completed (each stream synchronized, or the whole context where
+    that failed or was interrupted) before the staging goes back to the cache."""
 
     def __init__(self, dest, cache):
         self.address = dest.address
@@ -114,39 +133,48 @@ class CudaTarget:
 
     @contextlib.contextmanager
     def session(self, layout):
-        staging = self._cache.take(layout.nbytes, self.device)
-        old = self.device.make_current()
+        old = staging = None
         lanes = []
+        ok = False
         try:
+            old = self.device.make_current()
+            staging = self._cache.take(layout.nbytes, self.device)
             self.device.synchronize()       # the destination's pending work, any stream
             for _ in range(layout.lanes):
                 lanes.append(self.device.copy_lane(layout.slots))
             yield staging, lanes
+            ok = True
         finally:
             try:
-                _close_all(lanes)           # each synchronizes: no copy outlives the call
-            except BaseException:
-                _abandoned.append(staging)  # a copy may still read it: never freed or reused
-                raise
+                _settle(self.device, lanes)
             finally:
-                self.device.restore(old)
-            self._cache.give(staging)
+                if staging is not None and ok:
+                    self._cache.give(staging)
+                elif staging is not None:   # a failed read may still settle into it
+                    staging.close()
+                if old is not None:
+                    self.device.restore(old)
 
 
-_abandoned = []
-
-
-def _close_all(lanes):
-    """Close every lane, even after one fails; raises the first failure once every
-    lane was tried."""
-    first = None
-    for lane in lanes:
-        try:
+def _settle(device, lanes):
+    """Every copy of the lanes completed, before the caller's memory and the staging
+    are given back: each lane synchronizes its stream and frees it; if that fails or
+    is interrupted, the whole context is synchronized (retried through Ctrl-C) and
+    the first exception is raised then."""
+    try:
+        for lane in lanes:
             lane.close()
-        except BaseException as exc:
-            first = first or exc
-    if first is not None:
-        raise first
+    except BaseException:
+        interrupted = None
+        while True:
+            try:
+                device.synchronize()
+                break
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted from None
+        raise
 
 
 Layout = namedtuple("Layout", "lanes slots chunk nbytes")
@@ -158,12 +186,13 @@ def plan(groups, fds, workers, staging_bytes):
     total = 0
     ranges = []                                 # (fd index, offset, length, dest offset)
     for g, (_, offsets, lengths, dest_offsets) in enumerate(groups):
-        size = os.fstat(fds[g]).st_size
-        for off, n, d in zip(offsets, lengths, dest_offsets):
-            n = max(0, min(n, size - off)) if size else n
+        for off, n, d in zip(offsets, lengths_within_eof(fds[g], offsets, lengths),
+                             dest_offsets):
             ranges.append((g, off, n, d))
             total += n
-    lanes = max(1, min(workers, staging_bytes // (SLOTS_PER_LANE * STAGING_MIN)))
+    # Every ring, where the work fills them: a lane per LANE_MIN bytes at most.
+    lanes = max(1, min(workers, staging_bytes // (SLOTS_PER_LANE * STAGING_MIN),
+                       total // LANE_MIN))
     chunk = min(CHUNK_MAX, staging_bytes // (lanes * SLOTS_PER_LANE))
     # A small call pins only what it uses.
     chunk = min(chunk, -(-total // (lanes * SLOTS_PER_LANE)))
@@ -297,63 +326,54 @@ def _range_counts(groups, pieces, got):
     return counts
 
 
-class _open_files:
-    """The paths open for reading (regular files only), closed on exit; an OSError
-    names the path."""
-
-    def __init__(self, paths):
-        self.paths = paths
-        self.fds = []
-
-    def __enter__(self):
-        try:
-            for path in self.paths:
-                try:
-                    fd = os.open(path, OPEN_FLAGS)
-                except OSError as exc:
-                    raise path_error(exc.errno, path) from None
-                self.fds.append(fd)
-                check_regular(os.fstat(fd).st_mode, path)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self.fds
-
-    def __exit__(self, *exc):
-        for fd in self.fds:
-            os.close(fd)
-        self.fds = []
+def _with_files(paths, fn, fds=()):
+    """fn(fds) with every path open for reading (regular files only; each opened and
+    closed by the compiled with_file, so no interrupt leaks one). Device loads read
+    through the page cache: O_DIRECT would need aligned reads into the slots."""
+    if len(fds) == len(paths):
+        return fn(list(fds))
+    return with_file(paths[len(fds)], False,
+                     lambda fd, _: _with_files(paths, fn, (*fds, fd)))
 
 
 class Staging:
-    """Page-aligned host memory, pinned for `device` (a _cuda.Device) when given."""
+    """Page-aligned host memory, pinned for `device` (a _cuda.Device) when given.
+    Unpinned and freed by close(), or when collected (a reader dropped unclosed)."""
 
     def __init__(self, nbytes, device=None):
         self.memory = alloc_buffer(nbytes)
         _huge_pages(self.memory)
         self.nbytes = len(self.memory)
-        self._anchor = ctypes.c_char.from_buffer(self.memory)
-        self.address = ctypes.addressof(self._anchor)
-        self.device = None
+        anchor = ctypes.c_char.from_buffer(self.memory)
+        self.address = ctypes.addressof(anchor)
+        del anchor                              # (an export: the mmap could not close)
+        self.device = device
+        pinned = [False]                        # the finalizer's: unpin before freeing
+        self._free = weakref.finalize(self, _free_staging, self.memory, self.address,
+                                      device, os.getpid(), pinned)
         if device is not None:
             try:
                 device.pin(self.address, self.nbytes)
             except BaseException:
                 self.close()
                 raise
-            self.device = device
+            pinned[0] = True
 
     def close(self):
         """Unpin and free. Only once no copy from it can be in flight."""
-        if self.device is not None:
-            self.device.unpin(self.address)
-            self.device = None
-        self._anchor = None
-        try:
-            self.memory.close()
-        except BufferError:
-            pass    # a traceback still holds a view of it: freed with that view
+        self._free()
 
+
+def _free_staging(memory, address, device, pid, pinned):
+    if pinned[0] and pid == os.getpid():        # a forked child must not call CUDA
+        try:
+            device.unpin(address)
+        except _cuda.CudaError:
+            pass                                # the driver is shutting down: it frees it
+    try:
+        memory.close()
+    except BufferError:
+        pass    # a traceback still holds a view of it: freed with that view
 
 
 def _huge_pages(memory):
@@ -372,10 +392,11 @@ class StagingCache:
 
     def __init__(self):
         self._kept = None
-        self._pid = os.getpid()
+        self._lock = threading.Lock()
 
     def take(self, nbytes, device):
-        kept, self._kept = self._kept, None     # one bytecode: atomic under the GIL
+        with self._lock:
+            kept, self._kept = self._kept, None
         if kept is not None and kept.nbytes >= nbytes and kept.device is device:
             return kept
         if kept is not None:
@@ -383,13 +404,15 @@ class StagingCache:
         return Staging(nbytes, device)
 
     def give(self, staging):
-        other, self._kept = self._kept, staging
-        if other is not None:
-            if other.nbytes > staging.nbytes:
+        with self._lock:
+            other, self._kept = self._kept, staging
+            if other is not None and other.nbytes > staging.nbytes:
                 self._kept, other = other, staging
+        if other is not None:
             other.close()
 
     def close(self):
-        kept, self._kept = self._kept, None
-        if kept is not None and self._pid == os.getpid():
-            kept.close()        # a forked child must not call CUDA: it just drops it
+        with self._lock:
+            kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.close()

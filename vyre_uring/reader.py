@@ -130,11 +130,13 @@ class BatchReader:
         return self._backend.name
 
     def close(self) -> None:
-        self._staging.close()
-        if self._pid == os.getpid():
-            self._backend.close()
-        else:
-            self._backend.forget()
+        try:
+            self._staging.close()
+        finally:
+            if self._pid == os.getpid():
+                self._backend.close()
+            else:
+                self._backend.forget()
 
     def __enter__(self) -> BatchReader:
         return self
@@ -258,7 +260,10 @@ class BatchReader:
 
     def _into_device(self, groups, dest):
         """Ranges of several files, (path, offsets, lengths, dest_offsets) each, into
-        the CUDA Destination `dest`; the byte counts of every range, in order."""
+        the CUDA Destination `dest`; the byte counts of every range, in order. Every
+        range is checked to lie inside `dest` first."""
+        for _, offsets, lengths, dest_offsets in groups:
+            check_ranges(offsets, lengths, dest_offsets, dest.nbytes)
         return read_into(self._current(), groups, CudaTarget(dest, self._staging),
                          self._staging_bytes)
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 from ._staging import cuda_destination
-from .reader import BatchReader, _shared_reader
+from .reader import BatchReader, _path_list, _shared_reader
 
 if TYPE_CHECKING:
     import torch
@@ -65,13 +65,15 @@ class Header(NamedTuple):
     tensors: dict[str, TensorInfo]
     metadata: Optional[dict[str, str]]
     data_start: int                # where the data section starts in the file
+    identity: tuple[int, ...]      # (device, inode, size, mtime) when it was read
 
 
 def read_header(path: PathArg) -> Header:
     """The file's header, checked against the file's size."""
     path = os.fspath(path)
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        st = os.fstat(f.fileno())
+        size = st.st_size
         head = f.read(8)
         if len(head) < 8:
             raise SafetensorsError(f"{path}: not a safetensors file: {size} bytes, "
@@ -84,13 +86,17 @@ def read_header(path: PathArg) -> Header:
             raise SafetensorsError(f"{path}: header length {length} runs past the end "
                                    f"of the file ({size} bytes)")
         raw = f.read(length)
-    return parse_header(path, raw, size)
+    return parse_header(path, raw, size)._replace(identity=_identity(st))
+
+
+def _identity(st):
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def parse_header(path: str, raw: bytes, file_size: int) -> Header:
     """Check a header's JSON against the format and the file's size."""
     try:
-        table = json.loads(raw)
+        table = json.loads(raw.decode("utf-8"))     # the format says UTF-8, nothing else
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SafetensorsError(f"{path}: the header is not JSON: {exc}") from None
     if not isinstance(table, dict):
@@ -102,7 +108,7 @@ def parse_header(path: str, raw: bytes, file_size: int) -> Header:
     tensors = {name: _tensor_info(path, name, entry) for name, entry in table.items()}
     data_start = 8 + len(raw)
     _check_layout(path, tensors.values(), file_size - data_start)
-    return Header(path, tensors, metadata, data_start)
+    return Header(path, tensors, metadata, data_start, ())
 
 
 def _tensor_info(path, name, entry):
@@ -110,7 +116,7 @@ def _tensor_info(path, name, entry):
     if not isinstance(entry, dict):
         raise SafetensorsError(f"{where}: its entry is not a JSON object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise SafetensorsError(f"{where}: unknown or unsupported dtype {dtype!r} "
                                f"(supported: {', '.join(DTYPES)})")
     if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)):
@@ -164,12 +170,14 @@ def load_files(paths: Iterable[PathArg], device: Any = "cpu", *,
     """load_file for a sharded checkpoint: every shard's tensors (or those named in
     `tensors`, wherever they are) in one call, all rings reading across the shards
     at once. A name found in two shards is an error naming both."""
-    headers = [read_header(p) for p in paths]
+    headers = [read_header(p) for p in _path_list(paths)]
     chosen = _select(headers, tensors)
     groups, places, total = _placement(headers, chosen)
     torch = _torch()
+    for path, t in chosen:
+        _torch_dtype(torch, t, path)            # before any memory is taken
     buffer = torch.empty(total, dtype=torch.uint8, device=device)
-    _read_groups(reader or _shared_reader(), groups, buffer)
+    _read_groups(reader or _shared_reader(), groups, buffer, headers)
     return {t.name: _view(torch, buffer, place, t, path)
             for (path, t), place in zip(chosen, places)}
 
@@ -177,6 +185,8 @@ def load_files(paths: Iterable[PathArg], device: Any = "cpu", *,
 def _select(headers, names):
     """[(path, TensorInfo)] of the tensors asked for, in file order."""
     owner = {}
+    if len({h.path for h in headers}) < len(headers):
+        raise ValueError(f"a file is given twice: {[h.path for h in headers]}")
     for h in headers:
         for name in h.tensors:
             if name in owner:
@@ -228,9 +238,18 @@ def _aligned(n):
     return -(-n // ALIGN) * ALIGN
 
 
-def _read_groups(reader, groups, buffer):
+def _read_groups(reader, groups, buffer, headers):
     """Read the groups into `buffer` (a uint8 torch tensor, CPU or CUDA); a file
-    that reads short (it changed since its header was read) raises."""
+    that was replaced or changed since its header was read raises, before (by its
+    size, inode and mtime) or after (a short read) the read."""
+    for h in headers:
+        try:
+            changed = _identity(os.stat(h.path)) != h.identity
+        except OSError:
+            changed = True
+        if changed:
+            raise SafetensorsError(f"{h.path}: the file changed (or was replaced) since "
+                                   f"its header was read")
     if buffer.is_cuda:
         got = reader._into_device(groups, cuda_destination(buffer))
     else:
@@ -256,15 +275,19 @@ def _group_of(groups, k):
 def _view(torch, buffer, offset, t, path):
     """Tensor t as a view of buffer[offset:]; a copy where its offset does not suit
     its dtype's alignment (a file whose tensors are not aligned)."""
+    raw = buffer[offset:offset + t.nbytes]
+    if offset % DTYPES[t.dtype][0]:
+        raw = raw.clone()
+    return raw.view(_torch_dtype(torch, t, path)).reshape(t.shape)
+
+
+def _torch_dtype(torch, t, path):
     dtype = getattr(torch, DTYPES[t.dtype][1], None)
     if dtype is None:
         raise SafetensorsError(f"{path}: tensor {t.name!r}: dtype {t.dtype} needs "
                                f"torch.{DTYPES[t.dtype][1]}, which this torch "
                                f"({torch.__version__}) lacks")
-    raw = buffer[offset:offset + t.nbytes]
-    if offset % DTYPES[t.dtype][0]:
-        raw = raw.clone()
-    return raw.view(dtype).reshape(t.shape)
+    return dtype
 
 
 def _torch():
@@ -313,8 +336,9 @@ class safe_open:
         if t is None:
             raise KeyError(f"no tensor {name!r} in {self._header.path}")
         torch = _torch()
+        _torch_dtype(torch, t, self._header.path)
         buffer = torch.empty(t.nbytes, dtype=torch.uint8, device=self._device)
         _read_groups(self._reader or _shared_reader(),
                      [(self._header.path, [self._header.data_start + t.offset], [t.nbytes],
-                       [0])], buffer)
+                       [0])], buffer, [self._header])
         return _view(torch, buffer, 0, t, self._header.path)
