@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import vyre_uring
 from vyre_uring import aio
 
 from conftest import open_fds as _open_fds, run_under_seccomp
@@ -295,6 +296,7 @@ def test_a_second_cancel_does_not_cut_the_drain_short(run, tmp_path):
 
     async def main():
         aio.loop_ring()
+        _make_shared_reader(paths)
         before = open_fds()
         task = asyncio.ensure_future(aio.read_files(paths))
         await asyncio.sleep(0)
@@ -374,6 +376,7 @@ def test_loop_closed_with_io_in_flight_drains_it(new_loop, backend, tmp_path, pi
     r, w = pipe
     paths = make_tree(tmp_path, [4096] * 500)
     buf, off = guarded(64)
+    _make_shared_reader(paths)
     before = open_fds()
     loop = new_loop()
 
@@ -399,6 +402,7 @@ def test_loop_closed_with_io_in_flight_drains_it(new_loop, backend, tmp_path, pi
 
 def test_asyncio_run_with_io_in_flight_at_exit_drains_it(backend, tmp_path):
     paths = make_tree(tmp_path, [4096] * 500)
+    _make_shared_reader(paths)
     before = open_fds()
     tasks = []
 
@@ -495,6 +499,13 @@ def test_a_single_path_and_ranges_far_past_eof_behave_as_the_sync_reader(run, tm
     assert got == [b"0123456789", b"456789", b""]
 
 
+def _make_shared_reader(paths):
+    """read_files of READER_BATCH_FILES paths or more runs on the process's shared
+    reader, made on first use and kept (its rings' fds are not a leak): made here,
+    before a test counts fds."""
+    vyre_uring.read_files(paths[:1])
+
+
 @pytest.mark.parametrize("backend", ["io_uring", "threads"])
 def test_thousands_of_files_under_a_small_fd_limit(tmp_path, backend):
     """RLIMIT_NOFILE 64 (and 1,500 files): the calls hold at most a quarter of it,
@@ -520,3 +531,26 @@ def test_thousands_of_files_under_a_small_fd_limit(tmp_path, backend):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_large_read_files_runs_on_the_reader_with_the_same_results(run, tmp_path):
+    """From READER_BATCH_FILES paths on, read_files runs on the synchronous reader:
+    the same bytes, per-file errors and first error as the ring's path gives."""
+    paths = make_tree(tmp_path, [0, 1, 4096, 70_000] * 40)
+    bad = [str(tmp_path / "missing"), str(tmp_path)]
+    mixed = paths + bad
+    assert len(mixed) >= aio.READER_BATCH_FILES
+
+    async def main():
+        small = [await aio.read_files(mixed[i:i + 8], on_error="return")
+                 for i in range(0, len(mixed), 8)]
+        big = await aio.read_files(mixed, on_error="return")
+        with pytest.raises(FileNotFoundError) as info:
+            await aio.read_files(bad + paths)
+        return [x for part in small for x in part], big, info.value
+    small, big, first = run(main())
+    assert [type(x) for x in big] == [type(x) for x in small]
+    assert [x for x in big if isinstance(x, bytes)] == [open(p, "rb").read() for p in paths]
+    assert [(e.errno, e.filename) for e in big[-2:]] == \
+        [(e.errno, e.filename) for e in small[-2:]]
+    assert first.filename == bad[0]

@@ -40,12 +40,15 @@ import threading
 import warnings
 import weakref
 from array import array
+import concurrent.futures
 from concurrent.futures import ThreadPoolExecutor
 
 from ._files import OPEN_FLAGS, check_regular, lengths_within_eof, path_error
 from ._ring import MAX_PIECE, UNSIZED_FIRST, check_ranges
 from .errors import RingClosedError, RingFullError, UringSyscallError
-from .reader import (BACKEND_ENV, _int_list, _means_unavailable, _path_list, default_workers,
+# _warned: "io_uring is unavailable" is said once per process, by aio or the reader.
+from .reader import (BACKEND_ENV, _int_list, _means_unavailable, _path_list, _shared_reader,
+                     _warned, default_workers,
                      ranges_into_args)
 
 __all__ = ["read_file", "read_files", "read_ranges", "read_ranges_into", "write_file",
@@ -56,7 +59,9 @@ MAX_OPEN_FILES = 256    # fds the whole-file calls of one loop hold at once, at 
 _REAP_BATCH = 1024
 
 _engines = weakref.WeakKeyDictionary()      # loop -> its engine
-_warned = threading.Event()
+# read_files calls of at least this many files run on the synchronous reader: its
+# jobs in C on every ring, from a thread of their own; the loop awaits one future.
+READER_BATCH_FILES = 64
 _fallback_reason = None
 
 
@@ -140,6 +145,7 @@ class _RingEngine:
         self._budget_waiting = set()            # user_data of _opens
         self.open_fds = 0                       # fds whole-file calls hold (or will)
         self.fd_budget = open_files_budget()
+        self.batches = set()                    # read_files calls on the reader
         self._flush_due = False
         self._ud = array("Q", bytes(8 * _REAP_BATCH))
         self._res = array("i", bytes(4 * _REAP_BATCH))
@@ -323,6 +329,7 @@ class _RingEngine:
         opened meanwhile), then close the ring. Blocking: the loop is closing."""
         if self.closed:
             return
+        _stop_batches(self.batches)
         self._closing = True
         for call in {call for call, _ in self._calls.values()}:
             call.orphan()
@@ -349,6 +356,7 @@ class _ThreadEngine:
         self._owners = {}                       # concurrent future -> (call, item)
         self.open_fds = 0                       # fds whole-file calls hold (or will)
         self.fd_budget = open_files_budget()
+        self.batches = set()                    # read_files calls on the reader
         self._opens = collections.deque()       # tokens of opens waiting for fd budget
         self._budget_waiting = {}               # token -> (call, item, fn)
         self.closed = False
@@ -430,6 +438,7 @@ class _ThreadEngine:
     def close(self, loop):
         if self.closed:
             return
+        _stop_batches(self.batches)
         calls = {call for call, _ in self._owners.values()}
         calls.update(call for call, _, _ in self._budget_waiting.values())
         for call in calls:
@@ -438,6 +447,15 @@ class _ThreadEngine:
         self._pool.shutdown(wait=True)      # running requests end before the loop does
         for future in list(self._owners):
             self._finished(future)          # their callbacks will never run now
+
+
+def _stop_batches(batches):
+    """The loop is closing: stop its read_files calls on the reader and wait for them
+    (blocking: nothing runs on the loop any more), so that their fds are closed."""
+    for stop, _ in batches:
+        stop.set()
+    for _, done in list(batches):
+        concurrent.futures.wait([done])
 
 
 def open_files_budget():
@@ -762,18 +780,68 @@ def _named(exc, path):
 
 async def read_files(paths, *, on_error="raise"):
     """Every file's bytes, in input order. Files are opened, read and closed through
-    the loop's ring, as many at once as the ring and the fd budget allow. With
+    the loop's ring, as many at once as the ring and the fd budget allow; a call of
+    READER_BATCH_FILES or more runs on the synchronous reader (every ring, its
+    loops in C) from a thread, and the loop awaits its result. With
     on_error="return" a failed path's slot holds its OSError (errno and filename);
     with "raise" the first failure in input order is raised once all are done."""
     if on_error not in ("raise", "return"):
         raise ValueError(f'on_error must be "raise" or "return", not {on_error!r}')
     paths = _path_list(paths)
+    if len(paths) >= READER_BATCH_FILES:
+        return await _on_reader(_engine(), paths, on_error)
     out = await _WholeFiles(_engine(), paths).run()
     if on_error == "raise":
         for r in out:
             if isinstance(r, BaseException):
                 raise r
     return out
+
+
+class _BatchStopped(Exception):
+    """Ends a read_files call on the reader at its next job (its task was cancelled,
+    or its loop is closing)."""
+
+
+async def _on_reader(engine, paths, on_error):
+    """read_files through the process's BatchReader, in a thread of its own: a
+    cancelled call stops at the reader's next job and ends, its fds closed, before
+    CancelledError reaches the caller (the results are new bytes: no caller memory
+    is involved)."""
+    for p in paths:
+        os.fsencode(p)                      # a TypeError before anything is read
+    stop = threading.Event()
+
+    def progress(files, total, nbytes):
+        if stop.is_set():
+            raise _BatchStopped()
+    done = concurrent.futures.Future()
+    done.set_running_or_notify_cancel()     # running: a cancelled await cannot undo it
+
+    def run():
+        try:
+            done.set_result(_shared_reader().read_files(paths, on_error=on_error,
+                                                        progress=progress))
+        except BaseException as exc:
+            done.set_exception(exc)
+    batch = (stop, done)
+    engine.batches.add(batch)
+    try:
+        threading.Thread(target=run, name="vyre-aio-batch", daemon=True).start()
+        return await asyncio.wrap_future(done)
+    except asyncio.CancelledError:
+        stop.set()
+        while not done.done():
+            waiting = asyncio.wrap_future(done)
+            try:
+                await asyncio.wait([waiting])
+            except asyncio.CancelledError:
+                pass                        # cancelled again: the first is being honoured
+            if waiting.done() and not waiting.cancelled():
+                waiting.exception()         # _BatchStopped, expected: retrieved
+        raise
+    finally:
+        engine.batches.discard(batch)
 
 
 async def read_file(path):
