@@ -13,6 +13,7 @@ from .harness import Contender, Workload, missing
 LOCAL = "fsspec LocalFileSystem"
 OURS = "vyre VyreFileSystem"
 RANGES = 2_000                     # 4 KiB ranges per cat_ranges call
+DASK_FILES = 1_000                 # a task each: the scheduler needs ~3 ms per task
 
 
 def fsspec_workloads(ctx):
@@ -25,7 +26,7 @@ def fsspec_workloads(ctx):
     from vyre_uring.fsspec import VyreFileSystem
     local, ours = fsspec.filesystem("file"), VyreFileSystem()
     return [_cat_files(ctx, local, ours), *_cat_ranges(ctx, local, ours),
-            _parquet(ctx, local, ours)]
+            _parquet(ctx, local, ours), _dask_read_bytes(ctx)]
 
 
 def _rate(count, fn, check):
@@ -107,3 +108,58 @@ def _parquet(ctx, local, ours):
             raise AssertionError("open_parquet_file: wrong size")
     return Workload(name, "files/s", _pair(local, ours, 1, read, check), make,
                     reference=LOCAL)
+
+
+def _dask_read_bytes(ctx):
+    """dask.bytes.read_bytes of DASK_FILES small files (one block each) on a 2-worker
+    distributed.LocalCluster, file:// against vyre://: the scheduler's own work is
+    in both. The cluster starts on first use and stops with the run."""
+    name = "fsspec dask read_bytes"
+    rows = ["dask read_bytes file://", "dask read_bytes vyre://"]
+    why = missing("distributed", "test")
+    if why:
+        return Workload(name, "files/s", [Contender(r, why=why) for r in rows],
+                        reference=rows[0])
+    paths = ctx.data.small[:DASK_FILES]
+    cluster = _Cluster()
+    ctx.owned.append(cluster)
+
+    def read(protocol):
+        import dask
+        from dask.bytes import read_bytes
+        _, blocks = read_bytes([protocol + p for p in paths], blocksize=None)
+        out = dask.compute(*blocks)
+        return sum(len(b) for part in out for b in part)
+
+    def row(protocol):
+        def run():
+            start = time.perf_counter()
+            got = read(protocol)
+            rate = len(paths) / (time.perf_counter() - start)
+            if got != len(paths) * ctx.sizes.file_size:
+                raise AssertionError("dask read_bytes: wrong total")
+            return rate
+        return run
+    return Workload(name, "files/s", [Contender(rows[0], row("file://")),
+                                      Contender(rows[1], row("vyre://"))],
+                    lambda: cluster.start() or cache.warm(paths, 200), reference=rows[0])
+
+
+class _Cluster:
+    """A distributed.LocalCluster of 2 worker processes and its client, the default
+    scheduler while it lives."""
+
+    def __init__(self):
+        self.client = self.cluster = None
+
+    def start(self):
+        if self.client is None:
+            from distributed import Client, LocalCluster
+            self.cluster = LocalCluster(n_workers=2, threads_per_worker=1,
+                                        processes=True, dashboard_address=None)
+            self.client = Client(self.cluster)
+
+    def close(self):
+        if self.client is not None:
+            self.client.close()
+            self.cluster.close()
