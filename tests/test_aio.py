@@ -46,6 +46,15 @@ def backend(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["ring", "reader"])
+def whole_files(request, monkeypatch):
+    """Which path a large read_files takes: the loop's ring state machine, or the
+    synchronous reader in a thread (from READER_BATCH_FILES paths on)."""
+    if request.param == "ring":
+        monkeypatch.setattr(aio, "READER_BATCH_FILES", 1 << 62)
+    return request.param
+
+
 @pytest.fixture
 def run(new_loop, backend):
     """run(coro): run it to completion in a fresh loop, closed afterwards."""
@@ -291,7 +300,7 @@ def test_cancelled_pipe_read_is_cancelled_in_the_kernel(run, pipe):
     assert os.read(r, 100) == b"late data"        # the cancelled read took nothing
 
 
-def test_a_second_cancel_does_not_cut_the_drain_short(run, tmp_path):
+def test_a_second_cancel_does_not_cut_the_drain_short(run, tmp_path, whole_files, caplog):
     paths = make_tree(tmp_path, [4096] * 300)
 
     async def main():
@@ -307,6 +316,8 @@ def test_a_second_cancel_does_not_cut_the_drain_short(run, tmp_path):
             await task
         assert open_fds() == before
     run(main())
+    gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 def test_cancellation_at_random_moments_never_writes_after_cancelled_error(run, tmp_path):
@@ -372,7 +383,8 @@ def test_cancellation_at_random_moments_never_writes_after_cancelled_error(run, 
     assert open_fds() == before
 
 
-def test_loop_closed_with_io_in_flight_drains_it(new_loop, backend, tmp_path, pipe):
+def test_loop_closed_with_io_in_flight_drains_it(new_loop, backend, tmp_path, pipe,
+                                                 whole_files):
     r, w = pipe
     paths = make_tree(tmp_path, [4096] * 500)
     buf, off = guarded(64)
@@ -400,7 +412,7 @@ def test_loop_closed_with_io_in_flight_drains_it(new_loop, backend, tmp_path, pi
     del stuck, many
 
 
-def test_asyncio_run_with_io_in_flight_at_exit_drains_it(backend, tmp_path):
+def test_asyncio_run_with_io_in_flight_at_exit_drains_it(backend, tmp_path, whole_files):
     paths = make_tree(tmp_path, [4096] * 500)
     _make_shared_reader(paths)
     before = open_fds()
@@ -554,3 +566,53 @@ def test_a_large_read_files_runs_on_the_reader_with_the_same_results(run, tmp_pa
     assert [(e.errno, e.filename) for e in big[-2:]] == \
         [(e.errno, e.filename) for e in small[-2:]]
     assert first.filename == bad[0]
+
+
+def test_a_large_read_files_reads_the_paths_as_they_were_when_called(run, tmp_path):
+    paths = make_tree(tmp_path, [100] * 3000)
+    want = [open(p, "rb").read() for p in paths]
+
+    async def main():
+        task = asyncio.ensure_future(aio.read_files(paths))
+        await asyncio.sleep(0)
+        paths.clear()                       # the caller's list, changed meanwhile
+        return await task
+    assert run(main()) == want
+
+
+def test_a_bad_backend_variable_is_refused_whatever_the_call(monkeypatch, tmp_path):
+    monkeypatch.setenv("VYRE_URING_BACKEND", "bogus")
+    paths = make_tree(tmp_path, [10, 10])
+    with pytest.raises(ValueError, match="bogus"):
+        asyncio.run(aio.read_files(paths))
+
+
+def test_a_fork_during_a_large_read_files_does_not_hang_the_child(tmp_path):
+    """The child inherits the awaiting task but not the reader's thread: its await
+    fails at once (RuntimeError, saying so), and the child exits."""
+    make_tree(tmp_path, [4096] * 3000)
+    code = textwrap.dedent(f"""
+        import asyncio, os, sys, warnings
+        warnings.simplefilter("ignore")
+        from vyre_uring import aio
+        top = {str(tmp_path)!r}
+        paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs)
+        async def main():
+            task = asyncio.ensure_future(aio.read_files(paths))
+            await asyncio.sleep(0)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    await task
+                    os._exit(3)             # it finished before the fork: inconclusive
+                except RuntimeError as exc:
+                    os._exit(0 if "forked" in str(exc) else 2)
+            await task
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        sys.exit(asyncio.run(main()))
+    """)
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60, cwd=tmp_path)
+    if child.returncode == 3:
+        pytest.skip("the read finished before the fork on this machine")
+    assert child.returncode == 0, child.stdout + child.stderr

@@ -32,6 +32,7 @@ VYRE_URING_BACKEND=threads, the same calls run their requests on a thread pool,
 with the same semantics; a RuntimeWarning says so once, and fallback_reason() why.
 """
 import asyncio
+import atexit
 import collections
 import errno
 import os
@@ -45,11 +46,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ._files import OPEN_FLAGS, check_regular, lengths_within_eof, path_error
 from ._ring import MAX_PIECE, UNSIZED_FIRST, check_ranges
+from ._workers import block_async_signals
 from .errors import RingClosedError, RingFullError, UringSyscallError
 # _warned: "io_uring is unavailable" is said once per process, by aio or the reader.
-from .reader import (BACKEND_ENV, _int_list, _means_unavailable, _path_list, _shared_reader,
-                     _warned, default_workers,
-                     ranges_into_args)
+from .reader import (_chosen_backend, _int_list, _means_unavailable, _path_list,
+                     _shared_reader, _warned, default_workers, ranges_into_args)
 
 __all__ = ["read_file", "read_files", "read_ranges", "read_ranges_into", "write_file",
            "open", "AsyncFile", "LoopRing", "loop_ring", "fallback_reason"]
@@ -62,6 +63,7 @@ _engines = weakref.WeakKeyDictionary()      # loop -> its engine
 # read_files calls of at least this many files run on the synchronous reader: its
 # jobs in C on every ring, from a thread of their own; the loop awaits one future.
 READER_BATCH_FILES = 64
+BATCH_SLICE = 1024      # paths per reader call of such a batch: a stop waits for one
 _fallback_reason = None
 
 
@@ -82,11 +84,12 @@ def _engine():
 
 def _make_engine(loop):
     global _fallback_reason
-    if os.environ.get(BACKEND_ENV) != "threads":
+    backend = _chosen_backend("auto")        # VYRE_URING_BACKEND, checked as the reader does
+    if backend != "threads":
         try:
             return _RingEngine(loop)
         except UringSyscallError as exc:
-            if os.environ.get(BACKEND_ENV) == "io_uring" or not _means_unavailable(exc):
+            if backend == "io_uring" or not _means_unavailable(exc):
                 raise
             _fallback_reason = str(exc)
             if not _warned.is_set():
@@ -450,12 +453,14 @@ class _ThreadEngine:
 
 
 def _stop_batches(batches):
-    """The loop is closing: stop its read_files calls on the reader and wait for them
-    (blocking: nothing runs on the loop any more), so that their fds are closed."""
-    for stop, _ in batches:
-        stop.set()
-    for _, done in list(batches):
-        concurrent.futures.wait([done])
+    """The loop is closing (or the process exiting): stop these read_files calls on
+    the reader and wait for them (blocking: nothing runs on the loop any more), so
+    that their fds are closed."""
+    batches = list(batches)
+    for batch in batches:
+        batch.stop.set()
+    for batch in batches:
+        batch.wait()
 
 
 def open_files_budget():
@@ -803,45 +808,97 @@ class _BatchStopped(Exception):
     or its loop is closing)."""
 
 
+class _Batch:
+    """A read_files call on the process's BatchReader, in a thread of its own, in
+    slices of BATCH_SLICE paths: a stop takes effect at the reader's next job or
+    slice. `live`: every batch of this process still running."""
+    live = set()
+
+    def __init__(self, paths):
+        self.paths = list(paths)            # ours: the caller's list may change meanwhile
+        self.stop = threading.Event()
+        self.pid = os.getpid()
+        self.done = concurrent.futures.Future()
+        self.done.set_running_or_notify_cancel()    # a cancelled await cannot undo it
+
+    def start(self):
+        _Batch.live.add(self)
+        self.done.add_done_callback(lambda _: _Batch.live.discard(self))
+        threading.Thread(target=self._run, name="vyre-aio-batch", daemon=True).start()
+
+    def wait(self):
+        """Block until it ended; in a forked child, where its thread does not exist,
+        it has failed already (_batches_lost_in_child)."""
+        if self.pid == os.getpid():
+            concurrent.futures.wait([self.done])
+
+    def _run(self):
+        block_async_signals()               # Ctrl-C belongs to the main thread
+        try:
+            reader, out = _shared_reader(), []
+            for s in range(0, len(self.paths), BATCH_SLICE):
+                if self.stop.is_set():
+                    raise _BatchStopped()
+                out += reader.read_files(self.paths[s:s + BATCH_SLICE], on_error="return",
+                                         progress=self._progress)
+            self.done.set_result(out)
+        except BaseException as exc:
+            self.done.set_exception(exc)
+
+    def _progress(self, files, total, nbytes):
+        if self.stop.is_set():
+            raise _BatchStopped()
+
+
+def _batches_lost_in_child():
+    for batch in list(_Batch.live):
+        if not batch.done.done():
+            batch.done.set_exception(RuntimeError(
+                "the process forked while this read_files call ran on the reader: its "
+                "thread does not exist in the child"))
+    _Batch.live.clear()
+
+
+os.register_at_fork(after_in_child=_batches_lost_in_child)
+# After the reader's own exit hook is registered (reader is imported first), so
+# that this one runs before it: no batch is still using the reader when it closes.
+atexit.register(lambda: _stop_batches(_Batch.live))
+
+
 async def _on_reader(engine, paths, on_error):
-    """read_files through the process's BatchReader, in a thread of its own: a
-    cancelled call stops at the reader's next job and ends, its fds closed, before
-    CancelledError reaches the caller (the results are new bytes: no caller memory
-    is involved)."""
+    """read_files through the process's BatchReader (a _Batch): a cancelled call
+    stops at the reader's next job and ends, its fds closed, before CancelledError
+    reaches the caller (the results are new bytes: no caller memory is involved)."""
     for p in paths:
         os.fsencode(p)                      # a TypeError before anything is read
-    stop = threading.Event()
-
-    def progress(files, total, nbytes):
-        if stop.is_set():
-            raise _BatchStopped()
-    done = concurrent.futures.Future()
-    done.set_running_or_notify_cancel()     # running: a cancelled await cannot undo it
-
-    def run():
-        try:
-            done.set_result(_shared_reader().read_files(paths, on_error=on_error,
-                                                        progress=progress))
-        except BaseException as exc:
-            done.set_exception(exc)
-    batch = (stop, done)
+    batch = _Batch(paths)
     engine.batches.add(batch)
+    batch.done.add_done_callback(lambda _: engine.batches.discard(batch))
+    batch.start()
     try:
-        threading.Thread(target=run, name="vyre-aio-batch", daemon=True).start()
-        return await asyncio.wrap_future(done)
+        out = await asyncio.wrap_future(batch.done)
     except asyncio.CancelledError:
-        stop.set()
-        while not done.done():
-            waiting = asyncio.wrap_future(done)
+        batch.stop.set()
+        waiting = asyncio.wrap_future(batch.done)   # (the first went with the cancel)
+        while not waiting.done():
             try:
                 await asyncio.wait([waiting])
             except asyncio.CancelledError:
                 pass                        # cancelled again: the first is being honoured
-            if waiting.done() and not waiting.cancelled():
-                waiting.exception()         # _BatchStopped, expected: retrieved
+        if not waiting.cancelled():
+            waiting.exception()             # _BatchStopped, expected: retrieved
         raise
-    finally:
-        engine.batches.discard(batch)
+    except _BatchStopped:
+        raise RingClosedError("the event loop closed while this read_files call "
+                              "ran") from None
+    except BaseException:
+        batch.stop.set()                    # (KeyboardInterrupt, GeneratorExit)
+        raise
+    if on_error == "raise":
+        for r in out:
+            if isinstance(r, BaseException):
+                raise r
+    return out
 
 
 async def read_file(path):
