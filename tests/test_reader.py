@@ -682,3 +682,33 @@ def test_a_job_leaves_the_gil_to_other_threads(tmp_path):
         both_spin, both_read = spinning(read)
     assert solo_read / both_read > 0.2, "the reader starves beside a Python thread"
     assert both_spin / solo_spin > 0.4, "the spinner starves beside the reader"
+
+
+def test_a_few_large_ranges_are_read_by_every_worker(tmp_path, backend):
+    """Fewer ranges than workers: the reader cuts them into pieces for all workers;
+    the caller sees one count per range, pread's (short at EOF)."""
+    data = random.Random(4).randbytes((20 << 20) + 123)
+    path = tmp_path / "big"
+    path.write_bytes(data)
+    offsets = [0, 5 << 20, len(data) - 1000, 7]
+    lengths = [len(data), 9 << 20, 50 << 20, 0]
+    buf = bytearray(sum(lengths))
+    with BatchReader(backend=backend, workers=4) as reader:
+        got = reader.read_ranges_into(path, buf, offsets, lengths)
+    assert got == [len(data), 9 << 20, 1000, 0]
+    at = 0
+    for o, n, g in zip(offsets, lengths, got):
+        assert buf[at:at + g] == data[o:o + g]
+        at += n
+
+
+def test_pieces_of_a_range_count_up_to_the_first_short_one():
+    split = reader_module._split_for_workers([0], [40 << 20], [0], 4)
+    assert split is not None and len(split[0]) > 4 and set(split[3]) == {0}
+    assert sum(split[1]) == 40 << 20 and list(split[2]) == list(split[0])
+    counts = [n for n in split[1]]
+    counts[2] = 100                       # EOF inside piece 2: what follows is not the range's
+    assert reader_module._joined(counts, split[1], split[3], 1) == \
+        [split[1][0] + split[1][1] + 100]
+    assert reader_module._split_for_workers([0] * 4, [40 << 20] * 4, [0] * 4, 4) is None
+    assert reader_module._split_for_workers([0], [1 << 20], [0], 4) is None

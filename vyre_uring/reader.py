@@ -36,6 +36,7 @@ BACKEND_ENV = "VYRE_URING_BACKEND"     # forces a backend: io_uring or threads
 BACKENDS = ("auto", "io_uring", "threads")
 DEFAULT_QUEUE_DEPTH = 64
 ITER_BATCH_FILES = 4096                # most files one iter_files batch considers
+SPLIT_MIN = 4 << 20                    # the smallest piece a large range is cut into
 
 _warned = threading.Event()            # "auto" warns once per process when it falls back
 # Guards replacing a forked child's backends and the shared readers; a new lock in
@@ -248,8 +249,14 @@ class BatchReader:
         if dest is None:
             offsets, lengths, buffer_offsets = ranges_into_args(buffer, offsets, lengths,
                                                                 buffer_offsets)
-            got = self._current().read_ranges_into(os.fspath(path), buffer, offsets,
-                                                   lengths, buffer_offsets)
+            backend = self._current()
+            split = _split_for_workers(offsets, lengths, buffer_offsets, backend.workers)
+            if split is None:
+                got = backend.read_ranges_into(os.fspath(path), buffer, offsets, lengths,
+                                               buffer_offsets)
+            else:
+                got = _joined(backend.read_ranges_into(os.fspath(path), buffer, *split[:3]),
+                              split[1], split[3], len(offsets))
         else:
             offsets, lengths, buffer_offsets = _checked_ranges(offsets, lengths,
                                                                buffer_offsets, dest.nbytes)
@@ -416,6 +423,36 @@ def _checked_ranges(offsets, lengths, buffer_offsets, nbytes):
     buffer_offsets = _int_list(buffer_offsets, "buffer_offsets")
     check_ranges(offsets, lengths, buffer_offsets, nbytes)
     return offsets, lengths, buffer_offsets
+
+
+def _split_for_workers(offsets, lengths, buffer_offsets, workers):
+    """Fewer ranges than workers, and large: the ranges cut into pieces of at least
+    SPLIT_MIN bytes, about four per worker, so that every ring (or thread) reads (one
+    range is one worker's). Returns (offsets, lengths, buffer_offsets, owner: the
+    range of each piece), or None when the ranges are fine as they are."""
+    total = sum(lengths)
+    if workers < 2 or len(offsets) >= workers or total < 2 * SPLIT_MIN:
+        return None
+    size = max(SPLIT_MIN, -(-total // (4 * workers)) + 4095 & ~4095)
+    out = array.array("q"), array.array("q"), array.array("q"), []
+    for r, (o, n, b) in enumerate(zip(offsets, lengths, buffer_offsets)):
+        for k in range(0, n, size):
+            out[0].append(o + k)
+            out[1].append(min(size, n - k))
+            out[2].append(b + k)
+            out[3].append(r)
+    return out
+
+
+def _joined(got, lengths, owner, n):
+    """Bytes read per range from its pieces' counts: the pieces up to the first short
+    one (EOF), as one pread of the whole range would return."""
+    counts, short = [0] * n, [False] * n
+    for g, want, r in zip(got, lengths, owner):
+        if not short[r]:
+            counts[r] += g
+            short[r] = g < want
+    return counts
 
 
 def _packed(lengths):
