@@ -2,12 +2,12 @@
 reader's rings, slots, events) with copies into host memory that run only when
 the pipeline waits for them, as a GPU's do. A slot refilled before its copies
 completed would copy the new bytes, and the data would differ."""
-import contextlib
 import ctypes
 import os
 import random
 import signal
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -270,7 +270,9 @@ def test_cpu_only_machine_says_which_library_is_missing(tmp_path):
 
 class InterruptingLane(DeferredLane):
     """Sends the process Ctrl-C at its `at`-th record (from a worker thread: Python
-    delivers it to the main thread, waiting in the call)."""
+    delivers it to the main thread, waiting in the call); later records are paced,
+    so that the lanes cannot finish the whole load before the main thread runs the
+    handler on a loaded machine (pacing only: nothing is timed)."""
 
     def __init__(self, slots, log, counter, at):
         super().__init__(slots, log)
@@ -281,6 +283,8 @@ class InterruptingLane(DeferredLane):
         self.counter.append(slot)
         if len(self.counter) == self.at:
             os.kill(os.getpid(), signal.SIGINT)
+        elif len(self.counter) > self.at:
+            time.sleep(0.01)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -9,11 +9,12 @@ waits until its slot's previous copies completed (an event per slot), reads the
 load into the slot in C without the GIL (several requests per slot, so a cold disk
 sees a deep queue), queues the copies and records the slot's event.
 
-Memory. A slot is refilled only after its event; every lane's stream is
-synchronized before the call returns or raises, so no copy is in flight on a slot
-or into the caller's memory once the call is over; staging is unpinned and freed
-only after that. The copy side is a `lane` object (copy, record, wait, finish):
-CUDA's CopyLane here, a host one in the tests, which run this same pipeline in CI.
+Memory. A slot is refilled only after its event; when the call ends, its target's
+session synchronizes every lane's stream (_settle) before the call returns or
+raises, so no copy is in flight on a slot or into the caller's memory once the call
+is over; staging is unpinned and freed only after that. The copy side is a `lane`
+object (copy, record, wait, close): CUDA's CopyLane here, a host one in the tests,
+which run this same pipeline in CI.
 """
 import array
 import contextlib
@@ -267,7 +268,6 @@ def run_pipeline(backend, layout, loads, npieces, staging, lanes, dest_address, 
             try:
                 _lane(read, stop, failed, loads, claim, slots, copies, got,
                       staging.address + base, slot_bytes, dest_address)
-                copies.finish()
             except BaseException:
                 failed.append(i)
                 raise
@@ -314,7 +314,7 @@ def _filled_spans(reads, counts, first, requests):
             spans[-1] = (spans[-1][0], spans[-1][1] + n)
         elif n:
             spans.append((start, n))
-    return [(s, n) for s, n in spans if n]
+    return spans
 
 
 def _range_counts(groups, pieces, got):
