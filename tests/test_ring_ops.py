@@ -145,6 +145,65 @@ def test_failed_read_res_is_negative_errno(ring, tmp_path):
         os.close(d)
 
 
+# ---- submit_read: one read, submitted and (when it completed inside) reaped --------
+
+def test_submit_read_of_cached_data_returns_its_count_and_reaps_it(ring, fd, tmp_file):
+    _, data = tmp_file
+    buf = bytearray(b"\xee" * 6000)
+    assert ring.submit_read(fd, buf, 777, nbytes=4096, buf_offset=100, user_data=5) == 4096
+    assert bytes(buf[100:4196]) == data[777:777 + 4096]
+    assert buf[:100] == b"\xee" * 100 and buf[4196:] == b"\xee" * (6000 - 4196)
+    assert (ring.pending, ring.in_flight) == (0, 0)
+    assert ring.completions() == []
+    buf.extend(b"x")                    # reaped: the buffer is no longer held
+
+
+def test_submit_read_failure_is_negative_errno(ring, tmp_path):
+    closed = os.open(tmp_path, os.O_RDONLY)
+    os.close(closed)                    # a bad fd fails as the kernel takes the request
+    assert ring.submit_read(closed, bytearray(10)) == -errno.EBADF
+    assert (ring.pending, ring.in_flight) == (0, 0)
+
+
+def test_submit_read_not_done_inside_the_submit_stays_in_flight(ring):
+    r, w = os.pipe()
+    try:
+        buf = bytearray(16)
+        assert ring.submit_read(r, buf, -1, user_data=9) is None   # nothing to read yet
+        assert ring.in_flight == 1
+        with pytest.raises(BufferError):
+            buf.extend(b"x")            # held until its completion is reaped
+        os.write(w, b"hello")
+        c = one(ring)
+        assert (c.user_data, c.res, bytes(buf[:5])) == (9, 5, b"hello")
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_submit_read_behind_another_completion_is_left_for_reap(ring, fd, tmp_file):
+    _, data = tmp_file
+    ring.prep_nop(user_data=1)
+    ring.submit()
+    buf = bytearray(100)
+    assert ring.submit_read(fd, buf, 10, user_data=2) is None
+    got = collect(ring, 2)
+    assert got[1].res == 0 and got[2].res == 100 and bytes(buf) == data[10:110]
+
+
+@pytest.mark.parametrize("kwargs,exc", [
+    (dict(buf=b"read-only"), TypeError),
+    (dict(buf=bytearray(10), nbytes=11), ValueError),
+    (dict(buf=bytearray(10), buf_offset=11), ValueError),
+    (dict(buf=bytearray(10), offset=-2), ValueError),
+    (dict(buf=bytearray(10), user_data=-1), ValueError),
+])
+def test_submit_read_bad_argument_prepares_nothing(ring, fd, kwargs, exc):
+    with pytest.raises(exc):
+        ring.submit_read(fd, **kwargs)
+    assert (ring.pending, ring.in_flight) == (0, 0)
+
+
 # ---- readv / writev ----------------------------------------------------------------
 
 def test_readv_scatters_in_order(ring, fd, tmp_file):

@@ -1975,6 +1975,44 @@ cdef class Ring:
         finally:
             self._leave_api()
 
+    def submit_read(self, fd, buf, offset=0, *, nbytes=None, buf_offset=0, user_data=0):
+        """prep_read, then submit, in one call: returns the read's result (the byte
+        count, or -errno) when the kernel completed it inside the submit (a page-cache
+        hit usually does) and its completion is the first one ready, reaping that
+        completion and releasing `buf`; else None, and the read is in flight (or its
+        completion waits behind others) like any submitted request. This is the
+        latency path for one read at a time: one call where three cost twice as much.
+
+        Arguments, holds and errors as prep_read and submit; nothing is prepared when
+        an argument is refused. If the submit raises (Ctrl-C), the read may be in
+        flight: reap or cancel it by `user_data` as any request.
+        """
+        cdef uint64_t kernel_ud
+        self._prep_rw(IORING_OP_READ, _i64_arg(fd, "fd"), buf, _offset_arg(offset), nbytes,
+                      buf_offset, _u64_arg(user_data, "user_data"), 0, True)
+        self._enter_api()
+        try:
+            kernel_ud = self._sqes[(self._sqe_tail - 1) & self._sq_mask].user_data
+            self._submit_and_wait(0, -1.0)
+            return self._reap_head(kernel_ud)
+        finally:
+            self._leave_api()
+
+    cdef object _reap_head(self, uint64_t kernel_ud):
+        """The res of the first ready completion, reaped, when it is request
+        `kernel_ud`'s; else None, reaping nothing."""
+        cdef uint64_t ud
+        cdef int32_t res
+        if self._cq_ready() == 0 and self._cq_needs_flush():
+            self._flush_cq()
+        if self._cq_ready() == 0 or \
+                self._cqes[vy_load_relaxed(self._cq_khead) & self._cq_mask].user_data \
+                != kernel_ud:
+            return None
+        self._reap_some(&ud, &res, NULL, 1)
+        self._drop_released()
+        return res
+
     def submit_and_wait(self, min_complete=1, timeout=None):
         """Submit what is prepared, then wait until `min_complete` completions are ready or
         `timeout` seconds pass (None: no limit); on timeout it returns normally, with

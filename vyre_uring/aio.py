@@ -167,16 +167,16 @@ class _RingEngine:
         (where batching with the other requests pays)."""
         if self._calls or self._closing:
             return _read_op(self, fd, buf, offset, nbytes, buf_offset)
-        ring, ud = self.ring, self._next
+        ud = self._next
         self._next = ud + 1
-        ring.prep_read(fd, buf, offset, nbytes=nbytes, buf_offset=buf_offset, user_data=ud)
         try:
-            ring.submit()
-            if ring.reap(self._ud, self._res):
-                return self._res[0]     # idle: the only request there was is this one
+            res = self.ring.submit_read(fd, buf, offset, nbytes=nbytes,
+                                        buf_offset=buf_offset, user_data=ud)
         except BaseException:
             self._drain_alone(ud)
             raise
+        if res is not None:
+            return res
         return _Op(self, lambda op: self._adopt(op, 0, ud))
 
     def _drain_alone(self, ud):
@@ -184,6 +184,8 @@ class _RingEngine:
         and waited for (the ring had nothing else in flight), so that nothing writes
         into the caller's buffer once the exception leaves."""
         ring = self.ring
+        if not (ring.in_flight or ring.pending):
+            return                      # refused before it was prepared
         ring.prep_cancel(ud, user_data=self._next)
         self._next += 1
         while ring.in_flight or ring.pending:
@@ -1019,22 +1021,49 @@ class AsyncFile:
             buf, grow = bytearray(size), False
         if not buf:
             return b""
-        got = await self._read_into(buf, len(buf), grow)
+        got = self._read_into(buf, len(buf), grow)
+        if got.__class__ is not int:
+            got = await got
         return bytes(buf) if got == len(buf) else bytes(buf[:got])
 
     async def readinto(self, buffer):
         """Read into the writable `buffer` from the position; returns the count."""
+        self.fileno()                   # a closed file raises first
         with memoryview(buffer) as view:
             if view.readonly:
                 raise TypeError(f"buffer must be writable, not a read-only "
                                 f"{type(buffer).__name__}")
             n = view.nbytes
-        return await self._read_into(buffer, n, False) if n else 0
+        if not n:
+            return 0
+        got = self._read_into(buffer, n, False)
+        return got if got.__class__ is int else await got
 
-    async def _read_into(self, buf, n, grow):
-        got = None if grow else self._read_now(buf, n)
+    def _read_into(self, buf, n, grow):
+        """Read up to n bytes at the position into buf: the count when one read done
+        at once finished it (the ring idle, the page cache hit, or EOF), else a
+        coroutine that finishes it. Not a coroutine itself, so that the common case
+        costs no second coroutine."""
+        first = None
+        if not grow:
+            # self._fd, checked by the caller; MAX_PIECE bounds one request.
+            first = self.engine.read_now(self._fd, buf, self._pos,
+                                         n if n <= MAX_PIECE else MAX_PIECE, 0)
+            if first.__class__ is int and (first == n or first == 0):
+                self._pos += first
+                return first
+        return self._read_rest(buf, n, grow, first)
+
+    async def _read_rest(self, buf, n, grow, first):
+        """_read_into's slow part. `first`: the outcome of the read done at once (an
+        _Op still to run, or its count or -errno), or None when there was none. A
+        failure seen at once is retried by the full path, which reports it (or
+        recovers from it) as it would."""
+        got = first
         if got.__class__ is _Op:
             got = await got.run()
+        elif got is not None and got < 0:
+            got = None
         if got is None or 0 < got < n:      # short of n, yet not at EOF: read the rest
             done = got or 0
             call = _Ranges(self.engine, self.fileno(), [buf], [done], [self._pos + done],
@@ -1043,14 +1072,6 @@ class AsyncFile:
             got = done + (await call.run())[0]
         self._pos += got
         return got
-
-    def _read_now(self, buf, n):
-        """The count of one read of up to n bytes at the position done at once (the
-        ring idle and the page cache hit), else an _Op to run for it; None for a
-        failure seen at once, which the full path retries and reports (or recovers
-        from) as it would."""
-        res = self.engine.read_now(self.fileno(), buf, self._pos, min(n, MAX_PIECE), 0)
-        return res if res.__class__ is not int or res >= 0 else None
 
     async def write(self, data):
         """Write all of `data` at the position; returns the bytes written."""
@@ -1176,6 +1197,8 @@ def _span(buf, nbytes, buf_offset, writable):
     # A bytearray is writable bytes: its len() is its size, without the memoryview
     # that costs a small read about a seventh of its time.
     size = len(buf) if buf.__class__ is bytearray else _buffer_size(buf, writable)
+    if nbytes is None and buf_offset == 0:
+        return min(size, MAX_PIECE), 0         # the common call, checked at half the cost
     if not 0 <= buf_offset <= size:
         raise ValueError(f"buf_offset {buf_offset} is outside the buffer ({size} bytes)")
     n = size - buf_offset if nbytes is None else nbytes
