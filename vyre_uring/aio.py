@@ -63,7 +63,9 @@ _engines = weakref.WeakKeyDictionary()      # loop -> its engine
 # read_files calls of at least this many files run on the synchronous reader: its
 # jobs in C on every ring, from a thread of their own; the loop awaits one future.
 READER_BATCH_FILES = 64
-BATCH_SLICE = 1024      # paths per reader call of such a batch: a stop waits for one
+# Paths per reader call of such a batch, per ring: each ring gets several jobs of a
+# call (a stop waits for the jobs running), and a 16-ring reader is not starved.
+BATCH_SLICE = 1024
 _fallback_reason = None
 
 
@@ -812,8 +814,8 @@ class _BatchStopped(Exception):
 
 class _Batch:
     """A read_files call on the process's BatchReader, in a thread of its own, in
-    slices of BATCH_SLICE paths: a stop takes effect at the reader's next job or
-    slice. `live`: every batch of this process still running."""
+    slices of BATCH_SLICE paths per ring: a stop takes effect at the reader's next
+    job. `live`: every batch of this process still running."""
     live = set()
 
     def __init__(self, paths):
@@ -838,10 +840,11 @@ class _Batch:
         block_async_signals()               # Ctrl-C belongs to the main thread
         try:
             reader, out = _shared_reader(), []
-            for s in range(0, len(self.paths), BATCH_SLICE):
+            step = BATCH_SLICE * default_workers()      # the shared reader's rings
+            for s in range(0, len(self.paths), step):
                 if self.stop.is_set():
                     raise _BatchStopped()
-                out += reader.read_files(self.paths[s:s + BATCH_SLICE], on_error="return",
+                out += reader.read_files(self.paths[s:s + step], on_error="return",
                                          progress=self._progress)
             self.done.set_result(out)
         except BaseException as exc:
@@ -1135,9 +1138,17 @@ class LoopRing:
     async def read(self, fd, buf, offset=0, *, nbytes=None, buf_offset=0):
         """Read up to `nbytes` (default: the rest of `buf`) at file `offset` into
         `buf[buf_offset:]`; returns the count (0 at EOF)."""
-        fd, offset = _fd(fd), _offset(offset)
-        n, boff = _span(buf, nbytes, buf_offset, writable=True)
-        res = self._engine.read_now(fd, buf, offset, n, boff)
+        # The common call (int fd and offset, a whole bytearray) is checked inline: a
+        # helper call costs a tenth of a cached read.
+        if fd.__class__ is not int or not 0 <= fd <= 0x7FFFFFFF:
+            fd = _fd(fd)
+        if offset.__class__ is not int or not 0 <= offset <= _OFFSET_MAX:
+            offset = _offset(offset)
+        if buf.__class__ is bytearray and nbytes is None and buf_offset == 0:
+            n = len(buf) if len(buf) <= MAX_PIECE else MAX_PIECE
+        else:
+            n, buf_offset = _span(buf, nbytes, buf_offset, writable=True)
+        res = self._engine.read_now(fd, buf, offset, n, buf_offset)
         if res.__class__ is not int:
             return await res.run()
         if res < 0:
@@ -1186,8 +1197,11 @@ def _fd(fd):
     return fd
 
 
+_OFFSET_MAX = (1 << 63) - 1
+
+
 def _offset(offset):
-    if not isinstance(offset, int) or not 0 <= offset < 1 << 63:
+    if not isinstance(offset, int) or not 0 <= offset <= _OFFSET_MAX:
         raise ValueError(f"offset must be an int >= 0, not {offset!r}")
     return offset
 
@@ -1197,8 +1211,6 @@ def _span(buf, nbytes, buf_offset, writable):
     # A bytearray is writable bytes: its len() is its size, without the memoryview
     # that costs a small read about a seventh of its time.
     size = len(buf) if buf.__class__ is bytearray else _buffer_size(buf, writable)
-    if nbytes is None and buf_offset == 0:
-        return min(size, MAX_PIECE), 0         # the common call, checked at half the cost
     if not 0 <= buf_offset <= size:
         raise ValueError(f"buf_offset {buf_offset} is outside the buffer ({size} bytes)")
     n = size - buf_offset if nbytes is None else nbytes
