@@ -308,3 +308,15 @@ def test_the_real_tree_lists_readable_regular_files_only(tmp_path):
     assert workloads.real_tree(10, [str(tmp_path)]) == [
         str(tmp_path / n) for n in ("a1", "a2", "b/c")]
     assert len(workloads.real_tree(2, [str(tmp_path)])) == 2
+
+
+def test_gpu_read_ceiling_reads_a_checkpoint_of_any_length(tmp_path):
+    """The host-only contender of the GPU rows, on a file whose length is not whole
+    pages (a checkpoint's header makes it so; the buffer is rounded up to pages)."""
+    from vyre_uring.bench.gpu_workloads import Checkpoint
+    checkpoint = Checkpoint(str(tmp_path), 1)
+    with open(checkpoint.single, "wb") as f:
+        f.write(os.urandom(3 * 4096 + 123))
+    assert checkpoint.read_ceiling() > 0
+    with open(checkpoint.single, "rb") as f:
+        assert bytes(checkpoint._host[:3 * 4096 + 123]) == f.read()
