@@ -170,6 +170,9 @@ def test_write_file_and_the_async_file_object(run, tmp_path):
             n = await f.readinto(buf)
             assert await f.read(0) == b""
         assert f.closed
+        for call in (f.read(10), f.readinto(bytearray(10)), f.readinto(bytearray())):
+            with pytest.raises(ValueError, match="closed file"):
+                await call              # as io's files do, whatever the buffer
         f = await aio.open(path, "ab")
         await f.write(b"more")
         await f.fsync()

@@ -132,3 +132,36 @@ def test_the_readers_rings_run_only_the_readers_opcodes():
     with vyre_uring.BatchReader(backend="io_uring", workers=2) as reader:
         for r in reader._backend._rings:
             assert r.ring.allowed_ops == READER_OPS | {vyre_uring.Op.ASYNC_CANCEL}
+
+
+def test_submit_read_returns_each_result_once_in_every_mode(mode_ring, tmp_file, fd):
+    """submit_read's result comes from the call (the read completed inside it) or
+    from a later reap, never both and never neither, with other requests around."""
+    _, data = tmp_file
+    out = array.array("Q", bytes(8 * 16))
+    res = array.array("i", bytes(4 * 16))
+    results = {}
+    for k in range(200):
+        if k % 3 == 0:
+            mode_ring.prep_nop(user_data=10_000 + k)     # a completion ahead of some
+            mode_ring.submit()
+        buf = bytearray(512)
+        got = mode_ring.submit_read(fd, buf, 4096 * k, user_data=k)
+        if got is not None:
+            assert k not in results
+            results[k] = (got, bytes(buf))
+        else:
+            pending = (k, buf)
+            while k not in results:
+                n = mode_ring.reap(out, res, min_complete=1)
+                for u, r in zip(out[:n], res[:n]):
+                    if u == k:
+                        results[k] = (r, bytes(pending[1]))
+                    else:
+                        assert u >= 10_000 and r == 0
+    while mode_ring.in_flight or mode_ring.pending:
+        n = mode_ring.reap(out, res, min_complete=1)
+        assert all(u >= 10_000 for u in out[:n])
+    assert sorted(results) == list(range(200))
+    for k, (got, content) in results.items():
+        assert got == 512 and content == data[4096 * k:4096 * k + 512]

@@ -284,7 +284,12 @@ class _RingEngine:
                 self._start(_IGNORE, None, lambda cud, ud=ud: prep(ud, user_data=cud))
 
     def _complete(self, ud, res):
-        call, item = self._calls.pop(ud)
+        owner = self._calls.pop(ud, None)
+        if owner is None:
+            # read_now's read, left without an owner by an interrupt between its
+            # submit and the _Op that adopts it: the ring released its buffer.
+            return
+        call, item = owner
         call.live.discard(ud)
         call._done(item, res)
 
@@ -840,7 +845,7 @@ class _Batch:
         block_async_signals()               # Ctrl-C belongs to the main thread
         try:
             reader, out = _shared_reader(), []
-            step = BATCH_SLICE * default_workers()      # the shared reader's rings
+            step = BATCH_SLICE * reader.stats()["workers"]  # its rings, as many as it got
             for s in range(0, len(self.paths), step):
                 if self.stop.is_set():
                     raise _BatchStopped()
