@@ -303,6 +303,32 @@ def test_cancelled_pipe_read_is_cancelled_in_the_kernel(run, pipe):
     assert os.read(r, 100) == b"late data"        # the cancelled read took nothing
 
 
+def test_a_whole_buffer_read_not_done_at_once_is_awaited_or_cancelled(run, pipe):
+    """The one-read path (a whole bytearray, an idle ring): a read the kernel could
+    not finish inside the submit is awaited as any other, and a cancel of it takes
+    nothing from the pipe and writes nothing into the buffer."""
+    r, w = pipe
+    first, second = bytearray(5), bytearray([GUARD]) * 64
+
+    async def main():
+        ring = aio.loop_ring()
+        asyncio.get_running_loop().call_later(0.02, os.write, w, b"hello")
+        assert await ring.read(r, first) == 5
+        task = asyncio.ensure_future(ring.read(r, second))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        os.write(w, b"late data")
+    if os.environ["VYRE_URING_BACKEND"] == "threads":
+        pytest.skip("a thread blocked in read(2) cannot be cancelled: covered by the "
+                    "drain tests (a cancelled call waits for it)")
+    run(main())
+    assert first == b"hello" and second == bytearray([GUARD]) * 64
+    assert os.read(r, 100) == b"late data"
+
+
 def test_a_second_cancel_does_not_cut_the_drain_short(run, tmp_path, whole_files, caplog):
     paths = make_tree(tmp_path, [4096] * 300)
 
