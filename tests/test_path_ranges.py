@@ -59,6 +59,26 @@ def test_stdlib_ranges_match_plain_reads(backend, workers):
     assert got == [plain_range(*t) for t in zip(paths, offsets, lengths)]
 
 
+@pytest.mark.parametrize("workers", [1, 3, 8])
+def test_ranges_of_fewer_files_than_rings_are_shared_out(tmp_path, backend, workers):
+    """One or two files holding every range: the rings share each file's ranges
+    (many small ones, a few large ones, some to EOF), and the results are the same."""
+    data = random.Random(workers).randbytes(12 << 20)
+    path = tmp_path / "one.bin"
+    path.write_bytes(data)
+    rnd = random.Random(7)
+    small = [(str(path), rnd.randrange(len(data)), 4096) for _ in range(700)]
+    large = [(str(path), rnd.randrange(len(data)), 1 << 20) for _ in range(20)]
+    to_eof = [(str(path), len(data) - rnd.randrange(1, 5000), -1) for _ in range(5)]
+    missing = [(str(tmp_path / "missing"), 0, 10)] * 90
+    for ranges in (small, large, small + to_eof + large, missing + small):
+        rnd.shuffle(ranges)
+        paths, offsets, lengths = (list(x) for x in zip(*ranges))
+        with BatchReader(backend=backend, workers=workers) as r:
+            got = r.read_path_ranges(paths, offsets, lengths, on_error="return")
+        assert [outcome(g) for g in got] == [plain_range(*t) for t in ranges]
+
+
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
