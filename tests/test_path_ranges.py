@@ -60,23 +60,41 @@ def test_stdlib_ranges_match_plain_reads(backend, workers):
 
 
 @pytest.mark.parametrize("workers", [1, 3, 8])
-def test_ranges_of_fewer_files_than_rings_are_shared_out(tmp_path, backend, workers):
-    """One or two files holding every range: the rings share each file's ranges
-    (many small ones, a few large ones, some to EOF), and the results are the same."""
+def test_ranges_of_fewer_files_than_rings_are_shared_out(tmp_path, backend, workers,
+                                                         monkeypatch):
+    """One or two files holding every range: the rings share a file's large ranges
+    (small ones stay on one ring), and the results are the same."""
+    import vyre_uring._uring_backend as ub
+    entries = []
+    spread = ub._spread
+    monkeypatch.setattr(ub, "_spread", lambda *a: entries.append(spread(*a)[0]) or
+                        (entries[-1], spread(*a)[1]))
     data = random.Random(workers).randbytes(12 << 20)
-    path = tmp_path / "one.bin"
-    path.write_bytes(data)
+    one, two = tmp_path / "one.bin", tmp_path / "two.bin"
+    one.write_bytes(data)
+    two.write_bytes(data[::-1])
     rnd = random.Random(7)
-    small = [(str(path), rnd.randrange(len(data)), 4096) for _ in range(700)]
-    large = [(str(path), rnd.randrange(len(data)), 1 << 20) for _ in range(20)]
-    to_eof = [(str(path), len(data) - rnd.randrange(1, 5000), -1) for _ in range(5)]
+
+    def ranges(path, count, size):
+        return [(str(path), rnd.randrange(len(data) - size), size) for _ in range(count)]
+    small, large = ranges(one, 700, 4096), ranges(one, 20, 1 << 20)
+    large2 = ranges(two, 12, 1 << 20)
+    to_eof = [(str(one), len(data) - rnd.randrange(1, 5000), -1) for _ in range(5)]
     missing = [(str(tmp_path / "missing"), 0, 10)] * 90
-    for ranges in (small, large, small + to_eof + large, missing + small):
+    cases = {"small": small, "large": large, "two large": large + large2,
+             "mixed": small + to_eof + large, "missing": missing + small}
+    for name, ranges in cases.items():
         rnd.shuffle(ranges)
+        entries.clear()
         paths, offsets, lengths = (list(x) for x in zip(*ranges))
         with BatchReader(backend=backend, workers=workers) as r:
             got = r.read_path_ranges(paths, offsets, lengths, on_error="return")
-        assert [outcome(g) for g in got] == [plain_range(*t) for t in ranges]
+        assert [outcome(g) for g in got] == [plain_range(*t) for t in ranges], name
+        files = len({p for p, _, _ in ranges})
+        if backend == "io_uring" and workers // files >= 2 and name in ("large", "two large"):
+            assert len(entries) == 1 and len(entries[0]) > files, (name, entries)
+        elif backend == "io_uring" and name in ("small", "missing"):
+            assert all(len(e) == files for e in entries), (name, entries)
 
 
 @settings(max_examples=25, deadline=None,

@@ -35,10 +35,12 @@ READER_OPS = frozenset({Op.OPENAT, Op.READ, Op.READ_FIXED, Op.CLOSE})
 CLOSE_PATIENCE_S = 10.0
 # Ranges of one file from which registering its fd pays for the two syscalls.
 REGISTER_FILE_MIN_RANGES = 256
-# The least share of one file's ranges a ring takes when fewer files than rings hold
-# a call's ranges, in bytes. Small ranges stay on one ring per file whatever their
+# When fewer files than rings hold a call's ranges, a file's ranges are shared out
+# over several rings only if they average SPREAD_MIN_AVERAGE bytes or more, in shares
+# of SPREAD_MIN_BYTES or more. Small ranges stay on one ring per file whatever their
 # number: their cost is the GIL-held part of a job (the results), which more rings
 # only queue on (2,000 cached 4 KiB ranges on 2 rings: 0.75x of one).
+SPREAD_MIN_AVERAGE = 256 << 10
 SPREAD_MIN_BYTES = 4 << 20
 # A ring just closed returns its locked memory asynchronously: ENOMEM right after
 # one closed is retried this many times, waiting 1, 2, 4... ms, before rings shrink.
@@ -165,13 +167,14 @@ class UringBackend:
 
     def read_path_ranges(self, paths, offsets, lengths, out):
         """out[r] = lengths[r] bytes at offsets[r] of paths[r], or its OSError;
-        returns the bytes read. With several rings, each takes whole files (each
-        file is opened once), shares balanced by their ranges; where fewer files
-        than rings hold the ranges, a file's ranges are shared out too (_spread)."""
+        returns the bytes read. With several rings, each takes whole files, shares
+        balanced by their ranges; where fewer files than rings hold large ranges, a
+        file's ranges are shared out too, each share opening the file (_spread)."""
         files, order, first = group_paths(paths)
         rings = len(self._rings)
-        if 0 < len(files) < rings:
-            files, first = _spread(files, first, sum(lengths), rings)
+        # sum() first, in C: a call of many small ranges is not spread, at ~1% of it.
+        if 0 < len(files) < rings and sum(lengths) >= SPREAD_MIN_AVERAGE * len(paths):
+            files, first = _spread(files, order, first, lengths, rings)
         cuts = sorted({0, len(files)} | {bisect.bisect_left(first, len(paths) * k // rings)
                                          for k in range(1, rings)})
         tasks = [lambda r, stop, a=a, b=b: r.read_path_ranges(files, order, first, offsets,
@@ -180,21 +183,24 @@ class UringBackend:
         return sum(self._run(tasks))
 
 
-def _spread(files, first, nbytes, rings):
-    """Fewer files than rings, `nbytes` asked in all: each file's ranges
-    (consecutive in `order`) cut into up to rings // len(files) shares of about
-    SPREAD_MIN_BYTES or more (a file's bytes taken as its share of the ranges),
-    each share a file entry of its own (the ring that reads it opens the file).
-    Returns (files, first) over the same `order`."""
-    per_file, total = rings // len(files), first[len(files)]
+def _spread(files, order, first, lengths, rings):
+    """Fewer files than rings: each file whose ranges (consecutive in `order`)
+    average SPREAD_MIN_AVERAGE bytes or more is cut into up to rings // len(files)
+    shares of SPREAD_MIN_BYTES or more, each share a file entry of its own (the
+    ring that reads it opens the file). Returns (files, first) over the same
+    `order`."""
+    per_file = rings // len(files)
     out_files, out_first = [], array.array("q")
     for f, name in enumerate(files):
         a, b = first[f], first[f + 1]
-        shares = max(1, min(per_file, b - a, nbytes * (b - a) // total // SPREAD_MIN_BYTES))
+        nbytes = sum(max(lengths[i], 0) for i in order[a:b])    # -1 (to EOF): unknown
+        shares = 1
+        if nbytes >= SPREAD_MIN_AVERAGE * (b - a):
+            shares = max(1, min(per_file, b - a, nbytes // SPREAD_MIN_BYTES))
         for k in range(shares):
             out_files.append(name)
             out_first.append(a + (b - a) * k // shares)
-    out_first.append(total)
+    out_first.append(first[len(files)])
     return out_files, out_first
 
 

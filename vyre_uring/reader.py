@@ -285,8 +285,9 @@ class BatchReader:
     def read_path_ranges(self, paths, offsets, lengths, *, on_error="raise"):
         """Byte ranges of many files in one call: range i is lengths[i] bytes at
         offsets[i] of paths[i] (pread semantics: fewer past EOF; a negative length
-        reads to EOF). Each distinct path is opened once however many ranges it has,
-        and its ranges are read in the same job as the other files'. With
+        reads to EOF). Each distinct path is opened once however many ranges it has
+        (once per ring sharing its ranges, where fewer files than rings hold large
+        ranges), and its ranges are read in the same job as the other files'. With
         on_error="return" a failed range holds its OSError (every range of a file
         that cannot be read holds that file's) and the rest are read; with "raise"
         the first failure in input order is raised after the call."""
