@@ -136,8 +136,7 @@ cdef int _open_at_limit(const char *p, bint direct, stat_t *st, const int *stop)
     cdef double since = vy_monotonic()
     cdef int fd = -EMFILE
     while (fd == -EMFILE or fd == -ENFILE) and not (stop != NULL and vy_flag_get(stop)) \
-            and vy_monotonic() - since < (_FD_WAIT_S if vy_i64_load(&_fds_held) > 0
-                                          else _FD_GRACE_S):
+            and vy_monotonic() - since < _fd_patience():
         usleep(1000)
         fd = _open_stat(p, direct, st)
     return fd

@@ -109,6 +109,13 @@ os.register_at_fork(after_in_child=_forget_fds_in_child)
 cdef double _FD_WAIT_S = 5.0
 cdef double _FD_GRACE_S = 0.02
 
+
+cdef inline double _fd_patience() noexcept nogil:
+    """How long an open at the fd limit may keep trying: other jobs' fds may be
+    closed (_FD_WAIT_S); with none held, only closes still being carried out
+    (_FD_GRACE_S)."""
+    return _FD_WAIT_S if vy_i64_load(&_fds_held) > 0 else _FD_GRACE_S
+
 # Results at least this large ask for transparent huge pages: the kernel then
 # faults their memory in 2 MiB at a time, not 4 KiB, which on a VM is most of
 # the cost of reading a large file into fresh memory.
@@ -633,8 +640,7 @@ cdef bint _may_retry_open(Job *j) noexcept nogil:
     if j.fd_wait_since == 0:
         j.fd_wait_since = now
     j.fd_wait = True
-    return now - j.fd_wait_since < (_FD_WAIT_S if vy_i64_load(&_fds_held) > 0
-                                    else _FD_GRACE_S)
+    return now - j.fd_wait_since < _fd_patience()
 
 
 cdef void _on_open(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
