@@ -128,6 +128,10 @@ def test_bad_arguments_raise_before_anything_is_opened(run, tmp_path):
         ring = aio.loop_ring()
         with pytest.raises(ValueError, match="fd"):
             await ring.read(-1, bytearray(4))
+        with pytest.raises(ValueError, match="offset must be an int >= 0"):
+            await ring.read(0, bytearray(4), 1 << 63)
+        with pytest.raises(TypeError):
+            await ring.read(0, bytearray(4), buf_offset=None)
         with pytest.raises(ValueError, match="nbytes"):
             await ring.read(0, bytearray(4), nbytes=5)
         with pytest.raises(TypeError, match="writable"):

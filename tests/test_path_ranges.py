@@ -89,9 +89,10 @@ def test_ranges_of_fewer_files_than_rings_are_shared_out(tmp_path, backend, work
         paths, offsets, lengths = (list(x) for x in zip(*ranges))
         with BatchReader(backend=backend, workers=workers) as r:
             got = r.read_path_ranges(paths, offsets, lengths, on_error="return")
+            rings = r.stats()["workers"]        # fewer than asked where memlock is low
         assert [outcome(g) for g in got] == [plain_range(*t) for t in ranges], name
         files = len({p for p, _, _ in ranges})
-        if backend == "io_uring" and workers // files >= 2 and name in ("large", "two large"):
+        if backend == "io_uring" and rings // files >= 2 and name in ("large", "two large"):
             assert len(entries) == 1 and len(entries[0]) > files, (name, entries)
         elif backend == "io_uring" and name in ("small", "missing"):
             assert all(len(e) == files for e in entries), (name, entries)

@@ -1184,15 +1184,16 @@ class LoopRing:
 
 class _RingLoopRing(LoopRing):
     """LoopRing over io_uring. One read at a time is its latency path: on an idle
-    ring the common call (an int fd and offset, a whole bytearray) goes straight to
-    Ring.submit_read, which checks fd and buf as it prepares (nothing is prepared
-    when it refuses), with no Python frame between: each costs about a tenth of a
-    cached read. Every other call takes LoopRing's path."""
+    ring the common call (an fd and offset in range, a whole bytearray) goes
+    straight to Ring.submit_read, with no Python frame between (each costs about a
+    tenth of a cached read). Every other call, a bad argument included, takes
+    LoopRing's path and its checks."""
 
     async def read(self, fd, buf, offset=0, *, nbytes=None, buf_offset=0):
         e = self._engine
-        if (e._calls or e._closing or fd.__class__ is not int or offset.__class__ is not int
-                or offset < 0 or nbytes is not None or buf_offset
+        if (e._calls or e._closing or fd.__class__ is not int or not 0 <= fd <= 0x7FFFFFFF
+                or offset.__class__ is not int or not 0 <= offset < 1 << 63
+                or nbytes is not None or buf_offset.__class__ is not int or buf_offset
                 or buf.__class__ is not bytearray or len(buf) > MAX_PIECE):
             return await super().read(fd, buf, offset, nbytes=nbytes, buf_offset=buf_offset)
         ud = e._next                    # as e.read_now does, inlined
