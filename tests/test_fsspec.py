@@ -97,6 +97,35 @@ def test_cat_ranges_matches_local(both, bad_paths, data):
             shape(call(theirs.cat_ranges, theirs_paths, starts, ends, on_error=on_error))
 
 
+@pytest.fixture(scope="module")
+def large_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("large")
+    paths = [str(root / "a.bin"), str(root / "b.bin")]
+    for k, path in enumerate(paths):
+        with open(path, "wb") as f:
+            f.write(random.Random(k).randbytes((8 << 20) + 12345))
+    return paths
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_cat_ranges_of_large_ranges_in_few_files_match_local(large_files, data):
+    """Large ranges of one or two files, on a reader of 4 rings: it shares each
+    file's ranges out over its rings (_spread), and the values are fsspec's."""
+    ours, theirs = VyreFileSystem(workers=4), LocalFileSystem()
+    size = (8 << 20) + 12345
+    bound = st.one_of(st.none(), st.integers(-size - 10, size + 10))
+    n = data.draw(st.integers(1, 12))
+    paths = data.draw(st.lists(st.sampled_from(large_files[:data.draw(st.integers(1, 2))]),
+                               min_size=n, max_size=n))
+    starts = data.draw(st.lists(bound, min_size=n, max_size=n))
+    ends = data.draw(st.lists(bound, min_size=n, max_size=n))
+    for on_error in ON_ERROR:
+        assert shape(call(ours.cat_ranges, paths, starts, ends, on_error=on_error)) == \
+            shape(call(theirs.cat_ranges, paths, starts, ends, on_error=on_error))
+
+
 def test_cat_ranges_checks_its_arguments_as_local_does(both):
     for args, kwargs in [(([STDLIB_FILES[0]], [0], [1]), {"max_gap": 10}),
                          ((STDLIB_FILES[0], [0], [1]), {}),
