@@ -139,13 +139,24 @@ def test_cat_ranges_checks_its_arguments_as_local_does(both):
 def test_cat_matches_local(both, bad_paths, on_error):
     ours, theirs = both
     rnd = random.Random(7)
+    some = rnd.sample(STDLIB_FILES, 6)
+    json_dir = os.path.join(STDLIB, "json")
     targets = [rnd.sample(STDLIB_FILES, 30), STDLIB_FILES[3], [STDLIB_FILES[3]],
-               os.path.join(STDLIB, "json"), os.path.join(STDLIB, "js*"),
-               rnd.sample(STDLIB_FILES, 5) + bad_paths[:2]] + bad_paths
+               json_dir, os.path.join(STDLIB, "js*"),
+               rnd.sample(STDLIB_FILES, 5) + bad_paths[:2],
+               # lists of plain paths (cat's fast path) and what falls back from it:
+               # repeats and order, a directory, a glob, a trailing slash, a protocol,
+               # a relative path, an empty list
+               some + some[:3][::-1], some[:2] + [json_dir], some[:2] + [json_dir + "/"],
+               some[:2] + [os.path.join(STDLIB, "js*")], some[:2] + [f"file://{some[3]}"],
+               some[:2] + [os.path.relpath(some[3])], []] + bad_paths
     for target in targets:
         for recursive in (False, True):
-            assert shape(call(ours.cat, target, recursive=recursive, on_error=on_error)) \
-                == shape(call(theirs.cat, target, recursive=recursive, on_error=on_error))
+            got = shape(call(ours.cat, target, recursive=recursive, on_error=on_error))
+            want = shape(call(theirs.cat, target, recursive=recursive, on_error=on_error))
+            assert got == want
+            if isinstance(want, dict):
+                assert list(got) == list(want)          # the same order too
 
 
 def test_get_matches_local(both, tmp_path, bad_paths):
