@@ -1235,28 +1235,37 @@ cdef class Ring:
     cdef int _prep_rw(self, uint8_t opcode, int64_t fd, object buf, int64_t offset,
                       object nbytes, object buf_offset, uint64_t user_data, uint8_t flags,
                       bint writable) except -1:
-        cdef Hold *hold
-        cdef io_uring_sqe *sqe
-        cdef Py_ssize_t n, boff
         self._enter_api()
         try:
-            self._check_fd(fd, flags)
-            hold = hold_new(1)
-            try:
-                hold_export(hold, buf, writable, "buf")
-                n = _checked_range(hold.views[0].len, buf_offset, nbytes, &boff)
-            except BaseException:
-                hold_free(hold)
-                raise
-            sqe = self._next_sqe(user_data, flags, hold)
-            sqe.opcode = opcode
-            sqe.fd = <int32_t>fd
-            sqe.off = <uint64_t>offset
-            sqe.addr = <uint64_t>(<char *>hold.views[0].buf + boff)
-            sqe.len = <uint32_t>n
+            self._fill_rw(opcode, fd, buf, offset, nbytes, buf_offset, user_data, flags,
+                          writable)
         finally:
             self._leave_api()
         return 0
+
+    cdef io_uring_sqe *_fill_rw(self, uint8_t opcode, int64_t fd, object buf,
+                                int64_t offset, object nbytes, object buf_offset,
+                                uint64_t user_data, uint8_t flags, bint writable) \
+            except NULL:
+        """_prep_rw's work, inside the caller's _enter_api: the SQE it filled."""
+        cdef Hold *hold
+        cdef io_uring_sqe *sqe
+        cdef Py_ssize_t n, boff
+        self._check_fd(fd, flags)
+        hold = hold_new(1)
+        try:
+            hold_export(hold, buf, writable, "buf")
+            n = _checked_range(hold.views[0].len, buf_offset, nbytes, &boff)
+        except BaseException:
+            hold_free(hold)
+            raise
+        sqe = self._next_sqe(user_data, flags, hold)
+        sqe.opcode = opcode
+        sqe.fd = <int32_t>fd
+        sqe.off = <uint64_t>offset
+        sqe.addr = <uint64_t>(<char *>hold.views[0].buf + boff)
+        sqe.len = <uint32_t>n
+        return sqe
 
     def prep_readv(self, fd, buffers, offset=0, *, user_data=0,
                    flags=0):
@@ -1987,12 +1996,14 @@ cdef class Ring:
         an argument is refused. If the submit raises (Ctrl-C), the read may be in
         flight: reap or cancel it by `user_data` as any request.
         """
+        cdef int64_t f = _i64_arg(fd, "fd")
+        cdef int64_t off = _offset_arg(offset)
+        cdef uint64_t ud = _u64_arg(user_data, "user_data")
         cdef uint64_t kernel_ud
-        self._prep_rw(IORING_OP_READ, _i64_arg(fd, "fd"), buf, _offset_arg(offset), nbytes,
-                      buf_offset, _u64_arg(user_data, "user_data"), 0, True)
-        self._enter_api()
+        self._enter_api()               # one hold of the Ring from prepare to reap
         try:
-            kernel_ud = self._sqes[(self._sqe_tail - 1) & self._sq_mask].user_data
+            kernel_ud = self._fill_rw(IORING_OP_READ, f, buf, off, nbytes, buf_offset, ud,
+                                      0, True).user_data
             self._submit_and_wait(0, -1.0)
             return self._reap_head(kernel_ud)
         finally:
@@ -2005,6 +2016,9 @@ cdef class Ring:
         cdef int32_t res
         if self._cq_ready() == 0 and self._cq_needs_flush():
             self._flush_cq()
+        # _cq_ready's acquire of the CQ tail (pairing with the kernel's release after
+        # it wrote the CQEs) makes the head CQE readable; the head itself is ours
+        # alone to store, so relaxed.
         if self._cq_ready() == 0 or \
                 self._cqes[vy_load_relaxed(self._cq_khead) & self._cq_mask].user_data \
                 != kernel_ud:
