@@ -19,6 +19,8 @@ from vyre_uring._cuda import CudaUnavailableError
 from vyre_uring._staging import (STAGING_MIN, CudaTarget, Destination, Staging, StagingCache,
                                  check_staging_bytes, plan, read_into)
 
+from conftest import open_fds
+
 BACKENDS = ["io_uring", "threads"]
 
 
@@ -268,6 +270,20 @@ def test_cpu_only_machine_says_which_library_is_missing(tmp_path):
         vyre_uring.read_ranges_into(path, FakeCudaArray(), [0], [16])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_load_of_many_files_opens_them_in_a_loop_and_closes_them(tmp_path, backend):
+    """600 files in one device load (a checkpoint of many shards): every one is
+    opened (not one nested call per file, which ran out of Python's stack) and all
+    are closed after."""
+    files = [_file(tmp_path, f"s{k}", 100, seed=k) for k in range(600)]
+    groups = [(path, [0], [100], [100 * k]) for k, (path, _) in enumerate(files)]
+    fds_before = open_fds()
+    got, dest, _ = _read(backend, groups, 100 * len(files), 12 * STAGING_MIN)
+    assert got == [100] * len(files)
+    assert bytes(dest) == b"".join(data for _, data in files)
+    assert open_fds() == fds_before
+
+
 class InterruptingLane(DeferredLane):
     """Sends the process Ctrl-C at its `at`-th record (from a worker thread: Python
     delivers it to the main thread, waiting in the call); later records are paced,
@@ -292,7 +308,7 @@ def test_ctrl_c_mid_load_stops_every_lane_with_its_copies_done(tmp_path, backend
     path, data = _file(tmp_path, "big", 48 << 20)
     records = []
     device = FakeDevice(lambda slots, log: InterruptingLane(slots, log, records, 5))
-    fds_before = len(os.listdir("/proc/self/fd"))
+    fds_before = open_fds()
     with pytest.raises(KeyboardInterrupt):
         _read_into(backend, [(path, [0], [len(data)], [0])], bytearray(len(data)),
                    12 * STAGING_MIN, device=device)
@@ -301,7 +317,7 @@ def test_ctrl_c_mid_load_stops_every_lane_with_its_copies_done(tmp_path, backend
     for lane in device.lanes:
         assert lane.closed and not any(lane.pending.values())
     assert not device.current and not device.pinned
-    assert len(os.listdir("/proc/self/fd")) == fds_before       # the file was closed
+    assert open_fds() == fds_before                             # the file was closed
 
 
 def test_staging_cache_keeps_the_largest_and_reuses_it():

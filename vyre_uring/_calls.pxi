@@ -129,6 +129,21 @@ def with_file(path, bint direct, fn):
         close(fd)
 
 
+def with_files(paths, fn):
+    """fn(fds) with every path of `paths` open for reading (regular files only,
+    buffered), as with_file opens one; all closed afterwards whatever happens, those
+    opened before a failed open included. A loop, not one with_file per path
+    nested: hundreds of files would be hundreds of frames."""
+    cdef list fds = []
+    try:
+        for path in paths:
+            fds.append(_open_regular(path, False))
+        return fn(fds)
+    finally:
+        for fd in fds:
+            close(fd)
+
+
 cdef int _open_regular(object path, bint direct) except -1:
     """An fd of the regular file at `path`, or the OSError naming it."""
     cdef bytes name = os.fsencode(PyOS_FSPath(path))

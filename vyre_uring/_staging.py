@@ -29,7 +29,7 @@ from itertools import count
 
 from . import _cuda
 from ._files import lengths_within_eof
-from ._ring import with_file
+from ._ring import with_files
 from .buffers import PAGE_SIZE, alloc_buffer
 
 __all__ = ["STAGING_DEFAULT", "STAGING_MAX", "STAGING_MIN", "CudaTarget", "Staging",
@@ -117,7 +117,9 @@ def read_into(backend, groups, target, staging_bytes):
                 got = run_pipeline(backend, layout, loads, len(pieces), staging, lanes,
                                    target.address, target.device)
         return _range_counts(groups, pieces, got)
-    return _with_files([path for path, *_ in groups], with_fds)
+    # Device loads read through the page cache: O_DIRECT would need aligned reads
+    # into the slots.
+    return with_files([path for path, *_ in groups], with_fds)
 
 
 class CudaTarget:
@@ -324,16 +326,6 @@ def _range_counts(groups, pieces, got):
         if k < len(got):
             counts[r] += got[k]
     return counts
-
-
-def _with_files(paths, fn, fds=()):
-    """fn(fds) with every path open for reading (regular files only; each opened and
-    closed by the compiled with_file, so no interrupt leaks one). Device loads read
-    through the page cache: O_DIRECT would need aligned reads into the slots."""
-    if len(fds) == len(paths):
-        return fn(list(fds))
-    return with_file(paths[len(fds)], False,
-                     lambda fd, _: _with_files(paths, fn, (*fds, fd)))
 
 
 class Staging:
