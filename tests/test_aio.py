@@ -285,23 +285,33 @@ def guarded(n):
     return bytearray([GUARD]) * (n + 32), 16
 
 
+def skip_if_a_pipe_read_cannot_be_cancelled():
+    if os.environ["VYRE_URING_BACKEND"] == "threads":
+        pytest.skip("a thread blocked in read(2) cannot be cancelled: covered by the "
+                    "drain tests (a cancelled call waits for it)")
+
+
+async def cancel_while_in_flight(read):
+    """Start the awaitable `read`, let the loop submit it, cancel it, and see the
+    cancel reach its caller."""
+    task = asyncio.ensure_future(read)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_cancelled_pipe_read_is_cancelled_in_the_kernel(run, pipe):
+    skip_if_a_pipe_read_cannot_be_cancelled()
     r, w = pipe
     buf, off = guarded(64)
 
     async def main():
         ring = aio.loop_ring()
-        task = asyncio.ensure_future(ring.read(r, buf, buf_offset=off, nbytes=64))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_while_in_flight(ring.read(r, buf, buf_offset=off, nbytes=64))
         os.write(w, b"late data")
         await asyncio.sleep(0.05)
-    if os.environ["VYRE_URING_BACKEND"] == "threads":
-        pytest.skip("a thread blocked in read(2) cannot be cancelled: covered by the "
-                    "drain tests (a cancelled call waits for it)")
     run(main())
     assert buf == bytearray([GUARD]) * len(buf)
     assert os.read(r, 100) == b"late data"        # the cancelled read took nothing
@@ -311,6 +321,7 @@ def test_a_whole_buffer_read_not_done_at_once_is_awaited_or_cancelled(run, pipe)
     """The one-read path (a whole bytearray, an idle ring): a read the kernel could
     not finish inside the submit is awaited as any other, and a cancel of it takes
     nothing from the pipe and writes nothing into the buffer."""
+    skip_if_a_pipe_read_cannot_be_cancelled()
     r, w = pipe
     first, second = bytearray(5), bytearray([GUARD]) * 64
 
@@ -318,16 +329,8 @@ def test_a_whole_buffer_read_not_done_at_once_is_awaited_or_cancelled(run, pipe)
         ring = aio.loop_ring()
         asyncio.get_running_loop().call_later(0.02, os.write, w, b"hello")
         assert await ring.read(r, first) == 5
-        task = asyncio.ensure_future(ring.read(r, second))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_while_in_flight(ring.read(r, second))
         os.write(w, b"late data")
-    if os.environ["VYRE_URING_BACKEND"] == "threads":
-        pytest.skip("a thread blocked in read(2) cannot be cancelled: covered by the "
-                    "drain tests (a cancelled call waits for it)")
     run(main())
     assert first == b"hello" and second == bytearray([GUARD]) * 64
     assert os.read(r, 100) == b"late data"

@@ -67,8 +67,12 @@ def test_ranges_of_fewer_files_than_rings_are_shared_out(tmp_path, backend, work
     import vyre_uring._uring_backend as ub
     entries = []
     spread = ub._spread
-    monkeypatch.setattr(ub, "_spread", lambda *a: entries.append(spread(*a)[0]) or
-                        (entries[-1], spread(*a)[1]))
+
+    def recorded(*args):
+        files, first = spread(*args)
+        entries.append(files)
+        return files, first
+    monkeypatch.setattr(ub, "_spread", recorded)
     data = random.Random(workers).randbytes(12 << 20)
     one, two = tmp_path / "one.bin", tmp_path / "two.bin"
     one.write_bytes(data)
