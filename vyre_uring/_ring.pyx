@@ -730,13 +730,15 @@ cdef class Ring:
         violation is a bug in this engine; abort with what broke, where."""
         cdef uint32_t i, live = 0
         cdef const char *broken = NULL
-        # In a forked child the shared SQ head is the parent's, which may have moved
-        # on since the fork: only the child's own tables can be checked.
-        cdef bint own_sq = self._fork_gen == vy_fork_gen()
+        if self._fork_gen != vy_fork_gen():
+            # A forked child's tables are a copy taken at any instant of the parent's
+            # threads (mid-reap, say) and its SQ head is the parent's: the child only
+            # tears them down, and nothing in them need agree.
+            return
         if self._free_top > self._nslots:
             broken = "more free slots than slots"
-        elif own_sq and (self._sqe_tail - self._sqe_published > self._sq_entries or
-                         self._sq_pending() > self._sq_entries):
+        elif (self._sqe_tail - self._sqe_published > self._sq_entries or
+                self._sq_pending() > self._sq_entries):
             broken = "more SQEs pending than the SQ holds"
         elif self._chain_open and (self._sqe_tail - self._chain_start > self._sq_entries or
                                    self._chain_start - self._sqe_published >
@@ -752,7 +754,7 @@ cdef class Ring:
             if broken == NULL and live != self._nslots - self._free_top:
                 broken = "live slots do not match the slots in use"
             i = self._sqe_published
-            while own_sq and broken == NULL and i != self._sqe_tail:
+            while broken == NULL and i != self._sqe_tail:
                 if self._slot_of(self._sqes[i & self._sq_mask].user_data) == _NO_SLOT:
                     broken = "an unpublished SQE names no live slot of its generation"
                 i += 1
