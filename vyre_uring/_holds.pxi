@@ -7,13 +7,7 @@
 # A bytearray with an export cannot be resized, and an exported object cannot be
 # collected: the kernel never writes into memory Python has freed.
 
-cdef struct Hold:
-    Py_ssize_t refs
-    Py_ssize_t nviews       # exports taken so far (released on free)
-    Py_ssize_t capacity
-    Py_buffer *views
-    PyObject *obj           # owned reference, or NULL
-    iovec *iov
+# The Hold struct is declared in _queues.pxd, beside the slots that point to it.
 
 
 cdef Hold *hold_new(Py_ssize_t nviews) except NULL:

@@ -489,17 +489,17 @@ cdef bint _quiesce(Ring ring) noexcept:
     cdef bint cancelled = False
     cdef uint32_t t, n
     cdef uint64_t ud
-    while ring._used() and (ret >= 0 or ret == -EINTR or ret == -EAGAIN or ret == -EBUSY
+    while slots_used(&ring.core) and (ret >= 0 or ret == -EINTR or ret == -EAGAIN or ret == -EBUSY
                             or ret == -ETIME):
-        if not cancelled and ring._sq_entries > ring._sq_pending():
+        if not cancelled and ring.core.sq.entries > sq_pending(&ring.core):
             ring._push_internal(IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL, 0)
             cancelled = True
-        ring._publish()
+        sq_publish(&ring.core)
         with nogil:
-            ret = vy_io_uring_enter(ring._fd, ring._sq_pending(), 1, IORING_ENTER_GETEVENTS,
+            ret = vy_io_uring_enter(ring.core.fd, sq_pending(&ring.core), 1, IORING_ENTER_GETEVENTS,
                                     NULL, 0)
         try:
-            n = <uint32_t>ring._reap(None, None, None, ring._nslots)
+            n = <uint32_t>ring._reap(None, None, None, ring.core.st.n)
         except BaseException:
             PyErr_Clear()
             n = 0
@@ -507,7 +507,7 @@ cdef bint _quiesce(Ring ring) noexcept:
             ud = ring._scratch_ud[t]
             if (ud >> 56) == KIND_OPEN and ring._scratch_res[t] >= 0:
                 close(ring._scratch_res[t])
-    return ring._used() == 0
+    return slots_used(&ring.core) == 0
 
 
 cdef inline void _queue_read(Job *j, Py_ssize_t i) noexcept nogil:
@@ -573,7 +573,7 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
     cdef io_uring_sqe *sqe
     cdef Py_ssize_t i
     cdef int64_t file_off, skip
-    ring._claim_begin(&c)
+    claim_begin(&ring.core, &c)
     while k and j.cq_len:
         j.cq_len -= 1
         sqe = claim_sqe(&c, (<uint64_t>KIND_CLOSE << 56) | j.tag, NULL)
@@ -623,7 +623,7 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         j.opening += 1
         k -= 1
     j.busy -= k             # what the depth allowed but nothing needed
-    ring._claim_end(&c)
+    claim_end(&ring.core, &c)
 
 
 cdef bint _may_retry_open(Job *j) noexcept nogil:
@@ -830,8 +830,8 @@ cdef void _on_read(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
 cdef void _reap_job(Ring ring, Job *j) noexcept nogil:
     """Reap every completion ready and hand each to its item; those of other jobs
     (abandoned earlier) are dropped, closing the fds their opens returned."""
-    cdef uint32_t t, n = ring._reap_some(ring._scratch_ud, ring._scratch_res, NULL,
-                                         ring._nslots)
+    cdef uint32_t t, n = cq_reap(&ring.core, ring._scratch_ud, ring._scratch_res, NULL,
+                                         ring.core.st.n)
     cdef uint64_t ud
     cdef int32_t res
     cdef uint32_t kind
@@ -876,8 +876,8 @@ cdef int _job_enter(Ring ring, uint32_t wait) noexcept nogil:
     cdef vy_timespec ts
     cdef void *argp = NULL
     cdef size_t argsz = 0
-    ring._publish()
-    if wait and ring._features & IORING_FEAT_EXT_ARG:
+    sq_publish(&ring.core)
+    if wait and ring.core.features & IORING_FEAT_EXT_ARG:
         ts.tv_sec = 0
         ts.tv_nsec = _WAIT_SLICE_NS
         memset(&arg, 0, sizeof(arg))
@@ -886,7 +886,7 @@ cdef int _job_enter(Ring ring, uint32_t wait) noexcept nogil:
         argsz = sizeof(arg)
         flags |= IORING_ENTER_EXT_ARG
     fd = ring._enter_fd(&flags)
-    return vy_io_uring_enter(fd, ring._sq_pending(), wait, flags, argp, argsz)
+    return vy_io_uring_enter(fd, sq_pending(&ring.core), wait, flags, argp, argsz)
 
 
 cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:
@@ -905,7 +905,7 @@ cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:
                                 j.depth - j.busy)
         if wanted:
             k = min(<uint32_t>min(wanted, <Py_ssize_t>UINT32_MAX),
-                    ring._sq_entries - ring._sq_pending(), ring._nslots - ring._used())
+                    ring.core.sq.entries - sq_pending(&ring.core), ring.core.st.n - slots_used(&ring.core))
             if k:
                 _fill(ring, j, k, hold)
         if j.left == 0 and j.cq_len == 0:
@@ -913,14 +913,14 @@ cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:
             if ret == -EINTR:
                 return STEP_SIGNAL
             if ret == -EAGAIN or ret == -EBUSY:
-                vy_poll_in(ring._fd, 1)
+                vy_poll_in(ring.core.fd, 1)
                 continue
             if ret < 0:
                 j.enter_err = ret
                 return STEP_ERROR
             _closes_submitted(j)
             return STEP_DONE
-        if ring._used() == 0:
+        if slots_used(&ring.core) == 0:
             return STEP_STUCK
         ret = _job_enter(ring, 1)
         j.syscalls += 1
@@ -929,11 +929,11 @@ cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:
         elif ret == -EINTR:
             return STEP_SIGNAL
         elif ret == -EAGAIN or ret == -EBUSY:
-            vy_poll_in(ring._fd, 1)         # short of request memory: back off
+            vy_poll_in(ring.core.fd, 1)         # short of request memory: back off
         elif ret != -ETIME:
             j.enter_err = ret
             return STEP_ERROR
-        if ring._cq_ready() == 0 and ret != -EAGAIN and ret != -EBUSY:
+        if cq_ready(&ring.core) == 0 and ret != -EAGAIN and ret != -EBUSY:
             ret = -ETIME                    # the wait ended with nothing: a signal?
         _reap_job(ring, j)
         if j.stop != NULL and vy_flag_get(j.stop):
@@ -1252,7 +1252,7 @@ def drain_jobs(Ring ring not None, stats, double timeout=-1.0):
     try:
         ring._enter_api()
         try:
-            while ring._used():
+            while slots_used(&ring.core):
                 left = deadline - vy_monotonic()
                 if timeout >= 0 and left <= 0:
                     break
@@ -1262,7 +1262,7 @@ def drain_jobs(Ring ring not None, stats, double timeout=-1.0):
         finally:
             ring._leave_api()
         _add_stats(stats, &j)
-        return ring._used() == 0
+        return slots_used(&ring.core) == 0
     finally:
         _job_free(&j)
 

@@ -39,6 +39,7 @@ from libc.stdlib cimport abort, calloc, free, malloc
 from libc.string cimport memcpy, memset, strlen
 
 from vyre_uring.includes.kernel cimport *
+from vyre_uring._queues cimport *
 
 from vyre_uring.availability import is_unavailable_errno, unavailable_error
 from vyre_uring._files import path_error, pread_to_eof
@@ -97,82 +98,11 @@ FEAT_EXT_ARG = IORING_FEAT_EXT_ARG
 cdef uint8_t _ALLOWED_SQE_FLAGS = (IOSQE_FIXED_FILE | IOSQE_IO_DRAIN | IOSQE_IO_LINK |
                                    IOSQE_IO_HARDLINK | IOSQE_ASYNC)
 cdef uint8_t _LINK_FLAGS = IOSQE_IO_LINK | IOSQE_IO_HARDLINK
-# user_data of the engine's own requests (cancels at close); its slot index (all
-# ones) is never a slot, nor is _NO_SLOT's.
-cdef uint64_t _INTERNAL_USER_DATA = 0xFFFFFFFFFFFFFFFF
-cdef uint32_t _NO_SLOT = 0xFFFFFFFE
 cdef int _MAX_ENTRIES = 32768
 cdef double _DRAIN_PATIENCE_S = 10.0
 
 if vy_install_atfork() != 0:
     raise ImportError("pthread_atfork failed: cannot guard rings across fork()")
-
-
-cdef struct Slot:           # 24 bytes: the reap loop touches one per completion
-    uint64_t user_data      # the caller's value, returned with the completion
-    Hold *hold              # what keeps the request's memory alive, or NULL
-    bint live
-
-
-cdef struct Claim:
-    # The SQ and slot allocation state, copied into locals for a batch: the compiler
-    # keeps them in registers instead of reloading the Ring after every SQE write.
-    io_uring_sqe *sqes
-    Slot *slots
-    uint32_t *free_stack
-    uint64_t *slot_seq
-    uint32_t sq_mask
-    uint32_t tail           # next SQE to fill
-    uint32_t free_top       # free slots on the stack
-    uint64_t seq
-
-
-cdef struct Reclaim:
-    # The reap side's counterpart of Claim: slots go back on the free stack, and a
-    # hold whose last request completed is queued for release under the GIL.
-    Slot *slots
-    uint32_t *free_stack
-    uint32_t free_top
-    Hold **released
-    uint32_t nreleased
-
-
-cdef inline void reclaim_slot(Reclaim *r, uint32_t idx) noexcept nogil:
-    cdef Slot *slot = &r.slots[idx]
-    cdef Hold *hold = slot.hold
-    if hold != NULL:
-        hold.refs -= 1
-        if hold.refs == 0:
-            r.released[r.nreleased] = hold
-            r.nreleased += 1
-        slot.hold = NULL
-    slot.live = False
-    r.free_stack[r.free_top] = idx
-    r.free_top += 1
-
-
-cdef inline uint64_t kernel_user_data(uint32_t idx, uint64_t seq) noexcept nogil:
-    """The kernel user_data of the request with sequence number `seq` in slot `idx`."""
-    return <uint64_t>idx | (seq << 32)
-
-
-cdef inline io_uring_sqe *claim_sqe(Claim *c, uint64_t user_data, Hold *hold) noexcept nogil:
-    """Claim a slot and a zeroed SQE; the caller checked there is room for both."""
-    c.free_top -= 1
-    cdef uint32_t idx = c.free_stack[c.free_top]
-    cdef Slot *slot = &c.slots[idx]
-    cdef io_uring_sqe *sqe = &c.sqes[c.tail & c.sq_mask]
-    c.tail += 1
-    slot.live = True
-    slot.user_data = user_data
-    slot.hold = hold
-    c.slot_seq[idx] = c.seq
-    # Every SQE starts zeroed: a stale flag (IOSQE_FIXED_FILE) or field from an
-    # earlier request must never leak into this one.
-    memset(sqe, 0, sizeof(io_uring_sqe))
-    sqe.user_data = kernel_user_data(idx, c.seq)
-    c.seq += 1
-    return sqe
 
 
 cdef class Completion:
@@ -361,53 +291,21 @@ cdef class Ring:
     could not fit the SQ, and the errors above. A batch is checked whole before any
     of it is prepared: when it raises, nothing is.
     """
-    cdef int _fd
+    cdef RingCore core              # the queues and slots (_queues.pxd)
     cdef int _busy
     cdef bint _closed
     cdef unsigned long _fork_gen
-    cdef uint32_t _setup_flags, _features
-    cdef void *_sq_map
-    cdef size_t _sq_map_len
-    cdef void *_cq_map
-    cdef size_t _cq_map_len
-    cdef io_uring_sqe *_sqes
-    cdef size_t _sqes_len
-    cdef uint32_t *_sq_khead
-    cdef uint32_t *_sq_ktail
-    cdef uint32_t *_sq_kflags
-    cdef uint32_t _sq_mask, _sq_entries
-    cdef uint32_t _sqe_tail         # next SQE to fill; local, free-running
-    cdef uint32_t _sqe_published    # the SQ tail value we last stored for the kernel
-    cdef uint32_t _chain_start      # first SQE of the open chain, while _chain_open
-    cdef bint _chain_open           # the last prepared SQE carries a link flag
-    cdef uint32_t *_cq_khead
-    cdef uint32_t *_cq_ktail
-    cdef uint32_t *_cq_koverflow
-    cdef io_uring_cqe *_cqes
-    cdef uint32_t _cq_mask, _cq_entries
-    cdef Slot *_slots
-    cdef uint32_t _nslots
-    cdef uint32_t *_free_stack      # indices of free slots; _free_top of them
-    cdef uint32_t _free_top
-    cdef uint64_t _seq              # requests prepared so far
-    cdef uint64_t *_slot_seq        # per slot: its request's _seq (prep_cancel: oldest)
-    cdef vy_timespec *_slot_ts      # per slot: prep_timeout's timespec, stable meanwhile
-    cdef Hold **_released           # holds whose last request a reap completed
-    cdef uint32_t _nreleased
     cdef uint64_t *_scratch_ud      # completions() reaps through these
     cdef int32_t *_scratch_res
     cdef uint32_t *_scratch_flags
-    cdef int32_t _internal_res      # res of the engine's own last cancel
     cdef Hold *_reg_buffers
     cdef uint32_t _reg_buffer_count
     cdef int64_t _reg_file_count
     cdef object _allowed            # frozenset of the Ops allowed_ops restricted it to
-    cdef int _ring_index            # registered ring fd (-1: none), valid in _ring_thread
-    cdef uint64_t _ring_thread
 
     def __cinit__(self, *args, **kwargs):
-        self._fd = -1
-        self._ring_index = -1
+        self.core.fd = -1
+        self.core.ring_index = -1
         self._closed = True
 
     def __init__(self, entries=256, *, cq_entries=None, bint sqpoll=False,
@@ -435,7 +333,7 @@ cdef class Ring:
         cdef io_uring_params p
         cdef int fd
         cdef uint32_t n, idle_ms
-        if self._fd >= 0 or not self._closed and self._slots != NULL:
+        if self.core.fd >= 0 or not self._closed and self.core.st.slots != NULL:
             raise RuntimeError("Ring.__init__ was already called")
         n = <uint32_t>_int_arg(entries, "entries", 1, _MAX_ENTRIES)
         idle_ms = _u32_arg(sq_thread_idle_ms, "sq_thread_idle_ms")
@@ -461,9 +359,9 @@ cdef class Ring:
             self._unmap()
             close(fd)
             raise
-        self._fd = fd
-        self._setup_flags = p.flags
-        self._features = p.features
+        self.core.fd = fd
+        self.core.setup_flags = p.flags
+        self.core.features = p.features
         self._reg_file_count = 0
         self._fork_gen = vy_fork_gen()
         self._closed = False
@@ -477,10 +375,10 @@ cdef class Ring:
         cdef vy_rsrc_update up
         memset(&up, 0, sizeof(up))
         up.offset = UINT32_MAX             # let the kernel pick the slot
-        up.data = <uint64_t>self._fd
-        if vy_io_uring_register(self._fd, IORING_REGISTER_RING_FDS, &up, 1) == 1:
-            self._ring_index = <int>up.offset
-            self._ring_thread = vy_thread_token()
+        up.data = <uint64_t>self.core.fd
+        if vy_io_uring_register(self.core.fd, IORING_REGISTER_RING_FDS, &up, 1) == 1:
+            self.core.ring_index = <int>up.offset
+            self.core.ring_thread = vy_thread_token()
 
     cdef void _unregister_ring_fd(self) noexcept:
         """Only the registering thread can unregister. Closed from another thread,
@@ -489,16 +387,16 @@ cdef class Ring:
         a forked child, whose ring object is the parent's). The rest is a few pages,
         and at most 16 rings per thread (the kernel's limit of registrations)."""
         cdef vy_rsrc_update up
-        if self._ring_index < 0:
+        if self.core.ring_index < 0:
             return
-        if vy_thread_token() == self._ring_thread:
+        if vy_thread_token() == self.core.ring_thread:
             memset(&up, 0, sizeof(up))
-            up.offset = <uint32_t>self._ring_index
-            vy_io_uring_register(self._fd, IORING_UNREGISTER_RING_FDS, &up, 1)
+            up.offset = <uint32_t>self.core.ring_index
+            vy_io_uring_register(self.core.fd, IORING_UNREGISTER_RING_FDS, &up, 1)
         elif self._fork_gen == vy_fork_gen():
-            vy_io_uring_register(self._fd, IORING_UNREGISTER_FILES, NULL, 0)
-            vy_io_uring_register(self._fd, IORING_UNREGISTER_BUFFERS, NULL, 0)
-        self._ring_index = -1
+            vy_io_uring_register(self.core.fd, IORING_UNREGISTER_FILES, NULL, 0)
+            vy_io_uring_register(self.core.fd, IORING_UNREGISTER_BUFFERS, NULL, 0)
+        self.core.ring_index = -1
 
     cdef int _setup_params(self, io_uring_params *p, uint32_t entries, object cq_entries,
                            bint sqpoll, uint32_t idle_ms, object cpu, bint single_issuer,
@@ -534,70 +432,70 @@ cdef class Ring:
         cdef int err = 0
         cdef uint32_t i
         cdef uint32_t *sq_array
-        self._sq_map_len = p.sq_off.array + p.sq_entries * sizeof(uint32_t)
-        self._cq_map_len = p.cq_off.cqes + p.cq_entries * sizeof(io_uring_cqe)
+        self.core.maps.sq_len = p.sq_off.array + p.sq_entries * sizeof(uint32_t)
+        self.core.maps.cq_len = p.cq_off.cqes + p.cq_entries * sizeof(io_uring_cqe)
         if p.features & IORING_FEAT_SINGLE_MMAP:
-            self._sq_map_len = max(self._sq_map_len, self._cq_map_len)
-            self._cq_map_len = self._sq_map_len
-        self._sq_map = vy_mmap_ring(fd, self._sq_map_len, IORING_OFF_SQ_RING, &err)
-        if self._sq_map == MAP_FAILED:
-            self._sq_map = NULL
+            self.core.maps.sq_len = max(self.core.maps.sq_len, self.core.maps.cq_len)
+            self.core.maps.cq_len = self.core.maps.sq_len
+        self.core.maps.sq = vy_mmap_ring(fd, self.core.maps.sq_len, IORING_OFF_SQ_RING, &err)
+        if self.core.maps.sq == MAP_FAILED:
+            self.core.maps.sq = NULL
             raise syscall_error("mmap(SQ ring)", err)
         if p.features & IORING_FEAT_SINGLE_MMAP:
-            self._cq_map = self._sq_map
+            self.core.maps.cq = self.core.maps.sq
         else:
-            self._cq_map = vy_mmap_ring(fd, self._cq_map_len, IORING_OFF_CQ_RING, &err)
-            if self._cq_map == MAP_FAILED:
-                self._cq_map = NULL
+            self.core.maps.cq = vy_mmap_ring(fd, self.core.maps.cq_len, IORING_OFF_CQ_RING, &err)
+            if self.core.maps.cq == MAP_FAILED:
+                self.core.maps.cq = NULL
                 raise syscall_error("mmap(CQ ring)", err)
-        self._sqes_len = p.sq_entries * sizeof(io_uring_sqe)
-        self._sqes = <io_uring_sqe *>vy_mmap_ring(fd, self._sqes_len, IORING_OFF_SQES, &err)
-        if <void *>self._sqes == MAP_FAILED:
-            self._sqes = NULL
+        self.core.maps.sqes_len = p.sq_entries * sizeof(io_uring_sqe)
+        self.core.sq.sqes = <io_uring_sqe *>vy_mmap_ring(fd, self.core.maps.sqes_len, IORING_OFF_SQES, &err)
+        if <void *>self.core.sq.sqes == MAP_FAILED:
+            self.core.sq.sqes = NULL
             raise syscall_error("mmap(SQE array)", err)
-        cdef char *sq = <char *>self._sq_map
-        cdef char *cq = <char *>self._cq_map
-        self._sq_khead = <uint32_t *>(sq + p.sq_off.head)
-        self._sq_ktail = <uint32_t *>(sq + p.sq_off.tail)
-        self._sq_kflags = <uint32_t *>(sq + p.sq_off.flags)
-        self._sq_mask = (<uint32_t *>(sq + p.sq_off.ring_mask))[0]
-        self._sq_entries = (<uint32_t *>(sq + p.sq_off.ring_entries))[0]
-        self._cq_khead = <uint32_t *>(cq + p.cq_off.head)
-        self._cq_ktail = <uint32_t *>(cq + p.cq_off.tail)
-        self._cq_koverflow = <uint32_t *>(cq + p.cq_off.overflow)
-        self._cq_mask = (<uint32_t *>(cq + p.cq_off.ring_mask))[0]
-        self._cq_entries = (<uint32_t *>(cq + p.cq_off.ring_entries))[0]
-        self._cqes = <io_uring_cqe *>(cq + p.cq_off.cqes)
+        cdef char *sq = <char *>self.core.maps.sq
+        cdef char *cq = <char *>self.core.maps.cq
+        self.core.sq.khead = <uint32_t *>(sq + p.sq_off.head)
+        self.core.sq.ktail = <uint32_t *>(sq + p.sq_off.tail)
+        self.core.sq.kflags = <uint32_t *>(sq + p.sq_off.flags)
+        self.core.sq.mask = (<uint32_t *>(sq + p.sq_off.ring_mask))[0]
+        self.core.sq.entries = (<uint32_t *>(sq + p.sq_off.ring_entries))[0]
+        self.core.cq.khead = <uint32_t *>(cq + p.cq_off.head)
+        self.core.cq.ktail = <uint32_t *>(cq + p.cq_off.tail)
+        self.core.cq.koverflow = <uint32_t *>(cq + p.cq_off.overflow)
+        self.core.cq.mask = (<uint32_t *>(cq + p.cq_off.ring_mask))[0]
+        self.core.cq.entries = (<uint32_t *>(cq + p.cq_off.ring_entries))[0]
+        self.core.cq.cqes = <io_uring_cqe *>(cq + p.cq_off.cqes)
         # The SQ index array maps ring positions to SQEs; fill it once with the
         # identity so publishing a batch is a single tail store. The kernel reads it
         # only after our release store of the tail, which orders these writes.
         sq_array = <uint32_t *>(sq + p.sq_off.array)
-        for i in range(self._sq_entries):
+        for i in range(self.core.sq.entries):
             sq_array[i] = i
         # Our local tail starts where the kernel's is (0 on a new ring).
-        self._sqe_tail = vy_load_relaxed(self._sq_ktail)
-        self._sqe_published = self._sqe_tail
+        self.core.sq.tail = vy_load_relaxed(self.core.sq.ktail)
+        self.core.sq.published = self.core.sq.tail
         return 0
 
     cdef int _alloc_slots(self, uint32_t nslots) except -1:
         cdef uint32_t i
-        self._slots = <Slot *>calloc(nslots, sizeof(Slot))
-        self._released = <Hold **>calloc(nslots, sizeof(Hold *))
+        self.core.st.slots = <Slot *>calloc(nslots, sizeof(Slot))
+        self.core.st.released = <Hold **>calloc(nslots, sizeof(Hold *))
         self._scratch_ud = <uint64_t *>calloc(nslots, sizeof(uint64_t))
         self._scratch_res = <int32_t *>calloc(nslots, sizeof(int32_t))
         self._scratch_flags = <uint32_t *>calloc(nslots, sizeof(uint32_t))
-        self._slot_seq = <uint64_t *>calloc(nslots, sizeof(uint64_t))
-        self._free_stack = <uint32_t *>calloc(nslots, sizeof(uint32_t))
-        self._slot_ts = <vy_timespec *>calloc(nslots, sizeof(vy_timespec))
-        if (self._slots == NULL or self._released == NULL or self._scratch_ud == NULL
+        self.core.st.seqs = <uint64_t *>calloc(nslots, sizeof(uint64_t))
+        self.core.st.free_stack = <uint32_t *>calloc(nslots, sizeof(uint32_t))
+        self.core.st.ts = <vy_timespec *>calloc(nslots, sizeof(vy_timespec))
+        if (self.core.st.slots == NULL or self.core.st.released == NULL or self._scratch_ud == NULL
                 or self._scratch_res == NULL or self._scratch_flags == NULL
-                or self._slot_seq == NULL or self._slot_ts == NULL
-                or self._free_stack == NULL):
+                or self.core.st.seqs == NULL or self.core.st.ts == NULL
+                or self.core.st.free_stack == NULL):
             raise MemoryError()
         for i in range(nslots):
-            self._free_stack[i] = nslots - 1 - i
-        self._nslots = nslots
-        self._free_top = nslots
+            self.core.st.free_stack[i] = nslots - 1 - i
+        self.core.st.n = nslots
+        self.core.st.free_top = nslots
         return 0
 
     # ---- guards -----------------------------------------------------------------
@@ -617,175 +515,38 @@ cdef class Ring:
     cdef inline void _leave_api(self) noexcept:
         vy_unlock(&self._busy)
 
-    # ---- queue arithmetic (indices are free-running u32: slot = idx & mask) -------
-
-    cdef inline uint32_t _sq_pending(self) noexcept nogil:
-        # Acquire pairs with the kernel's store-release of the SQ head once it has
-        # consumed the SQEs: only then may their slots be reused.
-        return self._sqe_tail - vy_load_acquire(self._sq_khead)
-
-    cdef inline uint32_t _cq_ready(self) noexcept nogil:
-        # Acquire pairs with the kernel's store-release of the CQ tail, which it
-        # makes after writing the CQEs: the CQEs below the tail are complete.
-        return vy_load_acquire(self._cq_ktail) - vy_load_relaxed(self._cq_khead)
-
-    cdef inline void _publish(self) noexcept nogil:
-        """Publish every prepared SQE: a submission boundary, where the kernel ends
-        an open chain."""
-        self._chain_open = False
-        self._publish_to(self._sqe_tail)
-
-    cdef inline void _publish_to(self, uint32_t end) noexcept nogil:
-        if self._sqe_published != end:
-            # Release: every SQE written above is visible before the kernel sees the
-            # new tail; pairs with the kernel's load-acquire of the SQ tail. Once
-            # per batch, never per SQE.
-            vy_store_release(self._sq_ktail, end)
-            self._sqe_published = end
-
-    cdef inline bint _cq_needs_flush(self) noexcept nogil:
-        # Relaxed: a hint re-checked by the kernel inside io_uring_enter.
-        if vy_load_relaxed(self._sq_kflags) & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN):
-            return True
-        # DEFER_TASKRUN completions are posted only when we enter with GETEVENTS.
-        return (self._setup_flags & IORING_SETUP_DEFER_TASKRUN) != 0 and \
-            self._used() > self._sq_pending()
-
     # ---- slots and SQEs ---------------------------------------------------------
-
-    cdef inline uint32_t _slot_of(self, uint64_t kernel_ud) noexcept nogil:
-        """The live slot a kernel user_data names, or _NO_SLOT: the index is masked
-        and bounds-checked, and its generation must be the slot's current one."""
-        cdef uint32_t idx = <uint32_t>kernel_ud            # the low 32 bits
-        if idx >= self._nslots or not self._slots[idx].live or \
-                <uint32_t>self._slot_seq[idx] != <uint32_t>(kernel_ud >> 32):
-            return _NO_SLOT
-        return idx
-
-    cdef inline uint32_t _used(self) noexcept nogil:
-        """Slots owned by requests: prepared, in flight, or completed but not reaped."""
-        return self._nslots - self._free_top
-
-    cdef inline void _claim_begin(self, Claim *c) noexcept nogil:
-        c.sqes = self._sqes
-        c.slots = self._slots
-        c.free_stack = self._free_stack
-        c.slot_seq = self._slot_seq
-        c.sq_mask = self._sq_mask
-        c.tail = self._sqe_tail
-        c.free_top = self._free_top
-        c.seq = self._seq
-
-    cdef inline void _claim_end(self, Claim *c) noexcept nogil:
-        if c.tail != self._sqe_tail:
-            self._track_chain(self._sqe_tail, c.tail)
-        self._sqe_tail = c.tail
-        self._free_top = c.free_top
-        self._seq = c.seq
-        if VY_DEBUG:
-            self._check_invariants("fill")
-
-    cdef inline void _track_chain(self, uint32_t first, uint32_t end) noexcept nogil:
-        """Follow the open chain over the SQEs first..end-1, just written: it is open
-        while the last one carries a link flag, and starts after the last SQE that
-        carries none (or where it started, when all of these extend it)."""
-        cdef uint32_t i = end
-        if not (self._sqes[(end - 1) & self._sq_mask].flags & _LINK_FLAGS):
-            self._chain_open = False
-            return
-        while i != first and self._sqes[(i - 1) & self._sq_mask].flags & _LINK_FLAGS:
-            i -= 1
-        if i != first or not self._chain_open:
-            self._chain_start = i
-        self._chain_open = True
 
     cdef inline io_uring_sqe *_take_sqe(self, uint64_t user_data, uint8_t flags,
                                         Hold *hold) noexcept nogil:
         """One slot and zeroed SQE (per-op prep); the caller checked there is room."""
         cdef Claim c
         cdef io_uring_sqe *sqe
-        self._claim_begin(&c)
+        claim_begin(&self.core, &c)
         sqe = claim_sqe(&c, user_data, hold)
-        sqe.flags = flags                  # before _claim_end follows the chain
-        self._claim_end(&c)
+        sqe.flags = flags                  # before claim_end follows the chain
+        claim_end(&self.core, &c)
         if hold != NULL:
             hold.refs += 1
         return sqe
 
-    cdef inline void _reclaim_begin(self, Reclaim *r) noexcept nogil:
-        r.slots = self._slots
-        r.free_stack = self._free_stack
-        r.free_top = self._free_top
-        r.released = self._released
-        r.nreleased = self._nreleased
-
-    cdef inline void _reclaim_end(self, Reclaim *r) noexcept nogil:
-        self._free_top = r.free_top
-        self._nreleased = r.nreleased
-        if VY_DEBUG:
-            self._check_invariants("reap")
-
-    cdef void _check_invariants(self, const char *where) noexcept nogil:
-        """Debug builds: the slot tables agree with themselves and with the SQ. A
-        violation is a bug in this engine; abort with what broke, where."""
-        cdef uint32_t i, live = 0
-        cdef const char *broken = NULL
-        if self._fork_gen != vy_fork_gen():
-            # A forked child's tables are a copy taken at any instant of the parent's
-            # threads (mid-reap, say) and its SQ head is the parent's: the child only
-            # tears them down, and nothing in them need agree.
-            return
-        if self._free_top > self._nslots:
-            broken = "more free slots than slots"
-        elif (self._sqe_tail - self._sqe_published > self._sq_entries or
-                self._sq_pending() > self._sq_entries):
-            broken = "more SQEs pending than the SQ holds"
-        elif self._chain_open and (self._sqe_tail - self._chain_start > self._sq_entries or
-                                   self._chain_start - self._sqe_published >
-                                   self._sqe_tail - self._sqe_published):
-            broken = "the open chain is longer than the SQ, or partly published"
-        else:
-            for i in range(self._free_top):
-                if self._free_stack[i] >= self._nslots or self._slots[self._free_stack[i]].live:
-                    broken = "a free-stack entry is out of range or names a live slot"
-                    break
-            for i in range(self._nslots):
-                live += self._slots[i].live
-            if broken == NULL and live != self._nslots - self._free_top:
-                broken = "live slots do not match the slots in use"
-            i = self._sqe_published
-            while broken == NULL and i != self._sqe_tail:
-                if self._slot_of(self._sqes[i & self._sq_mask].user_data) == _NO_SLOT:
-                    broken = "an unpublished SQE names no live slot of its generation"
-                i += 1
-        if broken != NULL:
-            fprintf(stderr, b"vyre_uring invariant broken after %s: %s\n", where, broken)
-            abort()
-
-    cdef inline void _free_slot(self, uint32_t idx) noexcept nogil:
-        """Give one slot back (outside the reap loop)."""
-        cdef Reclaim r
-        self._reclaim_begin(&r)
-        reclaim_slot(&r, idx)
-        self._reclaim_end(&r)
-
     cdef void _drop_released(self) noexcept:
         cdef uint32_t i
-        for i in range(self._nreleased):
-            hold_free(self._released[i])
-        self._nreleased = 0
+        for i in range(self.core.st.nreleased):
+            hold_free(self.core.st.released[i])
+        self.core.st.nreleased = 0
 
     cdef uint32_t _room(self, uint32_t wanted) except? 0xFFFFFFFF:
         """How many of `wanted` new requests fit now, submitting to free SQ space.
         Zero means the CQ's capacity is reached: completions must be reaped first."""
         cdef uint32_t space
-        if self._used() >= self._nslots:
+        if slots_used(&self.core) >= self.core.st.n:
             return 0
-        space = self._sq_entries - self._sq_pending()
+        space = self.core.sq.entries - sq_pending(&self.core)
         if space == 0:
             self._make_sq_room()
-            space = self._sq_entries - self._sq_pending()
-        return min(wanted, space, self._nslots - self._used())
+            space = self.core.sq.entries - sq_pending(&self.core)
+        return min(wanted, space, self.core.st.n - slots_used(&self.core))
 
     cdef int _make_sq_room(self) except -1:
         """Submit so that the full SQ has room again: everything, or with a chain
@@ -793,24 +554,24 @@ cdef class Ring:
         submission. A chain that fills the whole SQ cannot grow (RingFullError)."""
         cdef int ret
         cdef uint32_t flags, end, before
-        cdef bint sqpoll = (self._setup_flags & IORING_SETUP_SQPOLL) != 0
-        if not self._chain_open:
+        cdef bint sqpoll = (self.core.setup_flags & IORING_SETUP_SQPOLL) != 0
+        if not self.core.sq.chain_open:
             if not sqpoll:
                 self._submit_and_wait(0, -1.0)
                 return 0
-            self._publish()
+            sq_publish(&self.core)
         else:
-            if self._sqe_tail - self._chain_start >= self._sq_entries:
+            if self.core.sq.tail - self.core.sq.chain_start >= self.core.sq.entries:
                 raise RingFullError(
-                    f"a chain of {self._sqe_tail - self._chain_start} linked requests "
-                    f"fills the whole submission queue ({self._sq_entries} entries), so it "
+                    f"a chain of {self.core.sq.tail - self.core.sq.chain_start} linked requests "
+                    f"fills the whole submission queue ({self.core.sq.entries} entries), so it "
                     f"cannot grow: a chain is submitted whole; use a larger Ring or a "
                     f"shorter chain, or submit() the chain as it is")
-            end = self._chain_start
-            self._publish_to(end)
+            end = self.core.sq.chain_start
+            sq_publish_to(&self.core, end)
             while not sqpoll:
                 # Acquire: pairs with the kernel's store-release of the SQ head.
-                before = end - vy_load_acquire(self._sq_khead)
+                before = end - vy_load_acquire(self.core.sq.khead)
                 if before == 0:
                     return 0
                 ret = self._enter(before, 0, 0, -1.0)
@@ -820,10 +581,10 @@ cdef class Ring:
         # SQPOLL: the kernel thread consumes what is published. With the chain left
         # unpublished the kernel's SQ is not full, so SQ_WAIT returns at once and
         # this loop polls until the thread has taken at least one entry.
-        while self._sq_pending() >= self._sq_entries:
-            flags = IORING_ENTER_SQ_WAIT | self._sqpoll_wakeup()
+        while sq_pending(&self.core) >= self.core.sq.entries:
+            flags = IORING_ENTER_SQ_WAIT | sqpoll_wakeup(&self.core)
             with nogil:
-                ret = vy_io_uring_enter(self._fd, 0, 0, flags, NULL, 0)
+                ret = vy_io_uring_enter(self.core.fd, 0, 0, flags, NULL, 0)
             if ret == -EINTR:
                 PyErr_CheckSignals()
             elif ret < 0:
@@ -836,26 +597,13 @@ cdef class Ring:
         cdef Py_ssize_t length = n
         if not flags & _LINK_FLAGS:
             return 0
-        if self._chain_open:
-            length += self._sqe_tail - self._chain_start
-        if length > self._sq_entries:
+        if self.core.sq.chain_open:
+            length += self.core.sq.tail - self.core.sq.chain_start
+        if length > self.core.sq.entries:
             raise RingFullError(
                 f"a chain of {length} linked requests cannot fit the submission queue "
-                f"({self._sq_entries} entries), and a chain is submitted whole; use a "
+                f"({self.core.sq.entries} entries), and a chain is submitted whole; use a "
                 f"larger Ring or a shorter chain")
-        return 0
-
-    cdef inline uint32_t _sqpoll_wakeup(self) noexcept nogil:
-        """IORING_ENTER_SQ_WAKEUP when the SQPOLL thread sleeps, else 0. Call after
-        publishing the tail."""
-        # Full fence between our tail store and the NEED_WAKEUP load: without it
-        # the kernel thread can go to sleep after missing our new tail while we
-        # miss its flag, and the SQEs sit unsubmitted (a lost wakeup; liburing's
-        # sq_ring_needs_enter). Pairs with the smp_mb() the SQPOLL thread makes
-        # after setting the flag and before its last look at the SQ tail.
-        vy_fence_full()
-        if vy_load_relaxed(self._sq_kflags) & IORING_SQ_NEED_WAKEUP:
-            return IORING_ENTER_SQ_WAKEUP
         return 0
 
     cdef io_uring_sqe *_next_sqe(self, uint64_t user_data, uint8_t flags, Hold *hold) \
@@ -864,8 +612,8 @@ cdef class Ring:
         try:
             if self._room(1) == 0:
                 raise RingFullError(
-                    f"{self._used()} requests are outstanding, as many as the completion "
-                    f"queue holds ({self._nslots}); reap completions before preparing more")
+                    f"{slots_used(&self.core)} requests are outstanding, as many as the completion "
+                    f"queue holds ({self.core.st.n}); reap completions before preparing more")
         except BaseException:
             if hold != NULL and hold.refs == 0:
                 hold_free(hold)
@@ -892,22 +640,22 @@ cdef class Ring:
         call handed to the kernel. Signals run their handlers (Ctrl-C raises) and the
         wait resumes; EAGAIN/EBUSY back off and retry; partial submits loop."""
         cdef double deadline = vy_monotonic() + timeout if timeout >= 0 else -1.0
-        cdef bint sqpoll = (self._setup_flags & IORING_SETUP_SQPOLL) != 0
+        cdef bint sqpoll = (self.core.setup_flags & IORING_SETUP_SQPOLL) != 0
         cdef int submitted = 0
         cdef int ret
         cdef uint32_t to_submit, enter_flags
         cdef bint waiting
         if sqpoll:
-            submitted = <int>(self._sqe_tail - self._sqe_published)
-        self._publish()
+            submitted = <int>(self.core.sq.tail - self.core.sq.published)
+        sq_publish(&self.core)
         while True:
-            waiting = min_complete > 0 and self._cq_ready() < min_complete and not (
+            waiting = min_complete > 0 and cq_ready(&self.core) < min_complete and not (
                 deadline >= 0 and vy_monotonic() >= deadline)
-            to_submit = 0 if sqpoll else self._sq_pending()
+            to_submit = 0 if sqpoll else sq_pending(&self.core)
             enter_flags = 0
-            if sqpoll and self._sq_pending():
-                enter_flags |= self._sqpoll_wakeup()
-            if waiting or self._cq_needs_flush():
+            if sqpoll and sq_pending(&self.core):
+                enter_flags |= sqpoll_wakeup(&self.core)
+            if waiting or cq_needs_flush(&self.core):
                 enter_flags |= IORING_ENTER_GETEVENTS
             if to_submit == 0 and enter_flags == 0:
                 return submitted
@@ -920,7 +668,7 @@ cdef class Ring:
                     raise UringError(f"io_uring_enter consumed none of {to_submit} "
                                      f"pending requests")
                 submitted += ret
-            if min_complete == 0 or self._cq_ready() >= min_complete:
+            if min_complete == 0 or cq_ready(&self.core) >= min_complete:
                 if sqpoll or <uint32_t>ret == to_submit:
                     return submitted
             elif waiting:
@@ -946,7 +694,7 @@ cdef class Ring:
                     return -ETIME
                 min_complete = 0
                 flags &= ~IORING_ENTER_GETEVENTS
-            elif self._features & IORING_FEAT_EXT_ARG:
+            elif self.core.features & IORING_FEAT_EXT_ARG:
                 ts.tv_sec = <int64_t>left
                 ts.tv_nsec = <long long>((left - ts.tv_sec) * 1e9)
                 memset(&arg, 0, sizeof(arg))
@@ -964,20 +712,20 @@ cdef class Ring:
     cdef inline int _enter_fd(self, uint32_t *flags) noexcept nogil:
         """The fd to enter through: the registered ring fd in the thread that
         registered it (adding IORING_ENTER_REGISTERED_RING to *flags), else the fd."""
-        if self._ring_index >= 0 and vy_thread_token() == self._ring_thread:
+        if self.core.ring_index >= 0 and vy_thread_token() == self.core.ring_thread:
             flags[0] |= IORING_ENTER_REGISTERED_RING
-            return self._ring_index
-        return self._fd
+            return self.core.ring_index
+        return self.core.fd
 
     cdef int _enter_then_poll(self, uint32_t to_submit, uint32_t flags, double left) \
             except? -1000:
         """Kernels before 5.11 take no timeout: submit, then poll the ring fd."""
         cdef int ret, ms = <int>(min(left, 3600.0) * 1000) + 1
         with nogil:
-            ret = vy_io_uring_enter(self._fd, to_submit, 0, flags & ~IORING_ENTER_GETEVENTS,
+            ret = vy_io_uring_enter(self.core.fd, to_submit, 0, flags & ~IORING_ENTER_GETEVENTS,
                                     NULL, 0)
             if ret >= 0:
-                vy_poll_in(self._fd, ms)   # EINTR or not: the caller re-checks
+                vy_poll_in(self.core.fd, ms)   # EINTR or not: the caller re-checks
         return self._enter_result(ret)
 
     cdef int _enter_result(self, int ret) except? -1000:
@@ -990,7 +738,7 @@ cdef class Ring:
             # The kernel is short of request memory, or holds overflowed CQEs: back
             # off until a completion arrives (at most 1 ms), then the caller retries.
             with nogil:
-                vy_poll_in(self._fd, 1)
+                vy_poll_in(self.core.fd, 1)
             return ret
         raise syscall_error("io_uring_enter", -ret)
 
@@ -999,61 +747,28 @@ cdef class Ring:
         (it moves overflowed CQEs into the ring, or runs deferred task work), and the
         caller may hold borrowed arrays. An error just ends the flush; a signal stays
         pending for the next check."""
-        vy_io_uring_enter(self._fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0)
+        vy_io_uring_enter(self.core.fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0)
 
     cdef int _check_waitable(self, uint32_t min_complete) except -1:
-        if min_complete > self._used():
+        if min_complete > slots_used(&self.core):
             raise ValueError(f"cannot wait for {min_complete} completions: only "
-                             f"{self._used()} requests are outstanding")
+                             f"{slots_used(&self.core)} requests are outstanding")
         return 0
 
     # ---- reaping ------------------------------------------------------------------
 
-    cdef uint32_t _reap_some(self, uint64_t *ud, int32_t *res, uint32_t *flg,
-                             uint32_t maxn) noexcept nogil:
-        """Copy up to `maxn` CQEs out (flg may be NULL), map them to their slots and
-        free the slots."""
-        cdef uint32_t head = vy_load_relaxed(self._cq_khead)   # only we store it
-        # Acquire pairs with the kernel's store-release of the CQ tail.
-        cdef uint32_t tail = vy_load_acquire(self._cq_ktail)
-        cdef uint32_t n = 0
-        cdef io_uring_cqe *cqe
-        cdef uint32_t idx
-        cdef Reclaim r
-        self._reclaim_begin(&r)
-        while head != tail and n < maxn:
-            cqe = &self._cqes[head & self._cq_mask]
-            head += 1
-            # Never index with a value read back from shared memory unchecked.
-            idx = self._slot_of(cqe.user_data)
-            if idx == _NO_SLOT:
-                if cqe.user_data == _INTERNAL_USER_DATA:
-                    self._internal_res = cqe.res
-                continue
-            ud[n] = r.slots[idx].user_data
-            res[n] = cqe.res
-            if flg != NULL:
-                flg[n] = cqe.flags
-            n += 1
-            reclaim_slot(&r, idx)
-        self._reclaim_end(&r)
-        # Release: the CQEs are copied out before the kernel may reuse their
-        # entries; pairs with the kernel's load-acquire of the CQ head. Once per reap.
-        vy_store_release(self._cq_khead, head)
-        return n
-
     cdef uint32_t _reap_to_sinks(self, Sinks *sinks, Py_ssize_t offset, uint32_t maxn) \
             noexcept:
-        """_reap_some into the caller's arrays: straight in when they have the native
+        """cq_reap into the caller's arrays: straight in when they have the native
         types (uint64 / int32 / uint32), else through the scratch arrays and widened."""
         cdef uint32_t i, n
         if sinks.ud.itemsize == 8 and sinks.res.itemsize == 4 and \
                 (not sinks.has_flags or sinks.flags.itemsize == 4):
-            return self._reap_some(
+            return cq_reap(&self.core, 
                 <uint64_t *>sinks.ud.buf + offset, <int32_t *>sinks.res.buf + offset,
                 <uint32_t *>sinks.flags.buf + offset if sinks.has_flags else NULL, maxn)
-        n = self._reap_some(self._scratch_ud, self._scratch_res, self._scratch_flags,
-                            min(maxn, self._nslots))
+        n = cq_reap(&self.core, self._scratch_ud, self._scratch_res, self._scratch_flags,
+                            min(maxn, self.core.st.n))
         for i in range(n):
             ia_set(&sinks.ud, offset + i, <int64_t>self._scratch_ud[i])
             ia_set(&sinks.res, offset + i, self._scratch_res[i])
@@ -1071,7 +786,7 @@ cdef class Ring:
         cdef Py_ssize_t total = 0
         cdef uint32_t got
         cdef bint flushed = False
-        if self._cq_ready() == 0 and self._cq_needs_flush():
+        if cq_ready(&self.core) == 0 and cq_needs_flush(&self.core):
             self._flush_cq()
             flushed = True
         if ud_out is None:
@@ -1083,7 +798,7 @@ cdef class Ring:
                 got = self._reap_to_sinks(&sinks, total, <uint32_t>min(
                     capacity - total, <Py_ssize_t>UINT32_MAX))
                 total += got
-                if (flushed and got == 0) or not self._cq_needs_flush():
+                if (flushed and got == 0) or not cq_needs_flush(&self.core):
                     break
                 self._flush_cq()
                 flushed = True
@@ -1104,7 +819,7 @@ cdef class Ring:
         sinks.has_flags = True
 
     cdef list _reap_list(self):
-        cdef Py_ssize_t i, n = self._reap(None, None, None, self._nslots)
+        cdef Py_ssize_t i, n = self._reap(None, None, None, self.core.st.n)
         return [_completion(self._scratch_ud[i], self._scratch_res[i], self._scratch_flags[i])
                 for i in range(n)]
 
@@ -1113,22 +828,22 @@ cdef class Ring:
     @property
     def sq_entries(self):
         """Submission queue size (the kernel rounds `entries` up to a power of two)."""
-        return self._sq_entries
+        return self.core.sq.entries
 
     @property
     def cq_entries(self):
         """Completion queue size; also the most requests that can be outstanding."""
-        return self._cq_entries
+        return self.core.cq.entries
 
     @property
     def features(self):
         """IORING_FEAT_* bits the kernel reported."""
-        return self._features
+        return self.core.features
 
     @property
     def setup_flags(self):
         """IORING_SETUP_* bits the ring was created with."""
-        return self._setup_flags
+        return self.core.setup_flags
 
     @property
     def closed(self):
@@ -1139,7 +854,7 @@ cdef class Ring:
     @property
     def pending(self):
         """Requests prepared but not yet consumed by the kernel."""
-        return 0 if self._closed else self._sq_pending()
+        return 0 if self._closed else sq_pending(&self.core)
 
     @property
     def allowed_ops(self):
@@ -1149,7 +864,7 @@ cdef class Ring:
     @property
     def in_flight(self):
         """Requests submitted whose completion has not been reaped yet."""
-        return 0 if self._closed else self._used() - self._sq_pending()
+        return 0 if self._closed else slots_used(&self.core) - sq_pending(&self.core)
 
     @property
     def registered_files(self):
@@ -1165,12 +880,12 @@ cdef class Ring:
         """The ring's file descriptor. Raises RingClosedError after close()."""
         if self._closed:
             raise RingClosedError("the Ring is closed")
-        return self._fd
+        return self.core.fd
 
     def __repr__(self):
         if self._closed:
             return "<Ring closed>"
-        return (f"<Ring fd={self._fd} sq={self._sq_entries} cq={self._cq_entries} "
+        return (f"<Ring fd={self.core.fd} sq={self.core.sq.entries} cq={self.core.cq.entries} "
                 f"pending={self.pending} in_flight={self.in_flight}>")
 
     # ---- public: per-op prep ------------------------------------------------------
@@ -1553,10 +1268,10 @@ cdef class Ring:
             self._check_fd(0, fl & ~IOSQE_FIXED_FILE)
             sqe = self._next_sqe(ud, fl, NULL)
             # The timespec lives in the request's slot, which outlives the request.
-            slot = self._slot_of(sqe.user_data)
-            if slot == _NO_SLOT:
+            slot = slot_of(&self.core, sqe.user_data)
+            if slot == NO_SLOT:
                 raise UringError("internal error: a new request has no live slot")
-            ts = &self._slot_ts[slot]
+            ts = &self.core.st.ts[slot]
             ts.tv_sec = <int64_t>secs
             ts.tv_nsec = <long long>((secs - ts.tv_sec) * 1e9)
             sqe.opcode = IORING_OP_TIMEOUT
@@ -1592,26 +1307,26 @@ cdef class Ring:
         """The kernel user_data (slot and generation) of the oldest request carrying
         `user_data` that has not completed yet (completions waiting in the CQ are
         skipped); when none, a key no request has, so the kernel answers -ENOENT."""
-        cdef uint32_t i, idx, head, tail, best = _NO_SLOT
+        cdef uint32_t i, idx, head, tail, best = NO_SLOT
         cdef uint64_t best_seq = 0xFFFFFFFFFFFFFFFF
-        cdef uint8_t *completed = <uint8_t *>calloc(self._nslots, 1)
+        cdef uint8_t *completed = <uint8_t *>calloc(self.core.st.n, 1)
         if completed == NULL:
             raise MemoryError()
-        head = vy_load_relaxed(self._cq_khead)
-        tail = vy_load_acquire(self._cq_ktail)   # pairs with the kernel's tail release
+        head = vy_load_relaxed(self.core.cq.khead)
+        tail = vy_load_acquire(self.core.cq.ktail)   # pairs with the kernel's tail release
         while head != tail:
-            idx = self._slot_of(self._cqes[head & self._cq_mask].user_data)
-            if idx != _NO_SLOT:
+            idx = slot_of(&self.core, self.core.cq.cqes[head & self.core.cq.mask].user_data)
+            if idx != NO_SLOT:
                 completed[idx] = 1
             head += 1
-        for i in range(self._nslots):
-            if self._slots[i].live and not completed[i] and \
-                    self._slots[i].user_data == user_data and self._slot_seq[i] < best_seq:
+        for i in range(self.core.st.n):
+            if self.core.st.slots[i].live and not completed[i] and \
+                    self.core.st.slots[i].user_data == user_data and self.core.st.seqs[i] < best_seq:
                 best = i
-                best_seq = self._slot_seq[i]
+                best_seq = self.core.st.seqs[i]
         free(completed)
-        if best == _NO_SLOT:
-            return kernel_user_data(_NO_SLOT, 0)
+        if best == NO_SLOT:
+            return kernel_user_data(NO_SLOT, 0)
         return kernel_user_data(best, best_seq)
 
     # ---- public: batch prep -------------------------------------------------------
@@ -1651,10 +1366,10 @@ cdef class Ring:
                          uint8_t flags) noexcept nogil:
         cdef Claim c
         cdef Py_ssize_t i
-        self._claim_begin(&c)
+        claim_begin(&self.core, &c)
         for i in range(start, start + count):
             claim_sqe(&c, <uint64_t>ud.v[i], NULL).flags = flags
-        self._claim_end(&c)
+        claim_end(&self.core, &c)
 
     def prep_reads(self, fd, buffer, offsets, lengths, buffer_offsets=None, user_data=None,
                    *, flags=0):
@@ -1811,10 +1526,10 @@ cdef class Ring:
                           Hold *hold) noexcept nogil:
         cdef Claim c
         cdef Py_ssize_t i
-        self._claim_begin(&c)
+        claim_begin(&self.core, &c)
         for i in range(start, start + count):
             _fill_path_sqe(b, i, claim_sqe(&c, _batch_user_data(&b.ud, i), hold))
-        self._claim_end(&c)
+        claim_end(&self.core, &c)
         if hold != NULL:
             hold.refs += count
 
@@ -1953,7 +1668,7 @@ cdef class Ring:
         cdef char *base = b.base
         cdef io_uring_sqe *sqe
         cdef Claim c
-        self._claim_begin(&c)
+        claim_begin(&self.core, &c)
         for i in range(start, end):
             boff = _buffer_offset(b, i)
             sqe = claim_sqe(&c, _batch_user_data(&b.ud, i), hold)
@@ -1967,7 +1682,7 @@ cdef class Ring:
                 base = <char *>self._reg_buffers.views[index].buf
                 sqe.buf_index = <uint16_t>index
             sqe.addr = <uint64_t>(base + boff)
-        self._claim_end(&c)
+        claim_end(&self.core, &c)
         hold.refs += count
 
     # ---- public: submit and reap --------------------------------------------------
@@ -2015,17 +1730,17 @@ cdef class Ring:
         """The res of the first ready completion, reaped, when it is request
         `kernel_ud`'s; else None, reaping nothing."""
         cdef uint64_t ud
-        cdef int32_t res
-        if self._cq_ready() == 0 and self._cq_needs_flush():
+        cdef int32_t res = 0
+        if cq_ready(&self.core) == 0 and cq_needs_flush(&self.core):
             self._flush_cq()
-        # _cq_ready's acquire of the CQ tail (pairing with the kernel's release after
+        # cq_ready's acquire of the CQ tail (pairing with the kernel's release after
         # it wrote the CQEs) makes the head CQE readable; the head itself is ours
         # alone to store, so relaxed.
-        if self._cq_ready() == 0 or \
-                self._cqes[vy_load_relaxed(self._cq_khead) & self._cq_mask].user_data \
+        if cq_ready(&self.core) == 0 or \
+                self.core.cq.cqes[vy_load_relaxed(self.core.cq.khead) & self.core.cq.mask].user_data \
                 != kernel_ud:
             return None
-        self._reap_some(&ud, &res, NULL, 1)
+        cq_reap(&self.core, &ud, &res, NULL, 1)
         self._drop_released()
         return res
 
@@ -2135,7 +1850,7 @@ cdef class Ring:
             if p == NULL:
                 raise MemoryError()
             try:
-                ret = vy_io_uring_register(self._fd, IORING_REGISTER_PROBE, p, 256)
+                ret = vy_io_uring_register(self.core.fd, IORING_REGISTER_PROBE, p, 256)
                 if ret < 0:
                     raise syscall_error("io_uring_register(PROBE)", -ret)
                 ops = [p.ops[i].op for i in range(p.ops_len)
@@ -2182,7 +1897,7 @@ cdef class Ring:
                     hold.iov[i].iov_base = hold.views[i].buf
                     hold.iov[i].iov_len = hold.views[i].len
                 with nogil:
-                    ret = vy_io_uring_register(self._fd, IORING_REGISTER_BUFFERS, hold.iov, n)
+                    ret = vy_io_uring_register(self.core.fd, IORING_REGISTER_BUFFERS, hold.iov, n)
                 if ret < 0:
                     raise syscall_error("io_uring_register(REGISTER_BUFFERS)", -ret)
             except BaseException:
@@ -2205,7 +1920,7 @@ cdef class Ring:
         try:
             self._submit_and_wait(0, -1.0)
             with nogil:
-                ret = vy_io_uring_register(self._fd, IORING_UNREGISTER_BUFFERS, NULL, 0)
+                ret = vy_io_uring_register(self.core.fd, IORING_UNREGISTER_BUFFERS, NULL, 0)
             if ret < 0:
                 raise syscall_error("io_uring_register(UNREGISTER_BUFFERS)", -ret)
             self._release_registered_buffers()
@@ -2239,7 +1954,7 @@ cdef class Ring:
             self._enter_api()
             try:
                 with nogil:
-                    ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES, table, n)
+                    ret = vy_io_uring_register(self.core.fd, IORING_REGISTER_FILES, table, n)
                 if ret < 0:
                     raise syscall_error("io_uring_register(REGISTER_FILES)", -ret)
                 self._reg_file_count = n
@@ -2274,7 +1989,7 @@ cdef class Ring:
                 up.offset = first
                 up.fds = <uint64_t><size_t>table
                 with nogil:
-                    ret = vy_io_uring_register(self._fd, IORING_REGISTER_FILES_UPDATE, &up, n)
+                    ret = vy_io_uring_register(self.core.fd, IORING_REGISTER_FILES_UPDATE, &up, n)
                 if ret < 0:
                     raise syscall_error("io_uring_register(FILES_UPDATE)", -ret)
                 return ret
@@ -2294,7 +2009,7 @@ cdef class Ring:
         try:
             self._submit_and_wait(0, -1.0)
             with nogil:
-                ret = vy_io_uring_register(self._fd, IORING_UNREGISTER_FILES, NULL, 0)
+                ret = vy_io_uring_register(self.core.fd, IORING_UNREGISTER_FILES, NULL, 0)
             if ret < 0:
                 raise syscall_error("io_uring_register(UNREGISTER_FILES)", -ret)
             self._reg_file_count = 0
@@ -2314,7 +2029,7 @@ cdef class Ring:
         try:
             self._check_fd(f, 0)
             efd = <int32_t>f
-            ret = vy_io_uring_register(self._fd, IORING_REGISTER_EVENTFD, &efd, 1)
+            ret = vy_io_uring_register(self.core.fd, IORING_REGISTER_EVENTFD, &efd, 1)
             if ret < 0:
                 raise syscall_error("io_uring_register(REGISTER_EVENTFD)", -ret,
                                     None if ret == -EBUSY else
@@ -2327,7 +2042,7 @@ cdef class Ring:
         cdef int ret
         self._enter_api()
         try:
-            ret = vy_io_uring_register(self._fd, IORING_UNREGISTER_EVENTFD, NULL, 0)
+            ret = vy_io_uring_register(self.core.fd, IORING_UNREGISTER_EVENTFD, NULL, 0)
             if ret < 0:
                 raise syscall_error("io_uring_register(UNREGISTER_EVENTFD)", -ret)
         finally:
@@ -2388,14 +2103,14 @@ cdef class Ring:
         memory is kept alive for ever instead (closing the fd cancels them)."""
         cdef double deadline
         self._discard_unsubmitted()
-        if self._used() == 0:
+        if slots_used(&self.core) == 0:
             return 0
         if not self._cancel_all():
             self._leak_outstanding("the kernel refused to cancel them (a single-issuer "
                                    "ring closed from another thread?)")
             return 0
         deadline = vy_monotonic() + _DRAIN_PATIENCE_S
-        while self._used() > 0:
+        while slots_used(&self.core) > 0:
             if vy_monotonic() > deadline:
                 self._leak_outstanding(f"they did not finish within {_DRAIN_PATIENCE_S:.0f} "
                                        f"s of being cancelled")
@@ -2410,38 +2125,38 @@ cdef class Ring:
         """Roll back SQEs the kernel has not consumed: their slots and holds go back.
         (Under SQPOLL the kernel thread may be reading them: they are submitted.)"""
         cdef uint32_t khead, idx
-        if self._setup_flags & IORING_SETUP_SQPOLL:
-            self._publish()
+        if self.core.setup_flags & IORING_SETUP_SQPOLL:
+            sq_publish(&self.core)
             return
-        khead = vy_load_acquire(self._sq_khead)   # pairs with the kernel's head release
-        while self._sqe_tail != khead:
-            self._sqe_tail -= 1
-            idx = self._slot_of(self._sqes[self._sqe_tail & self._sq_mask].user_data)
-            if idx != _NO_SLOT:                    # not an internal SQE
-                self._free_slot(idx)
+        khead = vy_load_acquire(self.core.sq.khead)   # pairs with the kernel's head release
+        while self.core.sq.tail != khead:
+            self.core.sq.tail -= 1
+            idx = slot_of(&self.core, self.core.sq.sqes[self.core.sq.tail & self.core.sq.mask].user_data)
+            if idx != NO_SLOT:                    # not an internal SQE
+                free_slot(&self.core, idx)
         self._drop_released()
-        # Release: pairs with the kernel's tail acquire, as in _publish.
-        vy_store_release(self._sq_ktail, self._sqe_tail)
-        self._sqe_published = self._sqe_tail
-        self._chain_open = False
+        # Release: pairs with the kernel's tail acquire, as in sq_publish.
+        vy_store_release(self.core.sq.ktail, self.core.sq.tail)
+        self.core.sq.published = self.core.sq.tail
+        self.core.sq.chain_open = False
 
     cdef bint _cancel_all(self) noexcept:
         """Cancel every request: IORING_ASYNC_CANCEL_ANY (5.19), or on older kernels
         one cancel per request. False when the kernel refuses the submission."""
         cdef uint32_t i
-        self._internal_res = 0
+        self.core.internal_res = 0
         if not self._push_internal(IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL, 0):
             return False
         if self._enter_quietly(1) < 0:
             self._discard_unsubmitted()
             return False
-        if self._internal_res != -EINVAL:
+        if self.core.internal_res != -EINVAL:
             return True
-        for i in range(self._nslots):
-            if self._slots[i].live:
-                if self._sq_entries == self._sq_pending() and self._enter_quietly(0) < 0:
+        for i in range(self.core.st.n):
+            if self.core.st.slots[i].live:
+                if self.core.sq.entries == sq_pending(&self.core) and self._enter_quietly(0) < 0:
                     break
-                self._push_internal(0, kernel_user_data(i, self._slot_seq[i]))
+                self._push_internal(0, kernel_user_data(i, self.core.st.seqs[i]))
         if self._enter_quietly(0) < 0:
             self._discard_unsubmitted()
             return False
@@ -2451,16 +2166,16 @@ cdef class Ring:
         """Queue one of the engine's own ASYNC_CANCEL requests, filled completely
         before the tail store publishes it (the SQPOLL thread may read it at once)."""
         cdef io_uring_sqe *sqe
-        if self._sq_entries - self._sq_pending() == 0:
+        if self.core.sq.entries - sq_pending(&self.core) == 0:
             return False
-        sqe = &self._sqes[self._sqe_tail & self._sq_mask]
+        sqe = &self.core.sq.sqes[self.core.sq.tail & self.core.sq.mask]
         memset(sqe, 0, sizeof(io_uring_sqe))
         sqe.opcode = IORING_OP_ASYNC_CANCEL
         sqe.cancel_flags = cancel_flags
         sqe.addr = target
-        sqe.user_data = _INTERNAL_USER_DATA
-        self._sqe_tail += 1
-        self._publish()
+        sqe.user_data = INTERNAL_USER_DATA
+        self.core.sq.tail += 1
+        sq_publish(&self.core)
         return True
 
     cdef int _enter_quietly(self, uint32_t wait_nr) noexcept:
@@ -2468,12 +2183,12 @@ cdef class Ring:
         the syscall's result (EINTR retried a few times)."""
         cdef int ret = -EINTR, tries = 0
         cdef uint32_t to_submit = 0
-        if not (self._setup_flags & IORING_SETUP_SQPOLL):
-            to_submit = self._sq_pending()
+        if not (self.core.setup_flags & IORING_SETUP_SQPOLL):
+            to_submit = sq_pending(&self.core)
         while ret == -EINTR and tries < 100:
             tries += 1
             with nogil:
-                ret = vy_io_uring_enter(self._fd, to_submit, wait_nr,
+                ret = vy_io_uring_enter(self.core.fd, to_submit, wait_nr,
                                         IORING_ENTER_GETEVENTS | IORING_ENTER_SQ_WAKEUP,
                                         NULL, 0)
         self._reap_discard()
@@ -2482,9 +2197,9 @@ cdef class Ring:
     cdef void _reap_discard(self) noexcept:
         cdef uint32_t i
         for i in range(4):                 # flush overflow a few times, then re-wait
-            self._reap_some(self._scratch_ud, self._scratch_res, NULL, self._nslots)
+            cq_reap(&self.core, self._scratch_ud, self._scratch_res, NULL, self.core.st.n)
             self._drop_released()
-            if not (vy_load_relaxed(self._sq_kflags) & IORING_SQ_CQ_OVERFLOW):
+            if not (vy_load_relaxed(self.core.sq.kflags) & IORING_SQ_CQ_OVERFLOW):
                 return
             self._flush_cq()
 
@@ -2499,12 +2214,12 @@ cdef class Ring:
         memset(&arg, 0, sizeof(arg))
         arg.ts = <uint64_t><size_t>&ts
         with nogil:
-            if self._features & IORING_FEAT_EXT_ARG:
-                ret = vy_io_uring_enter(self._fd, 0, 1,
+            if self.core.features & IORING_FEAT_EXT_ARG:
+                ret = vy_io_uring_enter(self.core.fd, 0, 1,
                                         IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
                                         &arg, sizeof(arg))
             else:
-                ret = vy_poll_in(self._fd, 200)
+                ret = vy_poll_in(self.core.fd, 200)
         if ret == -EINTR and interruptible:
             PyErr_CheckSignals()
         self._reap_discard()
@@ -2514,13 +2229,13 @@ cdef class Ring:
         """Keep every outstanding request's memory alive for ever: the kernel's ring
         teardown may still write into it after we close the fd."""
         cdef uint32_t i
-        for i in range(self._nslots):
-            if self._slots[i].live:
-                self._slots[i].hold = NULL
-                self._slots[i].live = False
+        for i in range(self.core.st.n):
+            if self.core.st.slots[i].live:
+                self.core.st.slots[i].hold = NULL
+                self.core.st.slots[i].live = False
         if self._reg_buffers != NULL:
             self._reg_buffers.refs += 1     # never reaches zero
-        self._free_top = self._nslots       # the table is freed next, unused
+        self.core.st.free_top = self.core.st.n       # the table is freed next, unused
         warnings.warn(f"Ring.close: {why}; the buffers of the requests still in flight "
                       f"are kept alive for ever", ResourceWarning)
 
@@ -2529,47 +2244,48 @@ cdef class Ring:
         (or this is a forked child, where the kernel writes only into the parent)."""
         cdef uint32_t i
         self._closed = True
-        if self._slots != NULL:
-            for i in range(self._nslots):
-                if self._slots[i].live and self._slots[i].hold != NULL:
-                    self._free_slot(i)
+        self.core.inherited = self._fork_gen != vy_fork_gen()
+        if self.core.st.slots != NULL:
+            for i in range(self.core.st.n):
+                if self.core.st.slots[i].live and self.core.st.slots[i].hold != NULL:
+                    free_slot(&self.core, i)
             self._drop_released()
         self._unregister_ring_fd()
         self._release_registered_buffers()
         self._unmap()
-        if self._fd >= 0:
-            close(self._fd)
-            self._fd = -1
+        if self.core.fd >= 0:
+            close(self.core.fd)
+            self.core.fd = -1
         self._free_tables()
 
     cdef void _free_tables(self) noexcept:
-        free(self._slots)
-        free(self._released)
+        free(self.core.st.slots)
+        free(self.core.st.released)
         free(self._scratch_ud)
         free(self._scratch_res)
         free(self._scratch_flags)
-        free(self._slot_seq)
-        free(self._slot_ts)
-        free(self._free_stack)
-        self._free_stack = NULL
-        self._slot_seq = NULL
-        self._slot_ts = NULL
-        self._slots = NULL
-        self._released = NULL
+        free(self.core.st.seqs)
+        free(self.core.st.ts)
+        free(self.core.st.free_stack)
+        self.core.st.free_stack = NULL
+        self.core.st.seqs = NULL
+        self.core.st.ts = NULL
+        self.core.st.slots = NULL
+        self.core.st.released = NULL
         self._scratch_ud = NULL
         self._scratch_res = NULL
         self._scratch_flags = NULL
 
     cdef void _unmap(self) noexcept:
-        if self._sqes != NULL:
-            munmap(self._sqes, self._sqes_len)
-            self._sqes = NULL
-        if self._cq_map != NULL and self._cq_map != self._sq_map:
-            munmap(self._cq_map, self._cq_map_len)
-        self._cq_map = NULL
-        if self._sq_map != NULL:
-            munmap(self._sq_map, self._sq_map_len)
-            self._sq_map = NULL
+        if self.core.sq.sqes != NULL:
+            munmap(self.core.sq.sqes, self.core.maps.sqes_len)
+            self.core.sq.sqes = NULL
+        if self.core.maps.cq != NULL and self.core.maps.cq != self.core.maps.sq:
+            munmap(self.core.maps.cq, self.core.maps.cq_len)
+        self.core.maps.cq = NULL
+        if self.core.maps.sq != NULL:
+            munmap(self.core.maps.sq, self.core.maps.sq_len)
+            self.core.maps.sq = NULL
 
 
 
