@@ -496,8 +496,8 @@ cdef bint _quiesce(Ring ring) noexcept:
             cancelled = True
         sq_publish(&ring.core)
         with nogil:
-            ret = vy_io_uring_enter(ring.core.fd, sq_pending(&ring.core), 1, IORING_ENTER_GETEVENTS,
-                                    NULL, 0)
+            ret = ring_enter(&ring.core, sq_pending(&ring.core), 1, IORING_ENTER_GETEVENTS,
+                             NULL, 0)
         try:
             n = <uint32_t>ring._reap(None, None, None, ring.core.st.n)
         except BaseException:
@@ -870,7 +870,6 @@ cdef int _job_enter(Ring ring, uint32_t wait) noexcept nogil:
     at most _WAIT_SLICE_NS (-ETIME then) where the kernel takes a timeout (5.11):
     a signal may land in another thread, and a read may never complete (a pipe),
     yet Ctrl-C and the call's Stop must still be seen."""
-    cdef int fd
     cdef uint32_t flags = IORING_ENTER_GETEVENTS if wait else 0
     cdef vy_getevents_arg arg
     cdef vy_timespec ts
@@ -885,8 +884,7 @@ cdef int _job_enter(Ring ring, uint32_t wait) noexcept nogil:
         argp = &arg
         argsz = sizeof(arg)
         flags |= IORING_ENTER_EXT_ARG
-    fd = ring._enter_fd(&flags)
-    return vy_io_uring_enter(fd, sq_pending(&ring.core), wait, flags, argp, argsz)
+    return ring_enter(&ring.core, sq_pending(&ring.core), wait, flags, argp, argsz)
 
 
 cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:

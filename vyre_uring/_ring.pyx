@@ -181,6 +181,34 @@ def try_setup():
 
 
 # Register operations a restricted ring keeps: what its methods use after creation.
+cdef int ring_enter(RingCore *r, uint32_t to_submit, uint32_t min_complete,
+                    uint32_t flags, void *argp, size_t argsz) noexcept nogil:
+    """The one io_uring_enter call: through the registered ring fd in the thread that
+    registered it (the kernel skips the fd lookup), else through the fd. Returns the
+    kernel's result or -errno; the caller decides about the GIL and retries."""
+    cdef int fd = r.fd
+    if r.ring_index >= 0 and vy_thread_token() == r.ring_thread:
+        fd = r.ring_index
+        flags |= IORING_ENTER_REGISTERED_RING
+    return vy_io_uring_enter(fd, to_submit, min_complete, flags, argp, argsz)
+
+
+cdef int register_checked(int fd, uint32_t opcode, const void *arg, uint32_t nr_args,
+                          str what, str detail=None) except -1:
+    """The one io_uring_register call whose failure is an error: the GIL is released
+    (registering buffers pins their pages, and files registration may wait for the
+    ring to quiesce), and -errno becomes UringSyscallError naming `what`. `detail`
+    says what the caller's argument must be; EBUSY is never about the argument (the
+    resource is registered already) and goes without it."""
+    cdef int ret
+    with nogil:
+        ret = vy_io_uring_register(fd, opcode, arg, nr_args)
+    if ret < 0:
+        raise syscall_error(f"io_uring_register({what})", -ret,
+                            None if ret == -EBUSY else detail)
+    return ret
+
+
 cdef tuple _RESTRICTED_REGISTER_OPS = (
     IORING_REGISTER_BUFFERS, IORING_UNREGISTER_BUFFERS, IORING_REGISTER_FILES,
     IORING_UNREGISTER_FILES, IORING_REGISTER_FILES_UPDATE, IORING_REGISTER_PROBE,
@@ -204,7 +232,6 @@ cdef int _restrict(int fd, bytes ops) except -1:
     """Register the restrictions on a ring created disabled, then enable it."""
     cdef Py_ssize_t i, n = len(ops) + 1 + len(_RESTRICTED_REGISTER_OPS)
     cdef io_uring_restriction *r = <io_uring_restriction *>calloc(n, sizeof(io_uring_restriction))
-    cdef int ret
     if r == NULL:
         raise MemoryError()
     try:
@@ -217,12 +244,9 @@ cdef int _restrict(int fd, bytes ops) except -1:
         for i in range(len(_RESTRICTED_REGISTER_OPS)):
             r[len(ops) + 1 + i].opcode = IORING_RESTRICTION_REGISTER_OP
             r[len(ops) + 1 + i].register_op = <uint8_t>_RESTRICTED_REGISTER_OPS[i]
-        ret = vy_io_uring_register(fd, IORING_REGISTER_RESTRICTIONS, r, <unsigned int>n)
-        if ret < 0:
-            raise syscall_error("io_uring_register(REGISTER_RESTRICTIONS)", -ret)
-        ret = vy_io_uring_register(fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0)
-        if ret < 0:
-            raise syscall_error("io_uring_register(ENABLE_RINGS)", -ret)
+        register_checked(fd, IORING_REGISTER_RESTRICTIONS, r, <uint32_t>n,
+                         "REGISTER_RESTRICTIONS")
+        register_checked(fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0, "ENABLE_RINGS")
     finally:
         free(r)
     return 0
@@ -584,7 +608,7 @@ cdef class Ring:
         while sq_pending(&self.core) >= self.core.sq.entries:
             flags = IORING_ENTER_SQ_WAIT | sqpoll_wakeup(&self.core)
             with nogil:
-                ret = vy_io_uring_enter(self.core.fd, 0, 0, flags, NULL, 0)
+                ret = ring_enter(&self.core, 0, 0, flags, NULL, 0)
             if ret == -EINTR:
                 PyErr_CheckSignals()
             elif ret < 0:
@@ -704,26 +728,17 @@ cdef class Ring:
                 flags |= IORING_ENTER_EXT_ARG
             else:
                 return self._enter_then_poll(to_submit, flags, left)
-        cdef int fd = self._enter_fd(&flags)
         with nogil:
-            ret = vy_io_uring_enter(fd, to_submit, min_complete, flags, argp, argsz)
+            ret = ring_enter(&self.core, to_submit, min_complete, flags, argp, argsz)
         return self._enter_result(ret)
-
-    cdef inline int _enter_fd(self, uint32_t *flags) noexcept nogil:
-        """The fd to enter through: the registered ring fd in the thread that
-        registered it (adding IORING_ENTER_REGISTERED_RING to *flags), else the fd."""
-        if self.core.ring_index >= 0 and vy_thread_token() == self.core.ring_thread:
-            flags[0] |= IORING_ENTER_REGISTERED_RING
-            return self.core.ring_index
-        return self.core.fd
 
     cdef int _enter_then_poll(self, uint32_t to_submit, uint32_t flags, double left) \
             except? -1000:
         """Kernels before 5.11 take no timeout: submit, then poll the ring fd."""
         cdef int ret, ms = <int>(min(left, 3600.0) * 1000) + 1
         with nogil:
-            ret = vy_io_uring_enter(self.core.fd, to_submit, 0, flags & ~IORING_ENTER_GETEVENTS,
-                                    NULL, 0)
+            ret = ring_enter(&self.core, to_submit, 0, flags & ~IORING_ENTER_GETEVENTS,
+                             NULL, 0)
             if ret >= 0:
                 vy_poll_in(self.core.fd, ms)   # EINTR or not: the caller re-checks
         return self._enter_result(ret)
@@ -747,7 +762,7 @@ cdef class Ring:
         (it moves overflowed CQEs into the ring, or runs deferred task work), and the
         caller may hold borrowed arrays. An error just ends the flush; a signal stays
         pending for the next check."""
-        vy_io_uring_enter(self.core.fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0)
+        ring_enter(&self.core, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0)
 
     cdef int _check_waitable(self, uint32_t min_complete) except -1:
         if min_complete > slots_used(&self.core):
@@ -1843,16 +1858,14 @@ cdef class Ring:
         """
         cdef size_t size = sizeof(io_uring_probe) + 256 * sizeof(io_uring_probe_op)
         cdef io_uring_probe *p
-        cdef int ret, i
+        cdef int i
         self._enter_api()
         try:
             p = <io_uring_probe *>calloc(1, size)
             if p == NULL:
                 raise MemoryError()
             try:
-                ret = vy_io_uring_register(self.core.fd, IORING_REGISTER_PROBE, p, 256)
-                if ret < 0:
-                    raise syscall_error("io_uring_register(PROBE)", -ret)
+                register_checked(self.core.fd, IORING_REGISTER_PROBE, p, 256, "PROBE")
                 ops = [p.ops[i].op for i in range(p.ops_len)
                        if p.ops[i].flags & IO_URING_OP_SUPPORTED]
             finally:
@@ -1880,7 +1893,6 @@ cdef class Ring:
         cdef list bufs = list(buffers)
         cdef Py_ssize_t i, n = len(bufs)
         cdef Hold *hold
-        cdef int ret
         if not 0 < n <= 16384:
             raise ValueError(f"register 1 to 16384 buffers, not {n}")
         self._enter_api()
@@ -1896,10 +1908,8 @@ cdef class Ring:
                         raise ValueError(f"buffers[{i}] is empty")
                     hold.iov[i].iov_base = hold.views[i].buf
                     hold.iov[i].iov_len = hold.views[i].len
-                with nogil:
-                    ret = vy_io_uring_register(self.core.fd, IORING_REGISTER_BUFFERS, hold.iov, n)
-                if ret < 0:
-                    raise syscall_error("io_uring_register(REGISTER_BUFFERS)", -ret)
+                register_checked(self.core.fd, IORING_REGISTER_BUFFERS, hold.iov, n,
+                                 "REGISTER_BUFFERS")
             except BaseException:
                 hold_free(hold)
                 raise
@@ -1915,14 +1925,11 @@ cdef class Ring:
         alive until reaped. Returns None. Raises UringSyscallError (ENXIO when none are
         registered) and the errors common to every method.
         """
-        cdef int ret
         self._enter_api()
         try:
             self._submit_and_wait(0, -1.0)
-            with nogil:
-                ret = vy_io_uring_register(self.core.fd, IORING_UNREGISTER_BUFFERS, NULL, 0)
-            if ret < 0:
-                raise syscall_error("io_uring_register(UNREGISTER_BUFFERS)", -ret)
+            register_checked(self.core.fd, IORING_UNREGISTER_BUFFERS, NULL, 0,
+                             "UNREGISTER_BUFFERS")
             self._release_registered_buffers()
         finally:
             self._leave_api()
@@ -1949,14 +1956,11 @@ cdef class Ring:
         """
         cdef Py_ssize_t n
         cdef int32_t *table = _file_table(fds, &n)
-        cdef int ret
         try:
             self._enter_api()
             try:
-                with nogil:
-                    ret = vy_io_uring_register(self.core.fd, IORING_REGISTER_FILES, table, n)
-                if ret < 0:
-                    raise syscall_error("io_uring_register(REGISTER_FILES)", -ret)
+                register_checked(self.core.fd, IORING_REGISTER_FILES, table, n,
+                                 "REGISTER_FILES")
                 self._reg_file_count = n
             finally:
                 self._leave_api()
@@ -1977,7 +1981,6 @@ cdef class Ring:
         cdef Py_ssize_t n
         cdef int32_t *table = _file_table(fds, &n)
         cdef io_uring_files_update up
-        cdef int ret
         try:
             self._enter_api()
             try:
@@ -1988,11 +1991,8 @@ cdef class Ring:
                 memset(&up, 0, sizeof(up))
                 up.offset = first
                 up.fds = <uint64_t><size_t>table
-                with nogil:
-                    ret = vy_io_uring_register(self.core.fd, IORING_REGISTER_FILES_UPDATE, &up, n)
-                if ret < 0:
-                    raise syscall_error("io_uring_register(FILES_UPDATE)", -ret)
-                return ret
+                return register_checked(self.core.fd, IORING_REGISTER_FILES_UPDATE, &up, n,
+                                        "FILES_UPDATE")
             finally:
                 self._leave_api()
         finally:
@@ -2004,14 +2004,11 @@ cdef class Ring:
         Returns None. Raises UringSyscallError (ENXIO when none is registered) and the
         errors common to every method.
         """
-        cdef int ret
         self._enter_api()
         try:
             self._submit_and_wait(0, -1.0)
-            with nogil:
-                ret = vy_io_uring_register(self.core.fd, IORING_UNREGISTER_FILES, NULL, 0)
-            if ret < 0:
-                raise syscall_error("io_uring_register(UNREGISTER_FILES)", -ret)
+            register_checked(self.core.fd, IORING_UNREGISTER_FILES, NULL, 0,
+                             "UNREGISTER_FILES")
             self._reg_file_count = 0
         finally:
             self._leave_api()
@@ -2024,27 +2021,21 @@ cdef class Ring:
         eventfd per ring; the ring neither owns nor closes it."""
         cdef int64_t f = _i64_arg(fd, "fd")
         cdef int32_t efd
-        cdef int ret
         self._enter_api()
         try:
             self._check_fd(f, 0)
             efd = <int32_t>f
-            ret = vy_io_uring_register(self.core.fd, IORING_REGISTER_EVENTFD, &efd, 1)
-            if ret < 0:
-                raise syscall_error("io_uring_register(REGISTER_EVENTFD)", -ret,
-                                    None if ret == -EBUSY else
-                                    f"fd {f} must be an open eventfd (os.eventfd)")
+            register_checked(self.core.fd, IORING_REGISTER_EVENTFD, &efd, 1,
+                             "REGISTER_EVENTFD", f"fd {f} must be an open eventfd (os.eventfd)")
         finally:
             self._leave_api()
 
     def unregister_eventfd(self):
         """Stop signalling the eventfd given to register_eventfd."""
-        cdef int ret
         self._enter_api()
         try:
-            ret = vy_io_uring_register(self.core.fd, IORING_UNREGISTER_EVENTFD, NULL, 0)
-            if ret < 0:
-                raise syscall_error("io_uring_register(UNREGISTER_EVENTFD)", -ret)
+            register_checked(self.core.fd, IORING_UNREGISTER_EVENTFD, NULL, 0,
+                             "UNREGISTER_EVENTFD")
         finally:
             self._leave_api()
 
@@ -2188,9 +2179,8 @@ cdef class Ring:
         while ret == -EINTR and tries < 100:
             tries += 1
             with nogil:
-                ret = vy_io_uring_enter(self.core.fd, to_submit, wait_nr,
-                                        IORING_ENTER_GETEVENTS | IORING_ENTER_SQ_WAKEUP,
-                                        NULL, 0)
+                ret = ring_enter(&self.core, to_submit, wait_nr,
+                                 IORING_ENTER_GETEVENTS | IORING_ENTER_SQ_WAKEUP, NULL, 0)
         self._reap_discard()
         return ret
 
@@ -2215,9 +2205,8 @@ cdef class Ring:
         arg.ts = <uint64_t><size_t>&ts
         with nogil:
             if self.core.features & IORING_FEAT_EXT_ARG:
-                ret = vy_io_uring_enter(self.core.fd, 0, 1,
-                                        IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
-                                        &arg, sizeof(arg))
+                ret = ring_enter(&self.core, 0, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                                 &arg, sizeof(arg))
             else:
                 ret = vy_poll_in(self.core.fd, 200)
         if ret == -EINTR and interruptible:
