@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The package's sources, by the suffixes that build or ship it; the generated C and
 # build outputs are not sources.
 SOURCE_SUFFIXES = {".py", ".pyx", ".pxi", ".pxd", ".h", ".pyi", ".c", ".typed"}
-NEVER_SHIPPED = ("vyre_uring/_ring.c",)
+NEVER_SHIPPED = ("vyre_uring/_ring.c", "vyre_uring/_engine.c")
 
 
 def _sources():
@@ -34,7 +34,7 @@ def sdist_names(tmp_path_factory):
     # A copy, so that the build writes nothing into the tree under test.
     tree = tmp_path_factory.mktemp("tree") / "src"
     shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", "_ring.c",
+        ".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", "_ring.c", "_engine.c",
         ".pytest_cache", ".hypothesis", ".venv"))
     out = tmp_path_factory.mktemp("dist")
     r = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(out),
@@ -66,9 +66,12 @@ def test_installed_wheel_holds_the_module_types_and_declarations_not_build_input
     files = {f.as_posix() for f in dist.files or []} if dist.read_text("RECORD") else set()
     if "vyre_uring/__init__.py" not in files:
         pytest.skip("not installed from a wheel (an editable install, or a checkout)")
-    for name in ("vyre_uring/py.typed", "vyre_uring/_ring.pyi", "vyre_uring/_typing.pyi",
-                 "vyre_uring/includes/kernel.pxd", "vyre_uring/includes/uring_abi.h",
+    for name in ("vyre_uring/py.typed", "vyre_uring/_ring.pyi", "vyre_uring/_engine.pyi",
+                 "vyre_uring/_typing.pyi", "vyre_uring/_ring.pxd", "vyre_uring/_queues.pxd",
+                 "vyre_uring/includes/kernel.pxd", "vyre_uring/includes/process.pxd",
+                 "vyre_uring/includes/uring_abi.h", "vyre_uring/includes/process.h",
                  "vyre_uring/includes/counters.h"):
         assert name in files
-    assert [f for f in files if f.startswith("vyre_uring/_ring.") and f.endswith(".so")]
+    for module in ("_ring", "_engine"):
+        assert [f for f in files if f.startswith(f"vyre_uring/{module}.") and f.endswith(".so")]
     assert not [f for f in files if f.endswith((".pyx", ".pxi")) or f in NEVER_SHIPPED]

@@ -237,7 +237,7 @@ def test_io_uring_counts_syscalls_in_batches(tmp_path):
 @pytest.fixture
 def small_pieces():
     """One read request carries at most 4 KiB (1 GiB in use: too slow to test)."""
-    from vyre_uring._ring import DIRECT_ALIGN, _test_set_limits
+    from vyre_uring._engine import DIRECT_ALIGN, _test_set_limits
     old = _test_set_limits(4096, DIRECT_ALIGN)
     yield 4096
     _test_set_limits(*old)
@@ -369,7 +369,8 @@ def test_a_job_interrupted_mid_wait_cancels_its_reads_before_raising():
     # still in flight is cancelled and reaped before the exception leaves, so nothing
     # writes into the job's memory afterwards, and the ring serves the next job.
     import signal
-    from vyre_uring._ring import Ring, read_ranges_job
+    from vyre_uring import Ring
+    from vyre_uring._engine import read_ranges_job
 
     class Interrupted(Exception):
         pass
@@ -406,7 +407,8 @@ def test_a_job_interrupted_mid_wait_cancels_its_reads_before_raising():
 def test_drain_closes_the_fds_of_abandoned_opens(tmp_path):
     # An open whose job was abandoned completes with nobody to own its fd: the reap
     # that sees it closes it.
-    from vyre_uring._ring import Ring, drain_jobs
+    from vyre_uring import Ring
+    from vyre_uring._engine import drain_jobs
     path = make_tree(tmp_path, [10])[0]
     before = len(os.listdir("/proc/self/fd"))
     with Ring(8) as ring:
@@ -468,7 +470,7 @@ def test_direct_falls_back_where_reads_are_refused(tmp_path, backend, monkeypatc
     # Open succeeds but the filesystem refuses the read (here: reads aligned to 256
     # bytes, finer than any block device takes): the file is read buffered instead.
     from vyre_uring import _threads_backend
-    from vyre_uring._ring import _test_set_limits
+    from vyre_uring._engine import _test_set_limits
     # Each size rounds up to an odd multiple of 256: a length no block device takes.
     paths = make_tree(tmp_path, [100, 600, 70_300])
     if not direct_supported(paths[0]):

@@ -108,7 +108,7 @@ cdef void _close_batch(ReadBatch *b) noexcept:
     int_copy_free(&b.index)
 
 
-cdef int _check_same_length(IntArray *a, str name, Py_ssize_t n,
+cdef int check_same_length(IntArray *a, str name, Py_ssize_t n,
                             str reference="offsets") except -1:
     return _check_len(a.n, name, n, reference)
 
@@ -198,14 +198,14 @@ cdef Py_ssize_t _open_sinks(Sinks *s, object ud_out, object res_out, object flag
     if s.res.itemsize < 4 or not s.res.is_signed:
         raise TypeError("res_out must hold signed 4- or 8-byte integers (array('i'))")
     if s.res.n != s.ud.n:
-        _check_same_length(&s.res, "res_out", s.ud.n, "user_data_out")
+        check_same_length(&s.res, "res_out", s.ud.n, "user_data_out")
     if flags_out is not None:
         int_array_open(&s.flags, flags_out, "flags_out", True, False, borrow)
         s.has_flags = True
         if s.flags.itemsize < 4:
             raise TypeError("flags_out must hold 4- or 8-byte integers (array('I'))")
         if s.flags.n != s.ud.n:
-            _check_same_length(&s.flags, "flags_out", s.ud.n, "user_data_out")
+            check_same_length(&s.flags, "flags_out", s.ud.n, "user_data_out")
     return s.ud.n
 
 

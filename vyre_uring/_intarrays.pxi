@@ -8,24 +8,10 @@
 #
 # IntArray: a 1-D integer buffer read or written in place, element by element,
 # whatever its integer type: reap()'s output arrays, and the reader's inputs.
-
-cdef struct IntArray:
-    char *buf
-    Py_ssize_t n            # -1 for a broadcast scalar
-    int itemsize
-    bint is_signed
-    int64_t scalar
-    Py_buffer view
-    bint has_view
-
+#
+# The structs and their element accessors are in _ring.pxd, for the engine too.
 
 cdef const char *_FORMAT_UNSIGNED_BYTE = b"B"   # a buffer with no format is bytes
-
-
-cdef struct IntCopy:
-    int64_t *v              # the private copy (malloc'd); NULL when absent or a scalar
-    Py_ssize_t n            # -1 for a broadcast scalar
-    int64_t scalar
 
 
 cdef int int_copy(IntCopy *a, object obj, str name, bint allow_scalar,
@@ -132,17 +118,6 @@ cdef int _copy_ints(IntCopy *a, const char *src, Py_ssize_t n, int itemsize,
     return 0
 
 
-cdef inline void int_copy_free(IntCopy *a) noexcept:
-    free(a.v)
-    a.v = NULL
-
-
-cdef inline int64_t ic_get(const IntCopy *a, Py_ssize_t i) noexcept nogil:
-    if a.n < 0:
-        return a.scalar
-    return a.v[i]
-
-
 cdef char _int_format(const Py_buffer *view) noexcept:
     """The struct code of a 1-D buffer of native integers, or 0 for anything else."""
     cdef const char *fmt = view.format
@@ -244,38 +219,3 @@ cdef void int_array_close(IntArray *a) noexcept:
     if a.has_view:
         PyBuffer_Release(&a.view)
         a.has_view = False
-
-
-cdef inline int64_t ia_get(const IntArray *a, Py_ssize_t i) noexcept nogil:
-    """Element i as int64; an unsigned 64-bit value past INT64_MAX comes back negative."""
-    cdef const char *p
-    if a.n < 0:
-        return a.scalar
-    p = a.buf + i * a.itemsize
-    if a.itemsize == 8:
-        return (<const int64_t *>p)[0]
-    # Each branch widens on its own: a ternary of int32 and uint32 would make both
-    # unsigned in C, turning -1 into 4294967295.
-    if a.itemsize == 4:
-        if a.is_signed:
-            return (<const int32_t *>p)[0]
-        return (<const uint32_t *>p)[0]
-    if a.itemsize == 2:
-        if a.is_signed:
-            return (<const int16_t *>p)[0]
-        return (<const uint16_t *>p)[0]
-    if a.is_signed:
-        return (<const int8_t *>p)[0]
-    return (<const uint8_t *>p)[0]
-
-
-cdef inline void ia_set(IntArray *a, Py_ssize_t i, int64_t v) noexcept nogil:
-    cdef char *p = a.buf + i * a.itemsize
-    if a.itemsize == 8:
-        (<int64_t *>p)[0] = v
-    elif a.itemsize == 4:
-        (<int32_t *>p)[0] = <int32_t>v
-    elif a.itemsize == 2:
-        (<int16_t *>p)[0] = <int16_t>v
-    else:
-        (<int8_t *>p)[0] = <int8_t>v

@@ -95,6 +95,9 @@ cdef struct RingCore:
     int ring_index          # registered ring fd (-1: none), valid in ring_thread only
     uint64_t ring_thread
     int32_t internal_res    # res of the engine's own last cancel
+    uint64_t *scratch_ud    # one per slot: completions are reaped through these
+    int32_t *scratch_res
+    uint32_t *scratch_flags
     bint inherited          # a forked child's copy of the parent's tables: never checked
     SubmitQueue sq
     CompletionQueue cq
@@ -177,6 +180,25 @@ cdef inline void track_chain(RingCore *r, uint32_t first, uint32_t end) noexcept
     if i != first or not r.sq.chain_open:
         r.sq.chain_start = i
     r.sq.chain_open = True
+
+
+cdef inline bint sq_push_internal(RingCore *r, uint32_t cancel_flags,
+                                  uint64_t target) noexcept nogil:
+    """Queue one of the engine's own ASYNC_CANCEL requests (no slot: its completion
+    sets internal_res), filled completely before the tail store publishes it (the
+    SQPOLL thread may read it at once). False when the SQ is full."""
+    cdef io_uring_sqe *sqe
+    if r.sq.entries - sq_pending(r) == 0:
+        return False
+    sqe = &r.sq.sqes[r.sq.tail & r.sq.mask]
+    memset(sqe, 0, sizeof(io_uring_sqe))
+    sqe.opcode = IORING_OP_ASYNC_CANCEL
+    sqe.cancel_flags = cancel_flags
+    sqe.addr = target
+    sqe.user_data = INTERNAL_USER_DATA
+    r.sq.tail += 1
+    sq_publish(r)
+    return True
 
 
 # ---- the completion queue ---------------------------------------------------------

@@ -2,13 +2,12 @@
 # checkers and IDEs read in place of the extension. The docstrings live in the
 # module itself (help(vyre_uring.Ring)); tests/test_typing.py checks this stub
 # against it with mypy's stubtest.
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from enum import IntEnum
-from queue import SimpleQueue
 from types import TracebackType
 from typing import Any, Final, Optional, Union, final
 
-from typing_extensions import Self, TypeAlias
+from typing_extensions import Self
 
 from ._typing import Buffer
 from ._typing import IntArray as _IntArray
@@ -224,70 +223,3 @@ class Ring:
     def __enter__(self) -> Self: ...
     def __exit__(self, exc_type: Optional[type[BaseException]],
                  exc: Optional[BaseException], tb: Optional[TracebackType]) -> None: ...
-
-# ---- the reader's engine (used by vyre_uring's backends, not a public API) ----------
-
-NOT_REGULAR: Final[int]
-OVER_BUDGET: Final[int]
-NUL_BYTE: Final[int]
-DEFERRED: Final[int]
-UNSIZED_FIRST: Final[int]
-GROWN: Final[int]
-GROW_LATER: Final[int]
-GROW_NEVER: Final[int]
-MAX_PIECE: Final[int]
-DIRECT_ALIGN: Final[int]
-DIRECT_CHUNK: Final[int]
-ARENA_MAX: Final[int]
-
-@final
-class ByteBudget:
-    def __new__(cls, limit: int, largest: Optional[int] = None) -> Self: ...
-    @property
-    def limit(self) -> int: ...
-    @property
-    def largest(self) -> Optional[int]: ...
-    @property
-    def unsized_cap(self) -> int: ...
-    @property
-    def taken(self) -> int: ...
-    @property
-    def spent(self) -> bool: ...
-    def take(self, size: int) -> bool: ...
-    def grow(self, own: int, extra: int) -> int: ...
-    def give_back(self, size: int) -> None: ...
-
-@final
-class Arena: ...
-
-@final
-class Stop:
-    @property
-    def is_set(self) -> bool: ...
-
-class CallStopped(Exception): ...
-
-# A task of a call: fn(resource, stop).
-_Task: TypeAlias = Callable[[Any, Stop], Any]
-
-def run_task(index: int, fn: _Task, resources: Optional[SimpleQueue[Any]], stop: Stop,
-             results: SimpleQueue[tuple[int, Any, Optional[BaseException]]]) -> None: ...
-def run_call(tasks: list[_Task], post: Optional[Callable[[tuple[Any, ...]], object]],
-             resources: Optional[SimpleQueue[Any]],
-             on_result: Optional[Callable[[Any, Optional[BaseException]], object]] = None,
-             ) -> list[tuple[Any, Optional[BaseException]]]: ...
-def with_file(path: _Path, direct: bool, fn: Callable[[int, bool], Any]) -> Any: ...
-def with_files(paths: Sequence[_Path], fn: Callable[[list[int]], Any]) -> Any: ...
-def read_file_window(ring: Ring, paths: Sequence[_Path], start: int, stop: int,
-                     out: list[Any], open_flags: int, depth: int, stats: Buffer,
-                     bounce: Optional[Buffer] = None, budget: Optional[ByteBudget] = None,
-                     call: Optional[Stop] = None, arena: Optional[Arena] = None,
-                     ) -> tuple[list[tuple[int, int, int]], int]: ...
-def read_ranges_job(ring: Ring, fd: int, offsets: _IntArray, lengths: _IntArray,
-                    buffer: Optional[Buffer], buffer_offsets: Optional[_IntArray], depth: int,
-                    stats: Buffer, name: object, bounce: Optional[Buffer] = None,
-                    fixed_file: bool = False, call: Optional[Stop] = None,
-                    ) -> Union[list[int], list[bytes]]: ...
-def check_ranges(offsets: _IntArray, lengths: _IntArray,
-                 buffer_offsets: Optional[_IntArray] = None, buflen: int = -1) -> None: ...
-def drain_jobs(ring: Ring, stats: Buffer, timeout: float = -1.0) -> bool: ...

@@ -40,6 +40,7 @@ from libc.string cimport memcpy, memset, strlen
 
 from vyre_uring.includes.kernel cimport *
 from vyre_uring._queues cimport *
+from vyre_uring.includes.process cimport *
 
 from vyre_uring.availability import is_unavailable_errno, unavailable_error
 from vyre_uring._files import path_error, pread_to_eof
@@ -319,9 +320,6 @@ cdef class Ring:
     cdef int _busy
     cdef bint _closed
     cdef unsigned long _fork_gen
-    cdef uint64_t *_scratch_ud      # completions() reaps through these
-    cdef int32_t *_scratch_res
-    cdef uint32_t *_scratch_flags
     cdef Hold *_reg_buffers
     cdef uint32_t _reg_buffer_count
     cdef int64_t _reg_file_count
@@ -505,14 +503,14 @@ cdef class Ring:
         cdef uint32_t i
         self.core.st.slots = <Slot *>calloc(nslots, sizeof(Slot))
         self.core.st.released = <Hold **>calloc(nslots, sizeof(Hold *))
-        self._scratch_ud = <uint64_t *>calloc(nslots, sizeof(uint64_t))
-        self._scratch_res = <int32_t *>calloc(nslots, sizeof(int32_t))
-        self._scratch_flags = <uint32_t *>calloc(nslots, sizeof(uint32_t))
+        self.core.scratch_ud = <uint64_t *>calloc(nslots, sizeof(uint64_t))
+        self.core.scratch_res = <int32_t *>calloc(nslots, sizeof(int32_t))
+        self.core.scratch_flags = <uint32_t *>calloc(nslots, sizeof(uint32_t))
         self.core.st.seqs = <uint64_t *>calloc(nslots, sizeof(uint64_t))
         self.core.st.free_stack = <uint32_t *>calloc(nslots, sizeof(uint32_t))
         self.core.st.ts = <vy_timespec *>calloc(nslots, sizeof(vy_timespec))
-        if (self.core.st.slots == NULL or self.core.st.released == NULL or self._scratch_ud == NULL
-                or self._scratch_res == NULL or self._scratch_flags == NULL
+        if (self.core.st.slots == NULL or self.core.st.released == NULL or self.core.scratch_ud == NULL
+                or self.core.scratch_res == NULL or self.core.scratch_flags == NULL
                 or self.core.st.seqs == NULL or self.core.st.ts == NULL
                 or self.core.st.free_stack == NULL):
             raise MemoryError()
@@ -782,13 +780,13 @@ cdef class Ring:
             return cq_reap(&self.core, 
                 <uint64_t *>sinks.ud.buf + offset, <int32_t *>sinks.res.buf + offset,
                 <uint32_t *>sinks.flags.buf + offset if sinks.has_flags else NULL, maxn)
-        n = cq_reap(&self.core, self._scratch_ud, self._scratch_res, self._scratch_flags,
+        n = cq_reap(&self.core, self.core.scratch_ud, self.core.scratch_res, self.core.scratch_flags,
                             min(maxn, self.core.st.n))
         for i in range(n):
-            ia_set(&sinks.ud, offset + i, <int64_t>self._scratch_ud[i])
-            ia_set(&sinks.res, offset + i, self._scratch_res[i])
+            ia_set(&sinks.ud, offset + i, <int64_t>self.core.scratch_ud[i])
+            ia_set(&sinks.res, offset + i, self.core.scratch_res[i])
             if sinks.has_flags:
-                ia_set(&sinks.flags, offset + i, self._scratch_flags[i])
+                ia_set(&sinks.flags, offset + i, self.core.scratch_flags[i])
         return n
 
     cdef Py_ssize_t _reap(self, object ud_out, object res_out, object flags_out,
@@ -825,17 +823,17 @@ cdef class Ring:
     cdef void _scratch_sinks(self, Sinks *sinks) noexcept:
         """Sinks over the ring's own scratch arrays (capacity: one per slot)."""
         memset(sinks, 0, sizeof(Sinks))
-        sinks.ud.buf = <char *>self._scratch_ud
+        sinks.ud.buf = <char *>self.core.scratch_ud
         sinks.ud.itemsize = 8
-        sinks.res.buf = <char *>self._scratch_res
+        sinks.res.buf = <char *>self.core.scratch_res
         sinks.res.itemsize = 4
-        sinks.flags.buf = <char *>self._scratch_flags
+        sinks.flags.buf = <char *>self.core.scratch_flags
         sinks.flags.itemsize = 4
         sinks.has_flags = True
 
     cdef list _reap_list(self):
         cdef Py_ssize_t i, n = self._reap(None, None, None, self.core.st.n)
-        return [_completion(self._scratch_ud[i], self._scratch_res[i], self._scratch_flags[i])
+        return [_completion(self.core.scratch_ud[i], self.core.scratch_res[i], self.core.scratch_flags[i])
                 for i in range(n)]
 
     # ---- public: state ------------------------------------------------------------
@@ -2136,7 +2134,7 @@ cdef class Ring:
         one cancel per request. False when the kernel refuses the submission."""
         cdef uint32_t i
         self.core.internal_res = 0
-        if not self._push_internal(IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL, 0):
+        if not sq_push_internal(&self.core, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL, 0):
             return False
         if self._enter_quietly(1) < 0:
             self._discard_unsubmitted()
@@ -2147,26 +2145,10 @@ cdef class Ring:
             if self.core.st.slots[i].live:
                 if self.core.sq.entries == sq_pending(&self.core) and self._enter_quietly(0) < 0:
                     break
-                self._push_internal(0, kernel_user_data(i, self.core.st.seqs[i]))
+                sq_push_internal(&self.core, 0, kernel_user_data(i, self.core.st.seqs[i]))
         if self._enter_quietly(0) < 0:
             self._discard_unsubmitted()
             return False
-        return True
-
-    cdef bint _push_internal(self, uint32_t cancel_flags, uint64_t target) noexcept:
-        """Queue one of the engine's own ASYNC_CANCEL requests, filled completely
-        before the tail store publishes it (the SQPOLL thread may read it at once)."""
-        cdef io_uring_sqe *sqe
-        if self.core.sq.entries - sq_pending(&self.core) == 0:
-            return False
-        sqe = &self.core.sq.sqes[self.core.sq.tail & self.core.sq.mask]
-        memset(sqe, 0, sizeof(io_uring_sqe))
-        sqe.opcode = IORING_OP_ASYNC_CANCEL
-        sqe.cancel_flags = cancel_flags
-        sqe.addr = target
-        sqe.user_data = INTERNAL_USER_DATA
-        self.core.sq.tail += 1
-        sq_publish(&self.core)
         return True
 
     cdef int _enter_quietly(self, uint32_t wait_nr) noexcept:
@@ -2187,7 +2169,7 @@ cdef class Ring:
     cdef void _reap_discard(self) noexcept:
         cdef uint32_t i
         for i in range(4):                 # flush overflow a few times, then re-wait
-            cq_reap(&self.core, self._scratch_ud, self._scratch_res, NULL, self.core.st.n)
+            cq_reap(&self.core, self.core.scratch_ud, self.core.scratch_res, NULL, self.core.st.n)
             self._drop_released()
             if not (vy_load_relaxed(self.core.sq.kflags) & IORING_SQ_CQ_OVERFLOW):
                 return
@@ -2250,9 +2232,9 @@ cdef class Ring:
     cdef void _free_tables(self) noexcept:
         free(self.core.st.slots)
         free(self.core.st.released)
-        free(self._scratch_ud)
-        free(self._scratch_res)
-        free(self._scratch_flags)
+        free(self.core.scratch_ud)
+        free(self.core.scratch_res)
+        free(self.core.scratch_flags)
         free(self.core.st.seqs)
         free(self.core.st.ts)
         free(self.core.st.free_stack)
@@ -2261,9 +2243,9 @@ cdef class Ring:
         self.core.st.ts = NULL
         self.core.st.slots = NULL
         self.core.st.released = NULL
-        self._scratch_ud = NULL
-        self._scratch_res = NULL
-        self._scratch_flags = NULL
+        self.core.scratch_ud = NULL
+        self.core.scratch_res = NULL
+        self.core.scratch_flags = NULL
 
     cdef void _unmap(self) noexcept:
         if self.core.sq.sqes != NULL:
@@ -2278,4 +2260,43 @@ cdef class Ring:
 
 
 
-include "_read_jobs.pxi"
+# ---- the engine's API (declared in _ring.pxd) ----------------------------------------
+# The reader's engine drives a Ring through these and the core's free functions
+# (_queues.pxd); a Ring's other fields and methods are this module's alone.
+
+cdef RingCore *ring_core(object ring) except NULL:
+    """The core of `ring`, which must be a Ring. Its tables exist only while the
+    ring is open: use them between ring_acquire and ring_release."""
+    if not isinstance(ring, Ring):
+        raise TypeError(f"ring must be a vyre_uring.Ring, not {type(ring).__name__}")
+    return &(<Ring>ring).core
+
+
+cdef int ring_acquire(object ring) except -1:
+    """The guards every public method passes (open, not inherited across fork, no other
+    thread inside); pair with ring_release in a finally. `ring` went through
+    ring_core."""
+    return (<Ring>ring)._enter_api()
+
+
+cdef void ring_release(object ring) noexcept:
+    (<Ring>ring)._leave_api()
+
+
+cdef int ring_submit_and_wait(object ring, uint32_t min_complete, double timeout) \
+        except -1:
+    """Submit everything prepared and wait as Ring.submit_and_wait does (signals run
+    their handlers: Ctrl-C raises)."""
+    return (<Ring>ring)._submit_and_wait(min_complete, timeout)
+
+
+cdef Py_ssize_t ring_reap(object ring) except -1:
+    """Reap every ready completion into the core's scratch arrays, releasing the
+    holds of the requests that ended; returns how many."""
+    return (<Ring>ring)._reap(None, None, None, (<Ring>ring).core.st.n)
+
+
+cdef bint ring_buffer_is_fixed(object ring, const void *buf) noexcept:
+    """True when `buf` is where the ring's registered buffer 0 starts."""
+    cdef Ring r = <Ring>ring
+    return r._reg_buffer_count > 0 and r._reg_buffers.views[0].buf == buf

@@ -29,7 +29,7 @@ from itertools import count
 
 from . import _cuda
 from ._files import lengths_within_eof
-from ._ring import with_files
+from ._engine import with_files
 from .buffers import PAGE_SIZE, alloc_buffer
 
 __all__ = ["STAGING_DEFAULT", "STAGING_MAX", "STAGING_MIN", "CudaTarget", "Staging",

@@ -12,8 +12,8 @@ import sys
 import threading
 
 from ._files import lengths_within_eof, over_budget_error, path_error, pread_to_eof
-from ._ring import (DIRECT_ALIGN, DIRECT_CHUNK, GROW_NEVER, GROWN, UNSIZED_FIRST,
-                    CallStopped, run_call, with_file)
+from ._engine import (DIRECT_ALIGN, DIRECT_CHUNK, GROW_NEVER, GROWN, UNSIZED_FIRST,
+                      CallStopped, run_call, with_file)
 from ._workers import Workers
 from .buffers import alloc_buffer
 

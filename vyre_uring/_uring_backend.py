@@ -2,7 +2,7 @@
 
 Python runs once per job (a batch of up to a few thousand files, or of ranges),
 never once per file or request: each job's openat, fstat, read and close loop is C
-(`_ring.read_file_window`, `_ring.read_ranges_job`). Python only turns the rare
+(`_engine.read_file_window`, `_engine.read_ranges_job`). Python only turns the rare
 failures into exceptions.
 
 Each of the `workers` rings serves one job at a time: with one ring the calling
@@ -17,9 +17,10 @@ import threading
 import time
 
 from ._files import OPEN_FLAGS, check_regular, over_budget_error, path_error
-from ._ring import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Arena, Op,
-                    Ring, drain_jobs, group_paths, read_file_window, read_path_ranges_job,
-                    read_ranges_job, run_call, with_file)
+from ._engine import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Arena,
+                      drain_jobs, group_paths, read_file_window, read_path_ranges_job,
+                      read_ranges_job, run_call, with_file)
+from ._ring import Op, Ring
 from ._workers import Workers
 from .buffers import alloc_buffer
 from .errors import UringSyscallError

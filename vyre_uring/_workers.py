@@ -1,5 +1,5 @@
 """The reader's worker threads: a fixed set of daemon threads that run the tasks a
-call posts (run_call and run_task in _calls.pxi collect them, interrupt-safe).
+call posts (run_call and run_task in _engine_calls.pxi collect them, interrupt-safe).
 
 Worker threads never receive KeyboardInterrupt (Python runs signal handlers in the
 main thread only), so what a task does in Python (open, read, close) is never split
@@ -9,7 +9,7 @@ import queue
 import signal
 import threading
 
-from ._ring import run_task
+from ._engine import run_task
 
 __all__ = ["Workers", "block_async_signals"]
 

@@ -45,7 +45,7 @@ import concurrent.futures
 from concurrent.futures import ThreadPoolExecutor
 
 from ._files import OPEN_FLAGS, check_regular, lengths_within_eof, path_error
-from ._ring import MAX_PIECE, UNSIZED_FIRST, check_ranges
+from ._engine import MAX_PIECE, UNSIZED_FIRST, check_ranges
 from ._workers import block_async_signals
 from .errors import RingClosedError, RingFullError, UringSyscallError
 # _warned: "io_uring is unavailable" is said once per process, by aio or the reader.

@@ -25,7 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
 from fsspec.utils import isfilelike
 
-from ._ring import with_file
+from ._engine import with_file
 from .reader import DEFAULT_QUEUE_DEPTH, _shared_reader
 
 __all__ = ["VyreFileSystem", "VyreFile", "route_local_paths"]

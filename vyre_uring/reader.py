@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union, overload
 
-from ._ring import ByteBudget, check_ranges
+from ._engine import ByteBudget, check_ranges
 from ._staging import (STAGING_DEFAULT, CudaTarget, StagingCache, check_staging_bytes,
                        cuda_destination, read_into)
 from .availability import is_unavailable_errno

@@ -137,9 +137,6 @@ cdef extern from "uring_abi.h" nogil:
     void *vy_mmap_ring(int fd, size_t length, uint64_t offset, int *err)
     int vy_poll_in(int fd, int timeout_ms)
     double vy_monotonic()
-    int vy_install_atfork()
-    unsigned long vy_fork_gen()
-    uint64_t vy_thread_token()
 
     const char *VYRE_CYTHON_VERSION
     void *MAP_FAILED

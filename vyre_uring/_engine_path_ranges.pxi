@@ -152,7 +152,7 @@ cdef inline int64_t _clamped(int64_t off, int64_t length, int64_t size) noexcept
     return rest if length < 0 else min(length, rest)
 
 
-def read_path_ranges_job(Ring ring not None, list files, order, first, offsets, lengths,
+def read_path_ranges_job(ring, list files, order, first, offsets, lengths,
                          Py_ssize_t f0, Py_ssize_t f1, list out, Py_ssize_t depth, stats,
                          error_of, bounce=None, Stop call=None):
     """The ranges of files[f0:f1] (grouped by group_paths) through `ring`: range r
@@ -163,6 +163,7 @@ def read_path_ranges_job(Ring ring not None, list files, order, first, offsets, 
     its range: the other files and ranges are still read. With a `bounce` buffer
     (see _job_direct) files are opened O_DIRECT where the filesystem allows it.
     `call`: the call's Stop. Returns the bytes read."""
+    ring_core(ring)                 # a Ring, or TypeError: the job casts it
     cdef FileWindow w
     cdef Py_ssize_t k, pos = f0
     cdef int64_t nbytes = 0
@@ -219,7 +220,7 @@ cdef int _check_groups(const IntCopy *order, const IntCopy *first, Py_ssize_t nf
     return 0
 
 
-cdef int64_t _read_window(Ring ring, FileWindow *w, list files, Py_ssize_t pos,
+cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos,
                           const int64_t *order, const int64_t *first, IntCopy *off,
                           IntCopy *length, list out, Py_ssize_t depth, stats, error_of,
                           bounce, Stop call) except -1:

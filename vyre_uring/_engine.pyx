@@ -1,3 +1,38 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: embedsignature=True
+"""The reader's engine: jobs that open, size, read and close many files, or read
+many byte ranges, through a Ring, one Python call per batch (reader.py and
+_uring_backend.py are its API). It drives the ring through the ring module's C API
+(_ring.pxd) and the core's free functions (_queues.pxd), never a Ring's fields."""
+import array
+import os
+
+cimport cython
+from cpython cimport array as carray
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release
+from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from libc.errno cimport EAGAIN, EBUSY, EINTR, EINVAL, ENOMEM, ETIME, errno
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, UINT32_MAX
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, memset, strlen
+from posix.stat cimport fstat, struct_stat as stat_t
+
+from vyre_uring.includes.kernel cimport *
+from vyre_uring._queues cimport *
+from vyre_uring._ring cimport *
+
+from vyre_uring._files import path_error, pread_to_eof
+from vyre_uring.errors import UringError, syscall_error
+
+__all__ = ["ARENA_MAX", "Arena", "ByteBudget", "CallStopped", "DEFERRED", "DIRECT_ALIGN",
+           "DIRECT_CHUNK", "GROWN", "GROW_LATER", "GROW_NEVER", "MAX_PIECE", "NOT_REGULAR",
+           "NUL_BYTE", "OVER_BUDGET", "Stop", "UNSIZED_FIRST", "check_ranges", "drain_jobs",
+           "group_paths", "read_file_window", "read_path_ranges_job", "read_ranges_job",
+           "run_call", "run_task", "with_file", "with_files"]
+
 # The reader's C core: whole files (openat -> fstat -> read -> close) and byte ranges
 # of one file, driven through a Ring with one Python call per batch of files or
 # ranges, however many requests that takes.
@@ -89,7 +124,7 @@ cdef int64_t _ALIGN = DIRECT_ALIGN
 cdef int64_t _CHUNK = DIRECT_CHUNK
 cdef int _O_DIRECT = os.O_DIRECT
 
-include "_calls.pxi"
+include "_engine_calls.pxi"
 
 cdef uint32_t _next_job_id = 0
 # fds that jobs (on every ring of the process) have opened and not yet closed; an
@@ -418,7 +453,7 @@ cdef void _job_free(Job *j) noexcept:
     memset(j, 0, sizeof(Job))
 
 
-cdef int _job_direct(Ring ring, Job *j, Hold *hold, object bounce) except -1:
+cdef int _job_direct(object ring, Job *j, Hold *hold, object bounce) except -1:
     """Read every item with O_DIRECT through `bounce` (page-aligned, at least
     depth * DIRECT_CHUNK bytes), which `hold` keeps alive and unresizable. When the
     bounce is the ring's registered buffer 0, the reads are READ_FIXED: the kernel
@@ -438,18 +473,18 @@ cdef int _job_direct(Ring ring, Job *j, Hold *hold, object bounce) except -1:
     j.nfree = j.depth
     memset(j.direct, 1, max(j.n, 1))
     j.bounce_index = -1
-    if ring._reg_buffer_count and ring._reg_buffers.views[0].buf == <void *>j.bounce:
+    if ring_buffer_is_fixed(ring, j.bounce):
         j.bounce_index = 0
     return 0
 
 
-cdef void _job_abandon(Ring ring, Job *j) noexcept:
+cdef void _job_abandon(object ring, RingCore *r, Job *j) noexcept:
     """After an exception: nothing the job started may outlive it. Every prepared
     request goes to the kernel (a close left unsubmitted would leak its fd), then
     every request in flight on the ring (the job owns the ring) is cancelled and
     waited for, and the fds the job still owns are closed."""
     cdef Py_ssize_t i
-    if not _quiesce(ring):
+    if not _quiesce(ring, r):
         _keep_job_memory(j)
     _closes_submitted(j)
     for i in range(j.cq_len):
@@ -478,7 +513,7 @@ cdef void _keep_job_memory(Job *j) noexcept:
         j.arena = NULL
 
 
-cdef bint _quiesce(Ring ring) noexcept:
+cdef bint _quiesce(object ring, RingCore *r) noexcept:
     """Submit, cancel and reap until nothing is in flight on `ring`, closing the fds
     that opens return meanwhile. The wait does not run signal handlers (a second
     Ctrl-C is raised after it): a read left in flight could still write into a
@@ -489,25 +524,25 @@ cdef bint _quiesce(Ring ring) noexcept:
     cdef bint cancelled = False
     cdef uint32_t t, n
     cdef uint64_t ud
-    while slots_used(&ring.core) and (ret >= 0 or ret == -EINTR or ret == -EAGAIN or ret == -EBUSY
+    while slots_used(r) and (ret >= 0 or ret == -EINTR or ret == -EAGAIN or ret == -EBUSY
                             or ret == -ETIME):
-        if not cancelled and ring.core.sq.entries > sq_pending(&ring.core):
-            ring._push_internal(IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL, 0)
+        if not cancelled and r.sq.entries > sq_pending(r):
+            sq_push_internal(r, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL, 0)
             cancelled = True
-        sq_publish(&ring.core)
+        sq_publish(r)
         with nogil:
-            ret = ring_enter(&ring.core, sq_pending(&ring.core), 1, IORING_ENTER_GETEVENTS,
+            ret = ring_enter(r, sq_pending(r), 1, IORING_ENTER_GETEVENTS,
                              NULL, 0)
         try:
-            n = <uint32_t>ring._reap(None, None, None, ring.core.st.n)
+            n = <uint32_t>ring_reap(ring)
         except BaseException:
             PyErr_Clear()
             n = 0
         for t in range(n):
-            ud = ring._scratch_ud[t]
-            if (ud >> 56) == KIND_OPEN and ring._scratch_res[t] >= 0:
-                close(ring._scratch_res[t])
-    return slots_used(&ring.core) == 0
+            ud = r.scratch_ud[t]
+            if (ud >> 56) == KIND_OPEN and r.scratch_res[t] >= 0:
+                close(r.scratch_res[t])
+    return slots_used(r) == 0
 
 
 cdef inline void _queue_read(Job *j, Py_ssize_t i) noexcept nogil:
@@ -566,14 +601,14 @@ cdef inline bint _may_open(Job *j) noexcept nogil:
         j.opening + j.held < j.fd_cap
 
 
-cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
+cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
     """Write up to k SQEs: closes first (they free fds), then reads, then opens,
     these two within the job's depth."""
     cdef Claim c
     cdef io_uring_sqe *sqe
     cdef Py_ssize_t i
     cdef int64_t file_off, skip
-    claim_begin(&ring.core, &c)
+    claim_begin(r, &c)
     while k and j.cq_len:
         j.cq_len -= 1
         sqe = claim_sqe(&c, (<uint64_t>KIND_CLOSE << 56) | j.tag, NULL)
@@ -623,7 +658,7 @@ cdef void _fill(Ring ring, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         j.opening += 1
         k -= 1
     j.busy -= k             # what the depth allowed but nothing needed
-    claim_end(&ring.core, &c)
+    claim_end(r, &c)
 
 
 cdef bint _may_retry_open(Job *j) noexcept nogil:
@@ -827,18 +862,18 @@ cdef void _on_read(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
     _finish(j, i)                           # n <= 0: EOF, what pread returns
 
 
-cdef void _reap_job(Ring ring, Job *j) noexcept nogil:
+cdef void _reap_job(RingCore *r, Job *j) noexcept nogil:
     """Reap every completion ready and hand each to its item; those of other jobs
     (abandoned earlier) are dropped, closing the fds their opens returned."""
-    cdef uint32_t t, n = cq_reap(&ring.core, ring._scratch_ud, ring._scratch_res, NULL,
-                                         ring.core.st.n)
+    cdef uint32_t t, n = cq_reap(r, r.scratch_ud, r.scratch_res, NULL,
+                                         r.st.n)
     cdef uint64_t ud
     cdef int32_t res
     cdef uint32_t kind
     j.ops += n
     for t in range(n):
-        ud = ring._scratch_ud[t]
-        res = ring._scratch_res[t]
+        ud = r.scratch_ud[t]
+        res = r.scratch_res[t]
         kind = <uint32_t>(ud >> 56)
         if ((ud >> 32) & 0xFFFFFF) != j.id:
             if kind == KIND_OPEN and res >= 0:
@@ -865,7 +900,7 @@ cdef enum:
     STEP_STUCK = 5          # items left, nothing in flight: a bug
 
 
-cdef int _job_enter(Ring ring, uint32_t wait) noexcept nogil:
+cdef int _job_enter(RingCore *r, uint32_t wait) noexcept nogil:
     """Submit every prepared request and wait for `wait` completions (0 or 1), for
     at most _WAIT_SLICE_NS (-ETIME then) where the kernel takes a timeout (5.11):
     a signal may land in another thread, and a read may never complete (a pipe),
@@ -875,8 +910,8 @@ cdef int _job_enter(Ring ring, uint32_t wait) noexcept nogil:
     cdef vy_timespec ts
     cdef void *argp = NULL
     cdef size_t argsz = 0
-    sq_publish(&ring.core)
-    if wait and ring.core.features & IORING_FEAT_EXT_ARG:
+    sq_publish(r)
+    if wait and r.features & IORING_FEAT_EXT_ARG:
         ts.tv_sec = 0
         ts.tv_nsec = _WAIT_SLICE_NS
         memset(&arg, 0, sizeof(arg))
@@ -884,10 +919,10 @@ cdef int _job_enter(Ring ring, uint32_t wait) noexcept nogil:
         argp = &arg
         argsz = sizeof(arg)
         flags |= IORING_ENTER_EXT_ARG
-    return ring_enter(&ring.core, sq_pending(&ring.core), wait, flags, argp, argsz)
+    return ring_enter(r, sq_pending(r), wait, flags, argp, argsz)
 
 
-cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:
+cdef int _job_steps(RingCore *r, Job *j, Hold *hold) noexcept nogil:
     """Fill, submit, wait and reap until the job is done or needs the GIL. It also
     comes back when a wait ended with no completion (a signal cut it short, or its
     time slice ran out) and every _WAIT_SLICE_NS anyway: a signal that lands while
@@ -903,37 +938,37 @@ cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:
                                 j.depth - j.busy)
         if wanted:
             k = min(<uint32_t>min(wanted, <Py_ssize_t>UINT32_MAX),
-                    ring.core.sq.entries - sq_pending(&ring.core), ring.core.st.n - slots_used(&ring.core))
+                    r.sq.entries - sq_pending(r), r.st.n - slots_used(r))
             if k:
-                _fill(ring, j, k, hold)
+                _fill(r, j, k, hold)
         if j.left == 0 and j.cq_len == 0:
-            ret = _job_enter(ring, 0)           # the last closes: the fds close now
+            ret = _job_enter(r, 0)           # the last closes: the fds close now
             if ret == -EINTR:
                 return STEP_SIGNAL
             if ret == -EAGAIN or ret == -EBUSY:
-                vy_poll_in(ring.core.fd, 1)
+                vy_poll_in(r.fd, 1)
                 continue
             if ret < 0:
                 j.enter_err = ret
                 return STEP_ERROR
             _closes_submitted(j)
             return STEP_DONE
-        if slots_used(&ring.core) == 0:
+        if slots_used(r) == 0:
             return STEP_STUCK
-        ret = _job_enter(ring, 1)
+        ret = _job_enter(r, 1)
         j.syscalls += 1
         if ret >= 0:
             _closes_submitted(j)
         elif ret == -EINTR:
             return STEP_SIGNAL
         elif ret == -EAGAIN or ret == -EBUSY:
-            vy_poll_in(ring.core.fd, 1)         # short of request memory: back off
+            vy_poll_in(r.fd, 1)         # short of request memory: back off
         elif ret != -ETIME:
             j.enter_err = ret
             return STEP_ERROR
-        if cq_ready(&ring.core) == 0 and ret != -EAGAIN and ret != -EBUSY:
+        if cq_ready(r) == 0 and ret != -EAGAIN and ret != -EBUSY:
             ret = -ETIME                    # the wait ended with nothing: a signal?
-        _reap_job(ring, j)
+        _reap_job(r, j)
         if j.stop != NULL and vy_flag_get(j.stop):
             return STEP_STOP
         if ret == -ETIME or vy_monotonic() - since > _WAIT_SLICE_NS * 1e-9:
@@ -947,12 +982,12 @@ cdef int _job_steps(Ring ring, Job *j, Hold *hold) noexcept nogil:
             usleep(1000)                    # for other jobs to close some fds
 
 
-cdef int _run_job(Ring ring, Job *j, Hold *hold, list keep) except -1:
+cdef int _run_job(RingCore *r, Job *j, Hold *hold, list keep) except -1:
     """The job's nogil loop, and what only the GIL can do between its steps."""
     cdef int step
     while True:
         with nogil:
-            step = _job_steps(ring, j, hold)
+            step = _job_steps(r, j, hold)
         if step == STEP_DONE:
             return 0
         if step == STEP_SIGNAL:
@@ -980,18 +1015,19 @@ cdef void _defer_unopened(Job *j) noexcept nogil:
         j.next_open += 1
 
 
-cdef int _run_owned(Ring ring, Job *j, Hold *hold, list keep) except -1:
+cdef int _run_owned(object ring, Job *j, Hold *hold, list keep) except -1:
     """_run_job holding the ring; after an exception nothing of the job's is left
     in flight (_job_abandon) before it propagates."""
-    ring._enter_api()
+    cdef RingCore *r = ring_core(ring)
+    ring_acquire(ring)
     try:
         try:
-            _run_job(ring, j, hold, keep)
+            _run_job(r, j, hold, keep)
         except BaseException:
-            _job_abandon(ring, j)
+            _job_abandon(ring, r, j)
             raise
     finally:
-        ring._leave_api()
+        ring_release(ring)
     return 0
 
 
@@ -1026,7 +1062,7 @@ cdef const char *_path_of(object p, list names) except? NULL:
     return PyBytes_AS_STRING(b)
 
 
-def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t stop,
+def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                      list out, int open_flags, Py_ssize_t depth, stats, bounce=None,
                      ByteBudget budget=None, Stop call=None, Arena arena=None):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
@@ -1040,6 +1076,7 @@ def read_file_window(Ring ring not None, paths, Py_ssize_t start, Py_ssize_t sto
     `arena`: the ring's Arena for small files (else one for this call). `stats` (5
     int64s: syscalls, operations, short reads, synchronous reads, O_DIRECT
     refusals) is added to."""
+    ring_core(ring)                 # a Ring, or TypeError: the job casts it
     cdef Job j
     cdef Hold *hold = NULL
     cdef Py_ssize_t i, n = stop - start
@@ -1122,7 +1159,7 @@ cdef bytes _range_bytes(Py_ssize_t i, int64_t size, name):
         raise MemoryError(f"no memory for range {i} of {name!r}: {size} bytes") from None
 
 
-def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
+def read_ranges_job(ring, int fd, offsets, lengths, buffer,
                     buffer_offsets, Py_ssize_t depth, stats, name, bounce=None,
                     bint fixed_file=False, Stop call=None):
     """pread semantics for many ranges of one open fd, through `ring`: range i reads
@@ -1135,6 +1172,7 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
     the reads use. With a `bounce` buffer, fd was opened O_DIRECT and the reads go
     through it (see _job_direct). fixed_file: fd is registered as the ring's file
     0, which the reads then name instead. `call`: the call's Stop."""
+    ring_core(ring)                 # a Ring, or TypeError: the job casts it
     cdef Job j
     cdef Hold *hold = NULL
     cdef IntArray off, length, boff
@@ -1157,10 +1195,10 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
         hold = hold_object(keep, (buffer is not None) + (bounce is not None))
         hold.refs += 1              # the job's own: the hold outlives every reap
         int_array_open(&length, lengths, "lengths", False, False)
-        _check_same_length(&length, "lengths", n)
+        check_same_length(&length, "lengths", n)
         if buffer is not None:
             int_array_open(&boff, buffer_offsets, "buffer_offsets", False, False)
-            _check_same_length(&boff, "buffer_offsets", n)
+            check_same_length(&boff, "buffer_offsets", n)
             hold_export(hold, buffer, True, "buffer")
             base = <char *>hold.views[0].buf
             base_len = hold.views[0].len
@@ -1190,7 +1228,7 @@ def read_ranges_job(Ring ring not None, int fd, offsets, lengths, buffer,
         if bounce is not None:
             _job_direct(ring, &j, hold, bounce)
         if fixed_file:
-            if ring._reg_file_count < 1:
+            if ring.registered_files < 1:
                 raise ValueError("fixed_file needs fd registered as the ring's file 0")
             j.fixed_file = True
         _run_owned(ring, &j, hold, keep)
@@ -1226,10 +1264,10 @@ def check_ranges(offsets, lengths, buffer_offsets=None, Py_ssize_t buflen=-1):
         int_array_open(&off, offsets, "offsets", False, False)
         int_array_open(&length, lengths, "lengths", False, False)
         n = off.n
-        _check_same_length(&length, "lengths", n)
+        check_same_length(&length, "lengths", n)
         if buffer_offsets is not None:
             int_array_open(&boff, buffer_offsets, "buffer_offsets", False, False)
-            _check_same_length(&boff, "buffer_offsets", n)
+            check_same_length(&boff, "buffer_offsets", n)
         for i in range(n):
             _check_range(i, ia_get(&off, i), ia_get(&length, i),
                          ia_get(&boff, i) if buffer_offsets is not None else 0,
@@ -1240,29 +1278,30 @@ def check_ranges(offsets, lengths, buffer_offsets=None, Py_ssize_t buflen=-1):
         int_array_close(&off)
 
 
-def drain_jobs(Ring ring not None, stats, double timeout=-1.0):
+def drain_jobs(ring, stats, double timeout=-1.0):
     """Submit what is left and reap everything in flight, closing the fds of
     abandoned jobs' opens; for at most `timeout` seconds (< 0: until done). Returns
     True when nothing is left in flight."""
     cdef Job j
     cdef double left, deadline = vy_monotonic() + timeout
+    cdef RingCore *r = ring_core(ring)
     _job_alloc(&j, 0)       # an id no request carries: every completion is foreign
     try:
-        ring._enter_api()
+        ring_acquire(ring)
         try:
-            while slots_used(&ring.core):
+            while slots_used(r):
                 left = deadline - vy_monotonic()
                 if timeout >= 0 and left <= 0:
                     break
-                ring._submit_and_wait(1, left if timeout >= 0 else -1.0)
+                ring_submit_and_wait(ring, 1, left if timeout >= 0 else -1.0)
                 j.syscalls += 1
-                _reap_job(ring, &j)
+                _reap_job(r, &j)
         finally:
-            ring._leave_api()
+            ring_release(ring)
         _add_stats(stats, &j)
-        return slots_used(&ring.core) == 0
+        return slots_used(r) == 0
     finally:
         _job_free(&j)
 
 
-include "_path_ranges.pxi"
+include "_engine_path_ranges.pxi"
