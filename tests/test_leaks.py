@@ -122,3 +122,33 @@ def test_reader_lifetimes_leave_nothing_behind(tmp_path, direct):
     cycle(300)
     after = snapshot()
     assert_back_to(before, after)
+
+
+def test_ten_thousand_calls_of_each_module_function_leave_nothing_behind(tmp_path):
+    # The module-level functions share a cached reader: calls reuse its rings, and
+    # nothing a call made (fds, ring mappings, result memory) stays after it.
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(os.urandom(100 + i * 700))
+        paths.append(str(p))
+    buf = bytearray(1 << 16)
+    offsets, lengths = [0, 50], [40, 40]
+    calls = [
+        lambda: vyre_uring.read_files(paths),
+        lambda: vyre_uring.read_files_into(paths, buf),
+        lambda: vyre_uring.read_ranges(paths[3], offsets, lengths),
+        lambda: vyre_uring.read_ranges_into(paths[3], buf, offsets, lengths, [0, 40]),
+        lambda: vyre_uring.read_path_ranges(paths[:2], offsets, lengths),
+        lambda: list(vyre_uring.iter_files(paths)),
+    ]
+
+    def cycle(n):
+        for call in calls:
+            for _ in range(n):
+                call()
+    cycle(100)
+    before = snapshot()
+    cycle(10_000)
+    after = snapshot()
+    assert_back_to(before, after)

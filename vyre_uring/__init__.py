@@ -15,8 +15,9 @@ from ._ring import (FEAT_EXT_ARG, FEAT_NODROP, FEAT_SINGLE_MMAP, FILE_INDEX_ALLO
                     SQE_IO_LINK, Completion, Op, Ring, Statx, StatxArray)
 from .availability import Availability, check  # noqa: E402
 from .buffers import alloc_buffer  # noqa: E402
-from .reader import (BatchReader, iter_files, read_files, read_path_ranges, read_ranges,  # noqa: E402
-                     read_ranges_into)
+from .packed import PackedFiles  # noqa: E402
+from .reader import (BatchReader, iter_files, read_files, read_files_into,  # noqa: E402
+                     read_path_ranges, read_ranges, read_ranges_into)
 from .errors import (ArgumentRangeError, RingBusyError, RingClosedError,  # noqa: E402
                      RingForkedError, RingFullError, UringError, UringSyscallError,
                      UringUnavailableError)
@@ -24,8 +25,8 @@ from .errors import (ArgumentRangeError, RingBusyError, RingClosedError,  # noqa
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchReader", "read_files", "iter_files", "read_ranges", "read_ranges_into",
-    "read_path_ranges",
+    "BatchReader", "read_files", "read_files_into", "PackedFiles", "iter_files", "read_ranges",
+    "read_ranges_into", "read_path_ranges",
     "Ring", "Completion", "Statx", "StatxArray", "Op", "alloc_buffer", "check", "Availability",
     "UringError", "UringSyscallError", "UringUnavailableError", "RingClosedError",
     "RingBusyError", "RingForkedError", "RingFullError", "ArgumentRangeError",

@@ -14,7 +14,7 @@ from ._typing import PathArg as _Path
 
 __all__ = ["ARENA_MAX", "Arena", "ByteBudget", "CallStopped", "DEFERRED", "DIRECT_ALIGN",
            "DIRECT_CHUNK", "GROWN", "GROW_LATER", "GROW_NEVER", "MAX_PIECE", "NOT_REGULAR",
-           "NUL_BYTE", "OVER_BUDGET", "Stop", "UNSIZED_FIRST", "check_ranges", "drain_jobs",
+           "NUL_BYTE", "OVER_BUDGET", "Packing", "Stop", "UNSIZED_FIRST", "check_ranges", "drain_jobs",
            "group_paths", "read_file_window", "read_path_ranges_job", "read_ranges_job",
            "run_call", "run_task", "with_file", "with_files"]
 
@@ -52,6 +52,19 @@ class ByteBudget:
 class Arena: ...
 
 @final
+class Packing:
+    def __new__(cls, buffer: Buffer, n: int, align: int = 1) -> Self: ...
+    @property
+    def buffer(self) -> Buffer: ...
+    @property
+    def offsets(self) -> Any: ...   # array.array('q')
+    @property
+    def lengths(self) -> Any: ...   # array.array('q')
+    @property
+    def used(self) -> int: ...
+    def take(self, size: int) -> int: ...
+
+@final
 class Stop:
     @property
     def is_set(self) -> bool: ...
@@ -73,6 +86,7 @@ def read_file_window(ring: Ring, paths: Sequence[_Path], start: int, stop: int,
                      out: list[Any], open_flags: int, depth: int, stats: Buffer,
                      bounce: Optional[Buffer] = None, budget: Optional[ByteBudget] = None,
                      call: Optional[Stop] = None, arena: Optional[Arena] = None,
+                     pack: Optional[Packing] = None,
                      ) -> tuple[list[tuple[int, int, int]], int]: ...
 def read_ranges_job(ring: Ring, fd: int, offsets: _IntArray, lengths: _IntArray,
                     buffer: Optional[Buffer], buffer_offsets: Optional[_IntArray], depth: int,

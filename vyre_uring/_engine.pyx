@@ -9,7 +9,8 @@ import os
 
 cimport cython
 from cpython cimport array as carray
-from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE, PyBUF_WRITABLE,
+                             PyBuffer_Release, PyObject_GetBuffer)
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear
 from cpython.object cimport PyObject
@@ -29,7 +30,7 @@ from vyre_uring.errors import UringError, syscall_error
 
 __all__ = ["ARENA_MAX", "Arena", "ByteBudget", "CallStopped", "DEFERRED", "DIRECT_ALIGN",
            "DIRECT_CHUNK", "GROWN", "GROW_LATER", "GROW_NEVER", "MAX_PIECE", "NOT_REGULAR",
-           "NUL_BYTE", "OVER_BUDGET", "Stop", "UNSIZED_FIRST", "check_ranges", "drain_jobs",
+           "NUL_BYTE", "OVER_BUDGET", "Packing", "Stop", "UNSIZED_FIRST", "check_ranges", "drain_jobs",
            "group_paths", "read_file_window", "read_path_ranges_job", "read_ranges_job",
            "run_call", "run_task", "with_file", "with_files"]
 
@@ -64,7 +65,7 @@ cdef extern from "Python.h":
     Py_ssize_t PY_SSIZE_T_MAX
 from posix.fcntl cimport F_GETFL, F_SETFL, fcntl, open as c_open
 from posix.mman cimport madvise, MADV_HUGEPAGE
-from libc.errno cimport EFBIG, EMFILE, ENFILE
+from libc.errno cimport EFBIG, EMFILE, ENFILE, ENOBUFS
 from libc.stdlib cimport realloc
 from libc.stdint cimport INT64_MAX
 from posix.unistd cimport pread, usleep
@@ -238,6 +239,84 @@ cdef class ByteBudget:
         vy_i64_add(&self.b.taken, -size)
 
 
+cdef struct PackState:
+    # base, size and align are set when the Packing is made, before any job sees it.
+    char *base
+    int64_t size
+    int64_t align           # a power of two: where a file may start
+    int64_t used            # atomic: the jobs of several rings take from it at once
+    int64_t *offsets        # per file: where its bytes start; -1 while it has none
+    int64_t *lengths        # per file: how many bytes it holds
+
+
+@cython.final
+@cython.no_gc_clear         # the C pointers into offsets and lengths live until dealloc
+cdef class Packing:
+    """The caller's buffer of a read_files_into call, filled by the jobs of every ring
+    at once: a file takes its size from what is left (one atomic per file), so files
+    lie packed in the order they were sized, and `offsets` / `lengths` (array('q'),
+    one per file, offsets -1 until placed) say where. The buffer stays exported (a
+    bytearray cannot be resized meanwhile) while the Packing lives."""
+    cdef PackState p
+    cdef Py_buffer view
+    cdef bint has_view
+    cdef readonly object offsets, lengths
+
+    def __cinit__(self, buffer, Py_ssize_t n, int64_t align=1):
+        if align < 1 or align & (align - 1):
+            raise ValueError(f"align must be a power of two, not {align}")
+        self.offsets = array.array("q", [-1]) * n
+        self.lengths = array.array("q", bytes(8 * n))
+        try:
+            PyObject_GetBuffer(buffer, &self.view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
+        except (BufferError, TypeError) as exc:
+            raise TypeError(f"buffer must be a writable contiguous buffer (bytearray, "
+                            f"numpy array, mmap...), not {type(buffer).__name__}: "
+                            f"{exc}") from None
+        self.has_view = True
+        self.p.base = <char *>self.view.buf
+        self.p.size = self.view.len
+        self.p.align = align
+        self.p.offsets = <int64_t *>(<carray.array>self.offsets).data.as_chars
+        self.p.lengths = <int64_t *>(<carray.array>self.lengths).data.as_chars
+
+    @property
+    def buffer(self):
+        # The export's own reference: a collector clearing the Packing cannot drop
+        # the buffer while it is still exported.
+        return <object>self.view.obj
+
+    @property
+    def used(self):
+        """Bytes of the buffer taken so far (alignment padding included)."""
+        return vy_i64_load(&self.p.used)
+
+    def take(self, int64_t size):
+        """Where `size` bytes now start in the buffer (taken), or -1 when they do
+        not fit: for the thread backend, which fills the buffer itself."""
+        return _pack_take(&self.p, size)
+
+    def __dealloc__(self):
+        # Only here: a read in flight holds the Packing (through its job's hold), so
+        # the export outlives every write into the buffer.
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+
+
+cdef int64_t _pack_take(PackState *p, int64_t size) noexcept nogil:
+    """Where `size` bytes now start in the buffer, or -1 when they do not fit (an
+    empty file always fits: at the end, when no aligned start is left)."""
+    cdef int64_t used = vy_i64_load(&p.used)
+    cdef int64_t start
+    while True:
+        start = (used + p.align - 1) & ~(p.align - 1)
+        if start > p.size or size > p.size - start:
+            return -1 if size else min(used, p.size)
+        if vy_i64_cas(&p.used, used, start + size):
+            return start
+        used = vy_i64_load(&p.used)
+
+
 cdef bint _budget_take(Budget *b, int64_t size) noexcept nogil:
     cdef int64_t taken
     while True:
@@ -387,6 +466,8 @@ cdef struct Job:
     int32_t *free_slots     # bounce slots not in use, nfree of them
     Py_ssize_t nfree
     Budget *budget          # files: a ByteBudget's (the caller holds it), or NULL
+    PackState *pack         # files: read into the caller's buffer (read_files_into)
+    int64_t *pack_offsets   # ...and this window's offsets there (the Packing's)
     int *stop               # the call's Stop flag (the caller holds it), or NULL
     bint spent              # the budget is spent: open no more files
     int enter_err           # the -errno of a failed io_uring_enter
@@ -718,6 +799,14 @@ cdef void _on_open(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
     elif j.budget != NULL and not _budget_take(j.budget, st.st_size):
         j.err[i] = ITEM_DEFERRED            # for a later job
         j.spent = True
+    elif j.pack != NULL:
+        j.pack_offsets[i] = _pack_take(j.pack, st.st_size)
+        if j.pack_offsets[i] >= 0:
+            j.dest[i] = j.pack.base + j.pack_offsets[i]
+            j.want[i] = st.st_size
+            _queue_read(j, i)
+            return
+        j.err[i] = ENOBUFS                  # no room left in the buffer
     elif st.st_size <= _ARENA_MAX and j.arena != NULL:
         j.dest[i] = _arena_alloc(j.arena, st.st_size)
         j.want[i] = st.st_size
@@ -1062,9 +1151,24 @@ cdef const char *_path_of(object p, list names) except? NULL:
     return PyBytes_AS_STRING(b)
 
 
+cdef void _place(PackState *p, Job *j, Py_ssize_t i, Py_ssize_t start) noexcept:
+    """A file read into a Packing gets its length; one read into job memory (it
+    reported size 0) is copied into the buffer first, or fails ENOBUFS."""
+    cdef int64_t o
+    if j.copied[i]:
+        o = _pack_take(p, j.got[i])
+        if o < 0:
+            j.err[i] = ENOBUFS
+            return
+        memcpy(p.base + o, j.dest[i], <size_t>j.got[i])
+        p.offsets[start + i] = o
+    p.lengths[start + i] = j.got[i]
+
+
 def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                      list out, int open_flags, Py_ssize_t depth, stats, bounce=None,
-                     ByteBudget budget=None, Stop call=None, Arena arena=None):
+                     ByteBudget budget=None, Stop call=None, Arena arena=None,
+                     Packing pack=None):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
     `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode) for
     each file not read here, code an errno or NOT_REGULAR / OVER_BUDGET / NUL_BYTE /
@@ -1073,9 +1177,11 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     with O_DIRECT, and buffered where the filesystem refuses it. With a ByteBudget,
     files it cannot take now come back DEFERRED, for a later call, and no more are
     opened once it is spent. `call`: the call's Stop, read after every completion.
-    `arena`: the ring's Arena for small files (else one for this call). `stats` (5
-    int64s: syscalls, operations, short reads, synchronous reads, O_DIRECT
-    refusals) is added to."""
+    `arena`: the ring's Arena for small files (else one for this call). With a
+    Packing, files are read into its buffer instead (out is left alone; a file
+    that does not fit comes back ENOBUFS) and their offsets and lengths set there.
+    `stats` (5 int64s: syscalls, operations, short reads, synchronous reads,
+    O_DIRECT refusals) is added to."""
     ring_core(ring)                 # a Ring, or TypeError: the job casts it
     cdef Job j
     cdef Hold *hold = NULL
@@ -1088,12 +1194,17 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
         raise ValueError(f"window {start}:{stop} is outside the paths or out")
     if arena is None:
         arena = Arena()
+    if pack is not None and (budget is not None or len(pack.offsets) < stop):
+        raise ValueError("a Packing takes no budget, and needs an offset per path")
     _job_alloc(&j, n)
     try:
         j.open_flags = open_flags | os.O_CLOEXEC
         j.close_fds = True
         j.depth = max(depth, 1)
         j.budget = &budget.b if budget is not None else NULL
+        if pack is not None:
+            j.pack = &pack.p
+            j.pack_offsets = pack.p.offsets + start
         j.stop = &call.flag if call is not None else NULL
         j.arena = &arena.a
         for i in range(n):
@@ -1101,7 +1212,9 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
             if j.paths[i] == NULL:
                 j.err[i] = ITEM_NUL_BYTE
                 j.left -= 1
-        hold = hold_object((names, keep), bounce is not None)
+        # The hold keeps the Packing, and so its export of the caller's buffer, for
+        # as long as any read into it may be in flight.
+        hold = hold_object((names, keep, pack), bounce is not None)
         hold.refs += 1              # the job's own: the hold outlives every reap
         try:
             if bounce is not None:
@@ -1110,8 +1223,14 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
         finally:
             _drop_job_ref(hold)
         for i in range(n):
+            if j.err[i] == 0 and pack is not None:
+                _place(&pack.p, &j, i, start)
             if j.err[i] != 0:
+                if pack is not None:
+                    pack.p.offsets[start + i] = -1
                 leftovers.append((i, j.err[i], j.mode[i]))
+                continue
+            if pack is not None:
                 continue
             data = keep[i]
             if j.copied[i] or j.got[i] < j.want[i]:     # job memory, or it shrank

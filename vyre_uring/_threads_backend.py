@@ -77,11 +77,15 @@ class ThreadsBackend:
             with self._lock:
                 self._fallbacks += 1
 
-    def read_files(self, paths, out, progress, budget=None):
+    def read_files(self, paths, out, progress, budget=None, pack=None):
         """out[i] = the bytes of paths[i], or its OSError; progress(files, bytes)
         after each run of files. With a byte `budget` (a ByteBudget), the results
         together stay within it (or are one file): returns the indices of the files
-        left for a later call."""
+        left for a later call. With a `pack` (a Packing) the bytes go into its
+        buffer, and out[i] holds only an OSError."""
+        if pack is not None:
+            return self._read_files_into(paths, out, progress, pack)
+
         def one(i, stop):
             result = self._read_file(paths[i], budget, stop)
             if result is _DEFERRED:
@@ -93,6 +97,50 @@ class ThreadsBackend:
             if exc is None:
                 progress(sum(d is None for d, _ in values), sum(n for _, n in values))
         return [d for d, _ in self._in_runs(len(paths), one, report) if d is not None]
+
+    def _read_files_into(self, paths, out, progress, pack):
+        with memoryview(pack.buffer) as whole, whole.cast("B") as view:
+            def one(i, stop):
+                try:
+                    got = with_file(paths[i], self.direct, lambda fd, direct: self._read_into(
+                        fd, direct, paths[i], pack, view, i, stop))
+                except OSError as exc:
+                    got = exc
+                if isinstance(got, OSError):
+                    out[i] = got
+                    return 0
+                return got
+
+            def report(values, exc):
+                if exc is None:
+                    progress(len(values), sum(values))
+            self._in_runs(len(paths), one, report)
+        return []
+
+    def _read_into(self, fd, direct, path, pack, view, i, stop):
+        """File i into the Packing's buffer: its byte count, or the OSError."""
+        self._count_refusal(direct)
+        try:
+            size = os.fstat(fd).st_size
+            data = None
+            if size == 0:                 # empty, or /proc: its size says nothing
+                data = _read_unsized(fd, path, None, stop)
+                size = len(data)
+            start = pack.take(size)
+            if start < 0:
+                return path_error(errno.ENOBUFS, path)
+            if data is None and direct:
+                data = self._pread_all(fd, size, 0, True, stop)
+            if data is None:
+                got = _pread_into(fd, view[start:start + size], 0, stop)
+            else:
+                got = len(data)
+                view[start:start + got] = data
+            pack.offsets[i] = start
+            pack.lengths[i] = got
+            return got
+        except OSError as exc:
+            return path_error(exc.errno, path)
 
     def _read_file(self, path, budget, stop):
         """The file's bytes (as many as its size when opened, fewer if it shrank),

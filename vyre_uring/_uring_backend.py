@@ -108,11 +108,12 @@ class UringBackend:
                 raise exc
         return [value for value, _ in outcomes]
 
-    def read_files(self, paths, out, progress, budget=None):
+    def read_files(self, paths, out, progress, budget=None, pack=None):
         """out[i] = the bytes of paths[i], or its OSError; progress(files, bytes)
         after each job. With a byte `budget` (a ByteBudget, shared by the rings),
         the results together stay within it (or are one file): returns the indices
-        of the files left for a later call."""
+        of the files left for a later call. With a `pack` (a Packing, shared by the
+        rings) the bytes go into its buffer, and out[i] holds only an OSError."""
         n = len(paths)
         rings = len(self._rings)
         step = max(self._rings[0].depth, min(MAX_JOB_FILES, -(-n // (4 * rings))))
@@ -120,7 +121,7 @@ class UringBackend:
             # One job per ring; a call of at most a queue's worth of files, one job.
             step = max(self._rings[0].depth, -(-n // rings))
         tasks = [lambda r, stop, s=s: r.read_files(paths, s, min(s + step, n), out, budget,
-                                                   stop)
+                                                   stop, pack)
                  for s in range(0, n, step)]
         parts = self._run(tasks, lambda value, exc: exc is None and progress(*value[1:]))
         return [i for part in parts for i in part[0]]
@@ -240,12 +241,12 @@ class _RingReader:
             except BufferError:
                 pass        # a read the close could not cancel still holds it: leave it
 
-    def read_files(self, paths, start, stop, out, budget, call):
-        """Files start..stop-1 into out; returns (the indices deferred by the budget,
-        files done, bytes read)."""
+    def read_files(self, paths, start, stop, out, budget, call, pack):
+        """Files start..stop-1 into out (or into pack); returns (the indices deferred
+        by the budget, files done, bytes read)."""
         leftovers, nbytes = read_file_window(self.ring, paths, start, stop, out,
                                              OPEN_FLAGS, self.depth, self.stats,
-                                             self.bounce, budget, call, self.arena)
+                                             self.bounce, budget, call, self.arena, pack)
         deferred = []
         for i, code, mode in leftovers:
             if code == DEFERRED:

@@ -2,6 +2,7 @@
 pool of os.pread where io_uring is blocked.
 
     read_files(paths)                  -> list of bytes, in input order
+    read_files_into(paths, buffer)     -> PackedFiles: every file in one buffer
     iter_files(paths)                  -> (index, path, bytes) as files complete
     read_ranges(path, offsets, lengths) -> list of bytes (pread semantics)
     read_ranges_into(path, buffer, offsets, lengths, buffer_offsets) -> byte counts
@@ -20,17 +21,18 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union, overload
 
-from ._engine import ByteBudget, check_ranges
+from ._engine import ByteBudget, Packing, check_ranges
 from ._staging import (STAGING_DEFAULT, CudaTarget, StagingCache, check_staging_bytes,
                        cuda_destination, read_into)
 from .availability import is_unavailable_errno
 from .errors import UringSyscallError, UringUnavailableError
+from .packed import PackedFiles
 
 if TYPE_CHECKING:
     from ._typing import Backend, Buffer, IntArray, OnError, OnErrorNoFailures, PathArg, Progress
 
-__all__ = ["BatchReader", "read_files", "iter_files", "read_ranges", "read_ranges_into",
-           "read_path_ranges", "BACKEND_ENV"]
+__all__ = ["BatchReader", "read_files", "read_files_into", "iter_files", "read_ranges",
+           "read_ranges_into", "read_path_ranges", "BACKEND_ENV"]
 
 BACKEND_ENV = "VYRE_URING_BACKEND"     # forces a backend: io_uring or threads
 BACKENDS = ("auto", "io_uring", "threads")
@@ -184,6 +186,37 @@ class BatchReader:
         elif on_error == "skip":
             out = [r for r in out if not isinstance(r, BaseException)]
         return out
+
+    def read_files_into(self, paths: Iterable[PathArg], buffer: Buffer, *, align: int = 1,
+                        on_error: Literal["raise", "return"] = "raise",
+                        progress: Progress = None) -> PackedFiles:
+        """Every file's bytes in one writable `buffer` (bytearray, numpy array, mmap,
+        pinned memory) instead of a bytes object each: file i lies at
+        result.offsets[i], result.lengths[i] bytes long, and result[i] is a
+        memoryview of it. Files are packed in the order they are sized (each start a
+        multiple of `align`, a power of two), not in input order. Reusing a buffer
+        across calls reuses memory already faulted in. A file that does not fit in
+        what is left fails with ENOBUFS; like any failed file it fails alone.
+        on_error: "raise" (the default) raises the first failure in input order
+        after the whole batch was read; "return" keeps failures in result.errors
+        (index -> OSError) and result[i]. progress as for read_files. Raises
+        TypeError for a buffer that is not writable and contiguous, or for a single
+        path where the sequence belongs."""
+        if on_error not in ("raise", "return"):
+            raise ValueError(f'on_error must be "raise" or "return", not {on_error!r}')
+        paths = _path_list(paths)
+        pack = Packing(buffer, len(paths), align)
+        out: list[Any] = [None] * len(paths)
+        report = _Progress(progress, len(paths))
+        try:
+            self._current().read_files(paths, out, report.advance, pack=pack)
+        finally:
+            report.close()
+        self._count(report.files, report.bytes)
+        errors = {i: r for i, r in enumerate(out) if r is not None}
+        if on_error == "raise" and errors:
+            raise errors[min(errors)]
+        return PackedFiles(buffer, pack.offsets, pack.lengths, errors, pack.used)
 
     def iter_files(self, paths: Iterable[PathArg], *, max_bytes_in_flight: int = 64 << 20,
                    max_file_bytes: Optional[int] = None, progress: Progress = None,
@@ -504,6 +537,15 @@ def read_files(paths: Iterable[PathArg], *, on_error: OnError = "raise",
     """Read whole files; see BatchReader.read_files."""
     return _shared_reader(backend, queue_depth, workers, direct).read_files(
         paths, on_error=on_error, progress=progress)
+
+
+def read_files_into(paths: Iterable[PathArg], buffer: Buffer, *, align: int = 1,
+                    on_error: Literal["raise", "return"] = "raise", backend: Backend = "auto",
+                    queue_depth: int = DEFAULT_QUEUE_DEPTH, workers: Optional[int] = None,
+                    progress: Progress = None, direct: bool = False) -> PackedFiles:
+    """Read whole files into one buffer; see BatchReader.read_files_into."""
+    return _shared_reader(backend, queue_depth, workers, direct).read_files_into(
+        paths, buffer, align=align, on_error=on_error, progress=progress)
 
 
 def iter_files(paths: Iterable[PathArg], *, max_bytes_in_flight: int = 64 << 20,

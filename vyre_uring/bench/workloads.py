@@ -426,6 +426,8 @@ def _small_file_workloads(ctx):
         out += [_vyre_files(ctx, f"vyre io_uring w{w}", paths, workers=w)
                 for w in ctx.workers]
         out += [_default_files(ctx, paths),
+                _files_into(ctx, "vyre read_files_into() w1", paths, workers=1),
+                _files_into(ctx, "vyre read_files_into()", paths),
                 _vyre_files(ctx, "vyre threads", paths, backend="threads"),
                 Contender("os loop", lambda: _timed_files(os_loop, paths)),
                 Contender("open().read()", lambda: _timed_files(open_read, paths))]
@@ -466,6 +468,28 @@ def _default_files(ctx, paths):
     except OSError as exc:
         return Contender(label, why=str(exc))
     return _files_contender(label, vyre_uring.read_files, paths, ctx.sizes.file_size)
+
+
+def _files_into(ctx, label, paths, workers=None):
+    """read_files_into(paths, buffer) with one buffer reused round after round, as
+    the C program's arena is; None workers: the module-level call's defaults."""
+    read = vyre_uring.read_files_into
+    if workers is not None:
+        reader, why = ctx.reader(workers=workers, queue_depth=256)
+        if reader is None:
+            return Contender(label, why=why)
+        read = reader.read_files_into
+    size = ctx.sizes.file_size
+    buf = bytearray(len(paths) * size)
+
+    def run():
+        start = time.perf_counter()
+        files = read(paths, buf)
+        rate = len(paths) / (time.perf_counter() - start)
+        if any(n != size for n in files.lengths):
+            raise AssertionError(f"{label}: wrong sizes")
+        return rate
+    return Contender(label, run)
 
 
 def _files_contender(label, read, paths, size):
