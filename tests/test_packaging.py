@@ -67,11 +67,13 @@ def test_installed_wheel_holds_the_module_types_and_declarations_not_build_input
     if "vyre_uring/__init__.py" not in files:
         pytest.skip("not installed from a wheel (an editable install, or a checkout)")
     for name in ("vyre_uring/py.typed", "vyre_uring/_ring.pyi", "vyre_uring/_engine.pyi",
-                 "vyre_uring/_typing.pyi", "vyre_uring/_ring.pxd", "vyre_uring/_queues.pxd",
-                 "vyre_uring/includes/kernel.pxd", "vyre_uring/includes/process.pxd",
-                 "vyre_uring/includes/uring_abi.h", "vyre_uring/includes/process.h",
-                 "vyre_uring/includes/counters.h"):
+                 "vyre_uring/_typing.pyi", "vyre_uring/includes/kernel.pxd",
+                 "vyre_uring/includes/uring_abi.h", "vyre_uring/includes/counters.h"):
         assert name in files
+    # The internal C API between the two extensions is not for cimport users.
+    for name in ("vyre_uring/_ring.pxd", "vyre_uring/_queues.pxd",
+                 "vyre_uring/includes/process.h", "vyre_uring/includes/process.pxd"):
+        assert name not in files
     for module in ("_ring", "_engine"):
         assert [f for f in files if f.startswith(f"vyre_uring/{module}.") and f.endswith(".so")]
     assert not [f for f in files if f.endswith((".pyx", ".pxi")) or f in NEVER_SHIPPED]

@@ -534,7 +534,7 @@ cdef void _job_free(Job *j) noexcept:
     memset(j, 0, sizeof(Job))
 
 
-cdef int _job_direct(object ring, Job *j, Hold *hold, object bounce) except -1:
+cdef int _job_direct(Job *j, Hold *hold, object bounce) except -1:
     """Read every item with O_DIRECT through `bounce` (page-aligned, at least
     depth * DIRECT_CHUNK bytes), which `hold` keeps alive and unresizable. When the
     bounce is the ring's registered buffer 0, the reads are READ_FIXED: the kernel
@@ -553,9 +553,7 @@ cdef int _job_direct(object ring, Job *j, Hold *hold, object bounce) except -1:
         j.free_slots[s] = <int32_t>s
     j.nfree = j.depth
     memset(j.direct, 1, max(j.n, 1))
-    j.bounce_index = -1
-    if ring_buffer_is_fixed(ring, j.bounce):
-        j.bounce_index = 0
+    j.bounce_index = -1                     # _run_owned looks, holding the ring
     return 0
 
 
@@ -1107,9 +1105,10 @@ cdef void _defer_unopened(Job *j) noexcept nogil:
 cdef int _run_owned(object ring, Job *j, Hold *hold, list keep) except -1:
     """_run_job holding the ring; after an exception nothing of the job's is left
     in flight (_job_abandon) before it propagates."""
-    cdef RingCore *r = ring_core(ring)
-    ring_acquire(ring)
+    cdef RingCore *r = ring_acquire(ring)
     try:
+        if j.bounce != NULL and ring_buffer_is_fixed(ring, j.bounce):
+            j.bounce_index = 0              # registered buffer 0: READ_FIXED
         try:
             _run_job(r, j, hold, keep)
         except BaseException:
@@ -1182,7 +1181,7 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     that does not fit comes back ENOBUFS) and their offsets and lengths set there.
     `stats` (5 int64s: syscalls, operations, short reads, synchronous reads,
     O_DIRECT refusals) is added to."""
-    ring_core(ring)                 # a Ring, or TypeError: the job casts it
+    ring_core(ring)                 # a Ring, or TypeError before any work
     cdef Job j
     cdef Hold *hold = NULL
     cdef Py_ssize_t i, n = stop - start
@@ -1218,7 +1217,7 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
         hold.refs += 1              # the job's own: the hold outlives every reap
         try:
             if bounce is not None:
-                _job_direct(ring, &j, hold, bounce)
+                _job_direct(&j, hold, bounce)
             _run_owned(ring, &j, hold, keep)
         finally:
             _drop_job_ref(hold)
@@ -1291,7 +1290,7 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
     the reads use. With a `bounce` buffer, fd was opened O_DIRECT and the reads go
     through it (see _job_direct). fixed_file: fd is registered as the ring's file
     0, which the reads then name instead. `call`: the call's Stop."""
-    ring_core(ring)                 # a Ring, or TypeError: the job casts it
+    ring_core(ring)                 # a Ring, or TypeError before any work
     cdef Job j
     cdef Hold *hold = NULL
     cdef IntArray off, length, boff
@@ -1345,7 +1344,7 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
             else:
                 _queue_read(&j, i)
         if bounce is not None:
-            _job_direct(ring, &j, hold, bounce)
+            _job_direct(&j, hold, bounce)
         if fixed_file:
             if ring.registered_files < 1:
                 raise ValueError("fixed_file needs fd registered as the ring's file 0")
@@ -1403,10 +1402,11 @@ def drain_jobs(ring, stats, double timeout=-1.0):
     True when nothing is left in flight."""
     cdef Job j
     cdef double left, deadline = vy_monotonic() + timeout
-    cdef RingCore *r = ring_core(ring)
+    cdef RingCore *r
+    cdef bint drained
     _job_alloc(&j, 0)       # an id no request carries: every completion is foreign
     try:
-        ring_acquire(ring)
+        r = ring_acquire(ring)
         try:
             while slots_used(r):
                 left = deadline - vy_monotonic()
@@ -1415,10 +1415,11 @@ def drain_jobs(ring, stats, double timeout=-1.0):
                 ring_submit_and_wait(ring, 1, left if timeout >= 0 else -1.0)
                 j.syscalls += 1
                 _reap_job(r, &j)
+            drained = slots_used(r) == 0
         finally:
             ring_release(ring)
         _add_stats(stats, &j)
-        return slots_used(r) == 0
+        return drained
     finally:
         _job_free(&j)
 

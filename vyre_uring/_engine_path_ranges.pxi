@@ -163,7 +163,7 @@ def read_path_ranges_job(ring, list files, order, first, offsets, lengths,
     its range: the other files and ranges are still read. With a `bounce` buffer
     (see _job_direct) files are opened O_DIRECT where the filesystem allows it.
     `call`: the call's Stop. Returns the bytes read."""
-    ring_core(ring)                 # a Ring, or TypeError: the job casts it
+    ring_core(ring)                 # a Ring, or TypeError before any work
     cdef FileWindow w
     cdef Py_ssize_t k, pos = f0
     cdef int64_t nbytes = 0
@@ -240,7 +240,7 @@ cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos
         hold = hold_object(keep, bounce is not None)
         hold.refs += 1              # the job's own: the hold outlives every reap
         if bounce is not None:
-            _job_direct(ring, &j, hold, bounce)
+            _job_direct(&j, hold, bounce)
         for k in range(w.opened):
             exc = None
             if w.err[k]:

@@ -2,8 +2,8 @@
 # queue and the slot table, each a struct, gathered in RingCore. The hot functions on
 # them are inline here, so that the Ring (vyre_uring._ring) and the reader's engine
 # (vyre_uring._engine) compile the same code into their loops. Nothing here keeps
-# process state (fork generation, thread identity): that lives in _ring alone, and the
-# syscalls go through its exported ring_enter / ring_register.
+# process state (fork generation, thread identity): that lives in _ring alone, and
+# io_uring_enter goes through its exported ring_enter.
 #
 # Memory ordering, per STYLE.md's table: indices are free-running u32 (slot = idx &
 # mask, count = tail - head); every atomic access names what it pairs with.

@@ -14,7 +14,7 @@ from vyre_uring._queues cimport Hold, RingCore
 # ---- a Ring, for the engine --------------------------------------------------------
 
 cdef RingCore *ring_core(object ring) except NULL
-cdef int ring_acquire(object ring) except -1
+cdef RingCore *ring_acquire(object ring) except NULL
 cdef void ring_release(object ring) noexcept
 cdef int ring_submit_and_wait(object ring, uint32_t min_complete, double timeout) except -1
 cdef Py_ssize_t ring_reap(object ring) except -1

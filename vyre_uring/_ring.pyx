@@ -181,7 +181,6 @@ def try_setup():
     return 0
 
 
-# Register operations a restricted ring keeps: what its methods use after creation.
 cdef int ring_enter(RingCore *r, uint32_t to_submit, uint32_t min_complete,
                     uint32_t flags, void *argp, size_t argsz) noexcept nogil:
     """The one io_uring_enter call: through the registered ring fd in the thread that
@@ -210,6 +209,7 @@ cdef int register_checked(int fd, uint32_t opcode, const void *arg, uint32_t nr_
     return ret
 
 
+# Register operations a restricted ring keeps: what its methods use after creation.
 cdef tuple _RESTRICTED_REGISTER_OPS = (
     IORING_REGISTER_BUFFERS, IORING_UNREGISTER_BUFFERS, IORING_REGISTER_FILES,
     IORING_UNREGISTER_FILES, IORING_REGISTER_FILES_UPDATE, IORING_REGISTER_PROBE,
@@ -357,6 +357,11 @@ cdef class Ring:
         cdef uint32_t n, idle_ms
         if self.core.fd >= 0 or not self._closed and self.core.st.slots != NULL:
             raise RuntimeError("Ring.__init__ was already called")
+        # A closed Ring may be initialised again: nothing of its last life (an
+        # inherited copy's flag, an open chain) carries over.
+        memset(&self.core, 0, sizeof(RingCore))
+        self.core.fd = -1
+        self.core.ring_index = -1
         n = <uint32_t>_int_arg(entries, "entries", 1, _MAX_ENTRIES)
         idle_ms = _u32_arg(sq_thread_idle_ms, "sq_thread_idle_ms")
         memset(&p, 0, sizeof(p))
@@ -2118,16 +2123,18 @@ cdef class Ring:
             sq_publish(&self.core)
             return
         khead = vy_load_acquire(self.core.sq.khead)   # pairs with the kernel's head release
+        # Unpublish first (the kernel reads the SQ only inside our enter, which no one
+        # else can make now), so that the tables agree at every slot freed below.
+        # Release: pairs with the kernel's tail acquire, as in sq_publish.
+        vy_store_release(self.core.sq.ktail, khead)
+        self.core.sq.published = khead
+        self.core.sq.chain_open = False
         while self.core.sq.tail != khead:
             self.core.sq.tail -= 1
             idx = slot_of(&self.core, self.core.sq.sqes[self.core.sq.tail & self.core.sq.mask].user_data)
             if idx != NO_SLOT:                    # not an internal SQE
                 free_slot(&self.core, idx)
         self._drop_released()
-        # Release: pairs with the kernel's tail acquire, as in sq_publish.
-        vy_store_release(self.core.sq.ktail, self.core.sq.tail)
-        self.core.sq.published = self.core.sq.tail
-        self.core.sq.chain_open = False
 
     cdef bint _cancel_all(self) noexcept:
         """Cancel every request: IORING_ASYNC_CANCEL_ANY (5.19), or on older kernels
@@ -2272,11 +2279,13 @@ cdef RingCore *ring_core(object ring) except NULL:
     return &(<Ring>ring).core
 
 
-cdef int ring_acquire(object ring) except -1:
+cdef RingCore *ring_acquire(object ring) except NULL:
     """The guards every public method passes (open, not inherited across fork, no other
-    thread inside); pair with ring_release in a finally. `ring` went through
-    ring_core."""
-    return (<Ring>ring)._enter_api()
+    thread inside); returns the core. Pair with ring_release in a finally; the other
+    functions below are for the time in between."""
+    cdef RingCore *r = ring_core(ring)
+    (<Ring>ring)._enter_api()
+    return r
 
 
 cdef void ring_release(object ring) noexcept:
