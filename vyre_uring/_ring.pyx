@@ -181,8 +181,8 @@ def try_setup():
     return 0
 
 
-cdef int ring_enter(RingCore *r, uint32_t to_submit, uint32_t min_complete,
-                    uint32_t flags, void *argp, size_t argsz) noexcept nogil:
+cdef inline int enter(RingCore *r, uint32_t to_submit, uint32_t min_complete,
+                      uint32_t flags, void *argp, size_t argsz) noexcept nogil:
     """The one io_uring_enter call: through the registered ring fd in the thread that
     registered it (the kernel skips the fd lookup), else through the fd. Returns the
     kernel's result or -errno; the caller decides about the GIL and retries."""
@@ -191,6 +191,13 @@ cdef int ring_enter(RingCore *r, uint32_t to_submit, uint32_t min_complete,
         fd = r.ring_index
         flags |= IORING_ENTER_REGISTERED_RING
     return vy_io_uring_enter(fd, to_submit, min_complete, flags, argp, argsz)
+
+
+cdef int ring_enter(RingCore *r, uint32_t to_submit, uint32_t min_complete,
+                    uint32_t flags, void *argp, size_t argsz) noexcept nogil:
+    """enter, for the engine (exported through _ring.pxd); the Ring's own calls
+    inline it."""
+    return enter(r, to_submit, min_complete, flags, argp, argsz)
 
 
 cdef int register_checked(int fd, uint32_t opcode, const void *arg, uint32_t nr_args,
@@ -316,10 +323,10 @@ cdef class Ring:
     could not fit the SQ, and the errors above. A batch is checked whole before any
     of it is prepared: when it raises, nothing is.
     """
-    cdef RingCore core              # the queues and slots (_queues.pxd)
-    cdef int _busy
+    cdef int _busy                  # first: _enter_api reads these three every call
     cdef bint _closed
     cdef unsigned long _fork_gen
+    cdef RingCore core              # the queues and slots (_queues.pxd)
     cdef Hold *_reg_buffers
     cdef uint32_t _reg_buffer_count
     cdef int64_t _reg_file_count
@@ -611,7 +618,7 @@ cdef class Ring:
         while sq_pending(&self.core) >= self.core.sq.entries:
             flags = IORING_ENTER_SQ_WAIT | sqpoll_wakeup(&self.core)
             with nogil:
-                ret = ring_enter(&self.core, 0, 0, flags, NULL, 0)
+                ret = enter(&self.core, 0, 0, flags, NULL, 0)
             if ret == -EINTR:
                 PyErr_CheckSignals()
             elif ret < 0:
@@ -732,7 +739,7 @@ cdef class Ring:
             else:
                 return self._enter_then_poll(to_submit, flags, left)
         with nogil:
-            ret = ring_enter(&self.core, to_submit, min_complete, flags, argp, argsz)
+            ret = enter(&self.core, to_submit, min_complete, flags, argp, argsz)
         return self._enter_result(ret)
 
     cdef int _enter_then_poll(self, uint32_t to_submit, uint32_t flags, double left) \
@@ -740,7 +747,7 @@ cdef class Ring:
         """Kernels before 5.11 take no timeout: submit, then poll the ring fd."""
         cdef int ret, ms = <int>(min(left, 3600.0) * 1000) + 1
         with nogil:
-            ret = ring_enter(&self.core, to_submit, 0, flags & ~IORING_ENTER_GETEVENTS,
+            ret = enter(&self.core, to_submit, 0, flags & ~IORING_ENTER_GETEVENTS,
                              NULL, 0)
             if ret >= 0:
                 vy_poll_in(self.core.fd, ms)   # EINTR or not: the caller re-checks
@@ -765,7 +772,7 @@ cdef class Ring:
         (it moves overflowed CQEs into the ring, or runs deferred task work), and the
         caller may hold borrowed arrays. An error just ends the flush; a signal stays
         pending for the next check."""
-        ring_enter(&self.core, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0)
+        enter(&self.core, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0)
 
     cdef int _check_waitable(self, uint32_t min_complete) except -1:
         if min_complete > slots_used(&self.core):
@@ -2168,7 +2175,7 @@ cdef class Ring:
         while ret == -EINTR and tries < 100:
             tries += 1
             with nogil:
-                ret = ring_enter(&self.core, to_submit, wait_nr,
+                ret = enter(&self.core, to_submit, wait_nr,
                                  IORING_ENTER_GETEVENTS | IORING_ENTER_SQ_WAKEUP, NULL, 0)
         self._reap_discard()
         return ret
@@ -2194,7 +2201,7 @@ cdef class Ring:
         arg.ts = <uint64_t><size_t>&ts
         with nogil:
             if self.core.features & IORING_FEAT_EXT_ARG:
-                ret = ring_enter(&self.core, 0, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                ret = enter(&self.core, 0, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
                                  &arg, sizeof(arg))
             else:
                 ret = vy_poll_in(self.core.fd, 200)
