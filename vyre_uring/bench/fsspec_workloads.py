@@ -1,6 +1,7 @@
 """The fsspec rows of `vyre-uring bench`: vyre_uring.fsspec.VyreFileSystem against
 fsspec's own LocalFileSystem (the reference), on the run's data: cat of the small
-files, cat_ranges of random 4 KiB ranges of the large file (warm and cold), and
+files, cat_ranges of random 4 KiB ranges of the large file (warm and cold) and of
+100 files of 1 MiB (10,000 ranges, warm), and
 fsspec.parquet.open_parquet_file of a parquet file with several row groups and a
 column subset. Rows whose libraries are not installed say so."""
 import os
@@ -13,6 +14,8 @@ from .harness import Contender, Workload, missing
 LOCAL = "fsspec LocalFileSystem"
 OURS = "vyre VyreFileSystem"
 RANGES = 2_000                     # 4 KiB ranges per cat_ranges call
+RANGE_FILES = 100                  # ...and over many files: MANY_RANGES over these
+MANY_RANGES = 10_000
 DASK_FILES = 1_000                 # a task each: the scheduler needs ~3 ms per task
 
 
@@ -26,7 +29,8 @@ def fsspec_workloads(ctx):
     from vyre_uring.fsspec import VyreFileSystem
     local, ours = fsspec.filesystem("file"), VyreFileSystem()
     return [_cat_files(ctx, local, ours), *_cat_ranges(ctx, local, ours),
-            _parquet(ctx, local, ours), _dask_read_bytes(ctx)]
+            _cat_ranges_many_files(ctx, local, ours), _parquet(ctx, local, ours),
+            _dask_read_bytes(ctx)]
 
 
 def _rate(count, fn, check):
@@ -77,6 +81,33 @@ def _cat_ranges(ctx, local, ours):
         cold = Workload("fsspec cat_ranges 4k cold", "ranges/s", rows(),
                         lambda: cache.drop([big]), reference=LOCAL)
     return [warm, cold]
+
+
+def _cat_ranges_many_files(ctx, local, ours):
+    bs, size = 4096, 1 << 20
+    names = [os.path.join(ctx.data.root, f"ranges{k}.bin") for k in range(RANGE_FILES)]
+    rnd = random.Random(6)
+    picks = [(names[rnd.randrange(RANGE_FILES)], rnd.randrange(size // bs) * bs)
+             for _ in range(MANY_RANGES)]
+    paths = [name for name, _ in picks]
+    starts = [offset for _, offset in picks]
+    ends = [offset + bs for offset in starts]
+
+    def make():
+        """Made on first use, so that runs without this workload skip it."""
+        for name in names:
+            if not os.path.exists(name):
+                with open(name, "wb") as f:
+                    f.write(os.urandom(size))
+        return cache.warm(names)
+
+    def check(out):
+        if len(out) != MANY_RANGES or any(len(d) != bs for d in out):
+            raise AssertionError("cat_ranges: wrong results")
+    return Workload(f"fsspec cat_ranges {RANGE_FILES} files warm", "ranges/s",
+                    _pair(local, ours, MANY_RANGES,
+                          lambda fs: fs.cat_ranges(paths, starts, ends), check),
+                    make, reference=LOCAL)
 
 
 def _parquet(ctx, local, ours):
