@@ -185,6 +185,18 @@ def run_as_nobody(body, memlock=None):
     return json.loads(data)
 
 
+@pytest.fixture(params=["direct table", "fds"])
+def file_table(request, monkeypatch):
+    """Runs a test twice: with whole files opened as direct descriptors in each
+    ring's file table (where the kernel can), and as plain fds. The shared readers
+    of the module-level functions are made again for each."""
+    from vyre_uring import _uring_backend, reader
+    monkeypatch.setattr(_uring_backend, "DIRECT_TABLE", request.param == "direct table")
+    reader._close_shared()
+    yield request.param
+    reader._close_shared()
+
+
 def open_fds():
     """How many file descriptors this process has open."""
     return len(os.listdir("/proc/self/fd"))

@@ -111,7 +111,9 @@ def test_the_fd_limit_reached_mid_batch_fails_no_file(tmp_path, backend, fd_limi
 NO_FD_FREE = """
 import errno, json, os, resource, sys
 from vyre_uring import BatchReader
-backend, paths = sys.argv[1], json.loads(sys.argv[2])
+import vyre_uring._uring_backend
+backend, paths, table = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+vyre_uring._uring_backend.DIRECT_TABLE = table == "direct table"
 expected = [open(p, "rb").read() for p in paths]
 with BatchReader(backend=backend, queue_depth=64, workers=1) as r:
     r.read_files(paths[:1])
@@ -124,7 +126,9 @@ with BatchReader(backend=backend, queue_depth=64, workers=1) as r:
         out = r.read_files(paths, on_error="return")
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    for p, o in zip(paths, out):
+    if r.stats()["direct_descriptors"]:
+        assert out == expected          # the ring's file table needs no fd
+    for p, o in zip(paths, out if not r.stats()["direct_descriptors"] else []):
         assert isinstance(o, OSError) and o.errno == errno.EMFILE, (p, o)
         assert o.filename == p, (p, o.filename)
     assert len(os.listdir("/proc/self/fd")) == before
@@ -133,16 +137,19 @@ print("ok")
 """
 
 
-def test_with_no_fd_free_each_file_fails_alone_with_emfile(tmp_path, backend):
+@pytest.mark.parametrize("table", ["direct table", "fds"])
+def test_with_no_fd_free_each_file_fails_alone_with_emfile(tmp_path, backend, table):
     # EMFILE only when not a single fd can be opened: then each file fails alone and
     # the batch returns (a child process: a retry loop that never ends must fail
-    # this test, not hang the suite).
+    # this test, not hang the suite). Files opened as direct descriptors need no fd:
+    # they are all read.
     import json
     import subprocess
     import sys
     paths = make_files(tmp_path, 100)
     try:
-        p = subprocess.run([sys.executable, "-c", NO_FD_FREE, backend, json.dumps(paths)],
+        p = subprocess.run([sys.executable, "-c", NO_FD_FREE, backend, json.dumps(paths),
+                            table],
                            capture_output=True, text=True, timeout=30, cwd=str(tmp_path))
     except subprocess.TimeoutExpired:
         pytest.fail("read_files with no fd free HANGS", pytrace=False)

@@ -17,6 +17,9 @@ from vyre_uring import BatchReader, PackedFiles, read_files, read_files_into
 
 from conftest import direct_supported, open_fds
 
+# Every test twice: files as direct descriptors, and as plain fds.
+pytestmark = pytest.mark.usefixtures("file_table")
+
 
 @pytest.fixture(params=["io_uring", "threads"])
 def backend(request):

@@ -920,7 +920,9 @@ def test_iter_files_budget_holds_for_size_0_files(tmp_path, backend):
 
 # ---- item 10: near the fd limit ---------------------------------------------------------
 
-def scenario_fd_limit(tmp, backend, workers, free, count=300):
+def scenario_fd_limit(tmp, backend, workers, free, count=300, table="fds"):
+    import vyre_uring._uring_backend
+    vyre_uring._uring_backend.DIRECT_TABLE = table == "direct table"
     root = os.path.join(tmp, "t")
     os.makedirs(root)
     rnd = random.Random(21)
@@ -938,7 +940,7 @@ def scenario_fd_limit(tmp, backend, workers, free, count=300):
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         assert open_fds() == before, "fds left open by the batch"
         failed = [(i, o) for i, o in enumerate(out) if isinstance(o, BaseException)]
-        if free:
+        if free or r.stats()["direct_descriptors"]:     # (the ring's table: no fd)
             assert not failed, (f"{len(failed)} of {count} files failed with {free} fds "
                                 f"free; first: {failed[0][1]!r}")
             assert out == expected
@@ -960,11 +962,13 @@ def test_read_files_with_a_few_fds_free_reads_every_file(tmp_path, backend, work
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_read_files_with_no_fd_free_fails_each_file_alone(tmp_path, backend):
+@pytest.mark.parametrize("table", ["direct table", "fds"])
+def test_read_files_with_no_fd_free_fails_each_file_alone(tmp_path, backend, table):
     """Guards item 10's limit: with not a single fd free, each file fails alone with
-    EMFILE (naming it) and the batch still returns."""
+    EMFILE (naming it) and the batch still returns; as direct descriptors (no fd
+    needed) every file is read."""
     run_scenario("scenario_fd_limit", timeout=30, tmp=str(tmp_path), backend=backend,
-                 workers=1, free=0)
+                 workers=1, free=0, table=table)
 
 
 # ---- item 11: a small RLIMIT_MEMLOCK --------------------------------------------------

@@ -82,6 +82,8 @@ cdef enum:
     KIND_OPEN = 1
     KIND_READ = 2
     KIND_CLOSE = 3
+    KIND_STAT = 4           # direct descriptors: a file is sized by statx first...
+    KIND_OPEN_DIRECT = 5    # ...then opened into the ring's file table
 
 # Item errors that are not errnos: the Python side turns them into OSErrors.
 cdef enum:
@@ -124,6 +126,7 @@ DIRECT_CHUNK = 256 << 10
 cdef int64_t _ALIGN = DIRECT_ALIGN
 cdef int64_t _CHUNK = DIRECT_CHUNK
 cdef int _O_DIRECT = os.O_DIRECT
+cdef int _O_CLOEXEC = os.O_CLOEXEC
 
 include "_engine_calls.pxi"
 
@@ -467,6 +470,11 @@ cdef struct Job:
     Py_ssize_t nfree
     Budget *budget          # files: a ByteBudget's (the caller holds it), or NULL
     PackState *pack         # files: read into the caller's buffer (read_files_into)
+    bint table              # files: direct descriptors in the ring's file table; fd
+                            # holds a slot, and statx (in the ring) sizes the file
+    statx *stx              # table: each item's statx
+    Py_ssize_t *openq       # table: sized items waiting for their open, oq_len of them
+    Py_ssize_t oq_len
     int64_t *pack_offsets   # ...and this window's offsets there (the Packing's)
     int *stop               # the call's Stop flag (the caller holds it), or NULL
     bint spent              # the budget is spent: open no more files
@@ -512,9 +520,10 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     j.closeq = <int32_t *>malloc(m * sizeof(int32_t))
     j.direct = <uint8_t *>calloc(m, sizeof(uint8_t))
     j.slot = <int32_t *>calloc(m, sizeof(int32_t))
+    j.openq = <Py_ssize_t *>malloc(m * sizeof(Py_ssize_t))
     if not (j.paths and j.fd and j.off and j.want and j.got and j.dest and j.err and
             j.mode and j.unsized and j.copied and j.allocq and j.retry and j.readq and
-            j.closeq and j.direct and j.slot):
+            j.closeq and j.direct and j.slot and j.openq):
         _job_free(j)
         raise MemoryError()
     memset(j.fd, 0xFF, m * sizeof(int32_t))        # every fd -1
@@ -530,7 +539,7 @@ cdef void _job_free(Job *j) noexcept:
     free(j.paths); free(j.fd); free(j.off); free(j.want); free(j.got)
     free(j.dest); free(j.err); free(j.mode); free(j.unsized); free(j.copied)
     free(j.allocq); free(j.retry); free(j.readq); free(j.closeq); free(j.direct)
-    free(j.slot); free(j.free_slots)
+    free(j.slot); free(j.free_slots); free(j.openq); free(j.stx)
     memset(j, 0, sizeof(Job))
 
 
@@ -567,15 +576,35 @@ cdef void _job_abandon(object ring, RingCore *r, Job *j) noexcept:
         _keep_job_memory(j)
     _closes_submitted(j)
     for i in range(j.cq_len):
-        close(j.closeq[i])
-        _release_fd(j)
+        _close_item_fd(r, j, j.closeq[i])
     j.cq_len = 0
     if j.close_fds:
         for i in range(j.n):
             if j.fd[i] >= 0:
-                close(j.fd[i])
-                _release_fd(j)
+                _close_item_fd(r, j, j.fd[i])
                 j.fd[i] = -1
+
+
+cdef void _close_item_fd(RingCore *r, Job *j, int32_t fd) noexcept nogil:
+    """Close an fd the job holds, or with direct descriptors empty its slot."""
+    if j.table:
+        _drop_slot(r, fd)
+        j.held -= 1
+    else:
+        close(fd)
+        _release_fd(j)
+
+
+cdef void _drop_slot(RingCore *r, int32_t slot) noexcept nogil:
+    """Close the direct descriptor in `slot` of the ring's file table, at once (a
+    file table update to -1): one an interrupted job held, or one an abandoned
+    job's open put there. Best effort, as close(2) is for an fd."""
+    cdef int32_t empty = -1
+    cdef io_uring_files_update up
+    memset(&up, 0, sizeof(up))
+    up.offset = <uint32_t>slot
+    up.fds = <uint64_t><size_t>&empty
+    vy_io_uring_register(r.fd, IORING_REGISTER_FILES_UPDATE, &up, 1)
 
 
 cdef void _keep_job_memory(Job *j) noexcept:
@@ -618,13 +647,23 @@ cdef bint _quiesce(object ring, RingCore *r) noexcept:
             PyErr_Clear()
             n = 0
         for t in range(n):
-            ud = r.scratch_ud[t]
-            if (ud >> 56) == KIND_OPEN and r.scratch_res[t] >= 0:
-                close(r.scratch_res[t])
+            _drop_foreign_open(r, r.scratch_ud[t], r.scratch_res[t])
     return slots_used(r) == 0
 
 
+cdef inline void _drop_foreign_open(RingCore *r, uint64_t ud, int32_t res) noexcept nogil:
+    """A completion no job owns any more: what an open of it returned is closed."""
+    if res >= 0 and (ud >> 56) == KIND_OPEN:
+        close(res)
+    elif res >= 0 and (ud >> 56) == KIND_OPEN_DIRECT:
+        _drop_slot(r, res)
+
+
 cdef inline void _queue_read(Job *j, Py_ssize_t i) noexcept nogil:
+    if j.table and j.fd[i] < 0:             # sized by statx, not open yet
+        j.openq[j.oq_len] = i
+        j.oq_len += 1
+        return
     j.readq[(j.rq_head + j.rq_len) % j.n] = i
     j.rq_len += 1
 
@@ -692,9 +731,12 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         j.cq_len -= 1
         sqe = claim_sqe(&c, (<uint64_t>KIND_CLOSE << 56) | j.tag, NULL)
         sqe.opcode = IORING_OP_CLOSE
-        sqe.fd = j.closeq[j.cq_len]
         j.held -= 1                         # closed by the next submission
-        j.closing += 1
+        if j.table:
+            sqe.file_index = <uint32_t>j.closeq[j.cq_len] + 1
+        else:
+            sqe.fd = j.closeq[j.cq_len]
+            j.closing += 1
         k -= 1
     k = <uint32_t>min(<Py_ssize_t>k, j.depth - j.busy)
     j.busy += k             # less any opens skipped below
@@ -710,6 +752,7 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         sqe.fd = j.fd[i]
         if j.fixed_file:
             sqe.fd = 0
+        if j.fixed_file or j.table:
             sqe.flags = IOSQE_FIXED_FILE
         if j.direct[i] and j.bounce_index >= 0:
             sqe.opcode = IORING_OP_READ_FIXED
@@ -718,6 +761,19 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         sqe.off = <uint64_t>file_off
         sqe.addr = <uint64_t>_read_target(j, i)
         hold.refs += 1
+        k -= 1
+    while k and j.oq_len and j.opening + j.held < j.fd_cap:
+        j.oq_len -= 1
+        i = j.openq[j.oq_len]
+        sqe = claim_sqe(&c, (<uint64_t>KIND_OPEN_DIRECT << 56) | j.tag | <uint64_t>i, hold)
+        sqe.opcode = IORING_OP_OPENAT
+        sqe.fd = AT_FDCWD
+        sqe.addr = <uint64_t><size_t>j.paths[i]
+        # A direct descriptor takes no O_CLOEXEC (the kernel refuses it): it is no fd.
+        sqe.open_flags = <uint32_t>(j.open_flags & ~_O_CLOEXEC)
+        sqe.file_index = IORING_FILE_INDEX_ALLOC
+        hold.refs += 1
+        j.opening += 1
         k -= 1
     while k and _may_open(j):
         if j.nretry:
@@ -728,11 +784,19 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
             j.next_open += 1
             if j.paths[i] == NULL:
                 continue                    # refused before the kernel saw it
-        sqe = claim_sqe(&c, (<uint64_t>KIND_OPEN << 56) | j.tag | <uint64_t>i, hold)
-        sqe.opcode = IORING_OP_OPENAT
-        sqe.fd = AT_FDCWD
-        sqe.addr = <uint64_t><size_t>j.paths[i]
-        sqe.open_flags = <uint32_t>(j.open_flags | (_O_DIRECT if j.direct[i] else 0))
+        if j.table:
+            sqe = claim_sqe(&c, (<uint64_t>KIND_STAT << 56) | j.tag | <uint64_t>i, hold)
+            sqe.opcode = IORING_OP_STATX
+            sqe.fd = AT_FDCWD
+            sqe.addr = <uint64_t><size_t>j.paths[i]
+            sqe.len = STATX_BASIC_STATS
+            sqe.off = <uint64_t><size_t>&j.stx[i]
+        else:
+            sqe = claim_sqe(&c, (<uint64_t>KIND_OPEN << 56) | j.tag | <uint64_t>i, hold)
+            sqe.opcode = IORING_OP_OPENAT
+            sqe.fd = AT_FDCWD
+            sqe.addr = <uint64_t><size_t>j.paths[i]
+            sqe.open_flags = <uint32_t>(j.open_flags | (_O_DIRECT if j.direct[i] else 0))
         hold.refs += 1
         j.opening += 1
         k -= 1
@@ -758,9 +822,7 @@ cdef bint _may_retry_open(Job *j) noexcept nogil:
 
 
 cdef void _on_open(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
-    """An open completed: fstat the fd, refuse what is not a regular file, and give
-    the file memory of its size to read into (in the arena, or a bytes object that
-    the GIL must make: then it waits in allocq)."""
+    """An open completed: fstat the fd, and size the file (_sized)."""
     cdef stat_t st
     j.opening -= 1
     if res == -EINVAL and j.direct[i]:
@@ -784,37 +846,78 @@ cdef void _on_open(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
     j.fd_wait_since = 0
     if fstat(res, &st) != 0:
         j.err[i] = errno
-    elif not S_ISREG(st.st_mode):
+        _finish(j, i)
+        return
+    _sized(j, i, st.st_mode, st.st_size)
+
+
+cdef void _on_stat(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
+    """Direct descriptors: the statx of a path completed; size the file (_sized),
+    which then queues its open (_queue_read)."""
+    j.opening -= 1
+    if res < 0:
+        j.err[i] = -res
+        _finish(j, i)
+        return
+    _sized(j, i, j.stx[i].stx_mode, <int64_t>j.stx[i].stx_size)
+
+
+cdef void _on_open_direct(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
+    """Direct descriptors: a sized file's open completed, into slot `res` of the
+    ring's file table; its reads follow."""
+    j.opening -= 1
+    if (res == -EMFILE or res == -ENFILE) and _may_retry_open(j):
+        j.openq[j.oq_len] = i               # the table is full: open it again later
+        j.oq_len += 1
+        return
+    if res < 0:
+        if j.unsized[i]:
+            _unsized_fails(j, i, -res)
+        else:
+            j.err[i] = -res
+            _finish(j, i)
+        return
+    j.fd[i] = res
+    j.held += 1
+    j.fd_wait_since = 0
+    _queue_read(j, i)
+
+
+cdef void _sized(Job *j, Py_ssize_t i, uint32_t mode, int64_t size) noexcept nogil:
+    """Refuse what is not a regular file, and give the file memory of its size to
+    read into (in the arena or the Packing, or a bytes object that the GIL must
+    make: then it waits in allocq)."""
+    if not S_ISREG(mode):
         j.err[i] = ITEM_NOT_REGULAR
-        j.mode[i] = st.st_mode
-    elif st.st_size == 0:
+        j.mode[i] = mode
+    elif size == 0:
         _start_unsized(j, i)
         return
-    elif st.st_size > PY_SSIZE_T_MAX - 64:
+    elif size > PY_SSIZE_T_MAX - 64:
         j.err[i] = EFBIG                    # no bytes object can hold it
-    elif j.budget != NULL and st.st_size > j.budget.largest:
+    elif j.budget != NULL and size > j.budget.largest:
         j.err[i] = ITEM_OVER_BUDGET         # the caller reads it in pieces
-    elif j.budget != NULL and not _budget_take(j.budget, st.st_size):
+    elif j.budget != NULL and not _budget_take(j.budget, size):
         j.err[i] = ITEM_DEFERRED            # for a later job
         j.spent = True
     elif j.pack != NULL:
-        j.pack_offsets[i] = _pack_take(j.pack, st.st_size)
+        j.pack_offsets[i] = _pack_take(j.pack, size)
         if j.pack_offsets[i] >= 0:
             j.dest[i] = j.pack.base + j.pack_offsets[i]
-            j.want[i] = st.st_size
+            j.want[i] = size
             _queue_read(j, i)
             return
         j.err[i] = ENOBUFS                  # no room left in the buffer
-    elif st.st_size <= _ARENA_MAX and j.arena != NULL:
-        j.dest[i] = _arena_alloc(j.arena, st.st_size)
-        j.want[i] = st.st_size
+    elif size <= _ARENA_MAX and j.arena != NULL:
+        j.dest[i] = _arena_alloc(j.arena, size)
+        j.want[i] = size
         if j.dest[i] != NULL:
             j.copied[i] = True
             _queue_read(j, i)
             return
         j.err[i] = ENOMEM
     else:
-        j.want[i] = st.st_size
+        j.want[i] = size
         j.allocq[j.nalloc] = i
         j.nalloc += 1
         return
@@ -908,7 +1011,7 @@ cdef void _on_read(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
     cdef int64_t file_off, skip, n
     cdef int64_t asked = _piece(j, i, &file_off, &skip)
     cdef char *target = _read_target(j, i)
-    if res == -EAGAIN:
+    if res == -EAGAIN and not j.table:      # (a slot is no fd: the error stands)
         # A file opened O_NONBLOCK on a filesystem (or kernel) that will not wait for
         # the page cache: read this piece synchronously.
         r = pread(j.fd[i], target, <size_t>asked, file_off)
@@ -957,21 +1060,27 @@ cdef void _reap_job(RingCore *r, Job *j) noexcept nogil:
     cdef uint64_t ud
     cdef int32_t res
     cdef uint32_t kind
+    cdef Py_ssize_t i
     j.ops += n
     for t in range(n):
         ud = r.scratch_ud[t]
         res = r.scratch_res[t]
         kind = <uint32_t>(ud >> 56)
         if ((ud >> 32) & 0xFFFFFF) != j.id:
-            if kind == KIND_OPEN and res >= 0:
-                close(res)                  # an abandoned job's open: nobody owns it
+            _drop_foreign_open(r, ud, res)  # an abandoned job's open: nobody owns it
             continue
+        if kind == KIND_CLOSE:
+            continue
+        j.busy -= 1                         # an open, statx or read: within depth
+        i = <Py_ssize_t><uint32_t>ud
         if kind == KIND_OPEN:
-            j.busy -= 1
-            _on_open(j, <Py_ssize_t><uint32_t>ud, res)
+            _on_open(j, i, res)
         elif kind == KIND_READ:
-            j.busy -= 1
-            _on_read(j, <Py_ssize_t><uint32_t>ud, res)
+            _on_read(j, i, res)
+        elif kind == KIND_STAT:
+            _on_stat(j, i, res)
+        else:
+            _on_open_direct(j, i, res)
 
 
 # A job's wait lasts at most this long before it looks at signals and its Stop.
@@ -1021,7 +1130,7 @@ cdef int _job_steps(RingCore *r, Job *j, Hold *hold) noexcept nogil:
     while True:
         if j.nalloc:
             return STEP_ALLOC
-        wanted = j.cq_len + min(j.rq_len + (j.n - j.next_open) + j.nretry,
+        wanted = j.cq_len + min(j.rq_len + j.oq_len + (j.n - j.next_open) + j.nretry,
                                 j.depth - j.busy)
         if wanted:
             k = min(<uint32_t>min(wanted, <Py_ssize_t>UINT32_MAX),
@@ -1167,7 +1276,7 @@ cdef void _place(PackState *p, Job *j, Py_ssize_t i, Py_ssize_t start) noexcept:
 def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                      list out, int open_flags, Py_ssize_t depth, stats, bounce=None,
                      ByteBudget budget=None, Stop call=None, Arena arena=None,
-                     Packing pack=None):
+                     Packing pack=None, Py_ssize_t table=0):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
     `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode) for
     each file not read here, code an errno or NOT_REGULAR / OVER_BUDGET / NUL_BYTE /
@@ -1179,7 +1288,10 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     `arena`: the ring's Arena for small files (else one for this call). With a
     Packing, files are read into its buffer instead (out is left alone; a file
     that does not fit comes back ENOBUFS) and their offsets and lengths set there.
-    `stats` (5 int64s: syscalls, operations, short reads, synchronous reads,
+    With `table` > 0 (no bounce), the ring has a sparse registered file table of
+    that many slots: files are sized by statx in the ring and opened as direct
+    descriptors there, so that rings in many threads do not share the process fd
+    table. `stats` (5 int64s: syscalls, operations, short reads, synchronous reads,
     O_DIRECT refusals) is added to."""
     ring_core(ring)                 # a Ring, or TypeError before any work
     cdef Job j
@@ -1204,6 +1316,12 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
         if pack is not None:
             j.pack = &pack.p
             j.pack_offsets = pack.p.offsets + start
+        if table > 0 and bounce is None:
+            j.table = True
+            j.fd_cap = table
+            j.stx = <statx *>malloc(max(n, 1) * sizeof(statx))
+            if j.stx == NULL:
+                raise MemoryError()
         j.stop = &call.flag if call is not None else NULL
         j.arena = &arena.a
         for i in range(n):

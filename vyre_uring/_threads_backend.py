@@ -42,7 +42,7 @@ class ThreadsBackend:
         # than a made-up 0.
         return {"syscalls": None, "operations": None, "short_reads": None,
                 "sync_reads": None, "direct_fallbacks": self._fallbacks,
-                "buffer_registration": None}
+                "buffer_registration": None, "direct_descriptors": False}
 
     def close(self):
         self._workers.close()

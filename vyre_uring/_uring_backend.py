@@ -20,7 +20,7 @@ from ._files import OPEN_FLAGS, check_regular, over_budget_error, path_error
 from ._engine import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Arena,
                       drain_jobs, group_paths, read_file_window, read_path_ranges_job,
                       read_ranges_job, run_call, with_file)
-from ._ring import Op, Ring
+from ._ring import FILE_INDEX_ALLOC, Op, Ring
 from ._workers import Workers
 from .buffers import alloc_buffer
 from .errors import UringSyscallError
@@ -31,7 +31,12 @@ __all__ = ["UringBackend"]
 # that several rings share a batch evenly and a job's tables stay small.
 MAX_JOB_FILES = 4096
 # All the reader's rings ever run: the kernel refuses anything else on them.
-READER_OPS = frozenset({Op.OPENAT, Op.READ, Op.READ_FIXED, Op.CLOSE})
+READER_OPS = frozenset({Op.OPENAT, Op.READ, Op.READ_FIXED, Op.CLOSE, Op.STATX})
+# Whole files are opened as direct descriptors, in a sparse file table of each ring
+# (slots: twice the queue depth), where the kernel can (Linux 5.19): rings in many
+# threads then never contend on the process fd table (on 16 cores that contention
+# held 16 rings to about what 4 read). Off: plain fds everywhere (tests use both).
+DIRECT_TABLE = True
 # How long close() waits for the last closes before the ring cancels.
 CLOSE_PATIENCE_S = 10.0
 # Ranges of one file from which registering its fd pays for the two syscalls.
@@ -86,6 +91,7 @@ class UringBackend:
         out = {key: sum(r.stats[k] for r in self._rings) for k, key in enumerate(keys)}
         out["direct_fallbacks"] += self._refused_direct
         out["buffer_registration"] = self._rings[0].registration
+        out["direct_descriptors"] = all(r.table for r in self._rings)
         return out
 
     def close(self):
@@ -220,6 +226,7 @@ class _RingReader:
         # RLIMIT_MEMLOCK allow (else the reads go unregistered, and stats say why).
         self.bounce = None
         self.registration = None              # nothing to register
+        self.table = 0 if direct else _direct_table(self.ring, self.depth)
         if direct:
             self.bounce = alloc_buffer(self.depth * DIRECT_CHUNK)
             try:
@@ -246,7 +253,8 @@ class _RingReader:
         by the budget, files done, bytes read)."""
         leftovers, nbytes = read_file_window(self.ring, paths, start, stop, out,
                                              OPEN_FLAGS, self.depth, self.stats,
-                                             self.bounce, budget, call, self.arena, pack)
+                                             self.bounce, budget, call, self.arena, pack,
+                                             self.table)
         deferred = []
         for i, code, mode in leftovers:
             if code == DEFERRED:
@@ -262,9 +270,7 @@ class _RingReader:
         fixed = False
         if len(offsets) >= REGISTER_FILE_MIN_RANGES:
             try:
-                if self.ring.registered_files:  # left by an interrupted call
-                    self.ring.unregister_files()
-                self.ring.register_files([fd])
+                self._set_file_zero(fd)
                 fixed = True
             except UringSyscallError:
                 pass                            # plain fd: the same reads, a bit slower
@@ -274,13 +280,46 @@ class _RingReader:
                                    self.bounce if direct else None, fixed, call)
         finally:
             if fixed:
+                self._set_file_zero(None)
+
+    def _set_file_zero(self, fd):
+        """Registered file 0 becomes `fd` (None: nothing): a slot of the direct table
+        where there is one (no files job runs meanwhile), else a table of its own."""
+        if self.table:
+            self.ring.update_files(0, [-1 if fd is None else fd])
+        elif fd is None:
+            self.ring.unregister_files()
+        else:
+            if self.ring.registered_files:      # left by an interrupted call
                 self.ring.unregister_files()
+            self.ring.register_files([fd])
 
 
     def read_path_ranges(self, files, order, first, offsets, lengths, f0, f1, out, call):
         return read_path_ranges_job(self.ring, files, order, first, offsets, lengths, f0,
                                     f1, out, self.depth, self.stats, _file_error,
                                     self.bounce, call)
+
+
+def _direct_table(ring, depth):
+    """The slots of a sparse file table registered on `ring` for direct descriptors,
+    or 0 where the kernel cannot open into one (file-index allocation is Linux 5.19)
+    or DIRECT_TABLE is off: files are then opened as fds. One probe open tells."""
+    if not DIRECT_TABLE:
+        return 0
+    slots = 2 * depth
+    try:
+        ring.register_files([-1] * slots)
+    except UringSyscallError:
+        return 0
+    ring.prep_openat("/", file_index=FILE_INDEX_ALLOC)
+    (opened,) = ring.wait(1, timeout=5)
+    if opened.res >= 0:
+        ring.prep_close(opened.res, fixed=True)
+        ring.wait(1, timeout=5)
+        return slots
+    ring.unregister_files()
+    return 0
 
 
 def _sized_ring(depth):
