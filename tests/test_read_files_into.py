@@ -214,3 +214,41 @@ def test_module_function_and_package_export():
     res = read_files_into(["/etc/hostname"], bytearray(4096))
     assert bytes(res[0]) == read_files(["/etc/hostname"])[0] and repr(res).startswith(
         "<PackedFiles 1 files, 0 failed")
+
+
+def test_a_file_that_cannot_be_opened_takes_no_room(backend, file_table):
+    # As nobody: an unreadable file (statx succeeds, the open fails EACCES) fails
+    # alone with EACCES and reserves nothing, so the readable files still fit.
+    import shutil
+    import tempfile
+    import vyre_uring._threads_backend      # noqa: F401 (nobody may not read the stdlib)
+    import vyre_uring._uring_backend        # noqa: F401
+    from conftest import run_as_nobody
+    root = tempfile.mkdtemp(prefix="vyre-eacces-")
+    try:
+        os.chmod(root, 0o755)
+        paths = []
+        for i, size in enumerate([10_000, 1000, 1000, 1000, 1000]):
+            path = os.path.join(root, f"f{i}")
+            with open(path, "wb") as f:
+                f.write(bytes([65 + i]) * size)
+            os.chmod(path, 0o000 if i == 0 else 0o644)
+            paths.append(path)
+
+        def body():
+            try:
+                vyre_uring.Ring(2).close()
+            except OSError as exc:
+                return {"setup": f"no io_uring for nobody here: {exc}"}
+            res = read_files_into(paths, bytearray(4000), backend=backend,
+                                  on_error="return", workers=1)
+            return {"errors": {str(i): e.errno for i, e in res.errors.items()},
+                    "used": res.used, "data": [bytes(res[i]).decode() for i in range(1, 5)]}
+        out = run_as_nobody(body)
+    finally:
+        shutil.rmtree(root)
+    if "setup" in out:
+        pytest.skip(out["setup"])
+    assert "error" not in out, out
+    assert out["errors"] == {"0": errno.EACCES}, out
+    assert out["used"] == 4000 and out["data"] == [chr(66 + i) * 1000 for i in range(4)]

@@ -619,6 +619,7 @@ cdef void _keep_job_memory(Job *j) noexcept:
     if j.arena != NULL:
         memset(j.arena, 0, sizeof(ArenaState))
         j.arena = NULL
+    j.stx = NULL                            # statx requests may write there too
 
 
 cdef bint _quiesce(object ring, RingCore *r) noexcept:
@@ -660,10 +661,6 @@ cdef inline void _drop_foreign_open(RingCore *r, uint64_t ud, int32_t res) noexc
 
 
 cdef inline void _queue_read(Job *j, Py_ssize_t i) noexcept nogil:
-    if j.table and j.fd[i] < 0:             # sized by statx, not open yet
-        j.openq[j.oq_len] = i
-        j.oq_len += 1
-        return
     j.readq[(j.rq_head + j.rq_len) % j.n] = i
     j.rq_len += 1
 
@@ -852,35 +849,40 @@ cdef void _on_open(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
 
 
 cdef void _on_stat(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
-    """Direct descriptors: the statx of a path completed; size the file (_sized),
-    which then queues its open (_queue_read)."""
+    """Direct descriptors: the statx of a path completed. What is not a regular file
+    is refused unopened; a regular one waits for its open, which sizes it (nothing
+    is reserved for a file that then fails to open)."""
     j.opening -= 1
     if res < 0:
         j.err[i] = -res
-        _finish(j, i)
+    elif not S_ISREG(j.stx[i].stx_mode):
+        j.err[i] = ITEM_NOT_REGULAR
+        j.mode[i] = j.stx[i].stx_mode
+    else:
+        j.openq[j.oq_len] = i
+        j.oq_len += 1
         return
-    _sized(j, i, j.stx[i].stx_mode, <int64_t>j.stx[i].stx_size)
+    _finish(j, i)
 
 
 cdef void _on_open_direct(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
-    """Direct descriptors: a sized file's open completed, into slot `res` of the
-    ring's file table; its reads follow."""
+    """Direct descriptors: a regular file's open completed, into slot `res` of the
+    ring's file table: size it by its statx (_sized), and its reads follow. (The
+    path could have been replaced between the two: then what it became is read as
+    a file of the size statx gave, without waiting, being opened O_NONBLOCK.)"""
     j.opening -= 1
     if (res == -EMFILE or res == -ENFILE) and _may_retry_open(j):
         j.openq[j.oq_len] = i               # the table is full: open it again later
         j.oq_len += 1
         return
     if res < 0:
-        if j.unsized[i]:
-            _unsized_fails(j, i, -res)
-        else:
-            j.err[i] = -res
-            _finish(j, i)
+        j.err[i] = -res
+        _finish(j, i)
         return
     j.fd[i] = res
     j.held += 1
     j.fd_wait_since = 0
-    _queue_read(j, i)
+    _sized(j, i, j.stx[i].stx_mode, <int64_t>j.stx[i].stx_size)
 
 
 cdef void _sized(Job *j, Py_ssize_t i, uint32_t mode, int64_t size) noexcept nogil:

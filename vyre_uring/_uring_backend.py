@@ -37,6 +37,7 @@ READER_OPS = frozenset({Op.OPENAT, Op.READ, Op.READ_FIXED, Op.CLOSE, Op.STATX})
 # threads then never contend on the process fd table (on 16 cores that contention
 # held 16 rings to about what 4 read). Off: plain fds everywhere (tests use both).
 DIRECT_TABLE = True
+SOCKET_OPCODE = 45                     # IORING_OP_SOCKET: Linux 5.19, as FILE_INDEX_ALLOC
 # How long close() waits for the last closes before the ring cancels.
 CLOSE_PATIENCE_S = 10.0
 # Ranges of one file from which registering its fd pays for the two syscalls.
@@ -268,13 +269,13 @@ class _RingReader:
         # reference to the file (two atomics on a line that several rings share).
         # Registering costs two syscalls: worth it for many ranges only.
         fixed = False
-        if len(offsets) >= REGISTER_FILE_MIN_RANGES:
-            try:
-                self._set_file_zero(fd)
-                fixed = True
-            except UringSyscallError:
-                pass                            # plain fd: the same reads, a bit slower
         try:
+            if len(offsets) >= REGISTER_FILE_MIN_RANGES:
+                try:
+                    self._set_file_zero(fd)
+                    fixed = True
+                except UringSyscallError:
+                    pass                        # plain fd: the same reads, a bit slower
             return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
                                    self.depth, self.stats, path,
                                    self.bounce if direct else None, fixed, call)
@@ -303,9 +304,12 @@ class _RingReader:
 
 def _direct_table(ring, depth):
     """The slots of a sparse file table registered on `ring` for direct descriptors,
-    or 0 where the kernel cannot open into one (file-index allocation is Linux 5.19)
-    or DIRECT_TABLE is off: files are then opened as fds. One probe open tells."""
-    if not DIRECT_TABLE:
+    or 0 where the kernel cannot open into one or DIRECT_TABLE is off: files are
+    then opened as fds. File-index allocation came in Linux 5.19, with the SOCKET
+    opcode, which the probe must list: an older kernel ignoring file_index would
+    return a plain fd, whose "slot" nothing could close. Then one probe open and
+    close of a slot must work."""
+    if not DIRECT_TABLE or SOCKET_OPCODE not in ring.probe():
         return 0
     slots = 2 * depth
     try:
@@ -314,11 +318,12 @@ def _direct_table(ring, depth):
         return 0
     ring.prep_openat("/", file_index=FILE_INDEX_ALLOC)
     (opened,) = ring.wait(1, timeout=5)
-    if opened.res >= 0:
+    if 0 <= opened.res < slots:
         ring.prep_close(opened.res, fixed=True)
-        ring.wait(1, timeout=5)
-        return slots
-    ring.unregister_files()
+        (closed,) = ring.wait(1, timeout=5)
+        if closed.res == 0:
+            return slots
+    ring.unregister_files()             # (closes whatever the probe left there)
     return 0
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import vyre_uring
 from vyre_uring.buffers import alloc_buffer
+from vyre_uring.reader import default_workers
 
 from . import cache, native
 from .async_workloads import async_workloads
@@ -294,12 +295,16 @@ def _vyre_ranges(ctx, label, bs, qd, offsets, workers=1, backend="io_uring", dir
 
 def _default_ranges(ctx, bs, qd, offsets, direct):
     """vyre_uring.read_ranges_into() with its own defaults (depth, rings, backend).
-    How many rings it uses is its business, so destinations cycle through qd slots
-    per core: reads in flight at once may share a slot, which costs nothing here."""
+    Destinations are laid out as the sweep rows' are, for as many rings as the
+    default takes (one per core): each ring's contiguous share of the ranges cycles
+    through qd slots of its own. (Cycling all ranges through one pool of slots had
+    rings on different cores writing into the same pages at once.)"""
     label = "vyre read_ranges_into()"
-    slots = qd * (os.cpu_count() or 1)
-    boffs = array.array("q", [(i % slots) * bs for i in range(len(offsets))])
-    buf = alloc_buffer(slots * bs)
+    rings = default_workers()
+    n = len(offsets)
+    share = -(-n // rings)
+    boffs = array.array("q", [((i % qd) + (i // share) * qd) * bs for i in range(n)])
+    buf = alloc_buffer(rings * qd * bs)
 
     def read(path, buffer, offsets, lengths, buffer_offsets):
         return vyre_uring.read_ranges_into(path, buffer, offsets, lengths, buffer_offsets,
