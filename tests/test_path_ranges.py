@@ -102,6 +102,45 @@ def test_ranges_of_fewer_files_than_rings_are_shared_out(tmp_path, backend, work
             assert all(len(e) == files for e in entries), (name, entries)
 
 
+def _drop_from_page_cache(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_small_ranges_of_an_uncached_file_are_shared_out(tmp_path, backend, workers,
+                                                        monkeypatch):
+    """Many small ranges of one file not in the page cache: the rings share them
+    (the disk gets more in flight), and the results are the same as pread's."""
+    import vyre_uring._uring_backend as ub
+    entries = []
+    spread = ub._spread
+
+    def recorded(*args):
+        files, first = spread(*args)
+        entries.append(files)
+        return files, first
+    monkeypatch.setattr(ub, "_spread", recorded)
+    path = tmp_path / "cold.bin"
+    path.write_bytes(random.Random(workers).randbytes(8 << 20))
+    rnd = random.Random(11)
+    offsets = [rnd.randrange((8 << 20) - 4096) for _ in range(700)]
+    _drop_from_page_cache(path)
+    if not ub._uncached(str(path), offsets[::100]):
+        pytest.skip(f"{tmp_path}'s filesystem kept the file cached (fadvise DONTNEED)")
+    _drop_from_page_cache(path)
+    with BatchReader(backend=backend, workers=workers) as r:
+        got = r.read_path_ranges([str(path)] * 700, offsets, [4096] * 700)
+        rings = r.stats()["workers"]
+    assert got == [plain_range(str(path), o, 4096) for o in offsets]
+    if backend == "io_uring" and rings >= 2:
+        assert len(entries) == 1 and len(entries[0]) > 1, entries
+
+
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
