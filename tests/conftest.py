@@ -197,6 +197,17 @@ def file_table(request, monkeypatch):
     reader._close_shared()
 
 
+def evict(path):
+    """Drop this one file's pages from the page cache (fadvise, nothing machine-wide),
+    so that its reads wait for the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def open_fds():
     """How many file descriptors this process has open."""
     return len(os.listdir("/proc/self/fd"))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from vyre_uring import BatchReader, read_path_ranges
 
-from conftest import direct_supported, limit_leaving_free, open_fds, run_as_nobody
+from conftest import direct_supported, evict, limit_leaving_free, open_fds, run_as_nobody
 
 STDLIB = os.path.dirname(os.__file__)
 STDLIB_FILES = sorted(os.path.join(STDLIB, f) for f in os.listdir(STDLIB)
@@ -59,20 +59,27 @@ def test_stdlib_ranges_match_plain_reads(backend, workers):
     assert got == [plain_range(*t) for t in zip(paths, offsets, lengths)]
 
 
-@pytest.mark.parametrize("workers", [1, 3, 8])
-def test_ranges_of_fewer_files_than_rings_are_shared_out(tmp_path, backend, workers,
-                                                         monkeypatch):
-    """One or two files holding every range: the rings share a file's large ranges
-    (small ones stay on one ring), and the results are the same."""
+@pytest.fixture
+def spread_calls(monkeypatch):
+    """The file entries of each _spread the reader makes, recorded."""
     import vyre_uring._uring_backend as ub
-    entries = []
+    calls = []
     spread = ub._spread
 
     def recorded(*args):
         files, first = spread(*args)
-        entries.append(files)
+        calls.append(files)
         return files, first
     monkeypatch.setattr(ub, "_spread", recorded)
+    return calls
+
+
+@pytest.mark.parametrize("workers", [1, 3, 8])
+def test_ranges_of_fewer_files_than_rings_are_shared_out(tmp_path, backend, workers,
+                                                         spread_calls):
+    """One or two files holding every range: the rings share a file's large ranges
+    (small ones stay on one ring), and the results are the same."""
+    entries = spread_calls
     data = random.Random(workers).randbytes(12 << 20)
     one, two = tmp_path / "one.bin", tmp_path / "two.bin"
     one.write_bytes(data)
@@ -102,37 +109,21 @@ def test_ranges_of_fewer_files_than_rings_are_shared_out(tmp_path, backend, work
             assert all(len(e) == files for e in entries), (name, entries)
 
 
-def _drop_from_page_cache(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("workers", [1, 4])
 def test_small_ranges_of_an_uncached_file_are_shared_out(tmp_path, backend, workers,
-                                                        monkeypatch):
+                                                        spread_calls):
     """Many small ranges of one file not in the page cache: the rings share them
     (the disk gets more in flight), and the results are the same as pread's."""
-    import vyre_uring._uring_backend as ub
-    entries = []
-    spread = ub._spread
-
-    def recorded(*args):
-        files, first = spread(*args)
-        entries.append(files)
-        return files, first
-    monkeypatch.setattr(ub, "_spread", recorded)
+    entries = spread_calls
     path = tmp_path / "cold.bin"
     path.write_bytes(random.Random(workers).randbytes(8 << 20))
     rnd = random.Random(11)
     offsets = [rnd.randrange((8 << 20) - 4096) for _ in range(700)]
-    _drop_from_page_cache(path)
+    evict(path)
+    import vyre_uring._uring_backend as ub
     if not ub._uncached(str(path), offsets[::100]):
         pytest.skip(f"{tmp_path}'s filesystem kept the file cached (fadvise DONTNEED)")
-    _drop_from_page_cache(path)
+    evict(path)
     with BatchReader(backend=backend, workers=workers) as r:
         got = r.read_path_ranges([str(path)] * 700, offsets, [4096] * 700)
         rings = r.stats()["workers"]

@@ -28,7 +28,7 @@ import pytest
 
 from vyre_uring import BatchReader, read_files
 
-from conftest import limit_leaving_free, open_fds, run_as_nobody
+from conftest import evict, limit_leaving_free, open_fds, run_as_nobody
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 SENTINEL = 0xA5             # fills every caller buffer before a read
@@ -200,17 +200,6 @@ def _write(path, data):
     with open(path, "wb") as f:
         f.write(data)
     return path
-
-
-def _evict(path):
-    """Drop this one file's pages from the page cache (fadvise, nothing machine-wide),
-    so that its reads wait for the disk and an interrupt finds them in flight."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def _pattern(size, seed):
@@ -440,7 +429,7 @@ def scenario_interrupted_ranges_into(tmp, backend, workers, size_mib=64, wanted=
         # A shallow queue: most ranges have not begun when an interrupt lands.
         with BatchReader(backend=backend, workers=workers, queue_depth=4) as r:
             buf = bytearray(fill)
-            _evict(path_a)
+            evict(path_a)
             t0 = time.monotonic()
             assert r.read_ranges_into(path_a, buf, offsets, lengths) == lengths
             full = time.monotonic() - t0              # only to pick when to interrupt
@@ -449,7 +438,7 @@ def scenario_interrupted_ranges_into(tmp, backend, workers, size_mib=64, wanted=
                 # The fd numbers the reader will take are warm: a reused one shows.
                 os.close(os.open(path_b, os.O_RDONLY))
                 buf = bytearray(fill)
-                _evict(path_a)
+                evict(path_a)
                 delay = full * rnd.uniform(0.1, 0.8)
                 interrupted, counts = intr.call(
                     lambda: r.read_ranges_into(path_a, buf, offsets, lengths), delay)
