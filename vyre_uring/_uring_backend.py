@@ -246,8 +246,8 @@ def _uncached(path, offsets):
                 os.preadv(fd, [probe], offset, os.RWF_NOWAIT)
             except BlockingIOError:
                 misses += 1
-    except (OSError, OverflowError):
-        return False
+    except (OSError, OverflowError, TypeError, ValueError):
+        return False                    # (a bad offset: the reader's checks name it)
     finally:
         os.close(fd)
     return 2 * misses > len(offsets)
