@@ -632,7 +632,6 @@ cdef bint _quiesce(object ring, RingCore *r) noexcept:
     cdef int ret = 0
     cdef bint cancelled = False
     cdef uint32_t t, n
-    cdef uint64_t ud
     while slots_used(r) and (ret >= 0 or ret == -EINTR or ret == -EAGAIN or ret == -EBUSY
                             or ret == -ETIME):
         if not cancelled and r.sq.entries > sq_pending(r):
@@ -829,18 +828,9 @@ cdef void _on_open(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
         res = c_open(j.paths[i], j.open_flags)
         if res < 0:
             res = -errno
-    if (res == -EMFILE or res == -ENFILE) and _may_retry_open(j):
-        j.retry[j.nretry] = i
-        j.nretry += 1
+    if not _opened(j, i, res, j.retry, &j.nretry):
         return
-    if res < 0:
-        j.err[i] = -res
-        _finish(j, i)
-        return
-    j.fd[i] = res
-    j.held += 1
     vy_i64_add(&_fds_held, 1)
-    j.fd_wait_since = 0
     if fstat(res, &st) != 0:
         j.err[i] = errno
         _finish(j, i)
@@ -871,18 +861,27 @@ cdef void _on_open_direct(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
     path could have been replaced between the two: then what it became is read as
     a file of the size statx gave, without waiting, being opened O_NONBLOCK.)"""
     j.opening -= 1
+    if _opened(j, i, res, j.openq, &j.oq_len):      # (a full table: opened again later)
+        _sized(j, i, j.stx[i].stx_mode, <int64_t>j.stx[i].stx_size)
+
+
+cdef bint _opened(Job *j, Py_ssize_t i, int32_t res, Py_ssize_t *again,
+                  Py_ssize_t *nagain) noexcept nogil:
+    """An open of item i returned `res` (an fd, or a slot of the ring's table): True
+    when the item now holds it. At the fd or table limit the item goes back on
+    `again` to be opened later (_may_retry_open); any other failure finishes it."""
     if (res == -EMFILE or res == -ENFILE) and _may_retry_open(j):
-        j.openq[j.oq_len] = i               # the table is full: open it again later
-        j.oq_len += 1
-        return
+        again[nagain[0]] = i
+        nagain[0] += 1
+        return False
     if res < 0:
         j.err[i] = -res
         _finish(j, i)
-        return
+        return False
     j.fd[i] = res
     j.held += 1
     j.fd_wait_since = 0
-    _sized(j, i, j.stx[i].stx_mode, <int64_t>j.stx[i].stx_size)
+    return True
 
 
 cdef void _sized(Job *j, Py_ssize_t i, uint32_t mode, int64_t size) noexcept nogil:
