@@ -4,6 +4,7 @@ import errno
 import os
 import re
 import stat
+import threading
 import time
 
 import pytest
@@ -750,6 +751,97 @@ def test_reap_respects_array_length(ring):
     seen = list(out_ud)
     rest = [c.user_data for c in ring.completions()]
     assert sorted(seen + rest) == list(range(10))
+
+
+# ---- submit_and_reap -----------------------------------------------------------------
+
+def test_submit_and_reap_round_trips_one_nop_at_a_time(ring):
+    uds, out_ud, out_res = array.array("Q", [0]), array.array("Q", [9]), array.array("i", [9])
+    for k in range(1000):
+        uds[0] = k
+        assert ring.prep_nops(uds) == 1
+        assert ring.submit_and_reap(out_ud, out_res, 1) == 1
+        assert (out_ud[0], out_res[0]) == (k, 0)
+    assert ring.in_flight == 0 and ring.pending == 0
+
+
+def test_submit_and_reap_reads_cached_data_and_releases_the_buffer(ring, fd, tmp_file):
+    _, data = tmp_file
+    buf = bytearray(4096)
+    ring.prep_read(fd, buf, 8192, user_data=5)
+    out_ud, out_res, out_flags = (array.array("Q", [0] * 2), array.array("i", [0] * 2),
+                                  array.array("I", [7] * 2))
+    assert ring.submit_and_reap(out_ud, out_res, 1, out_flags) == 1
+    assert (out_ud[0], out_res[0], out_flags[0]) == (5, 4096, 0)
+    assert bytes(buf) == data[8192:12288]
+    buf.extend(b"x")                   # the read's export of buf was released
+
+
+def test_submit_and_reap_waits_for_what_the_submit_did_not_complete(ring):
+    ring.prep_timeout(0.05, user_data=3)
+    ring.prep_nop(user_data=4)
+    out_ud, out_res = array.array("Q", [0] * 4), array.array("i", [0] * 4)
+    assert ring.submit_and_reap(out_ud, out_res, 2) == 2
+    assert dict(zip(out_ud[:2], out_res[:2])) == {3: -errno.ETIME, 4: 0}
+
+
+def test_submit_and_reap_releases_the_gil_while_it_waits(ring):
+    # A thread counting beside the wait advances: the wait does not hold the GIL.
+    ticks, stop = [0], threading.Event()
+
+    def count():
+        while not stop.is_set():
+            ticks[0] += 1
+
+    ring.prep_timeout(0.3, user_data=1)
+    t = threading.Thread(target=count)
+    t.start()
+    try:
+        before = ticks[0]
+        assert ring.submit_and_reap(array.array("Q", [0]), array.array("i", [0]), 1) == 1
+        during = ticks[0] - before
+    finally:
+        stop.set()
+        t.join()
+    assert during > 1000
+
+
+def test_submit_and_reap_with_zero_min_complete_never_waits(ring):
+    ring.prep_timeout(10.0, user_data=1)
+    out_ud, out_res = array.array("Q", [0]), array.array("i", [0])
+    t0 = time.monotonic()
+    assert ring.submit_and_reap(out_ud, out_res, 0) == 0
+    assert time.monotonic() - t0 < 5
+    assert ring.in_flight == 1 and ring.pending == 0     # submitted, not waited for
+
+
+def test_submit_and_reap_on_an_sqpoll_ring():
+    try:
+        r = Ring(8, sqpoll=True)
+    except OSError as exc:
+        pytest.skip(f"SQPOLL rings are refused here: {exc}")
+    with r:
+        out_ud, out_res = array.array("Q", [0]), array.array("i", [0])
+        for k in range(50):
+            r.prep_nop(user_data=k)
+            assert r.submit_and_reap(out_ud, out_res, 1) == 1
+            assert (out_ud[0], out_res[0]) == (k, 0)
+
+
+@pytest.mark.parametrize("args,exc,match", [
+    ((array.array("Q", [0]), array.array("i", [0]), 2), ValueError, "exceeds the output"),
+    ((array.array("Q", [0] * 4), array.array("i", [0] * 4), 2), ValueError,
+     "only 1 requests are outstanding"),
+    ((array.array("I", [0]), array.array("i", [0]), 1), TypeError, "user_data_out"),
+    ((array.array("Q", [0]), array.array("i", [0]), -1), OverflowError, "min_complete"),
+    ((array.array("Q", [0]), array.array("i", [0]), 1.0), TypeError, "min_complete"),
+])
+def test_submit_and_reap_refuses_bad_arguments_before_submitting(ring, args, exc, match):
+    ring.prep_nop(user_data=1)
+    with pytest.raises(exc, match=match):
+        ring.submit_and_reap(*args)
+    assert ring.pending == 1           # nothing was submitted
+    assert ring.submit_and_reap(array.array("Q", [0]), array.array("i", [0]), 1) == 1
 
 
 def test_completions_is_non_blocking(ring):

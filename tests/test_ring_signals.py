@@ -47,6 +47,7 @@ def _read_line(proc, timeout):
 
 
 CTRL_C_CHILD = textwrap.dedent("""
+    import array
     import vyre_uring
     ring = vyre_uring.Ring(4)
     ring.prep_timeout(30, user_data=1)
@@ -56,7 +57,9 @@ CTRL_C_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("call", ["wait()", "wait(timeout=60)", "submit_and_wait(1)"])
+@pytest.mark.parametrize("call", ["wait()", "wait(timeout=60)", "submit_and_wait(1)",
+                                  "submit_and_reap(array.array('Q', [0]), "
+                                  "array.array('i', [0]), 1)"])
 def test_ctrl_c_interrupts_a_blocking_wait(call):
     proc = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD.format(call=call)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1840,23 +1840,76 @@ cdef class Ring:
         """
         cdef double t = _timeout_arg(timeout)
         cdef uint32_t want = _u32_arg(min_complete, "min_complete")
-        cdef Sinks sinks
         cdef Py_ssize_t capacity = <Py_ssize_t>LLONG_MAX
         self._enter_api()
         try:
             if want:
-                try:
-                    capacity = _open_sinks(&sinks, user_data_out, res_out, flags_out)
-                finally:
-                    _close_sinks(&sinks)
-                if want > capacity:
-                    raise ValueError(f"min_complete ({want}) exceeds the output arrays' "
-                                     f"length ({capacity})")
-                self._check_waitable(want)
+                capacity = self._waitable_into(user_data_out, res_out, flags_out, want)
                 self._submit_and_wait(want, t)
             return self._reap(user_data_out, res_out, flags_out, capacity)
         finally:
             self._leave_api()
+
+    def submit_and_reap(self, user_data_out, res_out, min_complete=1, flags_out=None):
+        """The round trip of a caller with few requests in flight, in one call: submit
+        what is prepared, wait until `min_complete` completions are ready (for ever;
+        Ctrl-C raises KeyboardInterrupt), and copy up to len(user_data_out) of them
+        into the arrays as reap() does. Returns how many it copied. Pass the arguments
+        by position: that keeps the call on the interpreter's fast path.
+
+        The submit keeps the GIL (it never blocks), and what the kernel completes
+        inside it (a NOP, a read of cached pages) needs no wait: the GIL is released
+        only when a completion must be waited for. The kernel copies a cached read
+        inside that submit, so for reads of many megabytes, whose copy other threads
+        would wait for, submit_and_wait() and reap() release the GIL for the submit
+        too.
+
+        Raises as reap() does with min_complete > 0.
+        """
+        cdef uint32_t want = _u32_arg(min_complete, "min_complete")
+        cdef Py_ssize_t capacity
+        self._enter_api()
+        try:
+            capacity = self._waitable_into(user_data_out, res_out, flags_out, want)
+            self._submit_held()
+            if cq_ready(&self.core) < want or sq_pending(&self.core):
+                self._submit_and_wait(want, -1.0)
+            return self._reap(user_data_out, res_out, flags_out, capacity)
+        finally:
+            self._leave_api()
+
+    cdef Py_ssize_t _waitable_into(self, object ud_out, object res_out, object flags_out,
+                                   uint32_t want) except -1:
+        """The output arrays' common length, checked (and given back: a wait must not
+        keep them borrowed), once it is known that `want` completions can be waited
+        for and fit them."""
+        cdef Sinks sinks
+        cdef Py_ssize_t capacity
+        try:
+            capacity = _open_sinks(&sinks, ud_out, res_out, flags_out)
+        finally:
+            _close_sinks(&sinks)
+        if want > capacity:
+            raise ValueError(f"min_complete ({want}) exceeds the output arrays' "
+                             f"length ({capacity})")
+        self._check_waitable(want)
+        return capacity
+
+    cdef int _submit_held(self) except -1:
+        """Submit what is pending in one io_uring_enter, keeping the GIL: a submit
+        without GETEVENTS does not wait. Anything it leaves (a partial submit, a
+        retryable error) is _submit_and_wait's to finish; SQPOLL rings go there."""
+        cdef uint32_t n
+        cdef int ret
+        if self.core.setup_flags & IORING_SETUP_SQPOLL:
+            return 0
+        sq_publish(&self.core)
+        n = sq_pending(&self.core)
+        if n:
+            ret = enter(&self.core, n, 0, 0, NULL, 0)
+            if ret < 0:
+                self._enter_result(ret)    # raises, unless the retry can handle it
+        return 0
 
     # ---- public: registration -------------------------------------------------------
 

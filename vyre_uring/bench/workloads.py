@@ -195,16 +195,16 @@ def _nop_workloads(ctx):
 
 
 def vyre_nops(ring, batch, ops):
-    """NOPs through prep_nops + reap, `batch` per round trip."""
+    """NOPs through prep_nops + submit_and_reap, `batch` per round trip."""
     user_data = array.array("Q", range(batch))
     ud_out = array.array("Q", bytes(8 * batch))
     res_out = array.array("i", bytes(4 * batch))
-    prep, reap = ring.prep_nops, ring.reap
+    prep, round_trip = ring.prep_nops, ring.submit_and_reap
     done = 0
     start = time.perf_counter()
     while done < ops:
         prep(user_data)
-        done += reap(ud_out, res_out, min_complete=batch)
+        done += round_trip(ud_out, res_out, batch)
     elapsed = time.perf_counter() - start
     if sorted(ud_out[:batch]) != list(range(batch)) or any(res_out[:batch]):
         raise AssertionError("NOP completions came back wrong")
