@@ -9,10 +9,11 @@ import sys
 if not sys.platform.startswith("linux"):
     raise ImportError(f"vyre_uring needs Linux (io_uring); this is {sys.platform}")
 
-from ._ring import (FEAT_EXT_ARG, FEAT_NODROP, FEAT_SINGLE_MMAP, FILE_INDEX_ALLOC,  # noqa: E402
-                    SETUP_COOP_TASKRUN, SETUP_DEFER_TASKRUN, SETUP_SINGLE_ISSUER,
-                    SETUP_SQPOLL, SQE_ASYNC, SQE_FIXED_FILE, SQE_IO_DRAIN, SQE_IO_HARDLINK,
-                    SQE_IO_LINK, Completion, Op, Ring, Statx, StatxArray)
+from ._ring import Completion, Op, Ring, Statx, StatxArray  # noqa: E402
+from .constants import (FEAT_EXT_ARG, FEAT_NODROP, FEAT_SINGLE_MMAP,  # noqa: E402
+                        FILE_INDEX_ALLOC, SETUP_COOP_TASKRUN, SETUP_DEFER_TASKRUN,
+                        SETUP_SINGLE_ISSUER, SETUP_SQPOLL, SQE_ASYNC, SQE_FIXED_FILE,
+                        SQE_IO_DRAIN, SQE_IO_HARDLINK, SQE_IO_LINK)
 from .availability import Availability, check  # noqa: E402
 from .buffers import alloc_buffer  # noqa: E402
 from .packed import PackedFiles  # noqa: E402

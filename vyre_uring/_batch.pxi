@@ -63,7 +63,7 @@ cdef Py_ssize_t _first_bad_range(ReadBatch *b, int64_t nfiles, Hold *reg, uint32
                 why[0] = BAD_INDEX
             else:
                 limit = reg.views[index].len
-        if why[0] == 0 and (boff > limit or length > limit - boff):
+        if why[0] == 0 and not span_fits(boff, length, limit):
             why[0] = BAD_RANGE
         if why[0]:
             b.cursor = saved
@@ -134,7 +134,7 @@ cdef Py_ssize_t _checked_range(Py_ssize_t buflen, object buf_offset, object nbyt
     if n > UINT32_MAX:
         raise ArgumentRangeError(f"nbytes {n} exceeds {UINT32_MAX}, the most one request "
                                  f"can carry; split it")
-    if n > buflen - b:
+    if not span_fits(b, n, buflen):
         raise ValueError(f"nbytes {n} at buf_offset {b} runs past the end of the buffer "
                          f"({buflen} bytes)")
     boff[0] = <Py_ssize_t>b

@@ -1373,7 +1373,7 @@ cdef int _check_range(Py_ssize_t i, int64_t o, int64_t m, int64_t b, int64_t buf
     if o > INT64_MAX - m - _CHUNK:
         raise ValueError(f"range {i}: offset {o} + length {m} is past the "
                          f"largest file offset")
-    if buflen >= 0 and (b < 0 or b > buflen or m > buflen - b):
+    if buflen >= 0 and not span_fits(b, m, buflen):
         raise ValueError(f"range {i} (offset {o}, length {m}, buffer offset "
                          f"{b}) does not fit a {buflen}-byte buffer")
     return 0

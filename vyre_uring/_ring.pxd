@@ -94,6 +94,15 @@ cdef inline void ia_set(IntArray *a, Py_ssize_t i, int64_t v) noexcept nogil:
         (<int8_t *>p)[0] = <int8_t>v
 
 
+# ---- ranges -----------------------------------------------------------------------
+
+cdef inline bint span_fits(int64_t start, int64_t length, int64_t size) noexcept nogil:
+    """Whether `length` bytes at `start` lie inside `size` bytes: the one test of a
+    destination range, for single requests, batches and the engine's jobs (each
+    names what is at fault in its own words). Written so that nothing overflows."""
+    return 0 <= start <= size and 0 <= length <= size - start
+
+
 cdef int int_copy(IntCopy *a, object obj, str name, bint allow_scalar,
                   bint unsigned64=*) except -1
 cdef int int_array_open(IntArray *a, object obj, str name, bint writable,

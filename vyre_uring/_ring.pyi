@@ -59,19 +59,6 @@ class Op(IntEnum):
     MSG_RING = 40
 
 CYTHON_VERSION: Final[str]
-SQE_FIXED_FILE: Final[int]
-SQE_IO_DRAIN: Final[int]
-SQE_IO_LINK: Final[int]
-SQE_IO_HARDLINK: Final[int]
-SQE_ASYNC: Final[int]
-FILE_INDEX_ALLOC: Final[int]
-SETUP_SQPOLL: Final[int]
-SETUP_SINGLE_ISSUER: Final[int]
-SETUP_DEFER_TASKRUN: Final[int]
-SETUP_COOP_TASKRUN: Final[int]
-FEAT_SINGLE_MMAP: Final[int]
-FEAT_NODROP: Final[int]
-FEAT_EXT_ARG: Final[int]
 
 class Completion:
     @property

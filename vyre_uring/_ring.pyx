@@ -43,6 +43,7 @@ from vyre_uring._queues cimport *
 from vyre_uring.includes.process cimport *
 
 from vyre_uring.availability import is_unavailable_errno, unavailable_error
+from vyre_uring.constants import FILE_INDEX_ALLOC as _FILE_INDEX_ALLOC
 from vyre_uring._files import path_error, pread_to_eof
 from vyre_uring.errors import (ArgumentRangeError, RingBusyError, RingClosedError,
                                RingForkedError, RingFullError, UringError, syscall_error)
@@ -80,19 +81,27 @@ Op = IntEnum("Op", [
 Op.__doc__ = "io_uring opcodes, numbered as in the kernel's <linux/io_uring.h>."
 
 CYTHON_VERSION = (<bytes>VYRE_CYTHON_VERSION).decode()   # the Cython that built this module
-SQE_FIXED_FILE = IOSQE_FIXED_FILE
-SQE_IO_DRAIN = IOSQE_IO_DRAIN
-SQE_IO_LINK = IOSQE_IO_LINK
-SQE_IO_HARDLINK = IOSQE_IO_HARDLINK
-SQE_ASYNC = IOSQE_ASYNC
-FILE_INDEX_ALLOC = -1
-SETUP_SQPOLL = IORING_SETUP_SQPOLL
-SETUP_SINGLE_ISSUER = IORING_SETUP_SINGLE_ISSUER
-SETUP_DEFER_TASKRUN = IORING_SETUP_DEFER_TASKRUN
-SETUP_COOP_TASKRUN = IORING_SETUP_COOP_TASKRUN
-FEAT_SINGLE_MMAP = IORING_FEAT_SINGLE_MMAP
-FEAT_NODROP = IORING_FEAT_NODROP
-FEAT_EXT_ARG = IORING_FEAT_EXT_ARG
+
+
+def _check_constants():
+    """vyre_uring.constants holds the kernel's values as plain ints: each must be the
+    one this module was compiled against."""
+    from vyre_uring import constants
+    compiled = {"SQE_FIXED_FILE": IOSQE_FIXED_FILE, "SQE_IO_DRAIN": IOSQE_IO_DRAIN,
+                "SQE_IO_LINK": IOSQE_IO_LINK, "SQE_IO_HARDLINK": IOSQE_IO_HARDLINK,
+                "SQE_ASYNC": IOSQE_ASYNC, "SETUP_SQPOLL": IORING_SETUP_SQPOLL,
+                "SETUP_SINGLE_ISSUER": IORING_SETUP_SINGLE_ISSUER,
+                "SETUP_DEFER_TASKRUN": IORING_SETUP_DEFER_TASKRUN,
+                "SETUP_COOP_TASKRUN": IORING_SETUP_COOP_TASKRUN,
+                "FEAT_SINGLE_MMAP": IORING_FEAT_SINGLE_MMAP, "FEAT_NODROP": IORING_FEAT_NODROP,
+                "FEAT_EXT_ARG": IORING_FEAT_EXT_ARG}
+    for name, value in compiled.items():
+        if getattr(constants, name) != value:
+            raise ImportError(f"vyre_uring.constants.{name} is {getattr(constants, name)}, "
+                              f"but the kernel header says {value}")
+
+
+_check_constants()
 
 # CQE_SKIP_SUCCESS would leave a slot without its completion; BUFFER_SELECT needs
 # provided buffers, which this engine does not manage.
@@ -1189,7 +1198,7 @@ cdef class Ring:
         if self._reg_file_count == 0:
             raise ValueError("file_index needs a registered file table: call "
                              "register_files([-1] * n) first")
-        if index == FILE_INDEX_ALLOC:
+        if index == _FILE_INDEX_ALLOC:
             return IORING_FILE_INDEX_ALLOC
         if not 0 <= index < self._reg_file_count:
             raise ValueError(f"file_index {index} is outside the registered file table "
@@ -1672,7 +1681,7 @@ cdef class Ring:
         for i in range(b.n if index is not None else 0):
             v = ic_get(&b.index, i)
             if b.direct and not (0 <= v < self._reg_file_count or
-                                 (paths is not None and v == FILE_INDEX_ALLOC)):
+                                 (paths is not None and v == _FILE_INDEX_ALLOC)):
                 if self._reg_file_count == 0:
                     raise ValueError("direct descriptors need a registered file table: "
                                      "call register_files([-1] * n) first")

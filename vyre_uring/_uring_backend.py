@@ -21,7 +21,8 @@ from ._files import OPEN_FLAGS, check_regular, over_budget_error, path_error
 from ._engine import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Arena,
                       drain_jobs, group_paths, read_file_window, read_path_ranges_job,
                       read_ranges_job, run_call, with_file)
-from ._ring import FILE_INDEX_ALLOC, Op, Ring
+from ._ring import Op, Ring
+from .constants import FILE_INDEX_ALLOC
 from ._workers import Workers
 from .buffers import alloc_buffer
 from .errors import UringSyscallError
