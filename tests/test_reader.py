@@ -721,3 +721,33 @@ def test_pieces_of_a_range_count_up_to_the_first_short_one():
         [split[1][0] + split[1][1] + 100]
     assert reader_module._split_for_workers([0] * 4, [40 << 20] * 4, [0] * 4, 4) is None
     assert reader_module._split_for_workers([0], [1 << 20], [0], 4) is None
+
+
+def test_a_ring_sharing_a_file_reads_it_through_its_own_reopened_fd(tmp_path):
+    # Rings reading one file at once each reopen it through /proc/self/fd (their own
+    # file description: no readahead state to fight over); where that cannot be
+    # done, they read the shared fd; a read that fails is not retried.
+    from vyre_uring._uring_backend import _own_fds
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    fd = os.open(path, os.O_RDONLY)
+    r, w = os.pipe()
+    try:
+        seen = []
+        assert _own_fds([fd], lambda fds: seen.append((fds, os.fstat(fds[0])))) is None
+        (own,), stat = seen[0]
+        assert own != fd and os.path.samestat(stat, os.fstat(fd))     # the same file
+        with pytest.raises(OSError):
+            os.fstat(own)                               # closed after the call
+        assert _own_fds([r], lambda fds: fds) == [r]    # a pipe does not reopen: shared
+        calls = []
+
+        def failing(fds):
+            calls.append(fds)
+            raise OSError(errno.EIO, "a read failed")
+        with pytest.raises(OSError, match="a read failed"):
+            _own_fds([fd], failing)
+        assert len(calls) == 1 and calls[0] != [fd]
+    finally:
+        for f in (fd, r, w):
+            os.close(f)

@@ -2,6 +2,7 @@
 reader's rings, slots, events) with copies into host memory that run only when
 the pipeline waits for them, as a GPU's do. A slot refilled before its copies
 completed would copy the new bytes, and the data would differ."""
+import array
 import ctypes
 import os
 import random
@@ -16,12 +17,19 @@ from hypothesis import strategies as st
 import vyre_uring
 from vyre_uring import BatchReader
 from vyre_uring._cuda import CudaUnavailableError
-from vyre_uring._staging import (STAGING_MIN, CudaTarget, Destination, Staging, StagingCache,
-                                 check_staging_bytes, plan, read_into)
+from vyre_uring._engine import CopyOps, StagePlan, run_stage_lane
+from vyre_uring._staging import (STAGING_MIN, CudaTarget, Destination, Requests, Staging,
+                                 StagingCache, check_staging_bytes, plan, read_into)
 
 from conftest import open_fds
 
 BACKENDS = ["io_uring", "threads"]
+
+# The copy side's C signatures (cuEventSynchronize, cuMemcpyHtoDAsync_v2, cuEventRecord).
+EVENT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+COPY_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t,
+                           ctypes.c_void_p)
+RECORD_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
 
 class DeferredLane:
@@ -34,6 +42,29 @@ class DeferredLane:
         self.current = []
         self.log = log
         self.closed = False
+        self.errors = []
+
+    def c_ops(self):
+        """The same lane as C functions for the engine's lanes, an event being its
+        slot + 1: an exception in one (a failed check) fails the call with code 1,
+        and fail() raises it, as a CUDA error would be raised."""
+        def guarded(method):
+            def call(*args):
+                try:
+                    method(*args)
+                    return 0
+                except BaseException as exc:
+                    self.errors.append(exc)
+                    return 1
+            return call
+
+        def fail(code, call):
+            raise self.errors.pop()
+        fns = (EVENT_FN(guarded(lambda event: self.wait(event - 1))),
+               COPY_FN(guarded(lambda dest, source, n, stream: self.copy(dest, source, n))),
+               RECORD_FN(guarded(lambda event, stream: self.record(event - 1))))
+        return (*(ctypes.cast(fn, ctypes.c_void_p).value for fn in fns), 0,
+                list(range(1, len(self.pending) + 1)), fail, fns)
 
     def copy(self, dest, source, nbytes):
         self.current.append((dest, source, nbytes))
@@ -128,6 +159,7 @@ def _read(backend, groups, size, staging_bytes, workers=4):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.usefixtures("file_table")   # registered files: table or own
 def test_a_file_through_small_staging_equals_the_file(tmp_path, backend):
     path, data = _file(tmp_path, "a", (5 << 20) + 123)
     got, dest, device = _read(backend, [(path, [0], [len(data)], [0])], len(data),
@@ -139,6 +171,7 @@ def test_a_file_through_small_staging_equals_the_file(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.usefixtures("file_table")   # registered files: table or own
 def test_ranges_of_several_files_land_where_asked(tmp_path, backend):
     files = [_file(tmp_path, f"f{k}", size, seed=k)
              for k, size in enumerate([1 << 20, 3 << 20, 4096, 7, 0, (2 << 20) + 1])]
@@ -188,12 +221,14 @@ def test_plan_is_bounded_by_staging_and_workers(tmp_path):
     try:
         for staging in (STAGING_MIN, 32 << 20, 256 << 20):
             for workers in (1, 3, 16):
-                layout, loads, _ = plan([(path, [0], [len(data)], [0])], fds, workers,
-                                        staging)
+                layout, req = plan([(path, [0], [len(data)], [0])], fds, workers, staging)
                 assert layout.nbytes <= staging
                 assert layout.lanes <= workers
-                assert all(sum(n for n in f.lengths) <= layout.chunk
-                           for load in loads for f in load.reads)
+                loads = zip(req.load_first, req.load_first[1:])
+                assert all(sum(req.length[a:b]) <= layout.chunk for a, b in loads)
+                assert all(o + n <= layout.chunk
+                           for o, n in zip(req.slot_offset, req.length))
+                assert sum(req.length) == len(data)
     finally:
         os.close(fds[0])
 
@@ -271,6 +306,7 @@ def test_cpu_only_machine_says_which_library_is_missing(tmp_path):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.usefixtures("file_table")   # registered files: table or own
 def test_a_load_of_many_files_opens_them_in_a_loop_and_closes_them(tmp_path, backend):
     """600 files in one device load (a checkpoint of many shards): every one is
     opened (not one nested call per file, which ran out of Python's stack) and all
@@ -334,3 +370,42 @@ def test_staging_cache_keeps_the_largest_and_reuses_it():
     assert other.memory.closed and not bigger.memory.closed
     cache.close()
     assert bigger.memory.closed
+
+
+# ---- the engine's StagePlan refuses what its lanes must not read or copy -------------
+
+def _stage_plan(fds=(0,), slot_bytes=1 << 20, slots=3, dest_nbytes=1 << 20, **fields):
+    req = dict(file=[0], offset=[0], length=[4096], slot_offset=[0], dest_offset=[0],
+               range=[0], load_first=[0, 1])
+    req.update(fields)
+    requests = Requests(**{k: array.array("q", v) for k, v in req.items()})
+    got = array.array("q", bytes(8 * len(requests.offset)))
+    return StagePlan(requests, list(fds), ["f"] * len(fds), got, slot_bytes, slots, 0,
+                     dest_nbytes)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(slot_bytes=(1 << 61) + 1, slots=8), "address space"),     # slots * bytes wraps
+    (dict(slots=9), "slots"),
+    (dict(fds=((1 << 32) + 3,)), "not a file descriptor"),
+    (dict(fds=(-1,)), "not a file descriptor"),
+    (dict(slot_offset=[(1 << 20) - 100]), "outside"),                # past its slot
+    (dict(dest_offset=[(1 << 20) - 100]), "outside"),                # past the destination
+    (dict(file=[1]), "outside"),                                     # no such file
+    (dict(offset=[-1]), "outside"),
+    (dict(load_first=[0, 2]), "load_first"),
+    (dict(load_first=[1, 1]), "load_first"),
+])
+def test_a_stage_plan_refuses_requests_outside_what_was_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _stage_plan(**kwargs)
+
+
+def test_a_stage_lane_refuses_slots_past_its_staging():
+    fns = (EVENT_FN(lambda event: 0), COPY_FN(lambda dest, source, n, stream: 0),
+           RECORD_FN(lambda event, stream: 0))
+    ops = CopyOps(*(ctypes.cast(fn, ctypes.c_void_p).value for fn in fns), 0, [1, 2, 3],
+                  lambda code, call: None, fns)
+    with vyre_uring.Ring(8) as ring, pytest.raises(ValueError, match="do not fit"):
+        run_stage_lane(ring, _stage_plan(), bytearray(3 << 20), 4096, ops, 4,
+                       array.array("q", bytes(40)))

@@ -198,6 +198,18 @@ class CopyLane:
             self.close()
             raise
 
+    def c_ops(self):
+        """The arguments of the engine's CopyOps: libcuda's own functions, the stream
+        and the slots' events, and how a failed call raises."""
+        lib = self._cu.lib
+        fns = [ctypes.cast(getattr(lib, name), _vp).value
+               for name in ("cuEventSynchronize", "cuMemcpyHtoDAsync_v2", "cuEventRecord")]
+        return (*fns, self._stream.value or 0, [event.value for event in self._events],
+                self._failed, None)
+
+    def _failed(self, code, call):
+        raise CudaError(call, code, self._cu.error_name(code))
+
     def copy(self, destination, source, nbytes):
         self._cu("cuMemcpyHtoDAsync_v2", destination, source, nbytes, self._stream)
 

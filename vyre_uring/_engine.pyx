@@ -9,7 +9,7 @@ import os
 
 cimport cython
 from cpython cimport array as carray
-from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE, PyBUF_WRITABLE,
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_SIMPLE, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear
@@ -28,11 +28,13 @@ from vyre_uring._ring cimport *
 from vyre_uring._files import path_error, pread_to_eof
 from vyre_uring.errors import UringError, syscall_error
 
-__all__ = ["ARENA_MAX", "Arena", "ByteBudget", "CallStopped", "DEFERRED", "DIRECT_ALIGN",
-           "DIRECT_CHUNK", "GROWN", "GROW_LATER", "GROW_NEVER", "MAX_PIECE", "NOT_REGULAR",
-           "NUL_BYTE", "OVER_BUDGET", "Packing", "Stop", "UNSIZED_FIRST", "check_ranges", "drain_jobs",
-           "group_paths", "read_file_window", "read_path_ranges_job", "read_ranges_job",
-           "run_call", "run_task", "with_file", "with_files"]
+__all__ = ["ARENA_MAX", "Arena", "ByteBudget", "CallStopped", "CopyOps", "DEFERRED",
+           "DIRECT_ALIGN", "DIRECT_CHUNK", "GROWN", "GROW_LATER", "GROW_NEVER",
+           "MAX_PIECE", "NOT_REGULAR", "NUL_BYTE", "OVER_BUDGET", "Packing",
+           "StagePlan", "Stop", "UNSIZED_FIRST", "check_ranges", "drain_jobs",
+           "group_paths", "read_file_window", "read_path_ranges_job",
+           "read_ranges_job", "run_call", "run_stage_lane", "run_task",
+           "with_file", "with_files"]
 
 # The reader's C core: whole files (openat -> fstat -> read -> close) and byte ranges
 # of one file, driven through a Ring with one Python call per batch of files or
@@ -461,7 +463,8 @@ cdef struct Job:
     Py_ssize_t left         # items not yet done
     Py_ssize_t depth        # at most this many opens and reads in flight
     Py_ssize_t busy         # opens and reads in flight
-    bint fixed_file         # ranges: the fd is slot 0 of the ring's registered files
+    bint fixed_file         # ranges: the items' file is a registered file of the ring,
+    int32_t fixed_index     # at this index (the reads name it; fd stays for pread)
     char *bounce            # direct: `depth` page-aligned slots of _CHUNK bytes
     int bounce_index        # the bounce's registered buffer index, or -1
     uint8_t *direct         # per item: read with O_DIRECT, through a bounce slot
@@ -747,7 +750,7 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         sqe.opcode = IORING_OP_READ
         sqe.fd = j.fd[i]
         if j.fixed_file:
-            sqe.fd = 0
+            sqe.fd = j.fixed_index
         if j.fixed_file or j.table:
             sqe.flags = IOSQE_FIXED_FILE
         if j.direct[i] and j.bounce_index >= 0:
@@ -1544,3 +1547,4 @@ def drain_jobs(ring, stats, double timeout=-1.0):
 
 
 include "_engine_path_ranges.pxi"
+include "_engine_staging.pxi"

@@ -1,20 +1,26 @@
 """Reading into GPU memory: file ranges go through pinned host staging slots and are
 copied to the device on CUDA streams, reading slot k+1 while slot k is copied.
 
-The plan. Each range is cut into pieces of at most one slot (`chunk` bytes), and
-consecutive pieces are packed into loads of at most one slot each. Each of the
-reader's rings runs one lane: a stream and SLOTS_PER_LANE slots of its own. A lane
-takes the next load (lanes share one counter, so a shard's loads go to every ring),
-waits until its slot's previous copies completed (an event per slot), reads the
-load into the slot in C without the GIL (several requests per slot, so a cold disk
-sees a deep queue), queues the copies and records the slot's event.
+The plan. The ranges are cut into read requests of at most REQUEST_BYTES, packed
+into loads of one slot (`chunk` bytes) each: flat arrays (Requests), checked and
+copied once into the engine's StagePlan. Each of the reader's rings runs one lane:
+a stream and SLOTS_PER_LANE slots of its own. A lane takes the next load (lanes
+share one counter, so a shard's loads go to every ring), waits until its slot's
+previous copies completed (an event per slot), reads the load into the slot
+(several requests per slot, so a cold disk sees a deep queue), queues the copies
+and records the slot's event. On io_uring the whole lane is one call into the
+engine that holds the GIL only for signals and errors (run_stage_lane): lanes in
+Python queued for the GIL at every load, which capped 16 rings well below the copy
+engine. The slots are small enough (128 MiB for 16 lanes) to stay in the CPU's
+cache between the read that fills them and the copy that empties them.
 
 Memory. A slot is refilled only after its event; when the call ends, its target's
 session synchronizes every lane's stream (_settle) before the call returns or
 raises, so no copy is in flight on a slot or into the caller's memory once the call
 is over; staging is unpinned and freed only after that. The copy side is a `lane`
-object (copy, record, wait, close): CUDA's CopyLane here, a host one in the tests,
-which run this same pipeline in CI.
+object: CUDA's CopyLane here, a host one in the tests, which run this same pipeline
+in CI. It offers its calls as C functions (c_ops(), for the engine's lanes) and as
+methods (copy, record, wait, close: the thread backend's lanes, and the session).
 """
 import array
 import contextlib
@@ -25,28 +31,24 @@ import os
 import threading
 import weakref
 from collections import namedtuple
-from itertools import count
 
 from . import _cuda
 from ._files import lengths_within_eof
-from ._engine import with_files
+from ._engine import StagePlan, with_files
 from .buffers import PAGE_SIZE, alloc_buffer
 
 __all__ = ["STAGING_DEFAULT", "STAGING_MAX", "STAGING_MIN", "CudaTarget", "Staging",
            "StagingCache", "check_staging_bytes", "cuda_destination", "read_into"]
 
-STAGING_DEFAULT = 256 << 20     # 16 lanes x 3 slots of 5 MiB: enough to keep 16 cores
+STAGING_DEFAULT = 128 << 20     # 16 lanes x 3 slots of 2.7 MiB: enough to keep 16 cores
 STAGING_MIN = 1 << 20           # and the copy engine busy; pinned memory is scarce,
 STAGING_MAX = 4 << 30           # so a caller may not take more than this.
 SLOTS_PER_LANE = 3              # one being read, one being copied, one spare for jitter
 CHUNK_MAX = 16 << 20            # larger slots gain nothing and delay the first copy
-REQUEST_BYTES = 4 << 20         # one read request; a slot is read by several at once
+REQUEST_BYTES = 2 << 20         # one read request; a slot is read by several at once
 LANE_MIN = 4 << 20              # less work per lane costs more in streams than it gains
 
 Destination = namedtuple("Destination", "address nbytes device")
-Piece = namedtuple("Piece", "index slot_offset dest_offset nbytes first_request requests")
-Load = namedtuple("Load", "reads pieces")
-FileReads = namedtuple("FileReads", "fd name offsets lengths slot_offsets")
 
 
 def check_staging_bytes(nbytes):
@@ -110,13 +112,15 @@ def read_into(backend, groups, target, staging_bytes):
     inside the destination) through at most `staging_bytes` of staging into
     `target` (a CudaTarget); returns the byte count of each range, in order."""
     def with_fds(fds):
-        layout, loads, pieces = plan(groups, fds, backend.workers, staging_bytes)
-        got = []
-        if loads:
+        layout, requests = plan(groups, fds, backend.workers, staging_bytes)
+        got = array.array("q", bytes(8 * len(requests.offset)))
+        if len(requests.offset):
             with target.session(layout) as (staging, lanes):
-                got = run_pipeline(backend, layout, loads, len(pieces), staging, lanes,
-                                   target.address, target.device)
-        return _range_counts(groups, pieces, got)
+                stages = StagePlan(requests, fds, [path for path, *_ in groups], got,
+                                   layout.chunk, layout.slots, target.address,
+                                   target.nbytes)
+                run_pipeline(backend, layout, stages, staging, lanes, target.device)
+        return _range_counts(groups, requests, got)
     # Device loads read through the page cache: O_DIRECT would need aligned reads
     # into the slots.
     return with_files([path for path, *_ in groups], with_fds)
@@ -131,6 +135,7 @@ class CudaTarget:
 
     def __init__(self, dest, cache):
         self.address = dest.address
+        self.nbytes = dest.nbytes
         self.device = dest.device
         self._cache = cache
 
@@ -181,11 +186,17 @@ def _settle(device, lanes):
 
 
 Layout = namedtuple("Layout", "lanes slots chunk nbytes")
+# The plan's read requests, one array('q') per field (see StagePlan): request q reads
+# length[q] bytes at offset[q] of groups[file[q]] into its slot at slot_offset[q],
+# for destination offset dest_offset[q] of range range[q]; load k (one slot's worth)
+# is requests load_first[k] up to load_first[k + 1].
+Requests = namedtuple("Requests", "file offset length slot_offset dest_offset range "
+                                  "load_first")
 
 
 def plan(groups, fds, workers, staging_bytes):
-    """(Layout, loads, pieces): how `groups` go through staging. Lengths are cut to
-    each file's size first (a file whose size says nothing, /proc, keeps them)."""
+    """(Layout, Requests): how `groups` go through staging. Lengths are cut to each
+    file's size first (a file whose size says nothing, /proc, keeps them)."""
     total = 0
     ranges = []                                 # (fd index, offset, length, dest offset)
     for g, (_, offsets, lengths, dest_offsets) in enumerate(groups):
@@ -200,131 +211,54 @@ def plan(groups, fds, workers, staging_bytes):
     # A small call pins only what it uses.
     chunk = min(chunk, -(-total // (lanes * SLOTS_PER_LANE)))
     chunk = max(PAGE_SIZE, chunk // PAGE_SIZE * PAGE_SIZE)
-    loads, pieces = _loads(groups, fds, ranges, chunk)
-    lanes = max(1, min(lanes, len(loads)))
-    slots = max(1, min(SLOTS_PER_LANE, -(-len(loads) // lanes)))
-    return Layout(lanes, slots, chunk, lanes * slots * chunk), loads, pieces
+    requests = _requests(ranges, chunk)
+    loads = len(requests.load_first) - 1
+    lanes = max(1, min(lanes, loads))
+    slots = max(1, min(SLOTS_PER_LANE, -(-loads // lanes)))
+    return Layout(lanes, slots, chunk, lanes * slots * chunk), requests
 
 
-def _loads(groups, fds, ranges, chunk):
-    """Pack the ranges, cut into pieces of at most `chunk`, into loads of at most
-    `chunk` bytes; pieces[k] is the range index of piece k."""
-    loads, pieces = [], []
-    current, used = [], 0
+def _requests(ranges, chunk):
+    """The ranges cut into read requests of at most REQUEST_BYTES, packed into loads
+    of at most `chunk` bytes (a request never crosses a load's end)."""
+    out = Requests(*(array.array("q") for _ in range(6)), array.array("q", [0]))
+    used = 0
     for r, (g, off, n, d) in enumerate(ranges):
         done = 0
         while done < n:
             if used == chunk:
-                loads.append(_load(groups, fds, current))
-                current, used = [], 0
-            take = min(n - done, chunk - used)
-            current.append((len(pieces), g, off + done, take, d + done, used))
-            pieces.append(r)
+                out.load_first.append(len(out.offset))
+                used = 0
+            take = min(n - done, chunk - used, REQUEST_BYTES)
+            for field, value in zip(out, (g, off + done, take, used, d + done, r)):
+                field.append(value)
             used += take
             done += take
-        if n == 0:
-            pieces.append(r)                    # a range with nothing to read
-    if current:
-        loads.append(_load(groups, fds, current))
-    return loads, pieces
+    if used:
+        out.load_first.append(len(out.offset))
+    return out
 
 
-def _load(groups, fds, items):
-    """A Load: per file, the read requests (at most REQUEST_BYTES each), and the
-    pieces with where their requests are."""
-    by_file = {}
-    for index, g, off, n, d, slot_off in items:
-        by_file.setdefault(g, []).append((index, off, n, d, slot_off))
-    reads, pieces = [], []
-    for g, group in by_file.items():
-        offsets, lengths, slot_offsets = array.array("q"), array.array("q"), array.array("q")
-        for index, off, n, d, slot_off in group:
-            first = len(offsets)
-            for k in range(0, n, REQUEST_BYTES):
-                offsets.append(off + k)
-                lengths.append(min(REQUEST_BYTES, n - k))
-                slot_offsets.append(slot_off + k)
-            pieces.append(Piece(index, slot_off, d, n, (len(reads), first),
-                                len(offsets) - first))
-        reads.append(FileReads(fds[g], groups[g][0], offsets, lengths, slot_offsets))
-    return Load(reads, pieces)
-
-
-def run_pipeline(backend, layout, loads, npieces, staging, lanes, dest_address, device=None):
-    """Run the loads on `layout.lanes` rings of `backend`, through `staging` (at least
-    layout.nbytes of host memory), copying with `lanes` (one per lane) to
-    dest_address + piece.dest_offset. Returns the bytes read per piece. With a
-    `device`, each ring's thread makes its context current while it runs."""
-    got = [0] * npieces
-    claim = count()                             # next(count) is atomic under the GIL
-    failed = []                                 # a lane failed: the others stop too
-    slot_bytes = layout.chunk
-
-    def lane_task(i, read, stop):
-        copies = lanes[i]
-        base = i * layout.slots * slot_bytes
-        with memoryview(staging.memory) as whole:
-            slots = [whole[base + s * slot_bytes:base + (s + 1) * slot_bytes]
-                     for s in range(layout.slots)]
-            old = device.make_current() if device is not None else None
-            try:
-                _lane(read, stop, failed, loads, claim, slots, copies, got,
-                      staging.address + base, slot_bytes, dest_address)
-            except BaseException:
-                failed.append(i)
-                raise
-            finally:
-                for view in slots:
-                    view.release()
-                if device is not None:
-                    device.restore(old)
+def run_pipeline(backend, layout, stages, staging, lanes, device=None):
+    """Run the StagePlan `stages` on `layout.lanes` rings of `backend`, through
+    `staging` (a Staging of at least layout.nbytes), copying with `lanes` (one per
+    lane; a lane's slots are layout.slots slots of layout.chunk). With a `device`,
+    each ring's thread makes its context current while it runs."""
+    def lane_task(i, stage):
+        old = device.make_current() if device is not None else None
+        try:
+            stage(stages, staging, i * layout.slots * layout.chunk, lanes[i])
+        finally:
+            if device is not None:
+                device.restore(old)
     backend.run_lanes(layout.lanes, lane_task)
-    return got
 
 
-def _lane(read, stop, failed, loads, claim, slots, copies, got, slots_address, slot_bytes,
-          dest_address):
-    turn = 0
-    while not (stop.is_set or failed):
-        k = next(claim)
-        if k >= len(loads):
-            return
-        s = turn % len(slots)
-        turn += 1
-        copies.wait(s)                          # its last copies are done: refill it
-        load = loads[k]
-        counts = [read(f.fd, f.offsets, f.lengths, slots[s], f.slot_offsets, f.name)
-                  for f in load.reads]
-        source = slots_address + s * slot_bytes
-        for piece in load.pieces:
-            f, first = piece.first_request
-            spans = _filled_spans(load.reads[f], counts[f], first, piece.requests)
-            for start, n in spans:
-                copies.copy(dest_address + piece.dest_offset + (start - piece.slot_offset),
-                            source + start, n)
-            got[piece.index] = sum(n for _, n in spans)
-        copies.record(s)
-
-
-def _filled_spans(reads, counts, first, requests):
-    """(slot offset, bytes) of what the requests first..first+requests-1 read, runs
-    of full requests merged: one span unless a read came back short (EOF)."""
-    spans = []
-    for q in range(first, first + requests):
-        start, n = reads.slot_offsets[q], counts[q]
-        if spans and spans[-1][0] + spans[-1][1] == start:
-            spans[-1] = (spans[-1][0], spans[-1][1] + n)
-        elif n:
-            spans.append((start, n))
-    return spans
-
-
-def _range_counts(groups, pieces, got):
-    """Bytes read per range (the sum of its pieces), ranges in input order."""
+def _range_counts(groups, requests, got):
+    """Bytes read per range (the sum of its requests), ranges in input order."""
     counts = [0] * sum(len(offsets) for _, offsets, *_ in groups)
-    for k, r in enumerate(pieces):
-        if k < len(got):
-            counts[r] += got[k]
+    for r, n in zip(requests.range, got):
+        counts[r] += n
     return counts
 
 

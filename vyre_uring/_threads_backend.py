@@ -192,22 +192,11 @@ class ThreadsBackend:
             return with_file(path, self.direct, on_file)
 
     def run_lanes(self, n, lane):
-        """lane(i, read, stop) for each i < n, each on a worker of its own, at once;
-        read(fd, offsets, lengths, buffer, buffer_offsets, name) preads the ranges into
-        the buffer and returns their byte counts. n <= workers."""
-        def read(fd, offsets, lengths, buffer, buffer_offsets, name, stop):
-            got = []
-            with memoryview(buffer) as view:
-                for offset, length, b in zip(offsets, lengths, buffer_offsets):
-                    with view[b:b + length] as part:
-                        try:
-                            got.append(_pread_into(fd, part, offset, stop))
-                        except OSError as exc:
-                            raise path_error(exc.errno, name) from None
-            return got
-
+        """lane(i, stage) for each i < n, each on a worker of its own, at once;
+        stage(stages, staging, base, copies) runs one lane of the StagePlan `stages`
+        with preads (see _stage_lane). n <= workers."""
         def task(i):
-            return lambda _, stop: lane(i, lambda *args: read(*args, stop), stop)
+            return lambda _, stop: lane(i, lambda *args: _stage_lane(*args, stop))
         for _, exc in run_call([task(i) for i in range(n)], self._workers.post, None):
             if exc is not None:
                 raise exc
@@ -378,3 +367,38 @@ def _pread_into(fd, view, offset, stop):
             break
         done += n
     return done
+
+
+def _stage_lane(stages, staging, base, copies, stop):
+    """One lane of a StagePlan (see _staging) with preads, as the engine's
+    run_stage_lane runs one on a ring: claim a load, wait for its slot's copies,
+    read it into the slot, queue its copies, record the slot. Every request is the
+    plan's checked copy."""
+    turn = 0
+    try:
+        with memoryview(staging.memory) as whole:
+            if base < 0 or base + stages.lane_bytes() > len(whole):
+                raise ValueError(f"a lane's slots at {base} do not fit the staging")
+            while not (stop.is_set or stages.failed):
+                k = stages.claim()
+                if k >= stages.nloads:
+                    return
+                s = turn % stages.slots
+                turn += 1
+                copies.wait(s)
+                slot = base + s * stages.slot_bytes
+                for q in range(*stages.load(k)):
+                    fd, offset, length, slot_offset, dest_offset, f = stages.request(q)
+                    with whole[slot + slot_offset:slot + slot_offset + length] as part:
+                        try:
+                            n = _pread_into(fd, part, offset, stop)
+                        except OSError as exc:
+                            raise path_error(exc.errno, stages.names[f]) from None
+                    stages.set_got(q, n)
+                    if n:
+                        copies.copy(stages.dest + dest_offset,
+                                    staging.address + slot + slot_offset, n)
+                copies.record(s)
+    except BaseException:
+        stages.fail()
+        raise

@@ -19,8 +19,9 @@ import time
 
 from ._files import OPEN_FLAGS, check_regular, over_budget_error, path_error
 from ._engine import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Arena,
-                      drain_jobs, group_paths, read_file_window, read_path_ranges_job,
-                      read_ranges_job, run_call, with_file)
+                      CopyOps, drain_jobs, group_paths, read_file_window,
+                      read_path_ranges_job, read_ranges_job, run_call, run_stage_lane,
+                      with_file, with_files)
 from ._ring import Op, Ring
 from .constants import FILE_INDEX_ALLOC
 from ._workers import Workers
@@ -44,6 +45,9 @@ SOCKET_OPCODE = 45                     # IORING_OP_SOCKET: Linux 5.19, as FILE_I
 CLOSE_PATIENCE_S = 10.0
 # Ranges of one file from which registering its fd pays for the two syscalls.
 REGISTER_FILE_MIN_RANGES = 256
+# A staged (GPU) call of at most this many files: each ring reads them through fds of
+# its own, registered with it.
+MAX_REGISTERED_FILES = 64
 # When fewer files than rings hold a call's ranges, a file's ranges are shared out
 # over several rings if they average SPREAD_MIN_AVERAGE bytes or more, in shares of
 # SPREAD_MIN_BYTES or more. Small cached ranges stay on one ring per file whatever
@@ -160,25 +164,26 @@ class UringBackend:
             if self.direct and not direct:
                 with self._lock:
                     self._refused_direct += 1   # the filesystem refused O_DIRECT
-            parts = self._run([
-                lambda r, stop, s=s: r.read_ranges(fd, offsets[s:s + share],
-                                                   lengths[s:s + share], buffer,
-                                                   share_of(buffer_offsets, s), path,
-                                                   direct, stop)
-                for s in range(0, n, share)])
+            def task(s):
+                def run(r, stop):
+                    def read(fds):
+                        return r.read_ranges(fds[0], offsets[s:s + share],
+                                             lengths[s:s + share], buffer,
+                                             share_of(buffer_offsets, s), path, direct, stop)
+                    return _own_fds([fd], read) if shared else read([fd])
+                return run
+            shared = n > share and not direct       # (a reopened fd would be buffered)
+            parts = self._run([task(s) for s in range(0, n, share)])
             return parts[0] if len(parts) == 1 else [x for part in parts for x in part]
         return with_file(path, self.direct, on_file)
 
 
     def run_lanes(self, n, lane):
-        """lane(i, read, stop) for each i < n, each on a ring of its own, at once;
-        read(fd, offsets, lengths, buffer, buffer_offsets, name) reads the ranges into
-        the buffer in C, without the GIL, and returns their byte counts. n <= workers."""
+        """lane(i, stage) for each i < n, each on a ring of its own, at once;
+        stage(stages, staging, base, copies) runs one lane of the StagePlan `stages`
+        on that ring, in C (see _staging). n <= workers."""
         def task(i):
-            return lambda r, stop: lane(i, lambda fd, offsets, lengths, buffer, buffer_offsets,
-                                        name: r.read_ranges(fd, offsets, lengths, buffer,
-                                                            buffer_offsets, name, False, stop),
-                                        stop)
+            return lambda r, stop: lane(i, lambda *args: r.stage(*args, stop))
         self._run([task(i) for i in range(n)])
 
     def read_path_ranges(self, paths, offsets, lengths, out):
@@ -228,6 +233,25 @@ def _spread(files, order, first, offsets, lengths, rings, total=None):
             out_first.append(a + (b - a) * k // shares)
     out_first.append(first[len(files)])
     return out_files, out_first
+
+
+def _own_fds(fds, fn):
+    """fn(fds of this ring's own): each file of `fds` reopened through /proc/self/fd
+    (the same file, even if its path was replaced since; buffered). Rings reading one
+    file at once then do not share its file description, whose readahead state every
+    read writes: one cache line they would fight over at millions of reads a second.
+    Without /proc, fn(fds)."""
+    opened = []
+
+    def run(own):
+        opened.append(own)
+        return fn(own)
+    try:
+        return with_files([f"/proc/self/fd/{fd}" for fd in fds], run)
+    except OSError:
+        if opened:
+            raise                       # the reads failed, not the opens
+    return fn(fds)
 
 
 def _uncached(path, offsets):
@@ -309,33 +333,66 @@ class _RingReader:
         # The fd as a registered file: each read then skips taking and dropping a
         # reference to the file (two atomics on a line that several rings share).
         # Registering costs two syscalls: worth it for many ranges only.
-        fixed = False
+        registering = len(offsets) >= REGISTER_FILE_MIN_RANGES
         try:
-            if len(offsets) >= REGISTER_FILE_MIN_RANGES:
-                try:
-                    self._set_file_zero(fd)
-                    fixed = True
-                except UringSyscallError:
-                    pass                        # plain fd: the same reads, a bit slower
+            fixed = registering and self._register([fd])
             return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
                                    self.depth, self.stats, path,
                                    self.bounce if direct else None, fixed, call)
         finally:
-            if fixed:
-                self._set_file_zero(None)
+            if registering:
+                self._unregister(1)
 
-    def _set_file_zero(self, fd):
-        """Registered file 0 becomes `fd` (None: nothing): a slot of the direct table
-        where there is one (no files job runs meanwhile), else a table of its own."""
-        if self.table:
-            self.ring.update_files(0, [-1 if fd is None else fd])
-        elif fd is None:
-            self.ring.unregister_files()
-        else:
+    def _register(self, fds):
+        """Registered files 0..len(fds)-1 become `fds`: slots of the direct table where
+        there is one (no files job runs meanwhile), else a table of their own. Returns
+        whether they all are; where the kernel refuses (or updates only some slots),
+        nothing stays registered and the reads name the plain fds (the same reads, a
+        bit slower)."""
+        try:
+            if self.table:
+                if self.ring.update_files(0, fds) == len(fds):
+                    return True
+                self._unregister(len(fds))
+                return False
             if self.ring.registered_files:      # left by an interrupted call
                 self.ring.unregister_files()
-            self.ring.register_files([fd])
+            self.ring.register_files(fds)
+        except UringSyscallError:
+            return False
+        return True
 
+    def _unregister(self, n):
+        """Undo _register of n files, so that no slot keeps a file open after the
+        call; best effort, as close(2) is (a table left registered is replaced by the
+        next _register, and goes with the ring)."""
+        try:
+            if self.table:
+                self.ring.update_files(0, [-1] * n)
+            elif self.ring.registered_files:
+                self.ring.unregister_files()
+        except UringSyscallError:
+            pass
+
+    def stage(self, stages, staging, base, copies, call):
+        """One lane of a StagePlan, its slots at `base` in the Staging `staging`,
+        copied by the lane `copies`. Where the plan has few files, the ring reads
+        them through fds of its own (_own_fds), registered with it."""
+        n = stages.nfiles
+
+        def lane(fds):
+            registering = fds is not None
+            try:
+                fixed = registering and self._register(fds)
+                run_stage_lane(self.ring, stages, staging.memory, base,
+                               CopyOps(*copies.c_ops()), self.depth, self.stats,
+                               n if fixed else 0, call)
+            finally:
+                if registering:
+                    self._unregister(n)
+        if n > MAX_REGISTERED_FILES:
+            return lane(None)
+        return _own_fds([stages.fd(f) for f in range(n)], lane)
 
     def read_path_ranges(self, files, order, first, offsets, lengths, f0, f1, out, call):
         return read_path_ranges_job(self.ring, files, order, first, offsets, lengths, f0,
