@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import threading
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -322,13 +321,15 @@ def test_a_load_of_many_files_opens_them_in_a_loop_and_closes_them(tmp_path, bac
 
 class InterruptingLane(DeferredLane):
     """Sends the process Ctrl-C at its `at`-th record (from a worker thread: Python
-    delivers it to the main thread, waiting in the call); later records are paced,
-    so that the lanes cannot finish the whole load before the main thread runs the
-    handler on a loaded machine (pacing only: nothing is timed)."""
+    delivers it to the main thread, waiting in the call). Later records wait until
+    the main thread has run the handler (`handled`, at most 10 s), so that however
+    loaded the machine, the lanes cannot finish the whole load first: once the
+    handler ran, the call sets its Stop before it lets go of the GIL, which every
+    record needs."""
 
-    def __init__(self, slots, log, counter, at):
+    def __init__(self, slots, log, counter, at, handled):
         super().__init__(slots, log)
-        self.counter, self.at = counter, at
+        self.counter, self.at, self.handled = counter, at, handled
 
     def record(self, slot):
         super().record(slot)
@@ -336,18 +337,35 @@ class InterruptingLane(DeferredLane):
         if len(self.counter) == self.at:
             os.kill(os.getpid(), signal.SIGINT)
         elif len(self.counter) > self.at:
-            time.sleep(0.01)
+            self.handled.wait(10)
+
+
+@pytest.fixture
+def ctrl_c_seen():
+    """An Event set by a SIGINT handler that raises KeyboardInterrupt, as Python's
+    own does; the old handler is restored after the test."""
+    seen = threading.Event()
+
+    def handler(signum, frame):
+        seen.set()
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGINT, handler)
+    yield seen
+    signal.signal(signal.SIGINT, old)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ctrl_c_mid_load_stops_every_lane_with_its_copies_done(tmp_path, backend):
+def test_ctrl_c_mid_load_stops_every_lane_with_its_copies_done(tmp_path, backend,
+                                                                ctrl_c_seen):
     path, data = _file(tmp_path, "big", 48 << 20)
     records = []
-    device = FakeDevice(lambda slots, log: InterruptingLane(slots, log, records, 5))
+    device = FakeDevice(lambda slots, log: InterruptingLane(slots, log, records, 5,
+                                                            ctrl_c_seen))
     fds_before = open_fds()
     with pytest.raises(KeyboardInterrupt):
         _read_into(backend, [(path, [0], [len(data)], [0])], bytearray(len(data)),
                    12 * STAGING_MIN, device=device)
+    assert ctrl_c_seen.is_set()
     assert len(device.lanes) == 4
     assert 5 <= len(records) < len(data) // STAGING_MIN       # it stopped early
     for lane in device.lanes:

@@ -1142,6 +1142,8 @@ cdef int _job_steps(RingCore *r, Job *j, Hold *hold) noexcept nogil:
             if k:
                 _fill(r, j, k, hold)
         if j.left == 0 and j.cq_len == 0:
+            if sq_pending(r) == 0:
+                return STEP_DONE            # no close to hand over: no syscall
             ret = _job_enter(r, 0)           # the last closes: the fds close now
             if ret == -EINTR:
                 return STEP_SIGNAL
