@@ -806,6 +806,14 @@ def test_submit_and_reap_releases_the_gil_while_it_waits(ring):
     assert during > 1000
 
 
+def test_submit_and_reap_into_exported_arrays(ring):
+    # Arrays that are not array.array are exported, not borrowed: the same results.
+    out_ud, out_res = array.array("Q", [0] * 4), array.array("q", [9] * 4)
+    ring.prep_nops(array.array("Q", [7, 8]))
+    assert ring.submit_and_reap(memoryview(out_ud), memoryview(out_res), 2) == 2
+    assert sorted(out_ud[:2]) == [7, 8] and list(out_res[:2]) == [0, 0]
+
+
 def test_submit_and_reap_with_zero_min_complete_never_waits(ring):
     ring.prep_timeout(10.0, user_data=1)
     out_ud, out_res = array.array("Q", [0]), array.array("i", [0])

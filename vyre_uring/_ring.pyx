@@ -817,28 +817,33 @@ cdef class Ring:
         kernel flags it. Between borrowing the arrays and returning, nothing releases
         the GIL or runs Python code: holds are freed only at the end."""
         cdef Sinks sinks
+        if ud_out is None:
+            self._scratch_sinks(&sinks)
+        try:
+            if ud_out is not None:
+                capacity = min(capacity, _open_sinks(&sinks, ud_out, res_out, flags_out))
+            return self._reap_sinks(&sinks, capacity)
+        finally:
+            _close_sinks(&sinks)
+            self._drop_released()
+
+    cdef Py_ssize_t _reap_sinks(self, Sinks *sinks, Py_ssize_t capacity) noexcept:
+        """_reap into sinks the caller opened (and closes, then drops the released
+        holds). Runs no Python code: borrowed arrays stay valid throughout."""
         cdef Py_ssize_t total = 0
         cdef uint32_t got
         cdef bint flushed = False
         if cq_ready(&self.core) == 0 and cq_needs_flush(&self.core):
             self._flush_cq()
             flushed = True
-        if ud_out is None:
-            self._scratch_sinks(&sinks)
-        try:
-            if ud_out is not None:
-                capacity = min(capacity, _open_sinks(&sinks, ud_out, res_out, flags_out))
-            while total < capacity:
-                got = self._reap_to_sinks(&sinks, total, <uint32_t>min(
-                    capacity - total, <Py_ssize_t>UINT32_MAX))
-                total += got
-                if (flushed and got == 0) or not cq_needs_flush(&self.core):
-                    break
-                self._flush_cq()
-                flushed = True
-        finally:
-            _close_sinks(&sinks)
-            self._drop_released()
+        while total < capacity:
+            got = self._reap_to_sinks(sinks, total, <uint32_t>min(
+                capacity - total, <Py_ssize_t>UINT32_MAX))
+            total += got
+            if (flushed and got == 0) or not cq_needs_flush(&self.core):
+                break
+            self._flush_cq()
+            flushed = True
         return total
 
     cdef void _scratch_sinks(self, Sinks *sinks) noexcept:
@@ -1877,12 +1882,20 @@ cdef class Ring:
         """
         cdef uint32_t want = _u32_arg(min_complete, "min_complete")
         cdef Py_ssize_t capacity
+        cdef Sinks sinks
         self._enter_api()
         try:
-            capacity = self._waitable_into(user_data_out, res_out, flags_out, want)
-            self._submit_held()
-            if cq_ready(&self.core) < want or sq_pending(&self.core):
-                self._submit_and_wait(want, -1.0)
+            try:
+                capacity = _open_sinks(&sinks, user_data_out, res_out, flags_out)
+                self._check_waitable_into(want, capacity)
+                # The common case in one pass over borrowed arrays, where no Python
+                # code may run: the submit completed enough, reap at once.
+                if self._submit_held() and cq_ready(&self.core) >= want:
+                    return self._reap_sinks(&sinks, capacity)
+            finally:
+                _close_sinks(&sinks)
+                self._drop_released()
+            self._submit_and_wait(want, -1.0)     # the arrays given back: it may wait
             return self._reap(user_data_out, res_out, flags_out, capacity)
         finally:
             self._leave_api()
@@ -1898,27 +1911,26 @@ cdef class Ring:
             capacity = _open_sinks(&sinks, ud_out, res_out, flags_out)
         finally:
             _close_sinks(&sinks)
+        self._check_waitable_into(want, capacity)
+        return capacity
+
+    cdef int _check_waitable_into(self, uint32_t want, Py_ssize_t capacity) except -1:
         if want > capacity:
             raise ValueError(f"min_complete ({want}) exceeds the output arrays' "
                              f"length ({capacity})")
-        self._check_waitable(want)
-        return capacity
+        return self._check_waitable(want)
 
-    cdef int _submit_held(self) except -1:
-        """Submit what is pending in one io_uring_enter, keeping the GIL: a submit
-        without GETEVENTS does not wait. Anything it leaves (a partial submit, a
-        retryable error) is _submit_and_wait's to finish; SQPOLL rings go there."""
+    cdef bint _submit_held(self) noexcept:
+        """Submit what is pending in one io_uring_enter, keeping the GIL (a submit
+        without GETEVENTS does not wait) and running no Python code (the caller may
+        hold borrowed arrays). True when nothing is left pending; anything else (a
+        partial submit, an error, an SQPOLL ring) is _submit_and_wait's to finish."""
         cdef uint32_t n
-        cdef int ret
         if self.core.setup_flags & IORING_SETUP_SQPOLL:
-            return 0
+            return False
         sq_publish(&self.core)
         n = sq_pending(&self.core)
-        if n:
-            ret = enter(&self.core, n, 0, 0, NULL, 0)
-            if ret < 0:
-                self._enter_result(ret)    # raises, unless the retry can handle it
-        return 0
+        return n == 0 or enter(&self.core, n, 0, 0, NULL, 0) == <int>n
 
     # ---- public: registration -------------------------------------------------------
 
