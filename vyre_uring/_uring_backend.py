@@ -46,8 +46,9 @@ CLOSE_PATIENCE_S = 10.0
 # Ranges of one file from which registering its fd pays for the two syscalls.
 REGISTER_FILE_MIN_RANGES = 256
 # A staged (GPU) call of at most this many files: each ring reads them through fds of
-# its own, registered with it.
-MAX_REGISTERED_FILES = 64
+# its own, registered with it (16 rings x 16 files: 256 fds at most, well inside the
+# usual limit of 1,024; past it, or at EMFILE, the rings share the call's fds).
+MAX_REGISTERED_FILES = 16
 # When fewer files than rings hold a call's ranges, a file's ranges are shared out
 # over several rings if they average SPREAD_MIN_AVERAGE bytes or more, in shares of
 # SPREAD_MIN_BYTES or more. Small cached ranges stay on one ring per file whatever
