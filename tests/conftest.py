@@ -208,6 +208,11 @@ def evict(path):
         os.close(fd)
 
 
+# AddressSanitizer's build (the second half of .ci/run) runs every C call several
+# times slower, and its allocator quarantines freed memory.
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
 def open_fds():
     """How many file descriptors this process has open."""
     return len(os.listdir("/proc/self/fd"))

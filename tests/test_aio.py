@@ -16,7 +16,7 @@ import pytest
 import vyre_uring
 from vyre_uring import aio
 
-from conftest import open_fds as _open_fds, run_under_seccomp
+from conftest import UNDER_ASAN, open_fds as _open_fds, run_under_seccomp
 from test_reader import make_tree
 
 GUARD = 0xA5
@@ -494,7 +494,10 @@ def test_the_loop_stays_responsive_while_10000_files_are_read(run, backend, tmp_
     out, out2, worst, ticks = run(main())
     assert len(out) == len(out2) == 10_000 and out == out2
     assert ticks >= 2
-    assert worst < 1.0, f"the loop stalled for {worst:.3f} s"
+    # The longest stall is the loop iteration in which gather() starts 10,000 calls,
+    # each running our code up to its first await: several times longer under ASan.
+    limit = 3.0 if UNDER_ASAN else 1.0
+    assert worst < limit, f"the loop stalled for {worst:.3f} s"
 
 
 # ---- where io_uring is blocked -------------------------------------------------------------

@@ -17,6 +17,8 @@ import pytest
 from vyre_uring import _read_command
 from vyre_uring.reader import BACKEND_ENV
 
+from conftest import UNDER_ASAN
+
 TIMEOUT = 300
 
 
@@ -66,7 +68,7 @@ def _measure_in_child(argv):
 # AddressSanitizer keeps freed memory in quarantine (256 MiB) and adds shadow memory:
 # the RSS of an ASan build says nothing about the program's own.
 not_under_asan = pytest.mark.skipif(
-    "libasan" in os.environ.get("LD_PRELOAD", ""),
+    UNDER_ASAN,
     reason="peak RSS under AddressSanitizer counts its quarantine and shadow memory")
 
 

@@ -10,13 +10,12 @@ import pytest
 import vyre_uring
 from vyre_uring import BatchReader
 
-from conftest import direct_supported, open_fds
+from conftest import UNDER_ASAN, direct_supported, open_fds
 
 RSS_SLACK = 16 << 20          # allocator arenas and caches: noise, not a leak
 # Under AddressSanitizer freed memory sits in its quarantine and its allocator maps
 # more regions as that grows, by design: RSS says nothing about leaks there, and
 # mappings need more slack (a leak per cycle would still add hundreds).
-UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 MAPS_SLACK = 32 if UNDER_ASAN else 2
 
 
