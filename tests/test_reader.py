@@ -751,3 +751,15 @@ def test_a_ring_sharing_a_file_reads_it_through_its_own_reopened_fd(tmp_path):
     finally:
         for f in (fd, r, w):
             os.close(f)
+
+
+def test_many_ranges_shared_by_rings_read_through_their_own_fds(tmp_path, backend):
+    # Enough ranges per ring that each reopens the file for itself: every byte right.
+    data = random.Random(5).randbytes(1 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    rnd = random.Random(6)
+    offsets = [rnd.randrange(len(data) - 100) for _ in range(2_000)]
+    with BatchReader(backend=backend, workers=2) as r:
+        got = r.read_ranges(path, offsets, [100] * len(offsets))
+    assert got == [data[o:o + 100] for o in offsets]

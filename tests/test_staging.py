@@ -304,6 +304,29 @@ def test_cpu_only_machine_says_which_library_is_missing(tmp_path):
         vyre_uring.read_ranges_into(path, FakeCudaArray(), [0], [16])
 
 
+@pytest.mark.usefixtures("file_table")
+def test_a_load_of_more_files_than_a_small_ring_registers(tmp_path):
+    # queue_depth 4: a direct table of 8 slots, fewer than the load's 12 files, which
+    # the rings then read through the call's fds.
+    files = [_file(tmp_path, f"f{k}", (256 << 10) + k, seed=k) for k in range(12)]
+    dest = bytearray(sum(len(d) for _, d in files))
+    groups, at = [], 0
+    for path, data in files:
+        groups.append((path, [0], [len(data)], [at]))
+        at += len(data)
+    device, cache = FakeDevice(), StagingCache()
+    anchor = ctypes.c_char.from_buffer(dest)
+    target = CudaTarget(Destination(ctypes.addressof(anchor), len(dest), device), cache)
+    try:
+        with BatchReader(backend="io_uring", workers=2, queue_depth=4) as reader:
+            got = read_into(reader._current(), groups, target, 6 * STAGING_MIN)
+    finally:
+        del anchor, target
+        cache.close()
+    assert got == [len(d) for _, d in files]
+    assert bytes(dest) == b"".join(d for _, d in files)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.usefixtures("file_table")   # registered files: table or own
 def test_a_load_of_many_files_opens_them_in_a_loop_and_closes_them(tmp_path, backend):

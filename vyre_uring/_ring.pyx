@@ -828,8 +828,8 @@ cdef class Ring:
             self._drop_released()
 
     cdef Py_ssize_t _reap_sinks(self, Sinks *sinks, Py_ssize_t capacity) noexcept:
-        """_reap into sinks the caller opened (and closes, then drops the released
-        holds). Runs no Python code: borrowed arrays stay valid throughout."""
+        """_reap into sinks the caller opened (the caller closes them, then drops the
+        released holds). Runs no Python code: borrowed arrays stay valid throughout."""
         cdef Py_ssize_t total = 0
         cdef uint32_t got
         cdef bint flushed = False

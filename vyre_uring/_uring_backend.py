@@ -173,7 +173,9 @@ class UringBackend:
                                              share_of(buffer_offsets, s), path, direct, stop)
                     return _own_fds([fd], read) if shared else read([fd])
                 return run
-            shared = n > share and not direct       # (a reopened fd would be buffered)
+            # A ring's own fd pays for itself over many reads (and a reopened fd
+            # would be buffered: not for O_DIRECT).
+            shared = n > share >= REGISTER_FILE_MIN_RANGES and not direct
             parts = self._run([task(s) for s in range(0, n, share)])
             if len(parts) == 1:
                 return parts[0]
@@ -382,8 +384,9 @@ class _RingReader:
 
     def stage(self, stages, staging, base, copies, call):
         """One lane of a StagePlan, its slots at `base` in the Staging `staging`,
-        copied by the lane `copies`. Where the plan has few files, the ring reads
-        them through fds of its own (_own_fds), registered with it."""
+        copied by the lane `copies`. Where the plan has few files (as many as the
+        ring can register), the ring reads them through fds of its own (_own_fds),
+        registered with it; if registering fails, through the call's fds."""
         n = stages.nfiles
 
         def lane(fds):
@@ -396,7 +399,7 @@ class _RingReader:
             finally:
                 if registering:
                     self._unregister(n)
-        if n > MAX_REGISTERED_FILES:
+        if n > min(self.table or MAX_REGISTERED_FILES, MAX_REGISTERED_FILES):
             return lane(None)
         return _own_fds([stages.fd(f) for f in range(n)], lane)
 
