@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import vyre_uring
 from vyre_uring import BatchReader
 from vyre_uring._cuda import CudaUnavailableError
+from vyre_uring.reader import DEFAULT_QUEUE_DEPTH
 from vyre_uring._engine import CopyOps, StagePlan, run_stage_lane
 from vyre_uring._staging import (STAGING_MIN, CudaTarget, Destination, Requests, Staging,
                                  StagingCache, check_staging_bytes, plan, read_into)
@@ -127,7 +128,8 @@ class FakeDevice:
         self.pinned.remove(address)
 
 
-def _read_into(backend, groups, dest, staging_bytes, workers=4, device=None):
+def _read_into(backend, groups, dest, staging_bytes, workers=4, device=None,
+               queue_depth=DEFAULT_QUEUE_DEPTH):
     """read_into through the real CudaTarget, its CUDA device faked over `dest` (a
     bytearray); returns (counts, device, cache)."""
     device = device or FakeDevice()
@@ -135,7 +137,8 @@ def _read_into(backend, groups, dest, staging_bytes, workers=4, device=None):
     anchor = ctypes.c_char.from_buffer(dest)
     target = CudaTarget(Destination(ctypes.addressof(anchor), len(dest), device), cache)
     try:
-        with BatchReader(backend=backend, workers=workers) as reader:
+        with BatchReader(backend=backend, workers=workers,
+                         queue_depth=queue_depth) as reader:
             return read_into(reader._current(), groups, target, staging_bytes), device, cache
     finally:
         del anchor, target
@@ -314,15 +317,9 @@ def test_a_load_of_more_files_than_a_small_ring_registers(tmp_path):
     for path, data in files:
         groups.append((path, [0], [len(data)], [at]))
         at += len(data)
-    device, cache = FakeDevice(), StagingCache()
-    anchor = ctypes.c_char.from_buffer(dest)
-    target = CudaTarget(Destination(ctypes.addressof(anchor), len(dest), device), cache)
-    try:
-        with BatchReader(backend="io_uring", workers=2, queue_depth=4) as reader:
-            got = read_into(reader._current(), groups, target, 6 * STAGING_MIN)
-    finally:
-        del anchor, target
-        cache.close()
+    got, _, cache = _read_into("io_uring", groups, dest, 6 * STAGING_MIN, workers=2,
+                               queue_depth=4)
+    cache.close()
     assert got == [len(d) for _, d in files]
     assert bytes(dest) == b"".join(d for _, d in files)
 

@@ -33,12 +33,14 @@ cdef struct StageData:
     int64_t *slot_offset            # where in the slot it lands
     int64_t *dest_offset            # where in the destination its bytes go
     int64_t *load_first             # per load: its first request (nloads + 1 entries)
-    int64_t *got                    # per request: bytes read (the caller's array)
+    int64_t *got                    # per request: bytes read (the caller's array; each
+                                    # entry one lane's, read after run_call joined them)
     Py_ssize_t slot_bytes
     int slots                       # slots per lane
     uint64_t dest                   # the destination's (device) address
-    int64_t next_load               # atomic: the next load a lane claims
-    int failed                      # atomic flag: a lane failed, the others stop
+    int64_t next_load               # atomic (_claim_load): the next load a lane claims
+    int failed                      # atomic flag: a lane failed, the others stop (relaxed:
+                                    # it publishes nothing, counters.h)
 
 
 @cython.final
@@ -193,7 +195,13 @@ cdef class StagePlan:
     def claim(self):
         """The next load for a lane (a Python lane's; the C lanes claim in C): nloads
         or more when none is left."""
-        return vy_i64_add(&self.d.next_load, 1) - 1
+        return _claim_load(&self.d)
+
+
+cdef inline int64_t _claim_load(StageData *d) noexcept nogil:
+    """The next load, for one lane alone: a relaxed fetch-add (counters.h) pairs with
+    nothing, as the plan it indexes was written before any lane started."""
+    return vy_i64_add(&d.next_load, 1) - 1
 
 
 cdef struct CopyFns:
@@ -340,7 +348,7 @@ cdef int _lane_steps(RingCore *r, Job *j, Hold *hold, StageData *d, CopyFns *f,
                 return STEP_DONE
             if j.stop != NULL and vy_flag_get(j.stop):
                 return STEP_STOP
-            st.k = vy_i64_add(&d.next_load, 1) - 1
+            st.k = _claim_load(d)
             if st.k >= d.nloads:
                 st.k = -1
                 return STEP_DONE
