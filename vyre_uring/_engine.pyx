@@ -84,8 +84,7 @@ cdef enum:
     KIND_OPEN = 1
     KIND_READ = 2
     KIND_CLOSE = 3
-    KIND_STAT = 4           # direct descriptors: a file is sized by statx first...
-    KIND_OPEN_DIRECT = 5    # ...then opened into the ring's file table
+    KIND_OPEN_DIRECT = 5    # direct descriptors: opened into the ring's file table
 
 # Item errors that are not errnos: the Python side turns them into OSErrors.
 cdef enum:
@@ -474,9 +473,9 @@ cdef struct Job:
     Budget *budget          # files: a ByteBudget's (the caller holds it), or NULL
     PackState *pack         # files: read into the caller's buffer (read_files_into)
     bint table              # files: direct descriptors in the ring's file table; fd
-                            # holds a slot, and statx (in the ring) sizes the file
+                            # holds a slot, and a statx before the open sizes it
     statx *stx              # table: each item's statx
-    Py_ssize_t *openq       # table: sized items waiting for their open, oq_len of them
+    Py_ssize_t *openq       # table: sized items to open again (the table was full)
     Py_ssize_t oq_len
     int64_t *pack_offsets   # ...and this window's offsets there (the Packing's)
     int *stop               # the call's Stop flag (the caller holds it), or NULL
@@ -622,7 +621,6 @@ cdef void _keep_job_memory(Job *j) noexcept:
     if j.arena != NULL:
         memset(j.arena, 0, sizeof(ArenaState))
         j.arena = NULL
-    j.stx = NULL                            # statx requests may write there too
 
 
 cdef bint _quiesce(object ring, RingCore *r) noexcept:
@@ -763,16 +761,7 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         k -= 1
     while k and j.oq_len and j.opening + j.held < j.fd_cap:
         j.oq_len -= 1
-        i = j.openq[j.oq_len]
-        sqe = claim_sqe(&c, (<uint64_t>KIND_OPEN_DIRECT << 56) | j.tag | <uint64_t>i, hold)
-        sqe.opcode = IORING_OP_OPENAT
-        sqe.fd = AT_FDCWD
-        sqe.addr = <uint64_t><size_t>j.paths[i]
-        # A direct descriptor takes no O_CLOEXEC (the kernel refuses it): it is no fd.
-        sqe.open_flags = <uint32_t>(j.open_flags & ~_O_CLOEXEC)
-        sqe.file_index = IORING_FILE_INDEX_ALLOC
-        hold.refs += 1
-        j.opening += 1
+        _open_direct(&c, j, j.openq[j.oq_len], hold)
         k -= 1
     while k and _may_open(j):
         if j.nretry:
@@ -784,23 +773,34 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
             if j.paths[i] == NULL:
                 continue                    # refused before the kernel saw it
         if j.table:
-            sqe = claim_sqe(&c, (<uint64_t>KIND_STAT << 56) | j.tag | <uint64_t>i, hold)
-            sqe.opcode = IORING_OP_STATX
-            sqe.fd = AT_FDCWD
-            sqe.addr = <uint64_t><size_t>j.paths[i]
-            sqe.len = STATX_BASIC_STATS
-            sqe.off = <uint64_t><size_t>&j.stx[i]
-        else:
-            sqe = claim_sqe(&c, (<uint64_t>KIND_OPEN << 56) | j.tag | <uint64_t>i, hold)
-            sqe.opcode = IORING_OP_OPENAT
-            sqe.fd = AT_FDCWD
-            sqe.addr = <uint64_t><size_t>j.paths[i]
-            sqe.open_flags = <uint32_t>(j.open_flags | (_O_DIRECT if j.direct[i] else 0))
+            if _stat_regular(j, i):
+                _open_direct(&c, j, i, hold)
+                k -= 1
+            continue
+        sqe = claim_sqe(&c, (<uint64_t>KIND_OPEN << 56) | j.tag | <uint64_t>i, hold)
+        sqe.opcode = IORING_OP_OPENAT
+        sqe.fd = AT_FDCWD
+        sqe.addr = <uint64_t><size_t>j.paths[i]
+        sqe.open_flags = <uint32_t>(j.open_flags | (_O_DIRECT if j.direct[i] else 0))
         hold.refs += 1
         j.opening += 1
         k -= 1
     j.busy -= k             # what the depth allowed but nothing needed
     claim_end(r, &c)
+
+
+cdef inline void _open_direct(Claim *c, Job *j, Py_ssize_t i, Hold *hold) noexcept nogil:
+    """Direct descriptors: open item i into any free slot of the ring's table."""
+    cdef io_uring_sqe *sqe = claim_sqe(c, (<uint64_t>KIND_OPEN_DIRECT << 56) | j.tag |
+                                       <uint64_t>i, hold)
+    sqe.opcode = IORING_OP_OPENAT
+    sqe.fd = AT_FDCWD
+    sqe.addr = <uint64_t><size_t>j.paths[i]
+    # A direct descriptor takes no O_CLOEXEC (the kernel refuses it): it is no fd.
+    sqe.open_flags = <uint32_t>(j.open_flags & ~_O_CLOEXEC)
+    sqe.file_index = IORING_FILE_INDEX_ALLOC
+    hold.refs += 1
+    j.opening += 1
 
 
 cdef bint _may_retry_open(Job *j) noexcept nogil:
@@ -841,21 +841,22 @@ cdef void _on_open(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
     _sized(j, i, st.st_mode, st.st_size)
 
 
-cdef void _on_stat(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
-    """Direct descriptors: the statx of a path completed. What is not a regular file
-    is refused unopened; a regular one waits for its open, which sizes it (nothing
-    is reserved for a file that then fails to open)."""
-    j.opening -= 1
+cdef bint _stat_regular(Job *j, Py_ssize_t i) noexcept nogil:
+    """Direct descriptors, which have no fstat: statx the path before opening it,
+    here and not in the ring (the STATX opcode always goes to an io-wq worker
+    thread, which cost a quarter of a small-file job). True for a regular file,
+    which its open then sizes (nothing is reserved for a file that then fails to
+    open); anything else is refused unopened, and the item finished."""
+    cdef int res = vy_statx(j.paths[i], &j.stx[i])
     if res < 0:
         j.err[i] = -res
     elif not S_ISREG(j.stx[i].stx_mode):
         j.err[i] = ITEM_NOT_REGULAR
         j.mode[i] = j.stx[i].stx_mode
     else:
-        j.openq[j.oq_len] = i
-        j.oq_len += 1
-        return
+        return True
     _finish(j, i)
+    return False
 
 
 cdef void _on_open_direct(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
@@ -1075,14 +1076,12 @@ cdef void _reap_job(RingCore *r, Job *j) noexcept nogil:
             continue
         if kind == KIND_CLOSE:
             continue
-        j.busy -= 1                         # an open, statx or read: within depth
+        j.busy -= 1                         # an open or a read: within depth
         i = <Py_ssize_t><uint32_t>ud
         if kind == KIND_OPEN:
             _on_open(j, i, res)
         elif kind == KIND_READ:
             _on_read(j, i, res)
-        elif kind == KIND_STAT:
-            _on_stat(j, i, res)
         else:
             _on_open_direct(j, i, res)
 
@@ -1295,7 +1294,7 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     Packing, files are read into its buffer instead (out is left alone; a file
     that does not fit comes back ENOBUFS) and their offsets and lengths set there.
     With `table` > 0 (no bounce), the ring has a sparse registered file table of
-    that many slots: files are sized by statx in the ring and opened as direct
+    that many slots: files are sized by a statx and opened as direct
     descriptors there, so that rings in many threads do not share the process fd
     table. `stats` (5 int64s: syscalls, operations, short reads, synchronous reads,
     O_DIRECT refusals) is added to."""

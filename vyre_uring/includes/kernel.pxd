@@ -167,3 +167,6 @@ cdef extern from "<linux/stat.h>" nogil:
 
     enum:
         STATX_BASIC_STATS
+
+cdef extern from "uring_abi.h" nogil:
+    int vy_statx(const char *path, statx *out)
