@@ -63,6 +63,17 @@ cdef int _refuse_text(object obj, str name) except -1:
     return 0
 
 
+cdef int64_t *_int_copy_room(IntCopy *a, Py_ssize_t n) except NULL:
+    """Memory for n int64s: the IntCopy's own for a few, else malloc's."""
+    cdef int64_t *v
+    if n <= INT_COPY_SMALL:
+        return a.small
+    v = <int64_t *>malloc(n * sizeof(int64_t))
+    if v == NULL:
+        raise MemoryError()
+    return v
+
+
 cdef int _copy_sequence(IntCopy *a, object obj, str name, bint unsigned64) except -1:
     """A list, tuple, range or other iterable of ints, element by element."""
     cdef Py_ssize_t i
@@ -73,9 +84,7 @@ cdef int _copy_sequence(IntCopy *a, object obj, str name, bint unsigned64) excep
         items = obj if type(obj) is list else list(obj)
     except TypeError:
         _not_int_array(obj, name)
-    a.v = <int64_t *>malloc(max(len(items), 1) * sizeof(int64_t))
-    if a.v == NULL:
-        raise MemoryError()
+    a.v = _int_copy_room(a, len(items))
     a.n = len(items)
     for i in range(a.n):
         if unsigned64:
@@ -90,9 +99,7 @@ cdef int _copy_ints(IntCopy *a, const char *src, Py_ssize_t n, int itemsize,
     """Widen n integers of `itemsize` bytes into a new int64 array; an unsigned 64-bit
     value past INT64_MAX comes out negative, as ia_get reads it."""
     cdef Py_ssize_t i
-    cdef int64_t *v = <int64_t *>malloc(max(n, 1) * sizeof(int64_t))
-    if v == NULL:
-        raise MemoryError()
+    cdef int64_t *v = _int_copy_room(a, n)
     if itemsize == 8:
         memcpy(v, src, n * sizeof(int64_t))
     elif itemsize == 4 and is_signed:

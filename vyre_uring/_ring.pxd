@@ -42,14 +42,21 @@ cdef struct IntArray:
     bint has_view
 
 
+cdef enum:
+    INT_COPY_SMALL = 4      # copies this short live in the IntCopy: no malloc (batch 1)
+
+
 cdef struct IntCopy:
-    int64_t *v              # the private copy (malloc'd); NULL when absent or a scalar
+    int64_t *v              # the private copy (in small, or malloc'd); NULL when
+                            # absent or a scalar. An IntCopy is never copied by value.
     Py_ssize_t n            # -1 for a broadcast scalar
     int64_t scalar
+    int64_t small[INT_COPY_SMALL]
 
 
 cdef inline void int_copy_free(IntCopy *a) noexcept:
-    free(a.v)
+    if a.v != a.small:
+        free(a.v)
     a.v = NULL
 
 
