@@ -1,10 +1,15 @@
 """1M random 4 KiB ranges of a cached 4 GiB file in one read_ranges_into call: 1 ring
 vs 16 rings vs the module-level default, 5 interleaved rounds; and an os.preadv loop
-over the first 100k ranges. Needs about 8 GiB of memory (the file cached, and the
-4 GiB destination). Run: python bench/ranges_1m.py (it writes /tmp/big4g)."""
+over the first 100k ranges; and, where liburing can be compiled against, the C
+ceiling (bench/ranges_1m.c: the same number of random 4 KiB reads, each landing in
+its own 4 KiB of a pre-faulted destination) on one thread and on one per core, in
+the same rounds. Needs about 12 GiB of memory (the file cached, and a 4 GiB
+destination on each side). Run: python bench/ranges_1m.py (it writes /tmp/big4g)."""
 import array
 import os
 import random
+import subprocess
+import tempfile
 import time
 
 import vyre_uring
@@ -45,15 +50,41 @@ def preadv_loop(k=100_000):
     dt = time.perf_counter() - t
     os.close(fd)
     return k / dt
+def c_ceiling():
+    """The compiled C program, or None (and why) where liburing is not found."""
+    binary = os.path.join(tempfile.mkdtemp(prefix="vyre-1m-"), "ranges_1m")
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ranges_1m.c")
+    proc = subprocess.run(["cc", "-O2", "-o", binary, source, "-luring", "-lpthread"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        print("no C ceiling:", proc.stderr.strip().splitlines()[-1:])
+        return None
+    return binary
+def c_run(binary, threads):
+    out = subprocess.run([binary, path, str(n), str(threads)], capture_output=True,
+                         text=True, check=True)
+    return float(out.stdout)
+binary = c_ceiling()
+cores = len(os.sched_getaffinity(0))
 once("default")
 rates = {k: [] for k in ("w1", "w16", "default", "preadv loop")}
+if binary:
+    rates.update({"C w1": [], f"C w{cores}": []})
 for r in range(5):
     for k in ("w1", "w16", "default"):
         rates[k].append(once(k))
     rates["preadv loop"].append(preadv_loop())
+    if binary:
+        rates["C w1"].append(c_run(binary, 1))
+        rates[f"C w{cores}"].append(c_run(binary, cores))
     print(f"round {r}: " + "  ".join(f"{k} {v[-1]/1e6:.2f} M/s" for k, v in rates.items()), flush=True)
 med = {k: sorted(v)[2] for k, v in rates.items()}
 per_round = sorted(a / b for a, b in zip(rates["w16"], rates["w1"]))
 print("medians M reads/s:", {k: round(v / 1e6, 3) for k, v in med.items()})
 print(f"w16 / w1 per round min/med/max: {per_round[0]:.2f} / {per_round[2]:.2f} / {per_round[-1]:.2f}")
 print(f"default / w1 median: {med['default'] / med['w1']:.2f}")
+if binary:
+    c_round = sorted(a / b for a, b in zip(rates[f"C w{cores}"], rates["C w1"]))
+    print(f"C w{cores} / C w1 per round min/med/max: {c_round[0]:.2f} / {c_round[2]:.2f} / "
+          f"{c_round[-1]:.2f}; w16 / C w{cores} median: "
+          f"{med['w16'] / med[f'C w{cores}']:.2f}")
