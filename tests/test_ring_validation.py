@@ -378,6 +378,25 @@ def test_bad_range_in_middle_of_batch_prepares_nothing(ring, fd, bad, match):
     assert_ring_still_works(ring)
 
 
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 9])
+@pytest.mark.parametrize("kind", ["array", "list", "memoryview"])
+def test_short_and_long_batches_copy_their_arguments_whole(ring, fd, n, kind):
+    # Batches of a few values are copied into the call's own small buffer, longer ones
+    # into allocated memory: every value lands either way, a bad value in the last
+    # place refuses the whole batch, and the ring then still works (under ASan this
+    # also catches a copy freed that was never allocated).
+    make = {"array": lambda v: array.array("q", v), "list": list,
+            "memoryview": lambda v: memoryview(array.array("q", v))}[kind]
+    uds = make([1000 + i for i in range(n)])
+    assert ring.prep_nops(uds) == n
+    assert sorted(c.user_data for c in ring.wait(n, timeout=5)) == list(uds)
+    buf = bytearray(8 * n)
+    with pytest.raises(ValueError, match=f"range {n - 1}"):
+        ring.prep_reads(fd, buf, make([0] * n), make([8] * (n - 1) + [9]))
+    assert ring.pending == 0
+    assert_ring_still_works(ring)
+
+
 def test_bad_range_in_packed_batch_names_index(ring, fd):
     # packed (buffer_offsets=None): range 3 runs past the 16-byte buffer
     with pytest.raises(ValueError, match="range 3"):

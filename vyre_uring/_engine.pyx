@@ -1370,8 +1370,17 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
         _job_free(&j)
 
 
+cdef inline bint _range_fits(int64_t o, int64_t m, int64_t b, int64_t buflen) \
+        noexcept nogil:
+    """What _check_range checks, without the GIL (buflen < 0: no buffer)."""
+    return (o >= 0 and m >= 0 and o <= INT64_MAX - m - _CHUNK and
+            (buflen < 0 or span_fits(b, m, buflen)))
+
+
 cdef int _check_range(Py_ssize_t i, int64_t o, int64_t m, int64_t b, int64_t buflen) \
         except -1:
+    if _range_fits(o, m, b, buflen):
+        return 0
     if o < 0 or m < 0:
         raise ValueError(f"range {i}: offset {o} and length {m} must be >= 0")
     if o > INT64_MAX - m - _CHUNK:
@@ -1443,29 +1452,31 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
             hold_export(hold, buffer, True, "buffer")
             base = <char *>hold.views[0].buf
             base_len = hold.views[0].len
+            # A million ranges are taken in without the GIL, so that the rings of
+            # other threads are not kept waiting (nor by the page faults of the
+            # job's new arrays, which this first touches).
+            with nogil:
+                i = _take_ranges(&j, &off, &length, &boff, base, base_len, fd, &b)
+            if i >= 0:
+                _check_range(i, j.off[i], j.want[i], b, base_len)   # raises
         else:
             # New bytes objects only as large as the file lets them be: a range
             # asking for 64 GiB of a 10-byte file allocates 10 bytes.
             eof = _known_size(fd)
-        for i in range(n):
-            j.off[i] = ia_get(&off, i)
-            j.want[i] = ia_get(&length, i)
-            if buffer is not None:
-                b = ia_get(&boff, i)
-            _check_range(i, j.off[i], j.want[i], b, base_len)
-            if eof >= 0:
-                j.want[i] = max(0, min(j.want[i], eof - j.off[i]))
-            j.fd[i] = fd
-            if buffer is not None:
-                j.dest[i] = base + b
-            else:
+            for i in range(n):
+                j.off[i] = ia_get(&off, i)
+                j.want[i] = ia_get(&length, i)
+                _check_range(i, j.off[i], j.want[i], 0, -1)
+                if eof >= 0:
+                    j.want[i] = max(0, min(j.want[i], eof - j.off[i]))
+                j.fd[i] = fd
                 keep[i] = _range_bytes(i, j.want[i], name)
                 j.dest[i] = PyBytes_AS_STRING(keep[i])
                 _advise_huge(j.dest[i], j.want[i])
-            if j.want[i] == 0:
-                j.left -= 1
-            else:
-                _queue_read(&j, i)
+                if j.want[i] == 0:
+                    j.left -= 1
+                else:
+                    _queue_read(&j, i)
         if bounce is not None:
             _job_direct(&j, hold, bounce)
         if fixed_file:
@@ -1474,12 +1485,12 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
             j.fixed_file = True
         _run_owned(ring, &j, hold, keep)
         _add_stats(stats, &j)
+        if buffer is not None:
+            return _byte_counts(&j, name)
         results = [None] * n
         for i in range(n):
             if j.err[i]:
                 raise path_error(j.err[i], name)
-            elif buffer is not None:
-                results[i] = j.got[i]
             elif j.got[i] < j.want[i]:
                 results[i] = PyBytes_FromStringAndSize(j.dest[i], j.got[i])
             else:
@@ -1492,6 +1503,48 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
         int_array_close(&length)
         int_array_close(&off)
         _job_free(&j)
+
+
+cdef Py_ssize_t _take_ranges(Job *j, const IntArray *off, const IntArray *length,
+                             const IntArray *boff, char *base, int64_t base_len, int fd,
+                             int64_t *bad_b) noexcept nogil:
+    """Ranges into a buffer: read each range's values once, into the job, check
+    them there and queue the range. Returns -1, or the first range that does not
+    fit (its values left in j.off, j.want and *bad_b, for the caller to name)."""
+    cdef Py_ssize_t i
+    cdef int64_t b
+    for i in range(j.n):
+        j.off[i] = ia_get(off, i)
+        j.want[i] = ia_get(length, i)
+        b = ia_get(boff, i)
+        if not _range_fits(j.off[i], j.want[i], b, base_len):
+            bad_b[0] = b
+            return i
+        j.fd[i] = fd
+        j.dest[i] = base + b
+        if j.want[i] == 0:
+            j.left -= 1
+        else:
+            _queue_read(j, i)
+    return -1
+
+
+cdef list _byte_counts(Job *j, object name):
+    """Each range's byte count, in order; the first failed read raises its OSError.
+    A count equal to the one before is the same int object (ints are immutable): a
+    million 4 KiB reads make one int under the GIL, not a million."""
+    cdef list out = [None] * j.n
+    cdef object count = None
+    cdef int64_t last = -1
+    cdef Py_ssize_t i
+    for i in range(j.n):
+        if j.err[i]:
+            raise path_error(j.err[i], name)
+        if j.got[i] != last:
+            last = j.got[i]
+            count = last
+        out[i] = count
+    return out
 
 
 def check_ranges(offsets, lengths, buffer_offsets=None, Py_ssize_t buflen=-1):
