@@ -129,6 +129,7 @@ def build(data, sizes, workdir, only=None, workers=None):
     ctx = _Context(data, sizes, binaries, fio, fio_why, pypi, pypi_why,
                    workers or worker_counts(), [], {})
     workloads = (_nop_workloads(ctx) + _random_workloads(ctx) + _sequential_workloads(ctx)
+                 + _per_call_workloads(ctx)
                  + _small_file_workloads(ctx) + _direct_workloads(ctx)
                  + _checksum_workloads(ctx) + async_workloads(ctx) + fsspec_workloads(ctx)
                  + gpu_workloads(ctx))
@@ -248,6 +249,42 @@ def _sequential_workloads(ctx):
     offsets = _offsets(size, bs, count, sequential=True)
     contenders = _range_contenders(ctx, "seq", bs, 32, offsets, python=True, sweep=True)
     return [Workload("128k sequential", "reads/s", contenders, _warm_big(ctx))]
+
+
+# Many small calls: what the module-level functions pay per call for their shared
+# reader, against a reader the caller keeps.
+PER_CALL_RANGES = 512
+PER_CALL_REFERENCE = "vyre BatchReader, kept"
+
+
+def _per_call_workloads(ctx):
+    size = ctx.sizes.file_mib << 20
+    calls = max(1, ctx.sizes.random_reads // (4 * PER_CALL_RANGES))
+    offsets = _offsets(size, 4096, calls * PER_CALL_RANGES, seed=7)
+    reader, why = ctx.reader()
+    kept = (Contender(PER_CALL_REFERENCE, lambda: _per_call(reader.read_ranges_into, ctx,
+                                                             offsets))
+            if reader else Contender(PER_CALL_REFERENCE, why=why))
+    return [Workload(f"4k random, {PER_CALL_RANGES} per call", "reads/s", [
+        kept,
+        Contender("vyre read_ranges_into()",
+                  lambda: _per_call(vyre_uring.read_ranges_into, ctx, offsets)),
+    ], _warm_big(ctx), reference=PER_CALL_REFERENCE)]
+
+
+def _per_call(read, ctx, offsets):
+    """read(path, buffer, offsets, lengths, buffer_offsets) once per 512 ranges, each
+    call into the same 2 MiB buffer; reads per second, the counts checked."""
+    k = PER_CALL_RANGES
+    buf = alloc_buffer(k * 4096)
+    lengths = array.array("q", [4096]) * k
+    boffs = array.array("q", range(0, k * 4096, 4096))
+    chunks = [offsets[i:i + k] for i in range(0, len(offsets), k)]
+    start = time.perf_counter()
+    for chunk in chunks:
+        if sum(read(ctx.data.big, buf, chunk, lengths, boffs)) != k * 4096:
+            raise AssertionError("short reads")
+    return len(offsets) / (time.perf_counter() - start)
 
 
 def _range_contenders(ctx, mode, bs, qd, offsets, python, direct=False, sweep=False):
