@@ -112,3 +112,43 @@ def test_a_range_far_past_eof_allocates_only_what_the_file_holds(tmp_path, backe
 def test_progress_is_checked_at_the_call(tree):
     with pytest.raises(TypeError, match="progress"):
         iter_files(tree, progress="yes")
+
+
+def _int_arrays():
+    """The kinds of integer arrays a caller passes: array('q') and a numpy int64
+    array (copied whole), and what goes value by value (a list, a strided view, an
+    array of another width)."""
+    import array
+    kinds = {"array q": lambda v: array.array("q", v), "list": list,
+             "memoryview q": lambda v: memoryview(array.array("q", v)),
+             "strided": lambda v: memoryview(array.array("q", [x for x in v
+                                                               for _ in (0, 1)]))[::2],
+             "array i": lambda v: array.array("i", v)}
+    try:
+        import numpy
+    except ImportError:
+        return kinds
+    kinds["numpy int64"] = lambda v: numpy.array(v, dtype=numpy.int64)
+    return kinds
+
+
+@pytest.mark.parametrize("kind", sorted(_int_arrays()))
+def test_ranges_read_the_same_from_every_kind_of_int_array(tree, backend, kind):
+    # Each kind reaches the rings as the reader's own copy: the same bytes land, and
+    # the caller's array is not held once the call returns (an array.array can grow).
+    make = _int_arrays()[kind]
+    data = Path(tree[-1]).read_bytes()
+    offsets, lengths = [0, 5000, 299_000, 1 << 20], [100, 4096, 8192, 10]
+    boffs = [0, 100, 4196, 12388]
+    buf = bytearray(12398)
+    args = [make(v) for v in (offsets, lengths, boffs)]
+    with BatchReader(backend=backend, workers=2) as r:
+        got = r.read_ranges_into(tree[-1], buf, *args)
+        assert r.read_ranges(tree[-1], *args[:2]) == \
+            [data[o:o + n] for o, n in zip(offsets, lengths)]
+    want = [data[o:o + n] for o, n in zip(offsets, lengths)]
+    assert got == [len(w) for w in want]
+    assert all(buf[b:b + len(w)] == w for b, w in zip(boffs, want))
+    for a in args:
+        if hasattr(a, "append"):
+            a.append(0)

@@ -157,6 +157,11 @@ class UringBackend:
         """With several rings, each reads a contiguous share of the ranges."""
         n = len(offsets)
         share = max(1, -(-n // len(self._rings)))
+        # Each ring's share is a view of the call's own arrays, not a copy: the job
+        # reads each value once into private memory, and checks it there.
+        offsets, lengths = memoryview(offsets), memoryview(lengths)
+        if buffer_offsets is not None:
+            buffer_offsets = memoryview(buffer_offsets)
 
         def share_of(seq, s):
             return None if seq is None else seq[s:s + share]
@@ -168,8 +173,8 @@ class UringBackend:
             def task(s):
                 def run(r, stop):
                     def read(fds):
-                        return r.read_ranges(fds[0], offsets[s:s + share],
-                                             lengths[s:s + share], buffer,
+                        return r.read_ranges(fds[0], share_of(offsets, s),
+                                             share_of(lengths, s), buffer,
                                              share_of(buffer_offsets, s), path, direct, stop)
                     return _own_fds([fd], read) if shared else read([fd])
                 return run

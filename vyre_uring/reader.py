@@ -433,7 +433,20 @@ def _path_list(paths):
 
 def _int_list(values, name):
     """`values` as a new array of int64: the reader's own copy, which no other
-    thread can change between its checks and its reads."""
+    thread can change between its checks and its reads. A contiguous buffer of
+    native int64s (array('q'), a numpy int64 array) is copied whole: element by
+    element, a million offsets took 18-33 ms."""
+    if isinstance(values, array.array) and values.typecode == "q":
+        return values[:]
+    try:
+        with memoryview(values) as view:
+            if view.ndim == 1 and view.format in ("q", "l") and view.itemsize == 8 \
+                    and view.c_contiguous:
+                out = array.array("q")
+                out.frombytes(view)
+                return out
+    except TypeError:
+        pass                            # not a buffer: a sequence
     try:
         return array.array("q", values)
     except (TypeError, OverflowError) as exc:
