@@ -94,6 +94,7 @@ def read_ranges_job(ring: Ring, fd: int, offsets: _IntArray, lengths: _IntArray,
                     buffer: Optional[Buffer], buffer_offsets: Optional[_IntArray], depth: int,
                     stats: Buffer, name: object, bounce: Optional[Buffer] = None,
                     fixed_file: bool = False, call: Optional[Stop] = None,
+                    out: Optional[list[Any]] = None, out_start: int = 0,
                     ) -> Union[list[int], list[bytes]]: ...
 def check_ranges(offsets: _IntArray, lengths: _IntArray,
                  buffer_offsets: Optional[_IntArray] = None, buflen: int = -1) -> None: ...

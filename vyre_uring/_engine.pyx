@@ -1428,7 +1428,8 @@ cdef bytes _range_bytes(Py_ssize_t i, int64_t size, name):
 
 def read_ranges_job(ring, int fd, offsets, lengths, buffer,
                     buffer_offsets, Py_ssize_t depth, stats, name, bounce=None,
-                    bint fixed_file=False, Stop call=None):
+                    bint fixed_file=False, Stop call=None, list out=None,
+                    Py_ssize_t out_start=0):
     """pread semantics for many ranges of one open fd, through `ring`: range i reads
     lengths[i] bytes at offsets[i], into buffer[buffer_offsets[i]:] (a writable
     buffer), or with buffer=None into a new bytes object. Short reads are resubmitted
@@ -1438,7 +1439,9 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
     caller's arrays once, into the job, and checked there: what is checked is what
     the reads use. With a `bounce` buffer, fd was opened O_DIRECT and the reads go
     through it (see _job_direct). fixed_file: fd is registered as the ring's file
-    0, which the reads then name instead. `call`: the call's Stop."""
+    0, which the reads then name instead. `call`: the call's Stop. With a buffer
+    and `out`, the byte counts go into out[out_start:out_start + n] (rings sharing
+    one call's list), and out is returned."""
     ring_core(ring)                 # a Ring, or TypeError before any work
     cdef Job j
     cdef Hold *hold = NULL
@@ -1503,7 +1506,7 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
         _run_owned(ring, &j, hold, keep)
         _add_stats(stats, &j)
         if buffer is not None:
-            return _byte_counts(&j, name)
+            return _byte_counts(&j, name, out, out_start)
         results = [None] * n
         for i in range(n):
             if j.err[i]:
@@ -1546,21 +1549,25 @@ cdef Py_ssize_t _take_ranges(Job *j, const IntArray *off, const IntArray *length
     return -1
 
 
-cdef list _byte_counts(Job *j, object name):
-    """Each range's byte count, in order; the first failed read raises its OSError.
-    A count equal to the one before is the same int object (ints are immutable): a
-    million 4 KiB reads make one int under the GIL, not a million."""
-    cdef list out = [None] * j.n
+cdef list _byte_counts(Job *j, object name, list out, Py_ssize_t start):
+    """Each range's byte count, in order, into out[start:] (a new list when out is
+    None); the first failed read raises its OSError. A count equal to the one
+    before is the same int object (ints are immutable): a million 4 KiB reads make
+    one int under the GIL, not a million."""
     cdef object count = None
     cdef int64_t last = -1
     cdef Py_ssize_t i
+    if out is None:
+        out, start = [None] * j.n, 0
+    elif not 0 <= start <= len(out) - j.n:
+        raise ValueError(f"out holds {len(out)} counts: no room for {j.n} at {start}")
     for i in range(j.n):
         if j.err[i]:
             raise path_error(j.err[i], name)
         if j.got[i] != last:
             last = j.got[i]
             count = last
-        out[i] = count
+        out[start + i] = count
     return out
 
 
