@@ -685,7 +685,7 @@ def test_a_job_leaves_the_gil_to_other_threads(tmp_path):
         return count[0] / (time.perf_counter() - t0), result
 
     with reader:
-        read(1)                                  # page cache warm
+        read(1)                                  # page cache and arena warm
         solo_read = read()
         solo_spin, _ = spinning(lambda: time.sleep(solo_read))
         both_spin, both_read = spinning(read)

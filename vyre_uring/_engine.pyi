@@ -12,7 +12,7 @@ from ._typing import Buffer
 from ._typing import IntArray as _IntArray
 from ._typing import PathArg as _Path
 
-__all__ = ["ByteBudget", "CallStopped", "CopyOps", "DEFERRED",
+__all__ = ["ARENA_MAX", "Arena", "ByteBudget", "CallStopped", "CopyOps", "DEFERRED",
            "DIRECT_ALIGN", "DIRECT_CHUNK", "GROWN", "GROW_LATER", "GROW_NEVER",
            "MAX_PIECE", "NOT_REGULAR", "NUL_BYTE", "OVER_BUDGET", "Packing",
            "StagePlan", "Stop", "UNSIZED_FIRST", "check_ranges", "drain_jobs",
@@ -31,6 +31,7 @@ GROW_NEVER: Final[int]
 MAX_PIECE: Final[int]
 DIRECT_ALIGN: Final[int]
 DIRECT_CHUNK: Final[int]
+ARENA_MAX: Final[int]
 
 @final
 class ByteBudget:
@@ -50,6 +51,7 @@ class ByteBudget:
     def give_back(self, size: int) -> None: ...
 
 @final
+class Arena: ...
 
 @final
 class Packing:
@@ -85,8 +87,8 @@ def with_files(paths: Sequence[_Path], fn: Callable[[list[int]], Any]) -> Any: .
 def read_file_window(ring: Ring, paths: Sequence[_Path], start: int, stop: int,
                      out: list[Any], open_flags: int, depth: int, stats: Buffer,
                      bounce: Optional[Buffer] = None, budget: Optional[ByteBudget] = None,
-                     call: Optional[Stop] = None, pack: Optional[Packing] = None,
-                     table: int = 0,
+                     call: Optional[Stop] = None, arena: Optional[Arena] = None,
+                     pack: Optional[Packing] = None, table: int = 0,
                      ) -> tuple[list[tuple[int, int, int]], int]: ...
 def read_ranges_job(ring: Ring, fd: int, offsets: _IntArray, lengths: _IntArray,
                     buffer: Optional[Buffer], buffer_offsets: Optional[_IntArray], depth: int,

@@ -28,7 +28,7 @@ from vyre_uring._ring cimport *
 from vyre_uring._files import path_error, pread_to_eof
 from vyre_uring.errors import UringError, syscall_error
 
-__all__ = ["ByteBudget", "CallStopped", "CopyOps", "DEFERRED",
+__all__ = ["ARENA_MAX", "Arena", "ByteBudget", "CallStopped", "CopyOps", "DEFERRED",
            "DIRECT_ALIGN", "DIRECT_CHUNK", "GROWN", "GROW_LATER", "GROW_NEVER",
            "MAX_PIECE", "NOT_REGULAR", "NUL_BYTE", "OVER_BUDGET", "Packing",
            "StagePlan", "Stop", "UNSIZED_FIRST", "check_ranges", "drain_jobs",
@@ -47,12 +47,11 @@ __all__ = ["ByteBudget", "CallStopped", "CopyOps", "DEFERRED",
 #
 # A job runs without the GIL: opening, sizing, reading, resubmitting short reads and
 # closing are one nogil loop (_job_steps), which comes back to the GIL only to run
-# signal handlers, to give sized files their bytes objects, and once at the end.
-# Files are read straight into their final bytes objects, made for each batch of
-# files sized, which stay referenced by the job's Hold until their last read
-# completes. (Small files used to be read into a ring's arena and copied into their
-# bytes at the end: with 16 rings, that copy and its page faults, under the GIL,
-# held the default call to 0.7x what 8 rings read.) O_DIRECT
+# signal handlers, to give large files their bytes objects, and once at the end.
+# Small files (up to ARENA_MAX bytes) are read into the ring's arena, memory reused
+# from job to job (so already faulted in), and copied into their bytes objects in
+# that last pass; larger ones are read straight into their final bytes objects,
+# which stay referenced by the job's Hold until their last read completes. O_DIRECT
 # reads go through page-aligned bounce slots and are copied. Files that report
 # size 0 (empty, /proc, sysfs) are read to EOF in growing pieces of the job's own
 # memory, within the byte budget when there is one.
@@ -352,6 +351,81 @@ cdef int _budget_grow(Budget *b, int64_t own, int64_t extra) noexcept nogil:
             return BUDGET_GROWN
 
 
+# The arena: where a ring's jobs read small files, in blocks of which the first
+# _ARENA_KEEP bytes are kept from job to job (their pages stay faulted in); the
+# rest go back as soon as the job's results are copied out.
+ARENA_MAX = 64 << 10                # larger files are read into their bytes objects
+cdef int64_t _ARENA_MAX = ARENA_MAX
+cdef size_t _ARENA_BLOCK = 4 << 20
+cdef size_t _ARENA_KEEP = 4 << 20
+
+
+cdef struct ArenaBlock:
+    char *base
+    size_t size, used
+
+
+cdef struct ArenaState:
+    ArenaBlock *blocks
+    Py_ssize_t n, cap, cur
+
+
+@cython.final
+cdef class Arena:
+    """A ring's arena (one job at a time uses it)."""
+    cdef ArenaState a
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.a.n):
+            free(self.a.blocks[i].base)
+        free(self.a.blocks)
+
+
+cdef char *_arena_alloc(ArenaState *a, size_t size) noexcept nogil:
+    """`size` bytes of the arena (8-byte aligned), or NULL without memory."""
+    cdef ArenaBlock *blk
+    cdef void *p
+    size = (size + 7) & ~(<size_t>7)
+    while a.cur < a.n:
+        blk = &a.blocks[a.cur]
+        if blk.size - blk.used >= size:
+            blk.used += size
+            return blk.base + blk.used - size
+        a.cur += 1
+    if a.n == a.cap:
+        p = realloc(a.blocks, (a.cap * 2 + 4) * sizeof(ArenaBlock))
+        if p == NULL:
+            return NULL
+        a.blocks = <ArenaBlock *>p
+        a.cap = a.cap * 2 + 4
+    blk = &a.blocks[a.n]
+    blk.size = max(size, _ARENA_BLOCK)
+    blk.base = <char *>malloc(blk.size)
+    if blk.base == NULL:
+        return NULL
+    blk.used = size
+    a.cur = a.n
+    a.n += 1
+    return blk.base
+
+
+cdef void _arena_reset(ArenaState *a) noexcept nogil:
+    """Every block free again; blocks past the first ARENA_KEEP bytes go back."""
+    cdef Py_ssize_t i, kept = 0
+    cdef size_t total = 0
+    for i in range(a.n):
+        if total + a.blocks[i].size <= _ARENA_KEEP:
+            total += a.blocks[i].size
+            a.blocks[i].used = 0
+            a.blocks[kept] = a.blocks[i]
+            kept += 1
+        else:
+            free(a.blocks[i].base)
+    a.n = kept
+    a.cur = 0
+
+
 cdef struct Job:
     Py_ssize_t n
     void *block             # the per-item arrays below live in this one allocation
@@ -368,10 +442,11 @@ cdef struct Job:
     int32_t *err            # 0, an errno, or an ITEM_* code
     int32_t *mode           # files: st_mode
     uint8_t *unsized        # files: reports size 0; dest is the job's, grown to EOF
-    uint8_t *copied         # files: dest is job memory (malloc'd when
+    uint8_t *copied         # files: dest is job memory (arena, or malloc'd when
                             # unsized), copied into a bytes object at the end
     Py_ssize_t *allocq      # files: items waiting for a bytes object (the GIL)
     Py_ssize_t nalloc
+    ArenaState *arena
     Py_ssize_t next_open    # files: first item not yet opened
     Py_ssize_t *retry       # files: items to open again (EMFILE), nretry of them
     Py_ssize_t nretry
@@ -554,11 +629,15 @@ cdef void _drop_slot(RingCore *r, int32_t slot) noexcept nogil:
 cdef void _keep_job_memory(Job *j) noexcept:
     """The kernel refused to wait, so reads may still be in flight into the job's
     memory: never free or reuse it (a leak, as Ring.close keeps a request's hold).
-    The unsized buffers stay allocated."""
+    The unsized buffers stay allocated, and the arena starts over without its
+    blocks."""
     cdef Py_ssize_t i
     for i in range(j.n):
         j.unsized[i] = False                # _job_free frees only unsized buffers
         j.copied[i] = False
+    if j.arena != NULL:
+        memset(j.arena, 0, sizeof(ArenaState))
+        j.arena = NULL
 
 
 cdef bint _quiesce(object ring, RingCore *r) noexcept:
@@ -828,8 +907,8 @@ cdef bint _opened(Job *j, Py_ssize_t i, int32_t res, Py_ssize_t *again,
 
 cdef void _sized(Job *j, Py_ssize_t i, uint32_t mode, int64_t size) noexcept nogil:
     """Refuse what is not a regular file, and give the file memory of its size to
-    read into (in the Packing, or a bytes object that the GIL must make: then it
-    waits in allocq)."""
+    read into (in the arena or the Packing, or a bytes object that the GIL must
+    make: then it waits in allocq)."""
     if not S_ISREG(mode):
         j.err[i] = ITEM_NOT_REGULAR
         j.mode[i] = mode
@@ -851,6 +930,14 @@ cdef void _sized(Job *j, Py_ssize_t i, uint32_t mode, int64_t size) noexcept nog
             _queue_read(j, i)
             return
         j.err[i] = ENOBUFS                  # no room left in the buffer
+    elif size <= _ARENA_MAX and j.arena != NULL:
+        j.dest[i] = _arena_alloc(j.arena, size)
+        j.want[i] = size
+        if j.dest[i] != NULL:
+            j.copied[i] = True
+            _queue_read(j, i)
+            return
+        j.err[i] = ENOMEM
     else:
         j.want[i] = size
         j.allocq[j.nalloc] = i
@@ -1210,8 +1297,8 @@ cdef void _place(PackState *p, Job *j, Py_ssize_t i, Py_ssize_t start) noexcept:
 
 def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                      list out, int open_flags, Py_ssize_t depth, stats, bounce=None,
-                     ByteBudget budget=None, Stop call=None, Packing pack=None,
-                     Py_ssize_t table=0):
+                     ByteBudget budget=None, Stop call=None, Arena arena=None,
+                     Packing pack=None, Py_ssize_t table=0):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
     `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode) for
     each file not read here, code an errno or NOT_REGULAR / OVER_BUDGET / NUL_BYTE /
@@ -1220,7 +1307,8 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     with O_DIRECT, and buffered where the filesystem refuses it. With a ByteBudget,
     files it cannot take now come back DEFERRED, for a later call, and no more are
     opened once it is spent. `call`: the call's Stop, read after every completion.
-    With a Packing, files are read into its buffer instead (out is left alone; a file
+    `arena`: the ring's Arena for small files (else one for this call). With a
+    Packing, files are read into its buffer instead (out is left alone; a file
     that does not fit comes back ENOBUFS) and their offsets and lengths set there.
     With `table` > 0 (no bounce), the ring has a sparse registered file table of
     that many slots: files are sized by a statx and opened as direct
@@ -1237,6 +1325,8 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     cdef object data
     if not 0 <= start <= stop <= len(paths) or stop > len(out):
         raise ValueError(f"window {start}:{stop} is outside the paths or out")
+    if arena is None:
+        arena = Arena()
     if pack is not None and (budget is not None or len(pack.offsets) < stop):
         raise ValueError("a Packing takes no budget, and needs an offset per path")
     _job_alloc(&j, n)
@@ -1255,6 +1345,7 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
             if j.stx == NULL:
                 raise MemoryError()
         j.stop = &call.flag if call is not None else NULL
+        j.arena = &arena.a
         for i in range(n):
             j.paths[i] = _path_of(paths[start + i], names)
             if j.paths[i] == NULL:
@@ -1291,6 +1382,8 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
         _add_stats(stats, &j)
         return leftovers, j.nbytes
     finally:
+        if j.arena != NULL:
+            _arena_reset(j.arena)           # copied out: free for the next job
         _job_free(&j)
 
 

@@ -11,8 +11,8 @@ main thread only walks the paths (under a lock, for whichever thread asks) and
 prints the results in input order.
 
 Memory held for file contents, whatever the tree: per thread, THREAD_BUDGET of
-results or one piece; the peak RSS growth is measured in tests/test_cli_io.py and
-on 16 cores.
+results (copied out of a ring's arena, so twice that at most) or one piece; the
+peak RSS growth is measured in tests/test_cli_io.py and on 16 cores.
 """
 import errno
 import hashlib

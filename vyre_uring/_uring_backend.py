@@ -18,7 +18,7 @@ import threading
 import time
 
 from ._files import OPEN_FLAGS, check_regular, over_budget_error, path_error
-from ._engine import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET,
+from ._engine import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Arena,
                       CopyOps, drain_jobs, group_paths, read_file_window,
                       read_path_ranges_job, read_ranges_job, run_call, run_stage_lane,
                       with_file, with_files)
@@ -299,12 +299,13 @@ def _uncached(path, offsets):
 
 class _RingReader:
     """One ring, its counters (syscalls, operations, short reads, synchronous reads,
-    O_DIRECT refusals) and, with direct=True, its bounce slots for O_DIRECT
-    reads."""
+    O_DIRECT refusals), the arena its jobs read small files into and, with
+    direct=True, its bounce slots for O_DIRECT reads."""
 
     def __init__(self, queue_depth, direct):
         self.ring, self.depth = _sized_ring(queue_depth)
         self.stats = array.array("q", [0] * 5)
+        self.arena = Arena()
         # Page-aligned, touched only as far as reads use it; registered, so that
         # O_DIRECT reads skip pinning its pages each time, where the kernel and
         # RLIMIT_MEMLOCK allow (else the reads go unregistered, and stats say why).
@@ -337,7 +338,8 @@ class _RingReader:
         by the budget, files done, bytes read)."""
         leftovers, nbytes = read_file_window(self.ring, paths, start, stop, out,
                                              OPEN_FLAGS, self.depth, self.stats,
-                                             self.bounce, budget, call, pack, self.table)
+                                             self.bounce, budget, call, self.arena, pack,
+                                             self.table)
         deferred = []
         for i, code, mode in leftovers:
             if code == DEFERRED:
