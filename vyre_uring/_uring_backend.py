@@ -34,7 +34,7 @@ __all__ = ["UringBackend"]
 # that several rings share a batch evenly and a job's tables stay small.
 MAX_JOB_FILES = 4096
 # All the reader's rings ever run: the kernel refuses anything else on them.
-READER_OPS = frozenset({Op.OPENAT, Op.READ, Op.READ_FIXED, Op.CLOSE, Op.STATX})
+READER_OPS = frozenset({Op.OPENAT, Op.READ, Op.READ_FIXED, Op.CLOSE})
 # Whole files are opened as direct descriptors, in a sparse file table of each ring
 # (slots: twice the queue depth), where the kernel can (Linux 5.19): rings in many
 # threads then never contend on the process fd table (on 16 cores that contention
