@@ -152,3 +152,20 @@ def test_ranges_read_the_same_from_every_kind_of_int_array(tree, backend, kind):
     for a in args:
         if hasattr(a, "append"):
             a.append(0)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_ranges_read_nothing_but_the_path_must_exist(tree, backend, workers):
+    with BatchReader(backend=backend, workers=workers) as r:
+        assert r.read_ranges(tree[-1], [], []) == []
+        assert r.read_ranges_into(tree[-1], bytearray(8), [], []) == []
+        with pytest.raises(FileNotFoundError):
+            r.read_ranges(tree[3], [], [])
+
+
+def test_offsets_that_are_not_integers_are_a_type_error_naming_them(tree, backend):
+    numpy = pytest.importorskip("numpy")
+    dates = numpy.array([1, 2], dtype="datetime64[s]")
+    with BatchReader(backend=backend) as r:
+        with pytest.raises(TypeError, match="offsets"):
+            r.read_ranges(tree[-1], dates, [1, 1])

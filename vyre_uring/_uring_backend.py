@@ -188,6 +188,8 @@ class UringBackend:
             parts = self._run([task(s) for s in range(0, n, share)])
             if counts is not None:
                 return counts
+            if not parts:
+                return []                   # no ranges: the file was still opened
             if len(parts) == 1:
                 return parts[0]
             out = parts[0]

@@ -445,8 +445,8 @@ def _int_list(values, name):
                 out = array.array("q")
                 out.frombytes(view)
                 return out
-    except TypeError:
-        pass                            # not a buffer: a sequence
+    except (TypeError, ValueError):
+        pass                            # not a buffer (or one of dates): a sequence
     try:
         return array.array("q", values)
     except (TypeError, OverflowError) as exc:
