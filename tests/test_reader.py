@@ -406,6 +406,34 @@ def test_a_job_interrupted_mid_wait_cancels_its_reads_before_raising():
         os.close(w)
 
 
+def test_a_shared_counts_list_is_checked_before_anything_is_read(tmp_path):
+    # Rings sharing one call write their byte counts into one list, each at its own
+    # start: a list without room for a share is refused before a read lands in the
+    # buffer, and so is one given for bytes results, which have no counts.
+    from vyre_uring import Ring
+    from vyre_uring._engine import read_ranges_job
+    path = make_tree(tmp_path, [100])[0]
+    stats = array.array("q", [0] * 5)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with Ring(8) as ring:
+            dest = bytearray(20)
+            for out, start in (([None] * 3, 2), ([None] * 3, -1), ([None] * 1, 0)):
+                with pytest.raises(ValueError, match="no room"):
+                    read_ranges_job(ring, fd, [0, 10], [10, 10], dest, [0, 10], 8, stats,
+                                    path, out=out, out_start=start)
+                assert dest == bytearray(20) and out[-1] is None
+            with pytest.raises(ValueError, match="byte counts only"):
+                read_ranges_job(ring, fd, [0], [10], None, None, 8, stats, path,
+                                out=[None], out_start=0)
+            out = [None] * 4
+            assert read_ranges_job(ring, fd, [0, 10], [10, 10], dest, [0, 10], 8, stats,
+                                   path, out=out, out_start=1) is out
+            assert out == [None, 10, 10, None] and dest == plain_read(path)[:20]
+    finally:
+        os.close(fd)
+
+
 def test_drain_closes_the_fds_of_abandoned_opens(tmp_path):
     # An open whose job was abandoned completes with nobody to own its fd: the reap
     # that sees it closes it.

@@ -1458,6 +1458,9 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
     try:
         int_array_open(&off, offsets, "offsets", False, False)
         n = off.n
+        if out is not None and (buffer is None or not 0 <= out_start <= len(out) - n):
+            raise ValueError(f"out (for byte counts only) holds {len(out)} counts: no "
+                             f"room for {n} at {out_start}")
         _job_alloc(&j, n)
         j.depth = max(depth, 1)
         j.stop = &call.flag if call is not None else NULL
@@ -1551,16 +1554,14 @@ cdef Py_ssize_t _take_ranges(Job *j, const IntArray *off, const IntArray *length
 
 cdef list _byte_counts(Job *j, object name, list out, Py_ssize_t start):
     """Each range's byte count, in order, into out[start:] (a new list when out is
-    None); the first failed read raises its OSError. A count equal to the one
-    before is the same int object (ints are immutable): a million 4 KiB reads make
-    one int under the GIL, not a million."""
+    None; read_ranges_job checked that it has room); the first failed read raises
+    its OSError. A count equal to the one before is the same int object (ints are
+    immutable): a million 4 KiB reads make one int under the GIL, not a million."""
     cdef object count = None
     cdef int64_t last = -1
     cdef Py_ssize_t i
     if out is None:
         out, start = [None] * j.n, 0
-    elif not 0 <= start <= len(out) - j.n:
-        raise ValueError(f"out holds {len(out)} counts: no room for {j.n} at {start}")
     for i in range(j.n):
         if j.err[i]:
             raise path_error(j.err[i], name)

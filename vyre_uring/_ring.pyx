@@ -2302,13 +2302,23 @@ cdef class Ring:
         """Unmap, close, and release every hold; nothing may be in flight any more
         (or this is a forked child, where the kernel writes only into the parent)."""
         cdef uint32_t i
+        cdef Hold *hold
         self._closed = True
         self.core.inherited = self._fork_gen != vy_fork_gen()
         if self.core.st.slots != NULL:
-            for i in range(self.core.st.n):
-                if self.core.st.slots[i].live and self.core.st.slots[i].hold != NULL:
-                    free_slot(&self.core, i)
+            # Only the holds are let go: the tables are freed next, so the free stack
+            # is not touched. In a forked child they are a snapshot taken while
+            # another thread of the parent may have been filling or reaping them
+            # (a slot live but still counted free, say), which pushing slots back
+            # would overflow; a hold whose count is off is leaked, never freed twice.
             self._drop_released()
+            for i in range(self.core.st.n):
+                hold = self.core.st.slots[i].hold
+                if self.core.st.slots[i].live and hold != NULL:
+                    self.core.st.slots[i].hold = NULL
+                    hold.refs -= 1
+                    if hold.refs == 0:
+                        hold_free(hold)
         self._unregister_ring_fd()
         self._release_registered_buffers()
         self._unmap()
