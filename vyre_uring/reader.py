@@ -149,7 +149,8 @@ class BatchReader:
 
     def stats(self) -> dict[str, Any]:
         """Counters since creation: files, bytes, operations, short reads resubmitted,
-        syscalls, the backend, and why it fell back (None when it did not); whether
+        syscalls (io_uring_enter calls: not the statx or fstat that sizes each whole
+        file), the backend, and why it fell back (None when it did not); whether
         whole files open as direct descriptors (in each ring's file table, not the
         process's: Linux 5.19, io_uring backend, not with direct=True)."""
         return {"files": self._files, "bytes": self._bytes, **self._backend.stats,
