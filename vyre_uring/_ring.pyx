@@ -574,10 +574,12 @@ cdef class Ring:
         return sqe
 
     cdef void _drop_released(self) noexcept:
-        cdef uint32_t i
-        for i in range(self.core.st.nreleased):
-            hold_free(self.core.st.released[i])
+        cdef uint32_t i, n = self.core.st.nreleased
+        # Emptied first: hold_free can run Python code (a finalizer), and a fork
+        # there must not leave the child a list of holds already freed.
         self.core.st.nreleased = 0
+        for i in range(n):
+            hold_free(self.core.st.released[i])
 
     cdef uint32_t _room(self, uint32_t wanted) except? 0xFFFFFFFF:
         """How many of `wanted` new requests fit now, submitting to free SQ space.
@@ -2305,12 +2307,12 @@ cdef class Ring:
         cdef Hold *hold
         self._closed = True
         self.core.inherited = self._fork_gen != vy_fork_gen()
-        if self.core.st.slots != NULL:
+        if self.core.st.slots != NULL and not (self.core.inherited and self._busy):
             # Only the holds are let go: the tables are freed next, so the free stack
-            # is not touched. In a forked child they are a snapshot taken while
-            # another thread of the parent may have been filling or reaping them
-            # (a slot live but still counted free, say), which pushing slots back
-            # would overflow; a hold whose count is off is leaked, never freed twice.
+            # is not touched. In a forked child whose parent had a thread inside this
+            # ring (busy) the tables are a snapshot taken in the middle of that
+            # thread's fill or reap (slots live but still counted free, a hold's
+            # count one off): its holds are leaked there, never freed twice.
             self._drop_released()
             for i in range(self.core.st.n):
                 hold = self.core.st.slots[i].hold
