@@ -6,8 +6,10 @@ its own 4 KiB of a pre-faulted destination) on one thread and on one per core, i
 the same rounds. Needs about 12 GiB of memory (the file cached, and a 4 GiB
 destination on each side). Run: python bench/ranges_1m.py (it writes /tmp/big4g)."""
 import array
+import atexit
 import os
 import random
+import shutil
 import subprocess
 import tempfile
 import time
@@ -52,7 +54,9 @@ def preadv_loop(k=100_000):
     return k / dt
 def c_ceiling():
     """The compiled C program, or None (and why) where liburing is not found."""
-    binary = os.path.join(tempfile.mkdtemp(prefix="vyre-1m-"), "ranges_1m")
+    workdir = tempfile.mkdtemp(prefix="vyre-1m-")
+    atexit.register(shutil.rmtree, workdir, True)
+    binary = os.path.join(workdir, "ranges_1m")
     source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ranges_1m.c")
     proc = subprocess.run(["cc", "-O2", "-o", binary, source, "-luring", "-lpthread"],
                           capture_output=True, text=True)

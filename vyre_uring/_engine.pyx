@@ -476,7 +476,8 @@ cdef struct Job:
     bint table              # files: direct descriptors in the ring's file table; fd
                             # holds a slot, and a statx before the open sizes it
     statx *stx              # table: each item's statx
-    Py_ssize_t *openq       # table: sized items to open again (the table was full)
+    Py_ssize_t *openq       # table: statx'd regular files to open again (the table
+                            # was full)
     Py_ssize_t oq_len
     int64_t *pack_offsets   # ...and this window's offsets there (the Packing's)
     int *stop               # the call's Stop flag (the caller holds it), or NULL
@@ -497,6 +498,11 @@ cdef void _advise_huge(char *p, int64_t size) noexcept nogil:
         madvise(<void *>start, end - start, MADV_HUGEPAGE)
 
 
+# How many per-item arrays _job_alloc carves (each may take 7 bytes of padding).
+cdef enum:
+    _JOB_ARRAYS = 17
+
+
 cdef inline void *_carve(char **cursor, Py_ssize_t m, size_t size) noexcept nogil:
     """The next m elements of `size` bytes from a job's block, 8-byte aligned."""
     cdef void *p = cursor[0]
@@ -512,9 +518,10 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     global _next_job_id
     memset(j, 0, sizeof(Job))
     cdef Py_ssize_t m = max(n, 1)
-    cdef size_t per_item = (3 * sizeof(int32_t) + 3 * sizeof(int64_t) + 3 * sizeof(uint8_t)
-                            + 2 * sizeof(char *) + 4 * sizeof(Py_ssize_t)
-                            + 2 * sizeof(int32_t))
+    # The arrays carved below, by element type; each is padded to 8 bytes.
+    cdef size_t per_item = (2 * sizeof(char *) + 3 * sizeof(int64_t) +
+                            4 * sizeof(Py_ssize_t) + 5 * sizeof(int32_t) +
+                            3 * sizeof(uint8_t))
     cdef char *cursor
     j.n = n
     j.left = n
@@ -522,9 +529,9 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     j.tag = (<uint64_t>j.id) << 32
     j.fd_cap = PY_SSIZE_T_MAX
     _next_job_id += 1
-    if <size_t>m > (<size_t>PY_SSIZE_T_MAX - 17 * 8) // per_item:
+    if <size_t>m > (<size_t>PY_SSIZE_T_MAX - _JOB_ARRAYS * 8) // per_item:
         raise MemoryError()
-    j.block = calloc(1, <size_t>m * per_item + 17 * 8)
+    j.block = calloc(1, <size_t>m * per_item + _JOB_ARRAYS * 8)
     if j.block == NULL:
         raise MemoryError()
     cursor = <char *>j.block
@@ -682,6 +689,15 @@ cdef inline void _queue_read(Job *j, Py_ssize_t i) noexcept nogil:
     j.rq_len += 1
 
 
+cdef inline void _start_range(Job *j, Py_ssize_t i) noexcept nogil:
+    """A range with its want set: nothing to read is done at once, else it waits
+    for its read."""
+    if j.want[i] == 0:
+        j.left -= 1
+    else:
+        _queue_read(j, i)
+
+
 cdef inline void _finish(Job *j, Py_ssize_t i) noexcept nogil:
     j.left -= 1
     if j.err[i] == 0:
@@ -794,30 +810,31 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
                 _open_direct(&c, j, i, hold)
                 k -= 1
             continue
-        sqe = claim_sqe(&c, (<uint64_t>KIND_OPEN << 56) | j.tag | <uint64_t>i, hold)
-        sqe.opcode = IORING_OP_OPENAT
-        sqe.fd = AT_FDCWD
-        sqe.addr = <uint64_t><size_t>j.paths[i]
-        sqe.open_flags = <uint32_t>(j.open_flags | (_O_DIRECT if j.direct[i] else 0))
-        hold.refs += 1
-        j.opening += 1
+        _prep_open(&c, j, i, hold, KIND_OPEN).open_flags = \
+            <uint32_t>(j.open_flags | (_O_DIRECT if j.direct[i] else 0))
         k -= 1
     j.busy -= k             # what the depth allowed but nothing needed
     claim_end(r, &c)
 
 
-cdef inline void _open_direct(Claim *c, Job *j, Py_ssize_t i, Hold *hold) noexcept nogil:
-    """Direct descriptors: open item i into any free slot of the ring's table."""
-    cdef io_uring_sqe *sqe = claim_sqe(c, (<uint64_t>KIND_OPEN_DIRECT << 56) | j.tag |
-                                       <uint64_t>i, hold)
+cdef inline io_uring_sqe *_prep_open(Claim *c, Job *j, Py_ssize_t i, Hold *hold,
+                                     uint64_t kind) noexcept nogil:
+    """An OPENAT of item i's path (the caller sets its flags)."""
+    cdef io_uring_sqe *sqe = claim_sqe(c, (kind << 56) | j.tag | <uint64_t>i, hold)
     sqe.opcode = IORING_OP_OPENAT
     sqe.fd = AT_FDCWD
     sqe.addr = <uint64_t><size_t>j.paths[i]
+    hold.refs += 1
+    j.opening += 1
+    return sqe
+
+
+cdef inline void _open_direct(Claim *c, Job *j, Py_ssize_t i, Hold *hold) noexcept nogil:
+    """Direct descriptors: open item i into any free slot of the ring's table."""
+    cdef io_uring_sqe *sqe = _prep_open(c, j, i, hold, KIND_OPEN_DIRECT)
     # A direct descriptor takes no O_CLOEXEC (the kernel refuses it): it is no fd.
     sqe.open_flags = <uint32_t>(j.open_flags & ~_O_CLOEXEC)
     sqe.file_index = IORING_FILE_INDEX_ALLOC
-    hold.refs += 1
-    j.opening += 1
 
 
 cdef bint _may_retry_open(Job *j) noexcept nogil:
@@ -1252,9 +1269,7 @@ cdef int _run_owned(object ring, Job *j, Hold *hold, list keep) except -1:
 
 cdef void _drop_job_ref(Hold *hold) noexcept:
     """The job is over: the hold now lives only as long as requests still use it."""
-    hold.refs -= 1
-    if hold.refs == 0:
-        hold_free(hold)
+    hold_unref(hold)
 
 
 cdef int _add_stats(object stats, Job *j) except -1:
@@ -1496,10 +1511,7 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
                 keep[i] = _range_bytes(i, j.want[i], name)
                 j.dest[i] = PyBytes_AS_STRING(keep[i])
                 _advise_huge(j.dest[i], j.want[i])
-                if j.want[i] == 0:
-                    j.left -= 1
-                else:
-                    _queue_read(&j, i)
+                _start_range(&j, i)
         if bounce is not None:
             _job_direct(&j, hold, bounce)
         if fixed_file:
@@ -1545,10 +1557,7 @@ cdef Py_ssize_t _take_ranges(Job *j, const IntArray *off, const IntArray *length
             return i
         j.fd[i] = fd
         j.dest[i] = base + b
-        if j.want[i] == 0:
-            j.left -= 1
-        else:
-            _queue_read(j, i)
+        _start_range(j, i)
     return -1
 
 

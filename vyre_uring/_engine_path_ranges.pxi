@@ -270,10 +270,7 @@ cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos
                 keep[i] = _range_bytes(r, j.want[i], files[pos + k])
                 j.dest[i] = PyBytes_AS_STRING(keep[i])
                 _advise_huge(j.dest[i], j.want[i])
-                if j.want[i] == 0:
-                    j.left -= 1
-                else:
-                    _queue_read(&j, i)
+                _start_range(&j, i)
         _run_owned(ring, &j, hold, keep)
         _add_stats(stats, &j)
         for i in range(n):

@@ -402,10 +402,7 @@ cdef void _load_job(Job *j, StageData *d, int64_t k, char *slot,
         j.got[i] = 0
         j.err[i] = 0
         j.dest[i] = slot + d.slot_offset[q]
-        if j.want[i] == 0:
-            j.left -= 1
-        else:
-            _queue_read(j, i)
+        _start_range(j, i)
 
 
 cdef bint _one_file(StageData *d, int64_t first, Py_ssize_t n) noexcept nogil:

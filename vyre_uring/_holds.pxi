@@ -34,6 +34,13 @@ cdef void hold_free(Hold *h) noexcept:
     free(h)
 
 
+cdef void hold_unref(Hold *h) noexcept:
+    """Drop one reference to `h`; the last one frees it. Needs the GIL."""
+    h.refs -= 1
+    if h.refs == 0:
+        hold_free(h)
+
+
 cdef int hold_export(Hold *h, object obj, bint writable, str what) except -1:
     """Take a contiguous export of `obj` into `h` (writable for reads)."""
     cdef int flags = PyBUF_WRITABLE if writable else PyBUF_SIMPLE

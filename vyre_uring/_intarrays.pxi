@@ -96,8 +96,9 @@ cdef int _copy_sequence(IntCopy *a, object obj, str name, bint unsigned64) excep
 
 cdef int _copy_ints(IntCopy *a, const char *src, Py_ssize_t n, int itemsize,
                     bint is_signed) except -1:
-    """Widen n integers of `itemsize` bytes into a new int64 array; an unsigned 64-bit
-    value past INT64_MAX comes out negative, as ia_get reads it."""
+    """Widen n integers of `itemsize` bytes into int64s in the IntCopy's room (its
+    own for a few, else malloc'd); an unsigned 64-bit value past INT64_MAX comes out
+    negative, as ia_get reads it."""
     cdef Py_ssize_t i
     cdef int64_t *v = _int_copy_room(a, n)
     if itemsize == 8:

@@ -26,6 +26,7 @@ cdef int ring_enter(RingCore *r, uint32_t to_submit, uint32_t min_complete,
 # ---- holds (_holds.pxi) -------------------------------------------------------------
 
 cdef void hold_free(Hold *h) noexcept
+cdef void hold_unref(Hold *h) noexcept
 cdef int hold_export(Hold *h, object obj, bint writable, str what) except -1
 cdef Hold *hold_object(object obj, Py_ssize_t nviews=*) except NULL
 

@@ -2025,9 +2025,7 @@ cdef class Ring:
         self._reg_buffers = NULL
         self._reg_buffer_count = 0
         if hold != NULL:
-            hold.refs -= 1
-            if hold.refs == 0:
-                hold_free(hold)
+            hold_unref(hold)
 
     def register_files(self, fds):
         """Register a file table of the fds in `fds` (an int array or a sequence of ints);
@@ -2307,6 +2305,7 @@ cdef class Ring:
         cdef Hold *hold
         self._closed = True
         self.core.inherited = self._fork_gen != vy_fork_gen()
+        # (_busy read plainly: a forked child has only this thread.)
         if self.core.st.slots != NULL and not (self.core.inherited and self._busy):
             # Only the holds are let go: the tables are freed next, so the free stack
             # is not touched. In a forked child whose parent had a thread inside this
@@ -2318,9 +2317,7 @@ cdef class Ring:
                 hold = self.core.st.slots[i].hold
                 if self.core.st.slots[i].live and hold != NULL:
                     self.core.st.slots[i].hold = NULL
-                    hold.refs -= 1
-                    if hold.refs == 0:
-                        hold_free(hold)
+                    hold_unref(hold)
         self._unregister_ring_fd()
         self._release_registered_buffers()
         self._unmap()

@@ -173,6 +173,10 @@ class UringBackend:
             if self.direct and not direct:
                 with self._lock:
                     self._refused_direct += 1   # the filesystem refused O_DIRECT
+            # A ring's own fd pays for itself over many reads (and a reopened fd
+            # would be buffered: not for O_DIRECT).
+            reopen = n > share >= REGISTER_FILE_MIN_RANGES and not direct
+
             def task(s):
                 def run(r, stop):
                     def read(fds):
@@ -180,11 +184,8 @@ class UringBackend:
                                              share_of(lengths, s), buffer,
                                              share_of(buffer_offsets, s), path, direct, stop,
                                              counts, s)
-                    return _own_fds([fd], read) if shared else read([fd])
+                    return _own_fds([fd], read) if reopen else read([fd])
                 return run
-            # A ring's own fd pays for itself over many reads (and a reopened fd
-            # would be buffered: not for O_DIRECT).
-            shared = n > share >= REGISTER_FILE_MIN_RANGES and not direct
             parts = self._run([task(s) for s in range(0, n, share)])
             if counts is not None:
                 return counts
@@ -194,7 +195,7 @@ class UringBackend:
                 return parts[0]
             out = parts[0]
             for part in parts[1:]:
-                out += part                 # in place: a million results, no loop
+                out += part                 # bytes results, joined in place
             return out
         return with_file(path, self.direct, on_file)
 

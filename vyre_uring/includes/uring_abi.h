@@ -142,6 +142,7 @@ static inline void vy_fence_full(void)
 static inline int vy_try_lock(int *flag)
 {
 #ifdef Py_GIL_DISABLED
+    /* Acquire: pairs with vy_unlock's release store by the last holder. */
     return __atomic_exchange_n(flag, 1, __ATOMIC_ACQUIRE) == 0;
 #else
     if (*flag)
@@ -153,6 +154,7 @@ static inline int vy_try_lock(int *flag)
 static inline void vy_unlock(int *flag)
 {
 #ifdef Py_GIL_DISABLED
+    /* Release: pairs with the next holder's acquire exchange in vy_try_lock. */
     __atomic_store_n(flag, 0, __ATOMIC_RELEASE);
 #else
     *flag = 0;
