@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { OK = 0, INVALID_VALUE = 1, NO_DEVICE = 100, INVALID_HANDLE = 400,
        NOT_REGISTERED = 713, ALREADY_REGISTERED = 712 };
@@ -69,7 +70,13 @@ int fake_pending_copies(void) {
     return n;
 }
 
-int cuInit(unsigned f) { (void)f; return OK; }
+int cuInit(unsigned f) {
+    const char *v = getenv("FAKE_CUDA_INIT_MS");   /* a slow init, as a real one is */
+    (void)f;
+    if (v)
+        usleep(1000 * atoi(v));
+    return OK;
+}
 int cuDeviceGetCount(int *n) {
     const char *v = getenv("FAKE_CUDA_DEVICES");
     *n = v ? atoi(v) : 1;

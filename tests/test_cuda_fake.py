@@ -149,3 +149,32 @@ def test_no_device_says_so(fake_cuda):
             out["error"] = str(exc)
     """, FAKE_CUDA_DEVICES="0")
     assert "CUDA device 0 does not exist: the driver sees 0 devices" in out["error"]
+
+
+def test_a_child_forked_during_cuda_init_is_told_so_and_does_not_hang(fake_cuda):
+    # The fork lands while a parent thread is inside cuInit (made slow here), holding
+    # the driver's lock: the child must neither wait for that lock forever nor begin
+    # CUDA again on the parent's half-made state.
+    out = run_child(fake_cuda, """
+        import signal, threading, time
+        dest = DeviceArray(4096)
+        loaded = []
+        t = threading.Thread(target=lambda: loaded.append(
+            vyre_uring.read_ranges_into(path, dest, [0], [4096])))
+        t.start()
+        time.sleep(0.3)                     # well inside the 1.5 s cuInit
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)                # a hang ends the child with SIGALRM
+            try:
+                vyre_uring.read_ranges_into(path, DeviceArray(4096), [0], [4096])
+                os._exit(3)
+            except vyre_uring._cuda.CudaUnavailableError as exc:
+                os._exit(0 if "forked child" in str(exc) else 2)
+        _, status = os.waitpid(pid, 0)
+        t.join()
+        out["child"] = os.waitstatus_to_exitcode(status)
+        out["parent"] = loaded == [[4096]] and bytes(dest.mem) == data[:4096]
+    """, FAKE_CUDA_INIT_MS="1500")
+    assert out["child"] == 0
+    assert out["parent"]

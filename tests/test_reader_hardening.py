@@ -788,13 +788,14 @@ def scenario_fork(tmp, backend, workers):
     r = BatchReader(backend=backend, workers=workers)
     _check_files(paths, expected, r.read_files(paths))      # rings and threads in use
 
-    def with_os_fork(case):
+    def with_os_fork(case, child=lambda: _child_reads(r, paths, expected, big_path, offs,
+                                                      want)):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 signal.alarm(15)                # the parent kills it sooner anyway
-                _child_reads(r, paths, expected, big_path, offs, want)
+                child()
                 code = 0
             except BaseException as exc:
                 os.write(2, f"{case}: the child failed: {exc!r}\n".encode())
@@ -849,6 +850,8 @@ def scenario_fork(tmp, backend, workers):
         stop.set()
         t.join(10)
         assert not t.is_alive(), "the parent's reading thread HANGS after the fork"
+    # A child that closes the reader before using it: the parent's rings let go there.
+    with_os_fork("with_os_fork, closed in the child before any use", r.close)
     _check_files(paths, expected, r.read_files(paths))      # the parent's still works
     r.close()
     assert not failures, failures

@@ -80,7 +80,6 @@ class _Driver:
         if code:
             raise CudaUnavailableError(f"CUDA is unavailable: cuInit failed: "
                                        f"{self.error_name(code)} ({code})")
-        self.pid = os.getpid()
 
     def error_name(self, code):
         name = ctypes.c_char_p()
@@ -97,17 +96,35 @@ class _Driver:
 _driver = None
 _devices = {}
 _lock = threading.Lock()
+_began_in = None        # the pid of the process that began initializing the driver
+
+
+def _new_lock_in_child():
+    """A parent thread may hold _lock at fork (cuInit takes a while): the child's is
+    its own, and free."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def _driver_here():
-    global _driver
+    global _driver, _began_in
     with _lock:
+        if _began_in not in (None, os.getpid()):
+            raise CudaUnavailableError(
+                "CUDA is unavailable in a forked child of a process that used it (CUDA "
+                "does not survive fork): start workers with the 'spawn' method")
         if _driver is None:
-            _driver = _Driver()
-    if _driver.pid != os.getpid():
-        raise CudaUnavailableError(
-            "CUDA is unavailable in a forked child of a process that used it (CUDA "
-            "does not survive fork): start workers with the 'spawn' method")
+            # Marked before cuInit: a child forked while it runs has the mark and no
+            # driver, and must not begin again on the parent's half-made state.
+            _began_in = os.getpid()
+            try:
+                _driver = _Driver()
+            except BaseException:
+                _began_in = None            # no driver: a child may try its own
+                raise
     return _driver
 
 

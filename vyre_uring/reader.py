@@ -116,11 +116,19 @@ class BatchReader:
         if self._pid != os.getpid():
             with _lock:
                 if self._pid != os.getpid():
-                    self._backend.forget()
-                    self._counts = threading.Lock()
+                    self._leave_parents()
                     self._backend = self._make_backend(*self._config)
                     self._pid = os.getpid()
         return self._backend
+
+    def _leave_parents(self):
+        """In a forked child: let go of the parent's rings and threads, and of its
+        staging cache and counts lock (a parent thread may have held their locks at
+        the fork). The parent's pinned memory is freed here when collected, never
+        unpinned: CUDA does not survive fork."""
+        self._backend.forget()
+        self._counts = threading.Lock()
+        self._staging = StagingCache()
 
     def _count(self, files, nbytes):
         with self._counts:
@@ -133,13 +141,13 @@ class BatchReader:
         return self._backend.name
 
     def close(self) -> None:
+        if self._pid != os.getpid():
+            self._leave_parents()
+            return
         try:
             self._staging.close()
         finally:
-            if self._pid == os.getpid():
-                self._backend.close()
-            else:
-                self._backend.forget()
+            self._backend.close()
 
     def __enter__(self) -> BatchReader:
         return self
