@@ -67,11 +67,24 @@ cdef extern from "Python.h":
     Py_ssize_t PY_SSIZE_T_MAX
 from posix.fcntl cimport F_GETFL, F_SETFL, fcntl, open as c_open
 from posix.mman cimport madvise, MADV_HUGEPAGE
-from libc.errno cimport EFBIG, EMFILE, ENFILE, ENOBUFS
+from libc.errno cimport EFBIG, EINTR, EMFILE, ENFILE, ENOBUFS
 from libc.stdlib cimport realloc
 from libc.stdint cimport INT64_MAX
 from posix.unistd cimport pread, usleep
 from posix.stat cimport S_ISREG
+
+cdef extern from "<sys/vfs.h>" nogil:
+    ctypedef struct vy_statfs "struct statfs":
+        long f_type
+    int c_statfs "statfs"(const char *path, vy_statfs *buf)
+    int c_fstatfs "fstatfs"(int fd, vy_statfs *buf)
+
+# FUSE (statfs f_type). Linux 6.18 gets io_uring reads of a FUSE file opened with
+# FOPEN_DIRECT_IO wrong: when the server answers short (at EOF, or before it), the
+# kernel asks for the rest again at the first offset, and the read completes full
+# with the file's start repeated in it (tests/test_fuse.py shows it). We cannot tell
+# such a file from userspace, so every FUSE file is read with pread, which is right.
+cdef long _FUSE_SUPER_MAGIC = 0x65735546
 
 cdef extern from "counters.h" nogil:
     int64_t vy_i64_load(const int64_t *p)
@@ -444,6 +457,12 @@ cdef struct Job:
     uint8_t *unsized        # files: reports size 0; dest is the job's, grown to EOF
     uint8_t *copied         # files: dest is job memory (arena, or malloc'd when
                             # unsized), copied into a bytes object at the end
+    uint8_t *sync           # read with pread, not the ring (_untrusted_fs); fd is
+                            # then an fd of the process, closed here when done
+    bint fs_known           # the last device a file was checked on (_untrusted_fs)...
+    uint64_t fs_dev
+    bint fs_fuse            # ...and whether it is FUSE
+    bint eintr              # a pread was cut short by a signal: see to it
     Py_ssize_t *allocq      # files: items waiting for a bytes object (the GIL)
     Py_ssize_t nalloc
     ArenaState *arena
@@ -500,7 +519,7 @@ cdef void _advise_huge(char *p, int64_t size) noexcept nogil:
 
 # How many per-item arrays _job_alloc carves (each may take 7 bytes of padding).
 cdef enum:
-    _JOB_ARRAYS = 17
+    _JOB_ARRAYS = 18
 
 
 cdef inline void *_carve(char **cursor, Py_ssize_t m, size_t size) noexcept nogil:
@@ -521,7 +540,7 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     # The arrays carved below, by element type; each is padded to 8 bytes.
     cdef size_t per_item = (2 * sizeof(char *) + 3 * sizeof(int64_t) +
                             4 * sizeof(Py_ssize_t) + 5 * sizeof(int32_t) +
-                            3 * sizeof(uint8_t))
+                            4 * sizeof(uint8_t))
     cdef char *cursor
     j.n = n
     j.left = n
@@ -552,6 +571,7 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     j.unsized = <uint8_t *>_carve(&cursor, m, sizeof(uint8_t))
     j.copied = <uint8_t *>_carve(&cursor, m, sizeof(uint8_t))
     j.direct = <uint8_t *>_carve(&cursor, m, sizeof(uint8_t))
+    j.sync = <uint8_t *>_carve(&cursor, m, sizeof(uint8_t))
     memset(j.fd, 0xFF, m * sizeof(int32_t))        # every fd -1
     return 0
 
@@ -606,9 +626,12 @@ cdef void _job_abandon(object ring, RingCore *r, Job *j) noexcept:
     j.cq_len = 0
     if j.close_fds:
         for i in range(j.n):
-            if j.fd[i] >= 0:
+            if j.fd[i] >= 0 and j.sync[i]:
+                close(j.fd[i])
+                _release_fd(j)
+            elif j.fd[i] >= 0:
                 _close_item_fd(r, j, j.fd[i])
-                j.fd[i] = -1
+            j.fd[i] = -1
 
 
 cdef void _close_item_fd(RingCore *r, Job *j, int32_t fd) noexcept nogil:
@@ -702,7 +725,11 @@ cdef inline void _finish(Job *j, Py_ssize_t i) noexcept nogil:
     j.left -= 1
     if j.err[i] == 0:
         j.nbytes += j.got[i]
-    if j.close_fds and j.fd[i] >= 0:
+    if j.close_fds and j.fd[i] >= 0 and j.sync[i]:
+        close(j.fd[i])                      # an fd of the process (_open_now)
+        _release_fd(j)
+        j.fd[i] = -1
+    elif j.close_fds and j.fd[i] >= 0:
         j.closeq[j.cq_len] = j.fd[i]
         j.cq_len += 1
         j.fd[i] = -1
@@ -770,13 +797,18 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         k -= 1
     k = <uint32_t>min(<Py_ssize_t>k, j.depth - j.busy)
     j.busy += k             # less any opens skipped below
-    while k and j.rq_len:
+    while k and j.rq_len and not j.eintr:
         i = j.readq[j.rq_head]
         j.rq_head = (j.rq_head + 1) % j.n
         j.rq_len -= 1
         if j.direct[i]:                     # depth slots for at most depth reads
             j.nfree -= 1
             j.slot[i] = j.free_slots[j.nfree]
+        if j.sync[i]:
+            _read_now(j, i)
+            j.busy -= 1                     # done already: nothing in flight
+            k -= 1
+            continue
         sqe = claim_sqe(&c, (<uint64_t>KIND_READ << 56) | j.tag | <uint64_t>i, hold)
         sqe.opcode = IORING_OP_READ
         sqe.fd = j.fd[i]
@@ -806,9 +838,13 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
             if j.paths[i] == NULL:
                 continue                    # refused before the kernel saw it
         if j.table:
-            if _stat_regular(j, i):
-                _open_direct(&c, j, i, hold)
-                k -= 1
+            if not _stat_regular(j, i):
+                continue
+            if _untrusted_fs(j, _stx_dev(&j.stx[i]), j.paths[i], -1):
+                _open_now(j, i)
+                continue
+            _open_direct(&c, j, i, hold)
+            k -= 1
             continue
         _prep_open(&c, j, i, hold, KIND_OPEN).open_flags = \
             <uint32_t>(j.open_flags | (_O_DIRECT if j.direct[i] else 0))
@@ -835,6 +871,58 @@ cdef inline void _open_direct(Claim *c, Job *j, Py_ssize_t i, Hold *hold) noexce
     # A direct descriptor takes no O_CLOEXEC (the kernel refuses it): it is no fd.
     sqe.open_flags = <uint32_t>(j.open_flags & ~_O_CLOEXEC)
     sqe.file_index = IORING_FILE_INDEX_ALLOC
+
+
+cdef inline uint64_t _stx_dev(const statx *stx) noexcept nogil:
+    return (<uint64_t>stx.stx_dev_major << 32) | stx.stx_dev_minor
+
+
+cdef bint _on_fuse(const char *path, int fd) noexcept nogil:
+    """Whether the file at `path` (else open as `fd`) is on FUSE, whose reads the
+    ring must not make (see _FUSE_SUPER_MAGIC), or on a filesystem that refuses
+    statfs (a FUSE server without it does: ENOSYS), which pread reads too."""
+    cdef vy_statfs sf
+    if (c_statfs(path, &sf) if path != NULL else c_fstatfs(fd, &sf)) != 0:
+        return True
+    return sf.f_type == _FUSE_SUPER_MAGIC
+
+
+cdef bint _untrusted_fs(Job *j, uint64_t dev, const char *path, int fd) noexcept nogil:
+    """_on_fuse for the file on device `dev`: one statfs per device the job meets
+    in a row, not one per file."""
+    if not (j.fs_known and dev == j.fs_dev):
+        j.fs_known = True
+        j.fs_dev = dev
+        j.fs_fuse = _on_fuse(path, fd)
+    return j.fs_fuse
+
+
+cdef void _open_now(Job *j, Py_ssize_t i) noexcept nogil:
+    """Direct descriptors, a file the ring must not read (_untrusted_fs): open it
+    here as an fd of the process, for pread, and size it by its statx."""
+    cdef int fd = c_open(j.paths[i], j.open_flags)
+    if _opened(j, i, fd if fd >= 0 else -errno, j.retry, &j.nretry):
+        vy_i64_add(&_fds_held, 1)
+        j.sync[i] = 1
+        _sized(j, i, j.stx[i].stx_mode, <int64_t>j.stx[i].stx_size)
+
+
+cdef void _read_now(Job *j, Py_ssize_t i) noexcept nogil:
+    """Item i's next read, made here with pread (_untrusted_fs); its result goes
+    where a completion's would. A signal that cuts it short leaves the read queued
+    and the job's loop comes back to the GIL to run the handlers."""
+    cdef int64_t file_off, skip
+    cdef int64_t asked = _piece(j, i, &file_off, &skip)
+    cdef ssize_t got = pread(j.fd[i], _read_target(j, i), <size_t>asked, file_off)
+    j.sync_reads += 1
+    if got < 0 and errno == EINTR:
+        if j.direct[i]:
+            j.free_slots[j.nfree] = j.slot[i]
+            j.nfree += 1
+        _queue_read(j, i)
+        j.eintr = True
+        return
+    _on_read(j, i, <int32_t>got if got >= 0 else -errno)
 
 
 cdef bint _may_retry_open(Job *j) noexcept nogil:
@@ -872,6 +960,8 @@ cdef void _on_open(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:
         j.err[i] = errno
         _finish(j, i)
         return
+    if S_ISREG(st.st_mode) and _untrusted_fs(j, st.st_dev, NULL, res):
+        j.sync[i] = 1
     _sized(j, i, st.st_mode, st.st_size)
 
 
@@ -1174,6 +1264,9 @@ cdef int _job_steps(RingCore *r, Job *j, Hold *hold) noexcept nogil:
                     r.sq.entries - sq_pending(r), r.st.n - slots_used(r))
             if k:
                 _fill(r, j, k, hold)
+        if j.eintr:
+            j.eintr = False
+            return STEP_SIGNAL
         if j.left == 0 and j.cq_len == 0:
             if sq_pending(r) == 0:
                 return STEP_DONE            # no close to hand over: no syscall
@@ -1189,7 +1282,22 @@ cdef int _job_steps(RingCore *r, Job *j, Hold *hold) noexcept nogil:
             _closes_submitted(j)
             return STEP_DONE
         if slots_used(r) == 0:
-            return STEP_STUCK
+            # Nothing in flight: what is left is made here (the reads and opens of
+            # files the ring must not read, _untrusted_fs), or nothing (a bug).
+            if j.spent:
+                _defer_unopened(j)
+            if j.left == 0:
+                continue
+            if not (j.rq_len or j.nretry or j.nalloc) and (j.spent or j.next_open == j.n):
+                return STEP_STUCK
+            if j.stop != NULL and vy_flag_get(j.stop):
+                return STEP_STOP
+            if vy_monotonic() - since > _WAIT_SLICE_NS * 1e-9:
+                return STEP_SIGNAL
+            if j.fd_wait:
+                j.fd_wait = False
+                usleep(1000)                # for other jobs to close some fds
+            continue
         ret = _job_enter(r, 1)
         j.syscalls += 1
         if ret >= 0:
@@ -1518,6 +1626,8 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
             if ring.registered_files < 1:
                 raise ValueError("fixed_file needs fd registered as the ring's file 0")
             j.fixed_file = True
+        if _on_fuse(NULL, fd):
+            memset(j.sync, 1, <size_t>n)    # every range read with pread
         _run_owned(ring, &j, hold, keep)
         _add_stats(stats, &j)
         if buffer is not None:

@@ -232,6 +232,7 @@ cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos
     cdef int64_t o
     cdef list keep = [None] * n
     cdef object exc
+    cdef bint fuse
     memset(&j, 0, sizeof(Job))
     try:
         _job_alloc(&j, n)
@@ -245,6 +246,7 @@ cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos
             exc = None
             if w.err[k]:
                 exc = error_of(w.err[k], w.mode[k], files[pos + k])
+            fuse = exc is None and _on_fuse(NULL, w.fd[k])
             for t in range(first[pos + k], first[pos + k + 1]):
                 i = t - base
                 r = order[t]
@@ -265,6 +267,7 @@ cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos
                         out[r] = e
                     continue
                 j.fd[i] = w.fd[k]
+                j.sync[i] = fuse                # read with pread (_on_fuse)
                 j.off[i] = o
                 j.direct[i] = w.direct[k]
                 keep[i] = _range_bytes(r, j.want[i], files[pos + k])
