@@ -162,7 +162,8 @@ def test_a_child_forked_during_cuda_init_is_told_so_and_does_not_hang(fake_cuda)
         t = threading.Thread(target=lambda: loaded.append(
             vyre_uring.read_ranges_into(path, dest, [0], [4096])))
         t.start()
-        time.sleep(0.3)                     # well inside the 1.5 s cuInit
+        while vyre_uring._cuda._began_in is None:   # the start is marked: fork
+            time.sleep(0.001)
         pid = os.fork()
         if pid == 0:
             signal.alarm(20)                # a hang ends the child with SIGALRM

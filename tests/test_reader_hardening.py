@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from vyre_uring import BatchReader, read_files
+from vyre_uring import BatchReader, RingClosedError, read_files
 
 from conftest import evict, limit_leaving_free, open_fds, run_as_nobody
 
@@ -850,8 +850,16 @@ def scenario_fork(tmp, backend, workers):
         stop.set()
         t.join(10)
         assert not t.is_alive(), "the parent's reading thread HANGS after the fork"
-    # A child that closes the reader before using it: the parent's rings let go there.
-    with_os_fork("with_os_fork, closed in the child before any use", r.close)
+    # A child that closes the reader before using it: the parent's rings let go
+    # there, and the reader stays closed, as in the parent.
+    def close_then_read():
+        r.close()
+        try:
+            r.read_files(paths)
+        except (RingClosedError, RuntimeError):
+            return
+        raise AssertionError("a reader closed in the child read files")
+    with_os_fork("with_os_fork, closed in the child before any use", close_then_read)
     _check_files(paths, expected, r.read_files(paths))      # the parent's still works
     r.close()
     assert not failures, failures

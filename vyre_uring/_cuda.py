@@ -122,7 +122,7 @@ def _driver_here():
             _began_in = os.getpid()
             try:
                 _driver = _Driver()
-            except BaseException:
+            except CudaUnavailableError:
                 _began_in = None            # no driver: a child may try its own
                 raise
     return _driver

@@ -49,6 +49,7 @@ class ThreadsBackend:
 
     def forget(self):
         """In a forked child: the parent's threads do not exist here."""
+        self._workers.forget()
 
     def _in_runs(self, n, fn, on_result=None):
         """fn(i) for i in range(n) on the workers, in order; each task handles a run

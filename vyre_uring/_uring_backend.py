@@ -30,15 +30,16 @@ from .errors import UringSyscallError
 
 __all__ = ["UringBackend"]
 
-# Files per job: four jobs per ring where a call is large (one ring's results made
-# under the GIL then overlap the other rings' reads), at most MAX_JOB_FILES, and at
-# least MIN_JOB_FILES once the call has that many for every ring. Measured on 16
-# cores (10,000 cached 4 KiB files, 16 rings), read_files ran 1.11-1.12x faster in
-# jobs of 320 files than of 157: a job's fixed cost is mostly hand-offs of the GIL
-# between rings. Not more, smaller jobs either: each takes the GIL back once, which
-# beside a busy Python thread waits up to its switch interval (5 ms).
+# Jobs: the same number on every ring (1 to 4), each of at most MAX_JOB_FILES files.
+# Four per ring where a call is small or very large (one ring's results, made under
+# the GIL, then overlap the other rings' reads); in between, as many as keep jobs
+# near JOB_FILES files. Measured on 16 cores (10,000 cached 4 KiB files, 16 rings),
+# read_files ran 1.11-1.12x faster in jobs of 313 files than of 157: a job's fixed
+# cost is mostly hand-offs of the GIL between rings. Never many more, smaller jobs:
+# each takes the GIL back once, which beside a busy Python thread waits up to its
+# switch interval (5 ms).
 MAX_JOB_FILES = 4096
-MIN_JOB_FILES = 320
+JOB_FILES = 320
 # All the reader's rings ever run: the kernel refuses anything else on them.
 READER_OPS = frozenset({Op.OPENAT, Op.READ, Op.READ_FIXED, Op.CLOSE})
 # Whole files are opened as direct descriptors, in a sparse file table of each ring
@@ -124,6 +125,8 @@ class UringBackend:
         threads that do not exist here (the kernel keeps the parent's rings)."""
         for r in self._rings:
             r.ring.close()
+        if self._workers is not None:
+            self._workers.forget()
 
     def _run(self, tasks, on_result=None):
         post = self._workers.post if self._workers is not None and len(tasks) > 1 else None
@@ -141,8 +144,8 @@ class UringBackend:
         rings) the bytes go into its buffer, and out[i] holds only an OSError."""
         n = len(paths)
         rings = len(self._rings)
-        least = min(MIN_JOB_FILES, -(-n // rings))
-        step = max(self._rings[0].depth, least, min(MAX_JOB_FILES, -(-n // (4 * rings))))
+        per_ring = 4 if n < rings * JOB_FILES else min(4, round(n / (rings * JOB_FILES)))
+        step = max(self._rings[0].depth, min(MAX_JOB_FILES, -(-n // (per_ring * rings))))
         if budget is not None:
             # One job per ring; a call of at most a queue's worth of files, one job.
             step = max(self._rings[0].depth, -(-n // rings))

@@ -36,6 +36,11 @@ class Workers:
             raise RuntimeError("the reader was closed while this call was starting")
         self._tasks.put(task)
 
+    def forget(self):
+        """In a forked child, where its threads do not exist: closed, without
+        waiting for them."""
+        self._closed = True
+
     def close(self):
         self._closed = True
         for _ in self._threads:

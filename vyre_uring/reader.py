@@ -142,8 +142,11 @@ class BatchReader:
 
     def close(self) -> None:
         if self._pid != os.getpid():
-            self._leave_parents()
-            return
+            with _lock:
+                if self._pid != os.getpid():    # closed here, as it would be there
+                    self._leave_parents()
+                    self._pid = os.getpid()
+                    return
         try:
             self._staging.close()
         finally:
