@@ -98,3 +98,23 @@ def test_the_raw_ring_reads_what_the_kernel_gives(source, mounted):
         assert bytes(buf) == want[3]
     finally:
         os.close(fd)
+
+
+def test_asyncio_reads_fuse_files_on_threads(source, mounted):
+    import asyncio
+    from vyre_uring import aio
+    paths, want = _files(source, mounted)
+    data, path = want[-1], paths[-1]
+
+    async def main():
+        assert await aio.read_files(paths) == want                  # < 64: the loop's
+        assert [await aio.read_file(p) for p in paths] == want
+        assert await aio.read_ranges(path, [0, 5000, len(data) - 3], [4096, 9000, 4096]) \
+            == [data[:4096], data[5000:14000], data[-3:]]
+        buf = bytearray(8192)
+        assert await aio.read_ranges_into(path, buf, [len(data) - 50, 7], [4096, 4096],
+                                          [0, 4096]) == [50, 4096]
+        assert bytes(buf[:50]) == data[-50:] and bytes(buf[4096:]) == data[7:4103]
+        async with aio.open(paths[4], "rb") as f:                   # 101 bytes
+            assert await f.read(65536) == want[4]                   # past EOF: short
+    asyncio.run(main())

@@ -887,6 +887,12 @@ cdef bint _on_fuse(const char *path, int fd) noexcept nogil:
     return sf.f_type == _FUSE_SUPER_MAGIC
 
 
+def pread_only(int fd):
+    """Whether reads of the open file `fd` must be preads, not the ring's: it is on
+    FUSE (see _FUSE_SUPER_MAGIC), or on a filesystem that refuses statfs."""
+    return _on_fuse(NULL, fd)
+
+
 cdef bint _untrusted_fs(Job *j, uint64_t dev, const char *path, int fd) noexcept nogil:
     """_on_fuse for the file on device `dev`: one statfs per device the job meets
     in a row, not one per file."""

@@ -45,7 +45,7 @@ import concurrent.futures
 from concurrent.futures import ThreadPoolExecutor
 
 from ._files import OPEN_FLAGS, check_regular, lengths_within_eof, path_error
-from ._engine import MAX_PIECE, UNSIZED_FIRST, check_ranges
+from ._engine import MAX_PIECE, UNSIZED_FIRST, check_ranges, pread_only
 from ._workers import block_async_signals
 from .errors import RingClosedError, RingFullError, UringSyscallError
 # _warned: "io_uring is unavailable" is said once per process, by aio or the reader.
@@ -60,6 +60,7 @@ MAX_OPEN_FILES = 256    # fds the whole-file calls of one loop hold at once, at 
 _REAP_BATCH = 1024
 
 _engines = weakref.WeakKeyDictionary()      # loop -> its engine
+_pread_engines = weakref.WeakKeyDictionary()    # loop -> its engine for pread_only files
 # read_files calls of at least this many files run on the synchronous reader: its
 # jobs in C on every ring, from a thread of their own; the loop awaits one future.
 READER_BATCH_FILES = 64
@@ -99,6 +100,19 @@ def _make_engine(loop):
                 warnings.warn(f"vyre_uring.aio: io_uring is unavailable, running file I/O "
                               f"on threads instead: {exc}", RuntimeWarning, stacklevel=4)
     return _ThreadEngine(loop)
+
+
+def _pread_engine(engine):
+    """Where the files the ring must not read go (pread_only: on FUSE, the kernel
+    gets io_uring reads wrong when the server answers short): threads, `engine`
+    itself where it runs on them already."""
+    if engine.name == "threads":
+        return engine
+    loop = asyncio.get_running_loop()
+    threads = _pread_engines.get(loop)
+    if threads is None or threads.closed:
+        threads = _pread_engines[loop] = _ThreadEngine(loop)
+    return threads
 
 
 def _close_with_loop(loop, engine):
@@ -649,6 +663,9 @@ class _Reads(_Call):
         self.abandon(OSError(-res, os.strerror(-res)))
 
 
+_PREAD_ONLY = object()      # _WholeFiles' result for a file the ring must not read
+
+
 class _WholeFiles(_Reads):
     """read_file(s): per path, openat (in the ring), fstat, reads until the size is
     read (or EOF), close. Each file fails alone; result() has bytes or OSError."""
@@ -680,6 +697,9 @@ class _WholeFiles(_Reads):
             check_regular(st.st_mode, self.names[i])
         except OSError as exc:
             self.out[i] = _named(exc, self.names[i])
+            return self.close(i)
+        if self.engine.name != "threads" and pread_only(res):
+            self.out[i] = _PREAD_ONLY           # for _whole_files to read on threads
             return self.close(i)
         self.grow[i] = st.st_size == 0
         self.want[i] = st.st_size or UNSIZED_FIRST
@@ -806,11 +826,24 @@ async def read_files(paths, *, on_error="raise"):
     paths = _path_list(paths)
     if len(paths) >= READER_BATCH_FILES:
         return await _on_reader(_engine(), paths, on_error)
-    out = await _WholeFiles(_engine(), paths).run()
+    out = await _whole_files(paths)
     if on_error == "raise":
         for r in out:
             if isinstance(r, BaseException):
                 raise r
+    return out
+
+
+async def _whole_files(paths):
+    """_WholeFiles on the loop's engine; the files it must not read (pread_only)
+    are read again on threads."""
+    engine = _engine()
+    out = await _WholeFiles(engine, paths).run()
+    again = [i for i, r in enumerate(out) if r is _PREAD_ONLY]
+    if again:
+        redo = await _WholeFiles(_pread_engine(engine), [paths[i] for i in again]).run()
+        for i, r in zip(again, redo):
+            out[i] = r
     return out
 
 
@@ -915,7 +948,7 @@ async def _on_reader(engine, paths, on_error):
 
 async def read_file(path):
     """The file's bytes (FileNotFoundError and friends carry errno and filename)."""
-    out = await _WholeFiles(_engine(), [path]).run()
+    out = await _whole_files([path])
     if isinstance(out[0], BaseException):
         raise out[0]
     return out[0]
@@ -992,6 +1025,8 @@ class _Opening:
                            os.close).run()
         except OSError as exc:
             raise _named(exc, name) from None
+        if engine.name != "threads" and pread_only(fd):
+            engine = _pread_engine(engine)  # its reads and writes on threads
         return AsyncFile(engine, fd, name, mode)
 
     async def __aenter__(self):
