@@ -179,3 +179,29 @@ def test_a_child_forked_during_cuda_init_is_told_so_and_does_not_hang(fake_cuda)
     """, FAKE_CUDA_INIT_MS="1500")
     assert out["child"] == 0
     assert out["parent"]
+
+
+def test_a_load_from_fuse_is_read_with_pread(fake_cuda, tmp_path):
+    # The staging lanes read FUSE files with pread, as the reader does (test_fuse.py):
+    # the kernel repeats io_uring reads that such a server answers short.
+    from fusefs import fuse_unavailable, served
+    if fuse_unavailable():
+        pytest.skip(fuse_unavailable())
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "data.bin").write_bytes((fake_cuda / "data.bin").read_bytes()[:3 << 20])
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with served(mnt, source, short_reads=100_000):
+        out = run_child(fake_cuda, """
+            fuse_path = os.environ["FUSE_PATH"]
+            n = os.path.getsize(fuse_path)
+            reader = BatchReader(workers=2, staging_bytes=1 << 20)
+            dest = DeviceArray(n + 4096)
+            got = reader.read_ranges_into(fuse_path, dest, [0, n - 10], [n, 4096], [0, n])
+            out["same"] = got == [n, 10] and bytes(dest.mem[:n + 10]) == data[:n] + data[n - 10:n]
+            reader.close()
+            out["after"] = state()
+        """, FUSE_PATH=str(mnt / "data.bin"))
+    assert out["same"]
+    assert out["after"] == {"bad": 0, "pending": 0, "pinned": 0}

@@ -27,6 +27,7 @@ cdef enum:
 cdef struct StageData:
     Py_ssize_t nreq, nloads, most   # most: the most requests in one load
     int32_t *fds                    # per file
+    uint8_t *pread_only             # per file: read with pread (_on_fuse)
     int64_t *file                   # per request: its file's index
     int64_t *offset                 # its first byte in the file
     int64_t *length
@@ -88,12 +89,14 @@ cdef class StagePlan:
         self.d.load_first = self._load_first.v
         self._check(dest_nbytes)
         self.d.fds = <int32_t *>malloc(max(self._fds.n, 1) * sizeof(int32_t))
-        if self.d.fds == NULL:
+        self.d.pread_only = <uint8_t *>malloc(max(self._fds.n, 1))
+        if self.d.fds == NULL or self.d.pread_only == NULL:
             raise MemoryError()
         for i in range(self._fds.n):
             if not 0 <= self._fds.v[i] <= 0x7FFFFFFF:
                 raise ValueError(f"fds[{i}] is {self._fds.v[i]}, not a file descriptor")
             self.d.fds[i] = <int32_t>self._fds.v[i]
+            self.d.pread_only[i] = _on_fuse(NULL, self.d.fds[i])
         PyObject_GetBuffer(got, &self._got, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS)
         self._has_got = True
         if self._got.format == NULL or self._got.format[0] != b"q" or \
@@ -131,6 +134,7 @@ cdef class StagePlan:
         int_copy_free(&self._load_first)
         int_copy_free(&self._fds)
         free(self.d.fds)
+        free(self.d.pread_only)
         if self._has_got:
             PyBuffer_Release(&self._got)
 
@@ -397,6 +401,7 @@ cdef void _load_job(Job *j, StageData *d, int64_t k, char *slot,
     for i in range(n):
         q = first + i
         j.fd[i] = d.fds[d.file[q]]
+        j.sync[i] = d.pread_only[d.file[q]]
         j.off[i] = d.offset[q]
         j.want[i] = d.length[q]
         j.got[i] = 0
