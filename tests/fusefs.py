@@ -18,6 +18,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -39,12 +40,33 @@ _MS_NOSUID, _MS_NODEV, _MNT_DETACH = 2, 4, 2
 _ROOT = 1
 
 
+_why_not = []
+
+
 def fuse_unavailable():
-    """Why a FuseFS cannot be mounted here, or None."""
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse"
-    if os.geteuid() != 0:
-        return "mounting a FUSE filesystem without fusermount needs root"
+    """Why a FuseFS cannot be mounted here, or None: found once, by mounting one
+    (with no server: the mount does not wait for one) and unmounting it."""
+    if not _why_not:
+        _why_not.append(_try_mount())
+    return _why_not[0]
+
+
+def _try_mount():
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"/dev/fuse: {exc.strerror}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        with tempfile.TemporaryDirectory() as mnt:
+            options = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
+            if libc.mount(b"vyre-test", mnt.encode(), b"fuse", _MS_NOSUID | _MS_NODEV,
+                          options) != 0:
+                return (f"mounting a FUSE filesystem here fails: "
+                        f"{os.strerror(ctypes.get_errno())} (it needs CAP_SYS_ADMIN)")
+            libc.umount2(mnt.encode(), _MNT_DETACH)
+    finally:
+        os.close(fd)
     return None
 
 
@@ -159,7 +181,10 @@ class FuseFS:
 @contextlib.contextmanager
 def served(mountpoint, source, **options):
     """The regular files of the folder `source`, served at `mountpoint` by a FuseFS
-    in a child process (options as FuseFS takes them), until the block ends."""
+    in a child process (options as FuseFS takes them), until the block ends. Then
+    the server unmounts and ends; if it cannot (a file on it is still open: the
+    kernel keeps a lazily unmounted filesystem while one is), it is killed and
+    this raises."""
     child = subprocess.Popen([sys.executable, __file__, str(mountpoint), str(source),
                               json.dumps(options)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -170,11 +195,15 @@ def served(mountpoint, source, **options):
     finally:
         child.stdin.close()                 # it unmounts and ends
         try:
-            child.wait(10)
+            code = child.wait(10)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
             ctypes.CDLL(None).umount2(str(mountpoint).encode(), _MNT_DETACH)
+            code = None
+    if code != 0:
+        raise RuntimeError(f"the FUSE server did not end cleanly (exit {code}): is a "
+                           f"file on it still open?")
 
 
 def _serve_folder(mountpoint, source, options):

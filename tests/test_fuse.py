@@ -8,12 +8,14 @@ and compare with the files themselves. Before the reader did so, read_files,
 read_ranges and read_ranges_into here returned the repeated bytes."""
 import os
 import random
+import resource
 
 import pytest
 
 import vyre_uring
 from vyre_uring import BatchReader, Ring
 
+from conftest import limit_leaving_free, open_fds
 from fusefs import fuse_unavailable, served
 
 pytestmark = pytest.mark.skipif(fuse_unavailable() is not None,
@@ -56,6 +58,28 @@ def test_whole_files_on_fuse_come_back_whole(source, mounted, file_table, worker
         got = {i: data for i, _, data in r.iter_files(paths, max_bytes_in_flight=1 << 16)}
         assert [got[i] for i in range(len(paths))] == want
         assert r.stats()["sync_reads"] > 0          # pread, not the ring
+        # FUSE and local files in turn: each device is told apart in one job.
+        local = [str(source / os.path.basename(p)) for p in paths]
+        mixed = [p for pair in zip(paths, local) for p in pair]
+        assert r.read_files(mixed) == [w for w in want for _ in (0, 1)]
+
+
+def test_fuse_files_near_the_fd_limit(source, mounted, file_table):
+    # Files read with pread hold fds of the process: with room for 3, two rings
+    # open them as the limit allows, retry, and fail none.
+    paths, want = _files(source, mounted)
+    paths, want = paths * 5, want * 5
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with BatchReader(backend="io_uring", workers=2) as r:
+        r.read_files(paths[:1])
+        before = open_fds()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit_leaving_free(3), hard))
+        try:
+            out = r.read_files(paths, on_error="return")
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert out == want
+        assert open_fds() == before
 
 
 def test_ranges_on_fuse_are_preads(source, mounted):

@@ -67,7 +67,7 @@ cdef extern from "Python.h":
     Py_ssize_t PY_SSIZE_T_MAX
 from posix.fcntl cimport F_GETFL, F_SETFL, fcntl, open as c_open
 from posix.mman cimport madvise, MADV_HUGEPAGE
-from libc.errno cimport EFBIG, EINTR, EMFILE, ENFILE, ENOBUFS
+from libc.errno cimport EFBIG, EINTR, EMFILE, ENFILE, ENOBUFS, ENOSYS
 from libc.stdlib cimport realloc
 from libc.stdint cimport INT64_MAX
 from posix.unistd cimport pread, usleep
@@ -132,6 +132,10 @@ GROW_NEVER = BUDGET_NEVER
 # One read request carries at most this much: Linux caps a single read near 2 GiB.
 MAX_PIECE = 1 << 30
 cdef int64_t _MAX_PIECE = MAX_PIECE
+# At most this much per pread of a file the ring must not read (_read_now): the job
+# sees its call's Stop between two (a 1 GiB pread from a network FUSE server would
+# hold it for as long as that takes).
+cdef int64_t _PREAD_PIECE = 8 << 20
 
 # O_DIRECT: file offsets, lengths and memory aligned to 4096 bytes suit every
 # logical block size up to 4 KiB; each direct read moves at most one bounce slot.
@@ -745,7 +749,7 @@ cdef inline int64_t _piece(Job *j, Py_ssize_t i, int64_t *file_off, int64_t *ski
     if not j.direct[i]:
         file_off[0] = pos
         skip[0] = 0
-        return min(left, _MAX_PIECE)
+        return min(left, _PREAD_PIECE if j.sync[i] else _MAX_PIECE)
     skip[0] = pos % _ALIGN
     file_off[0] = pos - skip[0]
     return min((left + skip[0] + _ALIGN - 1) // _ALIGN * _ALIGN, _CHUNK)
@@ -808,6 +812,8 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
             _read_now(j, i)
             j.busy -= 1                     # done already: nothing in flight
             k -= 1
+            if j.stop != NULL and vy_flag_get(j.stop):
+                break                       # the loop sees it next
             continue
         sqe = claim_sqe(&c, (<uint64_t>KIND_READ << 56) | j.tag | <uint64_t>i, hold)
         sqe.opcode = IORING_OP_READ
@@ -828,7 +834,7 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
         j.oq_len -= 1
         _open_direct(&c, j, j.openq[j.oq_len], hold)
         k -= 1
-    while k and _may_open(j):
+    while k and _may_open(j) and not j.eintr:
         if j.nretry:
             j.nretry -= 1
             i = j.retry[j.nretry]
@@ -841,7 +847,10 @@ cdef void _fill(RingCore *r, Job *j, uint32_t k, Hold *hold) noexcept nogil:
             if not _stat_regular(j, i):
                 continue
             if _untrusted_fs(j, _stx_dev(&j.stx[i]), j.paths[i], -1):
-                _open_now(j, i)
+                k -= 1                      # an open made here, within the depth
+                j.busy -= 1
+                if not _open_now(j, i):
+                    break                   # to be opened again: not at once
                 continue
             _open_direct(&c, j, i, hold)
             k -= 1
@@ -877,40 +886,61 @@ cdef inline uint64_t _stx_dev(const statx *stx) noexcept nogil:
     return (<uint64_t>stx.stx_dev_major << 32) | stx.stx_dev_minor
 
 
-cdef bint _on_fuse(const char *path, int fd) noexcept nogil:
-    """Whether the file at `path` (else open as `fd`) is on FUSE, whose reads the
+cdef int _fs_kind(const char *path, int fd) noexcept nogil:
+    """1 when the file at `path` (else open as `fd`) is on FUSE, whose reads the
     ring must not make (see _FUSE_SUPER_MAGIC), or on a filesystem that refuses
-    statfs (a FUSE server without it does: ENOSYS), which pread reads too."""
+    statfs (a FUSE server without it does: ENOSYS); 0 when on another; -1 when
+    statfs failed otherwise (the path went away, a signal): pread, to be safe."""
     cdef vy_statfs sf
     if (c_statfs(path, &sf) if path != NULL else c_fstatfs(fd, &sf)) != 0:
-        return True
+        return 1 if errno == ENOSYS else -1
     return sf.f_type == _FUSE_SUPER_MAGIC
+
+
+cdef inline bint _on_fuse(const char *path, int fd) noexcept nogil:
+    """Whether the ring must not read the file (_fs_kind)."""
+    return _fs_kind(path, fd) != 0
 
 
 def pread_only(int fd):
     """Whether reads of the open file `fd` must be preads, not the ring's: it is on
     FUSE (see _FUSE_SUPER_MAGIC), or on a filesystem that refuses statfs."""
-    return _on_fuse(NULL, fd)
+    cdef bint answer
+    with nogil:                     # on FUSE, statfs asks the server
+        answer = _on_fuse(NULL, fd)
+    return answer
 
 
 cdef bint _untrusted_fs(Job *j, uint64_t dev, const char *path, int fd) noexcept nogil:
     """_on_fuse for the file on device `dev`: one statfs per device the job meets
     in a row, not one per file."""
-    if not (j.fs_known and dev == j.fs_dev):
+    cdef int kind
+    if j.fs_known and dev == j.fs_dev:
+        return j.fs_fuse
+    kind = _fs_kind(path, fd)
+    if kind >= 0:                   # a definite answer: the device's
         j.fs_known = True
         j.fs_dev = dev
-        j.fs_fuse = _on_fuse(path, fd)
-    return j.fs_fuse
+        j.fs_fuse = kind
+    return kind != 0
 
 
-cdef void _open_now(Job *j, Py_ssize_t i) noexcept nogil:
+cdef bint _open_now(Job *j, Py_ssize_t i) noexcept nogil:
     """Direct descriptors, a file the ring must not read (_untrusted_fs): open it
-    here as an fd of the process, for pread, and size it by its statx."""
+    here as an fd of the process, for pread, and size it by its statx. False when
+    it is to be opened again later: the fd limit (_opened), or a signal (the job's
+    loop then runs the handlers first)."""
     cdef int fd = c_open(j.paths[i], j.open_flags)
+    if fd < 0 and errno == EINTR:
+        j.retry[j.nretry] = i
+        j.nretry += 1
+        j.eintr = True
+        return False
     if _opened(j, i, fd if fd >= 0 else -errno, j.retry, &j.nretry):
         vy_i64_add(&_fds_held, 1)
         j.sync[i] = 1
         _sized(j, i, j.stx[i].stx_mode, <int64_t>j.stx[i].stx_size)
+    return j.fd[i] >= 0 or j.err[i] != 0
 
 
 cdef void _read_now(Job *j, Py_ssize_t i) noexcept nogil:
@@ -1580,6 +1610,7 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
     cdef char *base = NULL
     cdef Py_ssize_t base_len = -1
     cdef int64_t eof = -1
+    cdef bint fuse
     cdef list keep
     cdef list results
     off.has_view = length.has_view = boff.has_view = False
@@ -1632,7 +1663,9 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
             if ring.registered_files < 1:
                 raise ValueError("fixed_file needs fd registered as the ring's file 0")
             j.fixed_file = True
-        if _on_fuse(NULL, fd):
+        with nogil:                 # on FUSE, statfs asks the server
+            fuse = _on_fuse(NULL, fd)
+        if fuse:
             memset(j.sync, 1, <size_t>n)    # every range read with pread
         _run_owned(ring, &j, hold, keep)
         _add_stats(stats, &j)

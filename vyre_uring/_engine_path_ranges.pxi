@@ -246,7 +246,10 @@ cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos
             exc = None
             if w.err[k]:
                 exc = error_of(w.err[k], w.mode[k], files[pos + k])
-            fuse = exc is None and _on_fuse(NULL, w.fd[k])
+            fuse = False
+            if exc is None:
+                with nogil:         # on FUSE, statfs asks the server
+                    fuse = _on_fuse(NULL, w.fd[k])
             for t in range(first[pos + k], first[pos + k + 1]):
                 i = t - base
                 r = order[t]

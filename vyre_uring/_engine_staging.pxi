@@ -96,7 +96,8 @@ cdef class StagePlan:
             if not 0 <= self._fds.v[i] <= 0x7FFFFFFF:
                 raise ValueError(f"fds[{i}] is {self._fds.v[i]}, not a file descriptor")
             self.d.fds[i] = <int32_t>self._fds.v[i]
-            self.d.pread_only[i] = _on_fuse(NULL, self.d.fds[i])
+            with nogil:             # on FUSE, statfs asks the server
+                self.d.pread_only[i] = _on_fuse(NULL, self.d.fds[i])
         PyObject_GetBuffer(got, &self._got, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS)
         self._has_got = True
         if self._got.format == NULL or self._got.format[0] != b"q" or \
