@@ -676,6 +676,7 @@ class _WholeFiles(_Reads):
         self.names = [os.fsencode(p) for p in paths]    # TypeError before any request
         self.out = [None] * len(paths)
         self.items(len(paths))
+        self.pread_devs = {}        # st_dev -> pread_only: one statfs per device met
 
     def start(self):
         for i, name in enumerate(self.names):
@@ -698,13 +699,21 @@ class _WholeFiles(_Reads):
         except OSError as exc:
             self.out[i] = _named(exc, self.names[i])
             return self.close(i)
-        if self.engine.name != "threads" and pread_only(res):
+        if self.engine.name != "threads" and self._pread_only(st.st_dev, res):
             self.out[i] = _PREAD_ONLY           # for _whole_files to read on threads
             return self.close(i)
         self.grow[i] = st.st_size == 0
         self.want[i] = st.st_size or UNSIZED_FIRST
         self.dest[i] = bytearray(self.want[i])
         self.read_next(i)
+
+    def _pread_only(self, dev, fd):
+        """pread_only(fd), asked once per device this call meets (a statfs on the
+        loop's thread; on a network filesystem, a round trip)."""
+        answer = self.pread_devs.get(dev)
+        if answer is None:
+            answer = self.pread_devs[dev] = pread_only(fd)
+        return answer
 
     def item_done(self, i):
         dest = self.dest[i]
