@@ -631,11 +631,10 @@ cdef void _job_abandon(object ring, RingCore *r, Job *j) noexcept:
     if j.close_fds:
         for i in range(j.n):
             if j.fd[i] >= 0 and j.sync[i]:
-                close(j.fd[i])
-                _release_fd(j)
+                _close_now(j, i)
             elif j.fd[i] >= 0:
                 _close_item_fd(r, j, j.fd[i])
-            j.fd[i] = -1
+                j.fd[i] = -1
 
 
 cdef void _close_item_fd(RingCore *r, Job *j, int32_t fd) noexcept nogil:
@@ -646,6 +645,14 @@ cdef void _close_item_fd(RingCore *r, Job *j, int32_t fd) noexcept nogil:
     else:
         close(fd)
         _release_fd(j)
+
+
+cdef inline void _close_now(Job *j, Py_ssize_t i) noexcept nogil:
+    """Close item i's fd here: one of the process's that pread reads (_open_now,
+    or a plain open of a file the ring must not read)."""
+    close(j.fd[i])
+    _release_fd(j)
+    j.fd[i] = -1
 
 
 cdef void _drop_slot(RingCore *r, int32_t slot) noexcept nogil:
@@ -730,9 +737,7 @@ cdef inline void _finish(Job *j, Py_ssize_t i) noexcept nogil:
     if j.err[i] == 0:
         j.nbytes += j.got[i]
     if j.close_fds and j.fd[i] >= 0 and j.sync[i]:
-        close(j.fd[i])                      # an fd of the process (_open_now)
-        _release_fd(j)
-        j.fd[i] = -1
+        _close_now(j, i)
     elif j.close_fds and j.fd[i] >= 0:
         j.closeq[j.cq_len] = j.fd[i]
         j.cq_len += 1
@@ -897,23 +902,19 @@ cdef int _fs_kind(const char *path, int fd) noexcept nogil:
     return sf.f_type == _FUSE_SUPER_MAGIC
 
 
-cdef inline bint _on_fuse(const char *path, int fd) noexcept nogil:
-    """Whether the ring must not read the file (_fs_kind)."""
-    return _fs_kind(path, fd) != 0
-
-
-def pread_only(int fd):
+cpdef bint pread_only(int fd) noexcept:
     """Whether reads of the open file `fd` must be preads, not the ring's: it is on
     FUSE (see _FUSE_SUPER_MAGIC), or on a filesystem that refuses statfs."""
-    cdef bint answer
+    cdef int kind
     with nogil:                     # on FUSE, statfs asks the server
-        answer = _on_fuse(NULL, fd)
-    return answer
+        kind = _fs_kind(NULL, fd)
+    return kind != 0
 
 
 cdef bint _untrusted_fs(Job *j, uint64_t dev, const char *path, int fd) noexcept nogil:
-    """_on_fuse for the file on device `dev`: one statfs per device the job meets
-    in a row, not one per file."""
+    """Whether the ring must not read the file on device `dev` (at `path`, else
+    open as `fd`), by _fs_kind: one statfs per device the job meets in a row, not
+    one per file."""
     cdef int kind
     if j.fs_known and dev == j.fs_dev:
         return j.fs_fuse
@@ -1317,37 +1318,26 @@ cdef int _job_steps(RingCore *r, Job *j, Hold *hold) noexcept nogil:
                 return STEP_ERROR
             _closes_submitted(j)
             return STEP_DONE
-        if slots_used(r) == 0:
-            # Nothing in flight: what is left is made here (the reads and opens of
-            # files the ring must not read, _untrusted_fs), or nothing (a bug).
-            if j.spent:
-                _defer_unopened(j)
-            if j.left == 0:
-                continue
-            if not (j.rq_len or j.nretry or j.nalloc) and (j.spent or j.next_open == j.n):
-                return STEP_STUCK
-            if j.stop != NULL and vy_flag_get(j.stop):
-                return STEP_STOP
-            if vy_monotonic() - since > _WAIT_SLICE_NS * 1e-9:
+        if slots_used(r):
+            ret = _job_enter(r, 1)
+            j.syscalls += 1
+            if ret >= 0:
+                _closes_submitted(j)
+            elif ret == -EINTR:
                 return STEP_SIGNAL
-            if j.fd_wait:
-                j.fd_wait = False
-                usleep(1000)                # for other jobs to close some fds
-            continue
-        ret = _job_enter(r, 1)
-        j.syscalls += 1
-        if ret >= 0:
-            _closes_submitted(j)
-        elif ret == -EINTR:
-            return STEP_SIGNAL
-        elif ret == -EAGAIN or ret == -EBUSY:
-            vy_poll_in(r.fd, 1)         # short of request memory: back off
-        elif ret != -ETIME:
-            j.enter_err = ret
-            return STEP_ERROR
-        if cq_ready(r) == 0 and ret != -EAGAIN and ret != -EBUSY:
-            ret = -ETIME                    # the wait ended with nothing: a signal?
-        _reap_job(r, j)
+            elif ret == -EAGAIN or ret == -EBUSY:
+                vy_poll_in(r.fd, 1)         # short of request memory: back off
+            elif ret != -ETIME:
+                j.enter_err = ret
+                return STEP_ERROR
+            if cq_ready(r) == 0 and ret != -EAGAIN and ret != -EBUSY:
+                ret = -ETIME                # the wait ended with nothing: a signal?
+            _reap_job(r, j)
+        elif j.rq_len or j.nretry or j.nalloc or j.next_open < j.n:
+            ret = 0     # nothing in flight: the reads and opens left are made here
+                        # (files the ring must not read, _untrusted_fs)
+        else:
+            return STEP_STUCK
         if j.stop != NULL and vy_flag_get(j.stop):
             return STEP_STOP
         if ret == -ETIME or vy_monotonic() - since > _WAIT_SLICE_NS * 1e-9:
@@ -1610,7 +1600,6 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
     cdef char *base = NULL
     cdef Py_ssize_t base_len = -1
     cdef int64_t eof = -1
-    cdef bint fuse
     cdef list keep
     cdef list results
     off.has_view = length.has_view = boff.has_view = False
@@ -1663,9 +1652,7 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
             if ring.registered_files < 1:
                 raise ValueError("fixed_file needs fd registered as the ring's file 0")
             j.fixed_file = True
-        with nogil:                 # on FUSE, statfs asks the server
-            fuse = _on_fuse(NULL, fd)
-        if fuse:
+        if pread_only(fd):
             memset(j.sync, 1, <size_t>n)    # every range read with pread
         _run_owned(ring, &j, hold, keep)
         _add_stats(stats, &j)

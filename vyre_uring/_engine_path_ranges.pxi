@@ -246,10 +246,7 @@ cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos
             exc = None
             if w.err[k]:
                 exc = error_of(w.err[k], w.mode[k], files[pos + k])
-            fuse = False
-            if exc is None:
-                with nogil:         # on FUSE, statfs asks the server
-                    fuse = _on_fuse(NULL, w.fd[k])
+            fuse = exc is None and pread_only(w.fd[k])
             for t in range(first[pos + k], first[pos + k + 1]):
                 i = t - base
                 r = order[t]
@@ -270,7 +267,7 @@ cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos
                         out[r] = e
                     continue
                 j.fd[i] = w.fd[k]
-                j.sync[i] = fuse                # read with pread (_on_fuse)
+                j.sync[i] = fuse                # read with pread (pread_only)
                 j.off[i] = o
                 j.direct[i] = w.direct[k]
                 keep[i] = _range_bytes(r, j.want[i], files[pos + k])

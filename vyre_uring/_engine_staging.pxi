@@ -27,7 +27,7 @@ cdef enum:
 cdef struct StageData:
     Py_ssize_t nreq, nloads, most   # most: the most requests in one load
     int32_t *fds                    # per file
-    uint8_t *pread_only             # per file: read with pread (_on_fuse)
+    uint8_t *pread_only             # per file: read with pread (pread_only)
     int64_t *file                   # per request: its file's index
     int64_t *offset                 # its first byte in the file
     int64_t *length
@@ -96,8 +96,7 @@ cdef class StagePlan:
             if not 0 <= self._fds.v[i] <= 0x7FFFFFFF:
                 raise ValueError(f"fds[{i}] is {self._fds.v[i]}, not a file descriptor")
             self.d.fds[i] = <int32_t>self._fds.v[i]
-            with nogil:             # on FUSE, statfs asks the server
-                self.d.pread_only[i] = _on_fuse(NULL, self.d.fds[i])
+            self.d.pread_only[i] = pread_only(self.d.fds[i])
         PyObject_GetBuffer(got, &self._got, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS)
         self._has_got = True
         if self._got.format == NULL or self._got.format[0] != b"q" or \

@@ -103,11 +103,9 @@ def _make_engine(loop):
 
 
 def _pread_engine(engine):
-    """Where the files the ring must not read go (pread_only: on FUSE, the kernel
-    gets io_uring reads wrong when the server answers short): threads, `engine`
-    itself where it runs on them already."""
-    if engine.name == "threads":
-        return engine
+    """Where the files a ring engine must not read go (pread_only: on FUSE, the
+    kernel gets io_uring reads wrong when the server answers short): the loop's
+    thread engine, made on first use."""
     loop = asyncio.get_running_loop()
     threads = _pread_engines.get(loop)
     if threads is None or threads.closed:
