@@ -6,7 +6,9 @@ reads its own FUSE mount cannot exit while the kernel waits on its answers. `sho
 opened FOPEN_DIRECT_IO, so the caller sees short reads before EOF, as from some
 network and FUSE filesystems). `lookup_delay`: seconds each name lookup and
 attribute fetch waits, as on a network filesystem with nothing cached (names and
-attributes are never cached here, so every path walk asks).
+attributes are never cached here, so every path walk asks). `read_delay`: seconds
+each read waits, as over a network; `most_reads` is then how many reads were ever
+waiting at once (`served` reports it).
 
 Mounting needs CAP_SYS_ADMIN and /dev/fuse: `fuse_unavailable()` says why not."""
 import contextlib
@@ -74,8 +76,8 @@ class FuseFS:
     """Mounted at `mountpoint` by start(), unmounted by close() (also as a context
     manager). `requests` counts the requests of each opcode served."""
 
-    def __init__(self, mountpoint, files, short_reads=None, lookup_delay=0.0, threads=8,
-                 direct_io=True, statfs=True):
+    def __init__(self, mountpoint, files, short_reads=None, lookup_delay=0.0, read_delay=0.0,
+                 threads=8, direct_io=True, statfs=True):
         self.mountpoint = str(mountpoint)
         self.names = sorted(files)
         self.data = [files[n] for n in self.names]
@@ -83,7 +85,11 @@ class FuseFS:
         self.direct_io = direct_io
         self.statfs = statfs
         self.lookup_delay = lookup_delay
+        self.read_delay = read_delay
         self.requests = {}
+        self.most_reads = 0
+        self._reads = 0
+        self._count = threading.Lock()
         self._threads = threads
         self._fd = -1
         self._workers = []
@@ -159,6 +165,7 @@ class FuseFS:
             return _OPEN_OUT.pack(0, _FOPEN_DIRECT_IO if opcode == OPEN and self.direct_io else 0,
                                   0)
         if opcode == READ:
+            self._waiting(self.read_delay)
             _, offset, size, _ = _READ_IN.unpack_from(body)
             if self.short_reads:
                 size = min(size, self.short_reads)
@@ -168,6 +175,14 @@ class FuseFS:
         if opcode in (RELEASE, RELEASEDIR, FLUSH, DESTROY):
             return b""
         raise OSError(errno.ENOSYS, "not served")
+
+    def _waiting(self, seconds):
+        with self._count:
+            self._reads += 1
+            self.most_reads = max(self.most_reads, self._reads)
+        time.sleep(seconds)
+        with self._count:
+            self._reads -= 1
 
     def _attr(self, ino):
         if ino == _ROOT:
@@ -179,12 +194,12 @@ class FuseFS:
 
 
 @contextlib.contextmanager
-def served(mountpoint, source, **options):
+def served(mountpoint, source, report=None, **options):
     """The regular files of the folder `source`, served at `mountpoint` by a FuseFS
     in a child process (options as FuseFS takes them), until the block ends. Then
-    the server unmounts and ends; if it cannot (a file on it is still open: the
-    kernel keeps a lazily unmounted filesystem while one is), it is killed and
-    this raises."""
+    the server unmounts and ends, and `report` (a dict) gets its `most_reads`; if it
+    cannot end (a file on it is still open: the kernel keeps a lazily unmounted
+    filesystem while one is), it is killed and this raises."""
     child = subprocess.Popen([sys.executable, __file__, str(mountpoint), str(source),
                               json.dumps(options)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -196,6 +211,8 @@ def served(mountpoint, source, **options):
         child.stdin.close()                 # it unmounts and ends
         try:
             code = child.wait(10)
+            if report is not None and code == 0:
+                report.update(json.loads(child.stdout.readline()))
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
@@ -216,6 +233,7 @@ def _serve_folder(mountpoint, source, options):
     print("mounted", flush=True)
     sys.stdin.read()                        # until the test closes our stdin
     fs.close()
+    print(json.dumps({"most_reads": fs.most_reads}), flush=True)
 
 
 if __name__ == "__main__":

@@ -48,34 +48,78 @@ def _files(source, mounted):
     return [os.path.join(mounted, n) for n in names], want
 
 
+def _routed(source, paths, route):
+    """The call's paths: all on FUSE ("threads": the reader hands the call to its
+    FUSE threads, seeing its first file there), or amid local files ("rings": its
+    first file is local, so the rings read it, FUSE files with pread)."""
+    if route == "threads":
+        return paths
+    local = [str(source / os.path.basename(p)) for p in paths]
+    return [p for pair in zip(local, paths) for p in pair]
+
+
+def _expected(source, call):
+    return [(source / os.path.basename(p)).read_bytes() for p in call]
+
+
+def _assert_route(r, before, route):
+    stats = r.stats()
+    if route == "threads":
+        assert stats["fuse_calls"] > before["fuse_calls"]
+        assert stats["sync_reads"] == before["sync_reads"]
+    else:
+        assert stats["fuse_calls"] == before["fuse_calls"]
+        assert stats["sync_reads"] > before["sync_reads"]      # pread, not the ring
+
+
+@pytest.mark.parametrize("route", ["threads", "rings"])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_whole_files_on_fuse_come_back_whole(source, mounted, file_table, workers):
-    paths, want = _files(source, mounted)
+def test_whole_files_on_fuse_come_back_whole(source, mounted, file_table, workers, route):
+    paths, _ = _files(source, mounted)
+    call = _routed(source, paths, route)
+    want = _expected(source, call)
     with BatchReader(backend="io_uring", workers=workers) as r:
-        assert r.read_files(paths) == want
-        packed = r.read_files_into(paths, bytearray(sum(map(len, want)) + 4096))
-        assert [bytes(packed[i]) for i in range(len(paths))] == want
-        got = {i: data for i, _, data in r.iter_files(paths, max_bytes_in_flight=1 << 16)}
-        assert [got[i] for i in range(len(paths))] == want
-        assert r.stats()["sync_reads"] > 0          # pread, not the ring
-        # FUSE and local files in turn: each device is told apart in one job.
-        local = [str(source / os.path.basename(p)) for p in paths]
-        mixed = [p for pair in zip(paths, local) for p in pair]
-        assert r.read_files(mixed) == [w for w in want for _ in (0, 1)]
+        before = r.stats()
+        assert r.read_files(call) == want
+        _assert_route(r, before, route)
+        packed = r.read_files_into(call, bytearray(sum(map(len, want)) + 4096))
+        assert [bytes(packed[i]) for i in range(len(call))] == want
+        got = {i: data for i, _, data in r.iter_files(call, max_bytes_in_flight=1 << 16)}
+        assert [got[i] for i in range(len(call))] == want
+        before = r.stats()
+        assert r.read_files(paths[-1:]) == want[-1:]    # one file: the rings, always
+        _assert_route(r, before, "rings")
 
 
-def test_fuse_files_near_the_fd_limit(source, mounted, file_table):
-    # Files read with pread hold fds of the process: with room for 3, two rings
-    # open them as the limit allows, retry, and fail none.
-    paths, want = _files(source, mounted)
-    paths, want = paths * 5, want * 5
+def test_files_on_a_slow_fuse_are_read_many_at_once(source, tmp_path, file_table):
+    # Each read waits 50 ms, as over a network: the call's FUSE threads keep many
+    # waiting at once, where one ring's preads would wait one after another.
+    mnt = tmp_path / "slow"
+    mnt.mkdir()
+    names = sorted(os.listdir(source))
+    report = {}
+    with served(mnt, source, report, read_delay=0.05, threads=16):
+        paths = [str(mnt / n) for n in names] * 2
+        with BatchReader(backend="io_uring", workers=1) as r:
+            assert r.read_files(paths) == [(source / n).read_bytes() for n in names] * 2
+    assert report["most_reads"] >= 4, report
+
+
+@pytest.mark.parametrize("route", ["threads", "rings"])
+def test_fuse_files_near_the_fd_limit(source, mounted, file_table, route):
+    # Files on FUSE hold fds of the process (the rings' preads, or the FUSE
+    # threads'): with room for 3, they are opened as the limit allows, again after
+    # others close, and none fails.
+    paths, _ = _files(source, mounted)
+    call = _routed(source, paths * 5, route)
+    want = _expected(source, call)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with BatchReader(backend="io_uring", workers=2) as r:
-        r.read_files(paths[:1])
+        r.read_files(call[:1] + call[-1:])          # rings (and threads) started
         before = open_fds()
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit_leaving_free(3), hard))
         try:
-            out = r.read_files(paths, on_error="return")
+            out = r.read_files(call, on_error="return")
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         assert out == want
@@ -97,14 +141,16 @@ def test_ranges_on_fuse_are_preads(source, mounted):
     assert [bytes(buf[s:s + c]) for s, c in zip(starts, counts)] == expected
 
 
-def test_ranges_over_many_fuse_files(source, mounted):
+@pytest.mark.parametrize("route", ["threads", "rings"])
+def test_ranges_over_many_fuse_files(source, mounted, route):
     pytest.importorskip("fsspec")
     from vyre_uring.fsspec import VyreFileSystem
-    paths, want = _files(source, mounted)
-    fs = VyreFileSystem()
-    starts = [0, 5, 50, 1000, 0, 60_000, 123, 299_000]
-    ends = [None, 90, 10_000, 2000, 4096, 70_000, 200_000, 400_000]
-    got = fs.cat_ranges(paths, starts, ends)
+    paths, _ = _files(source, mounted)
+    call = _routed(source, paths, route)
+    want = _expected(source, call)
+    starts = ([0, 5, 50, 1000, 0, 60_000, 123, 299_000] * 3)[:len(call)]
+    ends = ([None, 90, 10_000, 2000, 4096, 70_000, 200_000, 400_000] * 3)[:len(call)]
+    got = VyreFileSystem().cat_ranges(call, starts, ends)
     assert got == [w[s:e] for w, s, e in zip(want, starts, ends)]
 
 

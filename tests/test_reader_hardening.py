@@ -961,6 +961,13 @@ def test_read_files_with_a_few_fds_free_reads_every_file(tmp_path, backend, work
                  workers=workers, free=8)
 
 
+def test_threads_outnumbering_the_free_fds_read_every_file(tmp_path):
+    """32 threads (as files on FUSE get) with 3 fds free: an open at the limit waits
+    for the other threads to close theirs, and no file fails."""
+    run_scenario("scenario_fd_limit", timeout=30, tmp=str(tmp_path), backend="threads",
+                 workers=32, free=3)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("table", ["direct table", "fds"])
 def test_read_files_with_no_fd_free_fails_each_file_alone(tmp_path, backend, table):

@@ -911,6 +911,25 @@ cpdef bint pread_only(int fd) noexcept:
     return kind != 0
 
 
+def on_fuse(path) -> bool:
+    """Whether the file at `path` is on FUSE, or on a filesystem that refuses statfs:
+    one whose reads are preads (pread_only). False where statfs fails otherwise (a
+    missing path): the reader then finds out per file, as it reads."""
+    cdef bytes b
+    cdef const char *c
+    cdef int kind
+    try:
+        b = os.fsencode(path)
+    except TypeError:
+        return False                # not a path: the reader's checks name it
+    if b"\0" in b:
+        return False
+    c = b
+    with nogil:                     # on FUSE, statfs asks the server
+        kind = _fs_kind(c, -1)
+    return kind == 1
+
+
 cdef bint _untrusted_fs(Job *j, uint64_t dev, const char *path, int fd) noexcept nogil:
     """Whether the ring must not read the file on device `dev` (at `path`, else
     open as `fd`), by _fs_kind: one statfs per device the job meets in a row, not

@@ -10,6 +10,7 @@ import fcntl
 import os
 import sys
 import threading
+import time
 
 from ._files import lengths_within_eof, over_budget_error, path_error, pread_to_eof
 from ._engine import (DIRECT_ALIGN, DIRECT_CHUNK, GROW_NEVER, GROWN, UNSIZED_FIRST,
@@ -21,6 +22,9 @@ __all__ = ["ThreadsBackend"]
 
 # One pread carries at most this much, so that an abandoned call stops soon.
 MAX_PREAD = 64 << 20
+# An open at the fd limit while other threads here hold fds tries again as they
+# close them, for at most this long (as the io_uring backend's jobs do).
+FD_WAIT_S = 5.0
 
 
 class ThreadsBackend:
@@ -30,6 +34,7 @@ class ThreadsBackend:
         self.direct = direct
         self._fallbacks = 0
         self._lock = threading.Lock()
+        self._gate = _FdGate(workers)
         self._workers = Workers(workers, "vyre-read")
 
     @property
@@ -42,7 +47,8 @@ class ThreadsBackend:
         # than a made-up 0.
         return {"syscalls": None, "operations": None, "short_reads": None,
                 "sync_reads": None, "direct_fallbacks": self._fallbacks,
-                "buffer_registration": None, "direct_descriptors": False}
+                "buffer_registration": None, "direct_descriptors": False,
+                "fuse_calls": None}
 
     def close(self):
         self._workers.close()
@@ -72,6 +78,32 @@ class ThreadsBackend:
             if exc is not None:
                 raise exc
         return [x for part, _ in outcomes for x in part]
+
+    def _with_file(self, path, fn, stop):
+        """with_file(path, self.direct, fn), through the backend's _FdGate: an open
+        that meets the fd limit while other threads here hold fds (or are opening
+        one) waits for them to close some and tries again, for at most FD_WAIT_S. On
+        FUSE a call runs FUSE_THREADS of these at once. Else the limit is the
+        caller's: the EMFILE stands."""
+        since = None
+        while True:
+            self._gate.enter(stop)
+            opened = False
+
+            def counted(fd, direct):
+                nonlocal opened
+                opened = True
+                return fn(fd, direct)
+            try:
+                return with_file(path, self.direct, counted)
+            except OSError as exc:
+                if exc.errno != errno.EMFILE or opened or not self._gate.refused():
+                    raise
+                since = since or time.monotonic()
+                if time.monotonic() - since >= FD_WAIT_S:
+                    raise
+            finally:
+                self._gate.leave(opened)    # after with_file closed the fd
 
     def _count_refusal(self, direct):
         if self.direct and not direct:
@@ -103,8 +135,8 @@ class ThreadsBackend:
         with memoryview(pack.buffer) as whole, whole.cast("B") as view:
             def one(i, stop):
                 try:
-                    got = with_file(paths[i], self.direct, lambda fd, direct: self._read_into(
-                        fd, direct, paths[i], pack, view, i, stop))
+                    got = self._with_file(paths[i], lambda fd, direct: self._read_into(
+                        fd, direct, paths[i], pack, view, i, stop), stop)
                 except OSError as exc:
                     got = exc
                 if isinstance(got, OSError):
@@ -149,8 +181,8 @@ class ThreadsBackend:
         if budget is not None and budget.spent:
             return _DEFERRED
         try:
-            return with_file(path, self.direct,
-                             lambda fd, direct: self._read_open(fd, direct, path, budget, stop))
+            return self._with_file(
+                path, lambda fd, direct: self._read_open(fd, direct, path, budget, stop), stop)
         except OSError as exc:
             return exc
 
@@ -231,8 +263,8 @@ class ThreadsBackend:
         def one(g, stop):
             path, ranges = groups[g]
             try:
-                return with_file(path, self.direct, lambda fd, direct: self._file_ranges(
-                    fd, direct, path, ranges, offsets, lengths, out, stop))
+                return self._with_file(path, lambda fd, direct: self._file_ranges(
+                    fd, direct, path, ranges, offsets, lengths, out, stop), stop)
             except OSError as exc:
                 for r in ranges:
                     out[r] = exc
@@ -286,6 +318,42 @@ _DEFERRED = object()               # a file the budget left for a later call
 
 
 _local = threading.local()         # each thread's O_DIRECT bounce buffer
+
+
+class _FdGate:
+    """How many of a backend's threads may hold an fd at once, one being opened
+    included: all of them, until an open meets the fd limit while others hold some;
+    then as many as held them, and one more after each file closed (the io_uring
+    backend's jobs lower and wait likewise)."""
+
+    def __init__(self, threads):
+        self._cond = threading.Condition(threading.Lock())
+        self._cap = self._most = threads
+        self._inside = 0
+
+    def enter(self, stop):
+        with self._cond:
+            while self._inside >= self._cap:
+                if stop.is_set:
+                    raise CallStopped()
+                self._cond.wait(0.1)
+            self._inside += 1
+
+    def leave(self, opened):
+        with self._cond:
+            self._inside -= 1
+            if opened:
+                self._cap = min(self._most, self._cap + 1)
+            self._cond.notify()
+
+    def refused(self):
+        """An open met the fd limit: whether to try again (others hold fds, which
+        they will close; as many as they now may)."""
+        with self._cond:
+            others = self._inside - 1
+            if others > 0:
+                self._cap = others
+            return others > 0
 
 
 def _read_unsized(fd, path, budget, stop):
