@@ -191,7 +191,8 @@ def file_table(request, monkeypatch):
     ring's file table (where the kernel can), and as plain fds. The shared readers
     of the module-level functions are made again for each."""
     from vyre_uring import _uring_backend, reader
-    monkeypatch.setattr(_uring_backend, "DIRECT_TABLE", request.param == "direct table")
+    monkeypatch.setattr(_uring_backend, "DIRECT_TABLE_RINGS",
+                        1 if request.param == "direct table" else None)
     reader._close_shared()
     yield request.param
     reader._close_shared()

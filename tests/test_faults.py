@@ -113,7 +113,7 @@ import errno, json, os, resource, sys
 from vyre_uring import BatchReader
 import vyre_uring._uring_backend
 backend, paths, table = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-vyre_uring._uring_backend.DIRECT_TABLE = table == "direct table"
+vyre_uring._uring_backend.DIRECT_TABLE_RINGS = 1 if table == "direct table" else None
 expected = [open(p, "rb").read() for p in paths]
 with BatchReader(backend=backend, queue_depth=64, workers=1) as r:
     r.read_files(paths[:1])

@@ -13,7 +13,7 @@ import resource
 import pytest
 
 import vyre_uring
-from vyre_uring import BatchReader, Ring
+from vyre_uring import BatchReader, Ring, RingClosedError
 
 from conftest import limit_leaving_free, open_fds
 from fusefs import fuse_unavailable, served
@@ -82,13 +82,19 @@ def test_whole_files_on_fuse_come_back_whole(source, mounted, file_table, worker
         before = r.stats()
         assert r.read_files(call) == want
         _assert_route(r, before, route)
+        before = r.stats()
         packed = r.read_files_into(call, bytearray(sum(map(len, want)) + 4096))
         assert [bytes(packed[i]) for i in range(len(call))] == want
+        _assert_route(r, before, route)
+        # (iter_files reads in turns, each of the files the budget lets in: a
+        # turn's route is its first file's.)
         got = {i: data for i, _, data in r.iter_files(call, max_bytes_in_flight=1 << 16)}
         assert [got[i] for i in range(len(call))] == want
         before = r.stats()
         assert r.read_files(paths[-1:]) == want[-1:]    # one file: the rings, always
         _assert_route(r, before, "rings")
+    with pytest.raises(RingClosedError):
+        r.read_files(call)                          # closed: on either route
 
 
 def test_files_on_a_slow_fuse_are_read_many_at_once(source, tmp_path, file_table):
@@ -152,6 +158,22 @@ def test_ranges_over_many_fuse_files(source, mounted, route):
     ends = ([None, 90, 10_000, 2000, 4096, 70_000, 200_000, 400_000] * 3)[:len(call)]
     got = VyreFileSystem().cat_ranges(call, starts, ends)
     assert got == [w[s:e] for w, s, e in zip(want, starts, ends)]
+
+
+def test_path_ranges_of_one_fuse_file_stay_on_the_rings(source, mounted):
+    # Threads take a call's files one each: one file's many ranges the rings share
+    # out instead, each ring with pread.
+    paths, want = _files(source, mounted)
+    offsets = list(range(0, 300_000, 3000))
+    with BatchReader(backend="io_uring", workers=2) as r:
+        before = r.stats()
+        got = r.read_path_ranges([paths[-1]] * len(offsets), offsets, [4000] * len(offsets))
+        assert got == [want[-1][o:o + 4000] for o in offsets]
+        _assert_route(r, before, "rings")
+        before = r.stats()
+        assert r.read_path_ranges(paths[-2:], [5, 7], [100, 100]) == \
+            [want[-2][5:105], want[-1][7:107]]
+        _assert_route(r, before, "threads")
 
 
 def test_the_raw_ring_reads_what_the_kernel_gives(source, mounted):

@@ -920,9 +920,17 @@ def test_iter_files_budget_holds_for_size_0_files(tmp_path, backend):
 
 # ---- item 10: near the fd limit ---------------------------------------------------------
 
-def scenario_fd_limit(tmp, backend, workers, free, count=300, table="fds"):
+def scenario_fd_limit(tmp, backend, workers, free, count=300, table="fds", slow=False):
     import vyre_uring._uring_backend
-    vyre_uring._uring_backend.DIRECT_TABLE = table == "direct table"
+    if slow:        # each thread holds its fd a while: they then meet the limit at once
+        from vyre_uring._threads_backend import ThreadsBackend
+        read_open = ThreadsBackend._read_open
+
+        def held(*args):
+            time.sleep(0.002)
+            return read_open(*args)
+        ThreadsBackend._read_open = held
+    vyre_uring._uring_backend.DIRECT_TABLE_RINGS = 1 if table == "direct table" else None
     root = os.path.join(tmp, "t")
     os.makedirs(root)
     rnd = random.Random(21)
@@ -965,7 +973,7 @@ def test_threads_outnumbering_the_free_fds_read_every_file(tmp_path):
     """32 threads (as files on FUSE get) with 3 fds free: an open at the limit waits
     for the other threads to close theirs, and no file fails."""
     run_scenario("scenario_fd_limit", timeout=30, tmp=str(tmp_path), backend="threads",
-                 workers=32, free=3)
+                 workers=32, free=3, slow=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

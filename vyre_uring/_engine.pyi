@@ -14,7 +14,7 @@ from ._typing import PathArg as _Path
 
 __all__ = ["ARENA_MAX", "Arena", "ByteBudget", "CallStopped", "CopyOps", "DEFERRED",
            "DIRECT_ALIGN", "DIRECT_CHUNK", "GROWN", "GROW_LATER", "GROW_NEVER",
-           "MAX_PIECE", "NOT_REGULAR", "NUL_BYTE", "OVER_BUDGET", "Packing",
+           "MAX_PIECE", "NOT_REGULAR", "NUL_BYTE", "OVER_BUDGET", "Packing", "PREAD_PIECE",
            "StagePlan", "Stop", "UNSIZED_FIRST", "check_ranges", "drain_jobs",
            "group_paths", "read_file_window", "read_path_ranges_job",
            "read_ranges_job", "run_call", "run_stage_lane", "run_task",
@@ -29,6 +29,7 @@ GROWN: Final[int]
 GROW_LATER: Final[int]
 GROW_NEVER: Final[int]
 MAX_PIECE: Final[int]
+PREAD_PIECE: Final[int]
 DIRECT_ALIGN: Final[int]
 DIRECT_CHUNK: Final[int]
 ARENA_MAX: Final[int]

@@ -30,7 +30,7 @@ from vyre_uring.errors import UringError, syscall_error
 
 __all__ = ["ARENA_MAX", "Arena", "ByteBudget", "CallStopped", "CopyOps", "DEFERRED",
            "DIRECT_ALIGN", "DIRECT_CHUNK", "GROWN", "GROW_LATER", "GROW_NEVER",
-           "MAX_PIECE", "NOT_REGULAR", "NUL_BYTE", "OVER_BUDGET", "Packing",
+           "MAX_PIECE", "NOT_REGULAR", "NUL_BYTE", "OVER_BUDGET", "PREAD_PIECE", "Packing",
            "StagePlan", "Stop", "UNSIZED_FIRST", "check_ranges", "drain_jobs",
            "group_paths", "read_file_window", "read_path_ranges_job",
            "read_ranges_job", "run_call", "run_stage_lane", "run_task",
@@ -135,7 +135,8 @@ cdef int64_t _MAX_PIECE = MAX_PIECE
 # At most this much per pread of a file the ring must not read (_read_now): the job
 # sees its call's Stop between two (a 1 GiB pread from a network FUSE server would
 # hold it for as long as that takes).
-cdef int64_t _PREAD_PIECE = 8 << 20
+PREAD_PIECE = 8 << 20
+cdef int64_t _PREAD_PIECE = PREAD_PIECE
 
 # O_DIRECT: file offsets, lengths and memory aligned to 4096 bytes suit every
 # logical block size up to 4 KiB; each direct read moves at most one bounce slot.

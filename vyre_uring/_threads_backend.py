@@ -30,8 +30,10 @@ FD_WAIT_S = 5.0
 class ThreadsBackend:
     name = "threads"
 
-    def __init__(self, workers, direct=False):
+    def __init__(self, workers, direct=False, piece=MAX_PREAD):
+        """`piece`: the most one pread carries (a stopped call ends after one)."""
         self.direct = direct
+        self._piece = piece
         self._fallbacks = 0
         self._lock = threading.Lock()
         self._gate = _FdGate(workers)
@@ -165,7 +167,7 @@ class ThreadsBackend:
             if data is None and direct:
                 data = self._pread_all(fd, size, 0, True, stop)
             if data is None:
-                got = _pread_into(fd, view[start:start + size], 0, stop)
+                got = _pread_into(fd, view[start:start + size], 0, stop, self._piece)
             else:
                 got = len(data)
                 view[start:start + got] = data
@@ -215,7 +217,7 @@ class ThreadsBackend:
                     try:
                         if not direct:
                             return _pread_into(fd, view[start:start + lengths[i]],
-                                               offsets[i], stop)
+                                               offsets[i], stop, self._piece)
                         data = self._pread_all(fd, lengths[i], offsets[i], True, stop)
                         view[start:start + len(data)] = data
                         return len(data)
@@ -305,11 +307,11 @@ class ThreadsBackend:
                 fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
                 with self._lock:
                     self._fallbacks += 1
-        if size <= MAX_PREAD:
-            return _pread_small(fd, size, offset)
+        if size <= self._piece:
+            return _pread_small(fd, size, offset, stop)
         buf = bytearray(size)             # no memory for it: MemoryError at once
         with memoryview(buf) as view:
-            done = _pread_into(fd, view, offset, stop)
+            done = _pread_into(fd, view, offset, stop, self._piece)
         del buf[done:]
         return bytes(buf)
 
@@ -344,7 +346,7 @@ class _FdGate:
             self._inside -= 1
             if opened:
                 self._cap = min(self._most, self._cap + 1)
-            self._cond.notify()
+            self._cond.notify(2 if opened else 1)     # room for this one, and one more
 
     def refused(self):
         """An open met the fd limit: whether to try again (others hold fds, which
@@ -412,11 +414,13 @@ def _pread_direct(fd, size, offset, stop):
     return bytes(out)
 
 
-def _pread_small(fd, size, offset):
-    """Up to MAX_PREAD bytes: one pread, more only when it comes back short."""
+def _pread_small(fd, size, offset, stop):
+    """Up to a piece: one pread, more only when it comes back short."""
     parts = []
     done = 0
     while done < size:
+        if done and stop.is_set:
+            raise CallStopped()
         chunk = os.pread(fd, size - done, offset + done)
         if not chunk:
             break
@@ -425,13 +429,13 @@ def _pread_small(fd, size, offset):
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _pread_into(fd, view, offset, stop):
+def _pread_into(fd, view, offset, stop, piece=MAX_PREAD):
     """Fill `view` from `offset` until it is full or EOF; returns the byte count."""
     done = 0
     while done < len(view):
         if stop.is_set:
             raise CallStopped()
-        n = os.preadv(fd, [view[done:done + MAX_PREAD]], offset + done)
+        n = os.preadv(fd, [view[done:done + piece]], offset + done)
         if n == 0:
             break
         done += n

@@ -18,7 +18,8 @@ import threading
 import time
 
 from ._files import OPEN_FLAGS, check_regular, over_budget_error, path_error
-from ._engine import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET, Arena,
+from ._engine import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET,
+                      PREAD_PIECE, Arena,
                       CopyOps, drain_jobs, group_paths, on_fuse, read_file_window,
                       read_path_ranges_job, read_ranges_job, run_call, run_stage_lane,
                       with_file, with_files)
@@ -43,11 +44,17 @@ MAX_JOB_FILES = 4096
 JOB_FILES = 320
 # All the reader's rings ever run: the kernel refuses anything else on them.
 READER_OPS = frozenset({Op.OPENAT, Op.READ, Op.READ_FIXED, Op.CLOSE})
-# Whole files are opened as direct descriptors, in a sparse file table of each ring
-# (slots: twice the queue depth), where the kernel can (Linux 5.19): rings in many
-# threads then never contend on the process fd table (on 16 cores that contention
-# held 16 rings to about what 4 read). Off: plain fds everywhere (tests use both).
-DIRECT_TABLE = True
+# With at least this many rings, whole files are opened as direct descriptors, in a
+# sparse file table of each ring (slots: twice the queue depth), where the kernel
+# can (Linux 5.19): rings in many threads then never contend on the process fd table
+# (on 16 cores that contention held 16 rings to about what 4 read). With fewer, the
+# contention is small and plain fds win: an fd is sized by fstat, a direct
+# descriptor by a statx of its path (a second path walk). Measured on 16 cores
+# (10,000 cached 4 KiB files, read_files_into, three interleaved rounds): 1 ring,
+# fds 256-376 k files/s, table 235-349 k; 2 rings 503-549 k against 469-519 k; 4
+# rings, table 876-974 k against 803-836 k; 8 rings 1.51-1.53 M against 0.81-0.83 M.
+# None: plain fds everywhere (tests use both).
+DIRECT_TABLE_RINGS = 3
 SOCKET_OPCODE = 45                     # IORING_OP_SOCKET: Linux 5.19, as FILE_INDEX_ALLOC
 # How long close() waits for the last closes before the ring cancels.
 CLOSE_PATIENCE_S = 10.0
@@ -70,7 +77,8 @@ SPREAD_MIN_BYTES = 4 << 20
 SPREAD_MIN_RANGES = 128
 COLD_PROBES = 8
 # A call of files on FUSE (its first file is) goes to this many threads instead of
-# the rings. A ring must pread FUSE files (see _engine._FUSE_SUPER_MAGIC),
+# the rings (each pread at most PREAD_PIECE, as the rings', so a stopped call ends
+# soon). A ring must pread FUSE files (see _engine._FUSE_SUPER_MAGIC),
 # one after another, and FUSE is where reads wait: gcsfuse, s3fs, sshfs answer each
 # over the network. Measured here (64 files of 64 KiB from tests/fusefs.py, whose
 # reads wait 5 ms): one ring 770 ms, 4 threads 197 ms, 32 threads 49 ms. Files on
@@ -91,10 +99,11 @@ class UringBackend:
         self._rings = []
         self._lock = threading.Lock()           # the O_DIRECT refusal count
         self._refused_direct = 0
+        table = not direct and DIRECT_TABLE_RINGS is not None and workers >= DIRECT_TABLE_RINGS
         try:
             for _ in range(workers):
                 try:
-                    self._rings.append(_RingReader(queue_depth, direct))
+                    self._rings.append(_RingReader(queue_depth, direct, table))
                 except UringSyscallError as exc:
                     if exc.errno != errno.ENOMEM or not self._rings:
                         raise
@@ -105,6 +114,7 @@ class UringBackend:
         self.queue_depth = self._rings[0].depth
         self._fuse = None                       # FUSE_THREADS' backend, once needed
         self._fuse_calls = 0
+        self._closed = False
         self._free = queue.SimpleQueue()
         for r in self._rings:
             self._free.put(r)
@@ -128,6 +138,8 @@ class UringBackend:
         return out
 
     def close(self):
+        with self._lock:
+            self._closed = True                 # no FUSE threads made from now on
         if getattr(self, "_workers", None) is not None:
             self._workers.close()
         if getattr(self, "_fuse", None) is not None:
@@ -145,15 +157,18 @@ class UringBackend:
         if self._fuse is not None:
             self._fuse.forget()
 
-    def _threads_for(self, paths):
-        """FUSE_THREADS' backend for a call of two or more `paths` whose first is on
+    def _threads_for(self, files):
+        """FUSE_THREADS' backend for a call of two or more `files` whose first is on
         FUSE (one statfs, which there asks the server), else None. One file gains
-        nothing from threads: the rings read it as fast, and pay no statfs."""
-        if len(paths) < 2 or not on_fuse(paths[0]):
+        nothing from threads: the rings read it as fast (and a file's many ranges
+        they share out), and pay no statfs. None once closed: the rings raise."""
+        if len(files) < 2 or not on_fuse(files[0]):
             return None
         with self._lock:
+            if self._closed:
+                return None
             if self._fuse is None:
-                self._fuse = ThreadsBackend(FUSE_THREADS, self.direct)
+                self._fuse = ThreadsBackend(FUSE_THREADS, self.direct, PREAD_PIECE)
             self._fuse_calls += 1
             return self._fuse
 
@@ -257,10 +272,10 @@ class UringBackend:
         balanced by their ranges; where fewer files than rings hold large ranges, a
         file's ranges are shared out too, each share opening the file (_spread).
         Files on FUSE go to threads (_threads_for)."""
-        threads = self._threads_for(paths)
+        files, order, first = group_paths(paths)
+        threads = self._threads_for(files)
         if threads is not None:
             return threads.read_path_ranges(paths, offsets, lengths, out)
-        files, order, first = group_paths(paths)
         rings = len(self._rings)
         if 0 < len(files) < rings:
             total = sum(lengths)                # in C: no Python loop per range
@@ -352,7 +367,7 @@ class _RingReader:
     O_DIRECT refusals), the arena its jobs read small files into and, with
     direct=True, its bounce slots for O_DIRECT reads."""
 
-    def __init__(self, queue_depth, direct):
+    def __init__(self, queue_depth, direct, table):
         self.ring, self.depth = _sized_ring(queue_depth)
         self.stats = array.array("q", [0] * 5)
         self.arena = Arena()
@@ -361,7 +376,7 @@ class _RingReader:
         # RLIMIT_MEMLOCK allow (else the reads go unregistered, and stats say why).
         self.bounce = None
         self.registration = None              # nothing to register
-        self.table = 0 if direct else _direct_table(self.ring, self.depth)
+        self.table = _direct_table(self.ring, self.depth) if table else 0
         if direct:
             self.bounce = alloc_buffer(self.depth * DIRECT_CHUNK)
             try:
@@ -474,12 +489,11 @@ class _RingReader:
 
 def _direct_table(ring, depth):
     """The slots of a sparse file table registered on `ring` for direct descriptors,
-    or 0 where the kernel cannot open into one or DIRECT_TABLE is off: files are
-    then opened as fds. File-index allocation came in Linux 5.19, with the SOCKET
+    or 0 where the kernel cannot open into one: files are then opened as fds. File-index allocation came in Linux 5.19, with the SOCKET
     opcode, which the probe must list: an older kernel ignoring file_index would
     return a plain fd, whose "slot" nothing could close. Then one probe open and
     close of a slot must work."""
-    if not DIRECT_TABLE or SOCKET_OPCODE not in ring.probe():
+    if SOCKET_OPCODE not in ring.probe():
         return 0
     slots = 2 * depth
     try:
