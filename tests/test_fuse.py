@@ -132,19 +132,40 @@ def test_fuse_files_near_the_fd_limit(source, mounted, file_table, route):
         assert open_fds() == before
 
 
-def test_ranges_on_fuse_are_preads(source, mounted):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ranges_on_fuse_are_preads(source, mounted, workers):
     paths, want = _files(source, mounted)
     data, path = want[-1], paths[-1]
     rng = random.Random(7)
     offsets = [rng.randrange(len(data) + 500) for _ in range(300)] + [0, len(data) - 10]
     lengths = [rng.randrange(1, 9000) for _ in range(300)] + [len(data) + 4096, 4096]
     expected = [data[o:o + n] for o, n in zip(offsets, lengths)]
-    assert vyre_uring.read_ranges(path, offsets, lengths) == expected
     buf = bytearray(sum(lengths))
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
-    counts = vyre_uring.read_ranges_into(path, buf, offsets, lengths, starts)
-    assert counts == [len(e) for e in expected]     # past EOF: short, as pread
-    assert [bytes(buf[s:s + c]) for s, c in zip(starts, counts)] == expected
+    with BatchReader(backend="io_uring", workers=workers) as r:
+        before = r.stats()                          # many ranges: the FUSE threads
+        assert r.read_ranges(path, offsets, lengths) == expected
+        counts = r.read_ranges_into(path, buf, offsets, lengths, starts)
+        assert counts == [len(e) for e in expected]     # past EOF: short, as pread
+        assert [bytes(buf[s:s + c]) for s, c in zip(starts, counts)] == expected
+        assert r.stats()["fuse_calls"] == before["fuse_calls"] + 2
+        before = r.stats()                          # one range: a ring, with pread
+        assert r.read_ranges(path, [5], [len(data)]) == [data[5:]]
+        assert r.read_ranges_into(path, buf, [len(data) - 10], [4096]) == [10]
+        assert bytes(buf[:10]) == data[-10:]
+        _assert_route(r, before, "rings")
+
+
+def test_ranges_of_a_file_on_a_slow_fuse_are_read_many_at_once(source, tmp_path):
+    mnt = tmp_path / "slow"
+    mnt.mkdir()
+    data = (source / "f7").read_bytes()
+    offsets = list(range(0, 16 * 4096, 4096))
+    report = {}
+    with served(mnt, source, report, read_delay=0.05, threads=16):
+        got = vyre_uring.read_ranges(str(mnt / "f7"), offsets, [4096] * len(offsets))
+    assert got == [data[o:o + 4096] for o in offsets]
+    assert report["most_reads"] >= 4, report
 
 
 @pytest.mark.parametrize("route", ["threads", "rings"])

@@ -19,10 +19,9 @@ import time
 
 from ._files import OPEN_FLAGS, check_regular, over_budget_error, path_error
 from ._engine import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET,
-                      PREAD_PIECE, Arena,
-                      CopyOps, drain_jobs, group_paths, on_fuse, read_file_window,
-                      read_path_ranges_job, read_ranges_job, run_call, run_stage_lane,
-                      with_file, with_files)
+                      PREAD_PIECE, Arena, CopyOps, drain_jobs, group_paths, on_fuse,
+                      pread_only, read_file_window, read_path_ranges_job, read_ranges_job,
+                      run_call, run_stage_lane, with_file, with_files)
 from ._ring import Op, Ring
 from ._threads_backend import ThreadsBackend
 from .constants import FILE_INDEX_ALLOC
@@ -76,13 +75,14 @@ SPREAD_MIN_AVERAGE = 256 << 10
 SPREAD_MIN_BYTES = 4 << 20
 SPREAD_MIN_RANGES = 128
 COLD_PROBES = 8
-# A call of files on FUSE (its first file is) goes to this many threads instead of
-# the rings (each pread at most PREAD_PIECE, as the rings', so a stopped call ends
-# soon). A ring must pread FUSE files (see _engine._FUSE_SUPER_MAGIC),
-# one after another, and FUSE is where reads wait: gcsfuse, s3fs, sshfs answer each
-# over the network. Measured here (64 files of 64 KiB from tests/fusefs.py, whose
-# reads wait 5 ms): one ring 770 ms, 4 threads 197 ms, 32 threads 49 ms. Files on
-# FUSE elsewhere in a call the rings read themselves, with pread.
+# A call of files on FUSE (its first file is), or of ranges of a FUSE file, goes to
+# this many threads instead of the rings (each pread at most PREAD_PIECE, as the
+# rings', so a stopped call ends soon). A ring must pread FUSE files (see
+# _engine._FUSE_SUPER_MAGIC), one after another, and FUSE is where reads wait:
+# gcsfuse, s3fs, sshfs answer each over the network. Measured here (64 files of 64
+# KiB from tests/fusefs.py, whose reads wait 5 ms): one ring 770 ms, 4 threads 197
+# ms, 32 threads 49 ms. Files on FUSE elsewhere in a call the rings read themselves,
+# with pread.
 FUSE_THREADS = 32
 # A ring just closed returns its locked memory asynchronously: ENOMEM right after
 # one closed is retried this many times, waiting 1, 2, 4... ms, before rings shrink.
@@ -160,10 +160,15 @@ class UringBackend:
     def _threads_for(self, files):
         """FUSE_THREADS' backend for a call of two or more `files` whose first is on
         FUSE (one statfs, which there asks the server), else None. One file gains
-        nothing from threads: the rings read it as fast (and a file's many ranges
-        they share out), and pay no statfs. None once closed: the rings raise."""
+        nothing from whole-file threads, each of which takes a file: the rings read
+        it as fast (and a file's many path ranges they share out), and pay no statfs."""
         if len(files) < 2 or not on_fuse(files[0]):
             return None
+        return self._fuse_threads()
+
+    def _fuse_threads(self):
+        """FUSE_THREADS' backend, made on first use; None once closed (the rings
+        then raise)."""
         with self._lock:
             if self._closed:
                 return None
@@ -212,8 +217,10 @@ class UringBackend:
         return self._ranges(path, offsets, lengths, None, None)
 
     def _ranges(self, path, offsets, lengths, buffer, buffer_offsets):
-        """With several rings, each reads a contiguous share of the ranges."""
+        """With several rings, each reads a contiguous share of the ranges. Two or
+        more ranges of a file on FUSE go to FUSE_THREADS, many waiting at once."""
         n = len(offsets)
+        asked = (offsets, lengths, buffer_offsets)
         share = max(1, -(-n // len(self._rings)))
         # Each ring's share is a view of the call's own arrays, not a copy: the job
         # reads each value once into private memory, and checks it there.
@@ -228,6 +235,11 @@ class UringBackend:
             return None if seq is None else seq[s:s + share]
 
         def on_file(fd, direct):
+            threads = self._fuse_threads() if n >= 2 and pread_only(fd) else None
+            if threads is not None and buffer is None:
+                return threads.read_ranges(path, *asked[:2])
+            if threads is not None:
+                return threads.read_ranges_into(path, buffer, *asked)
             if self.direct and not direct:
                 with self._lock:
                     self._refused_direct += 1   # the filesystem refused O_DIRECT

@@ -29,7 +29,7 @@ def fsspec_workloads(ctx):
     from vyre_uring.fsspec import VyreFileSystem
     local, ours = fsspec.filesystem("file"), VyreFileSystem()
     return [_cat_files(ctx, local, ours), *_cat_ranges(ctx, local, ours),
-            _cat_ranges_many_files(ctx, local, ours), _parquet(ctx, local, ours),
+            _cat_ranges_many_files(ctx, local, ours), *_parquet(ctx, local, ours),
             _dask_read_bytes(ctx)]
 
 
@@ -111,11 +111,12 @@ def _cat_ranges_many_files(ctx, local, ours):
 
 
 def _parquet(ctx, local, ours):
+    """open_parquet_file then read_table (what pandas does), and the open alone."""
     name = "fsspec open_parquet_file"
     why = missing("pandas", "test") or missing("pyarrow", "test")
     if why:
-        return Workload(name, "files/s", [Contender(LOCAL, why=why), Contender(OURS, why=why)],
-                        reference=LOCAL)
+        return [Workload(n, "files/s", [Contender(LOCAL, why=why), Contender(OURS, why=why)],
+                         reference=LOCAL) for n in (name, f"{name} fetch")]
     from fsspec.parquet import open_parquet_file
     path = os.path.join(ctx.data.root, "table.parquet")
     made = []                          # the file and its expected size, once
@@ -144,8 +145,23 @@ def _parquet(ctx, local, ours):
         if out.column_names != ["c1", "c5"] or out.num_rows != rows or \
                 pc.sum(out["c1"]).as_py() != rows * (rows + 1) // 2:
             raise AssertionError("open_parquet_file: wrong table")
-    return Workload(name, "files/s", _pair(local, ours, 1, read, check), make,
-                    reference=LOCAL)
+    def fetch(fs):
+        # The fsspec part alone: the footer, then the chosen columns' chunks by
+        # cat_ranges, held in memory by the file object it returns; the end of the
+        # file, as the footer holds it, comes back from there.
+        with open_parquet_file(path, fs=fs, columns=["c1", "c5"], engine="pyarrow") as f:
+            f.seek(-8, os.SEEK_END)
+            return f.read(8)
+
+    def check_fetched(out):
+        with open(path, "rb") as f:
+            f.seek(-8, os.SEEK_END)
+            if out != f.read(8):
+                raise AssertionError("open_parquet_file: wrong footer")
+    return [Workload(name, "files/s", _pair(local, ours, 1, read, check), make,
+                     reference=LOCAL),
+            Workload(f"{name} fetch", "files/s", _pair(local, ours, 1, fetch, check_fetched),
+                     make, reference=LOCAL)]
 
 
 def _dask_read_bytes(ctx):

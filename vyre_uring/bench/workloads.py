@@ -468,7 +468,9 @@ def _small_file_workloads(ctx):
         out = [ctx.c("small_files_liburing", REFERENCE,
                      lambda b: _c_small_files(b, listing, arena_slot=slot)),
                ctx.c("small_files_liburing", "C liburing, one reused buffer",
-                     lambda b: _c_small_files(b, listing))]
+                     lambda b: _c_small_files(b, listing)),
+               ctx.c("small_files_liburing", "C liburing, fstat each",
+                     lambda b: _c_small_files(b, listing, mode="sized", arena_slot=slot))]
         if most > 1:            # the C ceiling on as many threads, plain fds and direct
             out += [ctx.c("small_files_liburing", f"C liburing w{most}{mode}",
                           lambda b, mode=mode: _c_small_files(b, listing, most, mode,

@@ -4,11 +4,13 @@
  * own ring and a contiguous share of the paths. With "direct" the files are opened
  * into the ring's own file table (IORING_FILE_INDEX_ALLOC, Linux 5.19), read as
  * fixed files and closed there: the threads then share no process fd table.
+ * With "sized" (plain fds) each open fd is fstat'ed before its read, the sizing and
+ * regular-file check a reader that returns each file's exact bytes makes.
  * By default every batch reads into one reused buffer of BATCH slots, which stays in
  * the CPU's caches. With ARENA_SLOT > 0 each file keeps its result instead: file i
  * is read (at most ARENA_SLOT bytes) into slot i of one arena, faulted in before the
  * clock starts, as a caller's reused destination buffer is.
- * Usage: small_files_liburing BATCH [THREADS [direct|plain [ARENA_SLOT]]]
+ * Usage: small_files_liburing BATCH [THREADS [direct|plain|sized [ARENA_SLOT]]]
  * Prints files_per_second (timing only the reading, not loading the path list). */
 #include <fcntl.h>
 #include <liburing.h>
@@ -16,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define SLOT (64 * 1024)
@@ -23,7 +26,7 @@
 static char **paths;
 static size_t count;
 static unsigned batch = 64, threads = 1;
-static int direct;
+static int direct, sized;
 static size_t arena_slot;
 static char *arena;
 static unsigned long long total_bytes;
@@ -78,8 +81,13 @@ static void *read_share(void *arg)
         if (run_phase(&ring, n, fds) < 0)
             exit(1);
         for (unsigned i = 0; i < n; i++) {
+            struct stat st;
             if (fds[i] < 0) {
                 fprintf(stderr, "open failed: %s\n", strerror(-fds[i]));
+                exit(1);
+            }
+            if (sized && (fstat(fds[i], &st) != 0 || !S_ISREG(st.st_mode))) {
+                fprintf(stderr, "not a regular file: %s\n", paths[start + i]);
                 exit(1);
             }
             struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
@@ -115,6 +123,7 @@ int main(int argc, char **argv)
     batch = argc > 1 ? (unsigned)atoi(argv[1]) : 64;
     threads = argc > 2 ? (unsigned)atoi(argv[2]) : 1;
     direct = argc > 3 && strcmp(argv[3], "direct") == 0;
+    sized = argc > 3 && strcmp(argv[3], "sized") == 0;
     arena_slot = argc > 4 ? (size_t)strtoull(argv[4], NULL, 10) : 0;
     if (batch == 0 || batch > 1024 || threads == 0 || threads > 1024 ||
         arena_slot > SLOT) {
