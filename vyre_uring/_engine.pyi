@@ -90,7 +90,7 @@ def read_file_window(ring: Ring, paths: Sequence[_Path], start: int, stop: int,
                      bounce: Optional[Buffer] = None, budget: Optional[ByteBudget] = None,
                      call: Optional[Stop] = None, arena: Optional[Arena] = None,
                      pack: Optional[Packing] = None, table: int = 0,
-                     ) -> tuple[list[tuple[int, int, int]], int]: ...
+                     ) -> tuple[list[tuple[int, int, int]], int, Optional[bytes]]: ...
 def read_ranges_job(ring: Ring, fd: int, offsets: _IntArray, lengths: _IntArray,
                     buffer: Optional[Buffer], buffer_offsets: Optional[_IntArray], depth: int,
                     stats: Buffer, name: object, bounce: Optional[Buffer] = None,

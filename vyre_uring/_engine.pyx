@@ -1469,9 +1469,10 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                      ByteBudget budget=None, Stop call=None, Arena arena=None,
                      Packing pack=None, Py_ssize_t table=0):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
-    `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode) for
-    each file not read here, code an errno or NOT_REGULAR / OVER_BUDGET / NUL_BYTE /
-    DEFERRED. At most `depth` opens and reads are in flight, and fewer opens when
+    `ring`. Returns (leftovers, bytes_read, top): leftovers lists (i, code, mode)
+    for each file not read here, code an errno or NOT_REGULAR / OVER_BUDGET /
+    NUL_BYTE / DEFERRED; top is the result of at most ARENA_MAX bytes at the highest
+    address, or None. At most `depth` opens and reads are in flight, and fewer opens when
     the fd limit is reached. With a `bounce` buffer (see _job_direct) files are read
     with O_DIRECT, and buffered where the filesystem refuses it. With a ByteBudget,
     files it cannot take now come back DEFERRED, for a later call, and no more are
@@ -1491,7 +1492,7 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     cdef list names = []
     cdef list keep = [None] * n
     cdef list leftovers = []
-    cdef object data
+    cdef object data, top = None
     if not 0 <= start <= stop <= len(paths) or stop > len(out):
         raise ValueError(f"window {start}:{stop} is outside the paths or out")
     if arena is None:
@@ -1548,8 +1549,11 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                     leftovers.append((i, ENOMEM, 0))
                     continue
             out[start + i] = data
+            if j.got[i] <= _ARENA_MAX and (
+                    top is None or <size_t><PyObject *>data > <size_t><PyObject *>top):
+                top = data              # a small one: malloc's heap, never its mmap
         _add_stats(stats, &j)
-        return leftovers, j.nbytes
+        return leftovers, j.nbytes, top
     finally:
         if j.arena != NULL:
             _arena_reset(j.arena)           # copied out: free for the next job
