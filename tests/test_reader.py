@@ -7,6 +7,8 @@ import os
 import platform
 import random
 import resource
+import subprocess
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -803,17 +805,57 @@ def test_a_call_reuses_the_memory_of_the_last_calls_dropped_results(tmp_path, wo
     # glibc hands the free top of its heap back to the kernel, so a call's new
     # results would page-fault on fresh memory, holding the GIL, once the caller
     # dropped the last call's. Each ring keeps its last call's topmost small
-    # result (up to RETAIN_BYTES of them): the memory below it stays, and is reused.
+    # result (up to RETAIN_BYTES of them, for RETAIN_S): the memory below it stays,
+    # and is reused. An empty and a 100-byte file (b"" is static, and results of
+    # up to 512 bytes come from pymalloc's own mappings, above the heap) do not
+    # take the top's place.
     paths = []
     for i in range(2000):
         paths.append(str(tmp_path / f"f{i}"))
         with open(paths[-1], "wb") as f:
-            f.write(os.urandom(4096))
+            f.write(os.urandom(4096 if i > 1 else 100 * i))
     with BatchReader(backend="io_uring", workers=workers) as r:
         for _ in range(3):
             assert len(r.read_files(paths)) == len(paths)     # dropped at once
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         out = r.read_files(paths)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-        assert [len(d) for d in out] == [4096] * len(paths)
+        assert [len(d) for d in out] == [0, 100] + [4096] * (len(paths) - 2)
     assert faults < len(paths) // 4, f"{faults} page faults for {len(paths)} results"
+
+
+_IDLE_CHILD = """
+import os, resource, sys, time
+from vyre_uring import BatchReader
+paths, idle = sys.argv[1:-1], float(sys.argv[-1])
+with BatchReader(backend="io_uring", workers=1) as r:
+    for _ in range(3):
+        r.read_files(paths)                         # dropped at once
+    time.sleep(idle)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    r.read_files(paths)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or UNDER_ASAN,
+                    reason="measures glibc's malloc handing freed memory back (ASan "
+                           "replaces malloc)")
+def test_the_kept_memory_goes_back_once_the_calls_stop(tmp_path):
+    # RETAIN_S after its last call a ring lets its top go, and glibc hands the
+    # memory below it back: the next call's results page-fault again. In a child,
+    # where nothing of the test's is allocated above them.
+    from vyre_uring._uring_backend import RETAIN_S
+    paths = []
+    for i in range(2000):
+        paths.append(str(tmp_path / f"f{i}"))
+        with open(paths[-1], "wb") as f:
+            f.write(os.urandom(4096))
+
+    def faults(idle):
+        out = subprocess.run([sys.executable, "-c", _IDLE_CHILD, *paths, str(idle)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+    assert faults(0) < len(paths) // 4                 # kept
+    assert faults(RETAIN_S + 1.0) > len(paths) // 2    # given back

@@ -90,12 +90,14 @@ def read_file_window(ring: Ring, paths: Sequence[_Path], start: int, stop: int,
                      bounce: Optional[Buffer] = None, budget: Optional[ByteBudget] = None,
                      call: Optional[Stop] = None, arena: Optional[Arena] = None,
                      pack: Optional[Packing] = None, table: int = 0,
-                     ) -> tuple[list[tuple[int, int, int]], int, Optional[bytes]]: ...
+                     kept: Optional[list[tuple[int, Optional[bytes]]]] = None,
+                     ) -> tuple[list[tuple[int, int, int]], int]: ...
 def read_ranges_job(ring: Ring, fd: int, offsets: _IntArray, lengths: _IntArray,
                     buffer: Optional[Buffer], buffer_offsets: Optional[_IntArray], depth: int,
                     stats: Buffer, name: object, bounce: Optional[Buffer] = None,
                     fixed_file: bool = False, call: Optional[Stop] = None,
                     out: Optional[list[Any]] = None, out_start: int = 0,
+                    kept: Optional[list[tuple[int, Optional[bytes]]]] = None,
                     ) -> Union[list[int], list[bytes]]: ...
 def pread_only(fd: int) -> bool: ...
 def on_fuse(path: _Path) -> bool: ...
@@ -108,6 +110,7 @@ def read_path_ranges_job(ring: Ring, files: list[Any], order: _IntArray, first: 
                          out: list[Any], depth: int, stats: Buffer,
                          error_of: Callable[[int, int, Any], OSError],
                          bounce: Optional[Buffer] = None, call: Optional[Stop] = None,
+                         kept: Optional[list[tuple[int, Optional[bytes]]]] = None,
                          ) -> int: ...
 
 # The staging pipeline's lanes (_engine_staging.pxi).

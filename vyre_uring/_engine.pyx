@@ -1467,12 +1467,11 @@ cdef void _place(PackState *p, Job *j, Py_ssize_t i, Py_ssize_t start) noexcept:
 def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                      list out, int open_flags, Py_ssize_t depth, stats, bounce=None,
                      ByteBudget budget=None, Stop call=None, Arena arena=None,
-                     Packing pack=None, Py_ssize_t table=0):
+                     Packing pack=None, Py_ssize_t table=0, list kept=None):
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
-    `ring`. Returns (leftovers, bytes_read, top): leftovers lists (i, code, mode)
-    for each file not read here, code an errno or NOT_REGULAR / OVER_BUDGET /
-    NUL_BYTE / DEFERRED; top is the result of at most ARENA_MAX bytes at the highest
-    address, or None. At most `depth` opens and reads are in flight, and fewer opens when
+    `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode) for
+    each file not read here, code an errno or NOT_REGULAR / OVER_BUDGET / NUL_BYTE /
+    DEFERRED; `kept` (a list) gets (bytes_read, top) appended (see _higher). At most `depth` opens and reads are in flight, and fewer opens when
     the fd limit is reached. With a `bounce` buffer (see _job_direct) files are read
     with O_DIRECT, and buffered where the filesystem refuses it. With a ByteBudget,
     files it cannot take now come back DEFERRED, for a later call, and no more are
@@ -1549,11 +1548,11 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                     leftovers.append((i, ENOMEM, 0))
                     continue
             out[start + i] = data
-            if j.got[i] <= _ARENA_MAX and (
-                    top is None or <size_t><PyObject *>data > <size_t><PyObject *>top):
-                top = data              # a small one: malloc's heap, never its mmap
+            top = _higher(top, data, j.got[i])
         _add_stats(stats, &j)
-        return leftovers, j.nbytes, top
+        if kept is not None:
+            kept.append((j.nbytes, top))
+        return leftovers, j.nbytes
     finally:
         if j.arena != NULL:
             _arena_reset(j.arena)           # copied out: free for the next job
@@ -1591,6 +1590,18 @@ cdef int64_t _known_size(int fd) noexcept:
     return -1
 
 
+cdef object _higher(object top, object data, int64_t size):
+    """`data` (a result of `size` bytes) if it comes from malloc's heap (over 512
+    bytes, pymalloc's largest, whose arenas are mappings of their own, as b"" is
+    static; at most ARENA_MAX, far below malloc's mapping threshold) and lies at a
+    higher address than `top`, else `top`: a job's `kept` top, which the backend
+    holds on to (RETAIN_BYTES)."""
+    if 512 < size <= _ARENA_MAX and (top is None or
+                                     <size_t><PyObject *>data > <size_t><PyObject *>top):
+        return data
+    return top
+
+
 cdef bytes _range_bytes(Py_ssize_t i, int64_t size, name):
     """A new bytes object for range i; a MemoryError that names the range."""
     try:
@@ -1602,7 +1613,7 @@ cdef bytes _range_bytes(Py_ssize_t i, int64_t size, name):
 def read_ranges_job(ring, int fd, offsets, lengths, buffer,
                     buffer_offsets, Py_ssize_t depth, stats, name, bounce=None,
                     bint fixed_file=False, Stop call=None, list out=None,
-                    Py_ssize_t out_start=0):
+                    Py_ssize_t out_start=0, list kept=None):
     """pread semantics for many ranges of one open fd, through `ring`: range i reads
     lengths[i] bytes at offsets[i], into buffer[buffer_offsets[i]:] (a writable
     buffer), or with buffer=None into a new bytes object. Short reads are resubmitted
@@ -1614,7 +1625,8 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
     through it (see _job_direct). fixed_file: fd is registered as the ring's file
     0, which the reads then name instead. `call`: the call's Stop. With a buffer
     and `out`, the byte counts go into out[out_start:out_start + n] (rings sharing
-    one call's list), and out is returned."""
+    one call's list), and out is returned. Bytes results: `kept` (a list) gets
+    (bytes read, top) appended, as read_file_window's does."""
     ring_core(ring)                 # a Ring, or TypeError before any work
     cdef Job j
     cdef Hold *hold = NULL
@@ -1626,6 +1638,7 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
     cdef int64_t eof = -1
     cdef list keep
     cdef list results
+    cdef object top = None
     off.has_view = length.has_view = boff.has_view = False
     memset(&j, 0, sizeof(Job))
     try:
@@ -1690,6 +1703,9 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
                 results[i] = PyBytes_FromStringAndSize(j.dest[i], j.got[i])
             else:
                 results[i] = keep[i]
+            top = _higher(top, results[i], j.got[i])
+        if kept is not None:
+            kept.append((j.nbytes, top))
         return results
     finally:
         if hold != NULL:

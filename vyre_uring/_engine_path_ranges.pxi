@@ -154,7 +154,7 @@ cdef inline int64_t _clamped(int64_t off, int64_t length, int64_t size) noexcept
 
 def read_path_ranges_job(ring, list files, order, first, offsets, lengths,
                          Py_ssize_t f0, Py_ssize_t f1, list out, Py_ssize_t depth, stats,
-                         error_of, bounce=None, Stop call=None):
+                         error_of, bounce=None, Stop call=None, list kept=None):
     """The ranges of files[f0:f1] (grouped by group_paths) through `ring`: range r
     reads lengths[r] bytes at offsets[r] (pread semantics: fewer past EOF; a
     negative length reads to EOF) of its file, into out[r] as bytes. A file that
@@ -162,7 +162,8 @@ def read_path_ranges_job(ring, list files, order, first, offsets, lengths,
     (code an errno, NOT_REGULAR or NUL_BYTE), and a failed read its OSError into
     its range: the other files and ranges are still read. With a `bounce` buffer
     (see _job_direct) files are opened O_DIRECT where the filesystem allows it.
-    `call`: the call's Stop. Returns the bytes read."""
+    `call`: the call's Stop. Returns the bytes read; `kept` (a list) gets (bytes
+    read, top) appended per job, as read_file_window's does."""
     ring_core(ring)                 # a Ring, or TypeError before any work
     cdef FileWindow w
     cdef Py_ssize_t k, pos = f0
@@ -191,7 +192,7 @@ def read_path_ranges_job(ring, list files, order, first, offsets, lengths,
                              &call.flag if call is not None else NULL)
             stats[4] += w.refused
             nbytes += _read_window(ring, &w, files, pos, cord.v, cfirst.v, &off, &length,
-                                   out, depth, stats, error_of, bounce, call)
+                                   out, depth, stats, error_of, bounce, call, kept)
             pos += w.opened
             _window_free(&w)
         return nbytes
@@ -223,7 +224,7 @@ cdef int _check_groups(const IntCopy *order, const IntCopy *first, Py_ssize_t nf
 cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos,
                           const int64_t *order, const int64_t *first, IntCopy *off,
                           IntCopy *length, list out, Py_ssize_t depth, stats, error_of,
-                          bounce, Stop call) except -1:
+                          bounce, Stop call, list kept) except -1:
     """One job over the ranges of the window's open files."""
     cdef Job j
     cdef Hold *hold = NULL
@@ -231,7 +232,7 @@ cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos
     cdef Py_ssize_t n = first[pos + w.opened] - base
     cdef int64_t o
     cdef list keep = [None] * n
-    cdef object exc
+    cdef object exc, top = None
     cdef bint fuse
     memset(&j, 0, sizeof(Job))
     try:
@@ -283,6 +284,9 @@ cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos
             elif j.fd[i] >= 0:
                 out[r] = keep[i] if j.got[i] == j.want[i] else \
                     PyBytes_FromStringAndSize(j.dest[i], j.got[i])
+                top = _higher(top, out[r], j.got[i])
+        if kept is not None:
+            kept.append((j.nbytes, top))
         return j.nbytes
     finally:
         if hold != NULL:

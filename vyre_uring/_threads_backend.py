@@ -206,8 +206,9 @@ class ThreadsBackend:
         except (MemoryError, OverflowError):     # no bytes object that large
             return path_error(errno.ENOMEM, path)
 
-    def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets):
-        """pread each range into buffer[buffer_offsets[i]:]; returns the byte counts."""
+    def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets, opened=None):
+        """pread each range into buffer[buffer_offsets[i]:]; returns the byte counts.
+        `opened`: (fd, is_direct) of `path`, open already: that is read."""
         with memoryview(buffer) as whole, whole.cast("B") as view:
             def on_file(fd, direct):
                 self._count_refusal(direct)
@@ -224,7 +225,7 @@ class ThreadsBackend:
                     except OSError as exc:
                         raise path_error(exc.errno, path) from None
                 return self._in_runs(len(offsets), one)
-            return with_file(path, self.direct, on_file)
+            return on_file(*opened) if opened else with_file(path, self.direct, on_file)
 
     def run_lanes(self, n, lane):
         """lane(i, stage) for each i < n, each on a worker of its own, at once;
@@ -236,8 +237,9 @@ class ThreadsBackend:
             if exc is not None:
                 raise exc
 
-    def read_ranges(self, path, offsets, lengths):
-        """Each range's bytes (pread semantics: past EOF, what exists)."""
+    def read_ranges(self, path, offsets, lengths, opened=None):
+        """Each range's bytes (pread semantics: past EOF, what exists). `opened`:
+        (fd, is_direct) of `path`, open already: that is read."""
         def on_file(fd, direct):
             self._count_refusal(direct)
             sizes = lengths_within_eof(fd, offsets, lengths)
@@ -251,7 +253,7 @@ class ThreadsBackend:
                     raise MemoryError(f"no memory for range {i} of {path!r}: "
                                       f"{sizes[i]} bytes") from None
             return self._in_runs(len(offsets), one)
-        return with_file(path, self.direct, on_file)
+        return on_file(*opened) if opened else with_file(path, self.direct, on_file)
 
     def read_path_ranges(self, paths, offsets, lengths, out):
         """out[r] = lengths[r] bytes at offsets[r] of paths[r] (a negative length:

@@ -84,17 +84,21 @@ COLD_PROBES = 8
 # ms, 32 threads 49 ms. Files on FUSE elsewhere in a call the rings read themselves,
 # with pread.
 FUSE_THREADS = 32
-# Each ring keeps the small result (of at most ARENA_MAX bytes: from malloc's heap,
-# not an mmap of its own) its last call made at the highest address (a reference,
-# `top`) when that call's results there came to at most RETAIN_BYTES / rings: glibc
-# then cannot hand the memory below it back to the kernel when the caller drops the
-# results (it trims only the free top of a heap), and the next call's results reuse
-# that memory instead of page-faulting on fresh pages, with the GIL held. So at most
-# RETAIN_BYTES of dropped results stay with the process between calls, as glibc's
-# own trim threshold keeps up to 64 MiB once it has grown. One ring, 10,000 cached
-# 4 KiB files, call after call, each call's results dropped: 204-209 k files/s
-# without, 298-317 k with.
+# After a call of bytes results (read_files, iter_files, read_ranges,
+# read_path_ranges) that came to at most RETAIN_BYTES, each ring keeps a reference
+# (`top`) to its result from malloc's heap (see _engine._higher) at the highest
+# address: glibc then cannot hand the memory below it back to the kernel when the
+# caller drops the results (it trims only the free top of a heap), and the next
+# call's results reuse that memory instead of page-faulting on fresh pages, with
+# the GIL held. Call after call, each call's
+# results dropped (2 cores, cached): one ring, 10,000 files of 4 KiB, 204-209 k
+# files/s without, 293-320 k with; 10,000 ranges of 4 KiB of one file, 386 k
+# ranges/s without, 1.05 M with. A ring lets its top go RETAIN_S after the call that
+# kept it, unless another call keeps a new one first: what stays below a top can be
+# more than that call's results (all the process freed below it meanwhile), and a
+# process that has stopped calling gets it back.
 RETAIN_BYTES = 64 << 20
+RETAIN_S = 1.0
 # A ring just closed returns its locked memory asynchronously: ENOMEM right after
 # one closed is retried this many times, waiting 1, 2, 4... ms, before rings shrink.
 ENOMEM_RETRIES = 5
@@ -163,6 +167,7 @@ class UringBackend:
         threads that do not exist here (the kernel keeps the parent's rings)."""
         for r in self._rings:
             r.ring.close()
+            r.top = None
         if self._workers is not None:
             self._workers.forget()
         if self._fuse is not None:
@@ -213,22 +218,13 @@ class UringBackend:
         if budget is not None:
             # One job per ring; a call of at most a queue's worth of files, one job.
             step = max(self._rings[0].depth, -(-n // rings))
-        tops = {}                           # ring -> [this call's bytes there, top]
-
-        def task(r, stop, s):
-            deferred, done, nbytes, top = r.read_files(paths, s, min(s + step, n), out,
-                                                       budget, stop, pack)
-            with self._lock:
-                seen = tops.setdefault(r, [0, None])
-                seen[0] += nbytes
-                if top is not None and (seen[1] is None or id(top) > id(seen[1])):
-                    seen[1] = top
-            return deferred, done, nbytes
-        tasks = [lambda r, stop, s=s: task(r, stop, s) for s in range(0, n, step)]
+        tops = _Tops() if pack is None else None      # (packed: no results of ours)
+        tasks = [lambda r, stop, s=s: r.read_files(paths, s, min(s + step, n), out, budget,
+                                                   stop, pack, tops)
+                 for s in range(0, n, step)]
         parts = self._run(tasks, lambda value, exc: exc is None and progress(*value[1:]))
-        for r, (nbytes, top) in tops.items():
-            if top is not None or nbytes > RETAIN_BYTES // rings:
-                r.top = top if nbytes <= RETAIN_BYTES // rings else None
+        if tops is not None and not self._closed:
+            tops.keep(self._rings)
         return [i for part in parts for i in part[0]]
 
     def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets):
@@ -253,6 +249,7 @@ class UringBackend:
         # Byte counts: every ring writes its share into one list (a million results
         # joined afterwards cost the caller's thread 10 ms).
         counts = [None] * n if buffer is not None and n > share else None
+        tops = _Tops() if buffer is None else None
 
         def share_of(seq, s):
             return None if seq is None else seq[s:s + share]
@@ -260,9 +257,9 @@ class UringBackend:
         def on_file(fd, direct):
             threads = self._fuse_threads() if n >= 2 and pread_only(fd) else None
             if threads is not None and buffer is None:
-                return threads.read_ranges(path, *asked[:2])
+                return threads.read_ranges(path, *asked[:2], opened=(fd, direct))
             if threads is not None:
-                return threads.read_ranges_into(path, buffer, *asked)
+                return threads.read_ranges_into(path, buffer, *asked, opened=(fd, direct))
             if self.direct and not direct:
                 with self._lock:
                     self._refused_direct += 1   # the filesystem refused O_DIRECT
@@ -276,10 +273,12 @@ class UringBackend:
                         return r.read_ranges(fds[0], share_of(offsets, s),
                                              share_of(lengths, s), buffer,
                                              share_of(buffer_offsets, s), path, direct, stop,
-                                             counts, s)
+                                             counts, s, tops)
                     return _own_fds([fd], read) if reopen else read([fd])
                 return run
             parts = self._run([task(s) for s in range(0, n, share)])
+            if tops is not None and not self._closed:
+                tops.keep(self._rings)
             if counts is not None:
                 return counts
             if not parts:
@@ -320,10 +319,87 @@ class UringBackend:
                                        total if one_file else None)
         cuts = sorted({0, len(files)} | {bisect.bisect_left(first, len(paths) * k // rings)
                                          for k in range(1, rings)})
+        tops = _Tops()
         tasks = [lambda r, stop, a=a, b=b: r.read_path_ranges(files, order, first, offsets,
-                                                              lengths, a, b, out, stop)
+                                                              lengths, a, b, out, stop, tops)
                  for a, b in zip(cuts, cuts[1:]) if b > a]
-        return sum(self._run(tasks))
+        nbytes = sum(self._run(tasks))
+        if not self._closed:
+            tops.keep(self._rings)
+        return nbytes
+
+
+class _Tops:
+    """One call's results on each ring (see RETAIN_BYTES): how many bytes, and the
+    small one at the highest address; keep() then hands each ring what it keeps."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._rings = {}                        # _RingReader -> [bytes, top]
+
+    def add(self, ring, kept):
+        """What one job on `ring` kept: (bytes, top) pairs."""
+        with self._lock:
+            seen = self._rings.setdefault(ring, [0, None])
+            for nbytes, top in kept:
+                seen[0] += nbytes
+                if top is not None and (seen[1] is None or id(top) > id(seen[1])):
+                    seen[1] = top
+
+    def keep(self, rings):
+        """After the call, whose jobs made all their results: each of `rings` (the
+        backend's) keeps its top of this call, if the call's results came to at
+        most RETAIN_BYTES, else none; a ring the call did not use, none."""
+        total = sum(nbytes for nbytes, _ in self._rings.values())
+        for ring in rings:
+            seen = self._rings.get(ring)
+            _releaser.hold(ring, seen[1] if seen is not None and total <= RETAIN_BYTES
+                           else None)
+
+
+class _Releaser:
+    """Sets rings' tops, and lets each go RETAIN_S after it was set, from a thread
+    that looks every RETAIN_S / 4 while any is held (and ends when none is). A plain
+    lock, not a Condition: hold() runs in the caller's thread, where Ctrl-C may land
+    inside a Condition's Python-level __enter__ and leave it held."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._until = {}                        # _RingReader -> when its top goes
+        self._looking = False
+
+    def hold(self, ring, top):
+        with self._lock:
+            ring.top = top
+            if top is None:
+                self._until.pop(ring, None)
+                return
+            self._until[ring] = time.monotonic() + RETAIN_S
+            if not self._looking:             # (set once started: Ctrl-C may cut in)
+                threading.Thread(target=self._run, name="vyre-release", daemon=True).start()
+                self._looking = True
+
+    def _run(self):
+        while True:
+            time.sleep(RETAIN_S / 4)
+            with self._lock:
+                now = time.monotonic()
+                for ring, until in list(self._until.items()):
+                    if until <= now:
+                        ring.top = None         # glibc may now trim below it
+                        del self._until[ring]
+                if not self._until:
+                    self._looking = False
+                    return
+
+
+def _new_releaser_in_child():
+    global _releaser
+    _releaser = _Releaser()         # the parent's thread (and lock) are not here
+
+
+_releaser = _Releaser()
+os.register_at_fork(after_in_child=_new_releaser_in_child)
 
 
 def _spread(files, order, first, offsets, lengths, rings, total=None):
@@ -422,7 +498,7 @@ class _RingReader:
                 self.registration = f"refused: {exc}"
 
     def close(self):
-        self.top = None                         # the results it kept can go
+        _releaser.hold(self, None)              # the results it kept can go
         # Completes the last closes (ring.close() would only cancel and discard them).
         try:
             drain_jobs(self.ring, self.stats, CLOSE_PATIENCE_S)
@@ -435,34 +511,39 @@ class _RingReader:
             except BufferError:
                 pass        # a read the close could not cancel still holds it: leave it
 
-    def read_files(self, paths, start, stop, out, budget, call, pack):
+    def read_files(self, paths, start, stop, out, budget, call, pack, tops):
         """Files start..stop-1 into out (or into pack); returns (the indices deferred
-        by the budget, files done, bytes read, the small result at the highest
-        address: see RETAIN_BYTES)."""
-        leftovers, nbytes, top = read_file_window(self.ring, paths, start, stop, out,
-                                                  OPEN_FLAGS, self.depth, self.stats,
-                                                  self.bounce, budget, call, self.arena,
-                                                  pack, self.table)
+        by the budget, files done, bytes read). `tops`: the call's _Tops, or None."""
+        kept = [] if tops is not None else None
+        leftovers, nbytes = read_file_window(self.ring, paths, start, stop, out, OPEN_FLAGS,
+                                             self.depth, self.stats, self.bounce, budget,
+                                             call, self.arena, pack, self.table, kept)
+        if tops is not None:
+            tops.add(self, kept)
         deferred = []
         for i, code, mode in leftovers:
             if code == DEFERRED:
                 deferred.append(start + i)
             else:
                 out[start + i] = _leftover(paths[start + i], code, mode, budget)
-        return deferred, stop - start - len(deferred), nbytes, top
+        return deferred, stop - start - len(deferred), nbytes
 
     def read_ranges(self, fd, offsets, lengths, buffer, buffer_offsets, path, direct, call,
-                    out=None, out_start=0):
+                    out=None, out_start=0, tops=None):
         # The fd as a registered file: each read then skips taking and dropping a
         # reference to the file (two atomics on a line that several rings share).
         # Registering costs two syscalls: worth it for many ranges only.
         registering = len(offsets) >= REGISTER_FILE_MIN_RANGES
         try:
             fixed = registering and self._register([fd])
-            return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
-                                   self.depth, self.stats, path,
-                                   self.bounce if direct else None, fixed, call, out,
-                                   out_start)
+            kept = [] if tops is not None else None
+            got = read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
+                                  self.depth, self.stats, path,
+                                  self.bounce if direct else None, fixed, call, out,
+                                  out_start, kept)
+            if tops is not None:
+                tops.add(self, kept)
+            return got
         finally:
             if registering:
                 self._unregister(1)
@@ -519,10 +600,14 @@ class _RingReader:
             return lane(None)
         return _own_fds([stages.fd(f) for f in range(n)], lane)
 
-    def read_path_ranges(self, files, order, first, offsets, lengths, f0, f1, out, call):
-        return read_path_ranges_job(self.ring, files, order, first, offsets, lengths, f0,
-                                    f1, out, self.depth, self.stats, _file_error,
-                                    self.bounce, call)
+    def read_path_ranges(self, files, order, first, offsets, lengths, f0, f1, out, call,
+                         tops):
+        kept = []
+        nbytes = read_path_ranges_job(self.ring, files, order, first, offsets, lengths, f0,
+                                      f1, out, self.depth, self.stats, _file_error,
+                                      self.bounce, call, kept)
+        tops.add(self, kept)
+        return nbytes
 
 
 def _direct_table(ring, depth):
