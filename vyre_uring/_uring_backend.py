@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 
 from ._files import OPEN_FLAGS, check_regular, over_budget_error, path_error
 from ._engine import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET,
@@ -92,8 +93,8 @@ FUSE_THREADS = 32
 # call's results reuse that memory instead of page-faulting on fresh pages, with
 # the GIL held. Call after call, each call's
 # results dropped (2 cores, cached): one ring, 10,000 files of 4 KiB, 204-209 k
-# files/s without, 293-320 k with; 10,000 ranges of 4 KiB of one file, 386 k
-# ranges/s without, 1.05 M with. A ring lets its top go RETAIN_S after the call that
+# files/s without, 293-351 k with; 10,000 ranges of 4 KiB of one file, 386 k
+# ranges/s without, 0.99-1.10 M with. A ring lets its top go RETAIN_S after the call that
 # kept it, unless another call keeps a new one first: what stays below a top can be
 # more than that call's results (all the process freed below it meanwhile), and a
 # process that has stopped calling gets it back.
@@ -359,38 +360,75 @@ class _Tops:
 
 class _Releaser:
     """Sets rings' tops, and lets each go RETAIN_S after it was set, from a thread
-    that looks every RETAIN_S / 4 while any is held (and ends when none is). A plain
-    lock, not a Condition: hold() runs in the caller's thread, where Ctrl-C may land
-    inside a Condition's Python-level __enter__ and leave it held."""
+    that looks every RETAIN_S / 4 while any is held (and ends when none is). Its
+    lock is acquired in C (Ctrl-C in the caller's thread cannot land inside a
+    Python-level __enter__ and leave it held) and re-entrant (a finalizer that
+    closes a reader may run inside it, where the collector runs). Rings are held
+    weakly, and tops are dropped outside the lock."""
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self._until = {}                        # _RingReader -> when its top goes
+        self._lock = threading.RLock()
+        self._until = {}                        # weakref to a ring -> when its top goes
         self._looking = False
 
     def hold(self, ring, top):
+        until = time.monotonic() + RETAIN_S
+        key = weakref.ref(ring)
         with self._lock:
-            ring.top = top
-            if top is None:
-                self._until.pop(ring, None)
-                return
-            self._until[ring] = time.monotonic() + RETAIN_S
-            if not self._looking:             # (set once started: Ctrl-C may cut in)
-                threading.Thread(target=self._run, name="vyre-release", daemon=True).start()
-                self._looking = True
+            old = ring.top
+            try:
+                if top is not None and not self._looking and not self._start():
+                    top = None                  # no thread can drop it: keep none
+                if top is None:
+                    self._until.pop(key, None)
+                else:
+                    self._until[key] = until
+                ring.top = top
+            except BaseException:               # Ctrl-C: keep nothing
+                ring.top = None
+                self._until.pop(key, None)
+                raise
+        del old                                 # (freed outside the lock)
+
+    def _start(self):
+        """Start the thread; False where none can start (at interpreter shutdown,
+        or short of memory): the call's results are read all the same."""
+        try:
+            threading.Thread(target=self._run, name="vyre-release", daemon=True).start()
+        except (RuntimeError, MemoryError):
+            return False
+        self._looking = True
+        return True
 
     def _run(self):
-        while True:
-            time.sleep(RETAIN_S / 4)
+        looking = True
+        try:
+            while looking:
+                time.sleep(RETAIN_S / 4)
+                looking, dropped = self._expired()
+                del dropped                     # tops and rings, outside the lock
+        except BaseException:                   # (a MemoryError): the next hold starts one
             with self._lock:
-                now = time.monotonic()
-                for ring, until in list(self._until.items()):
-                    if until <= now:
-                        ring.top = None         # glibc may now trim below it
-                        del self._until[ring]
-                if not self._until:
-                    self._looking = False
-                    return
+                self._looking = False
+            raise
+
+    def _expired(self):
+        """Take the tops that are due (and forget rings that are gone); returns
+        whether any is still held, and what was taken (tops and their rings) for
+        the caller to drop."""
+        out = []
+        with self._lock:
+            now = time.monotonic()
+            for key, until in list(self._until.items()):
+                ring = key()
+                if ring is None or until <= now:
+                    del self._until[key]
+                if ring is not None and until <= now:
+                    out.append((ring, ring.top))
+                    ring.top = None             # glibc may now trim below it
+            if not self._until:
+                self._looking = False
+            return self._looking, out
 
 
 def _new_releaser_in_child():
