@@ -805,10 +805,10 @@ def test_a_call_reuses_the_memory_of_the_last_calls_dropped_results(tmp_path, wo
     # glibc hands the free top of its heap back to the kernel, so a call's new
     # results would page-fault on fresh memory, holding the GIL, once the caller
     # dropped the last call's. Each ring keeps its last call's topmost small
-    # result (up to RETAIN_BYTES of them, for RETAIN_S): the memory below it stays,
-    # and is reused. An empty and a 100-byte file (b"" is static, and results of
-    # up to 512 bytes come from pymalloc's own mappings, above the heap) do not
-    # take the top's place.
+    # result (for RETAIN_S, after a call of at most RETAIN_BYTES): the memory below
+    # it stays, and is reused. An empty and a 100-byte file (b"" is static, and
+    # results of up to 512 bytes come from pymalloc's own mappings, above the heap)
+    # do not take the top's place.
     paths = []
     for i in range(2000):
         paths.append(str(tmp_path / f"f{i}"))

@@ -1471,8 +1471,9 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     """Read the whole files paths[start:stop] into out[start:stop] as bytes, through
     `ring`. Returns (leftovers, bytes_read): leftovers lists (i, code, mode) for
     each file not read here, code an errno or NOT_REGULAR / OVER_BUDGET / NUL_BYTE /
-    DEFERRED; `kept` (a list) gets (bytes_read, top) appended (see _higher). At most `depth` opens and reads are in flight, and fewer opens when
-    the fd limit is reached. With a `bounce` buffer (see _job_direct) files are read
+    DEFERRED; `kept` (a list) gets (bytes_read, top) appended (see _higher). At
+    most `depth` opens and reads are in flight, and fewer opens when the fd limit
+    is reached. With a `bounce` buffer (see _job_direct) files are read
     with O_DIRECT, and buffered where the filesystem refuses it. With a ByteBudget,
     files it cannot take now come back DEFERRED, for a later call, and no more are
     opened once it is spent. `call`: the call's Stop, read after every completion.

@@ -9,6 +9,7 @@ Each of the `workers` rings serves one job at a time: with one ring the calling
 thread runs the jobs, with several the reader's worker threads do, each taking a
 free ring. Any number of threads may share one backend.
 """
+import _thread
 import array
 import bisect
 import errno
@@ -26,7 +27,7 @@ from ._engine import (DEFERRED, DIRECT_CHUNK, NOT_REGULAR, NUL_BYTE, OVER_BUDGET
 from ._ring import Op, Ring
 from ._threads_backend import ThreadsBackend
 from .constants import FILE_INDEX_ALLOC
-from ._workers import Workers
+from ._workers import Workers, block_async_signals
 from .buffers import alloc_buffer
 from .errors import UringSyscallError
 
@@ -76,9 +77,9 @@ SPREAD_MIN_AVERAGE = 256 << 10
 SPREAD_MIN_BYTES = 4 << 20
 SPREAD_MIN_RANGES = 128
 COLD_PROBES = 8
-# A call of files on FUSE (its first file is), or of ranges of a FUSE file, goes to
-# this many threads instead of the rings (each pread at most PREAD_PIECE, as the
-# rings', so a stopped call ends soon). A ring must pread FUSE files (see
+# A call of two or more files whose first is on FUSE, or of two or more ranges of a
+# FUSE file, goes to this many threads instead of the rings (each pread at most
+# PREAD_PIECE, as the rings', so a stopped call ends soon). A ring must pread FUSE files (see
 # _engine._FUSE_SUPER_MAGIC), one after another, and FUSE is where reads wait:
 # gcsfuse, s3fs, sshfs answer each over the network. Measured here (64 files of 64
 # KiB from tests/fusefs.py, whose reads wait 5 ms): one ring 770 ms, 4 threads 197
@@ -292,7 +293,6 @@ class UringBackend:
             return out
         return with_file(path, self.direct, on_file)
 
-
     def run_lanes(self, n, lane):
         """lane(i, stage) for each i < n, each on a ring of its own, at once;
         stage(stages, staging, base, copies) runs one lane of the StagePlan `stages`
@@ -392,15 +392,18 @@ class _Releaser:
 
     def _start(self):
         """Start the thread; False where none can start (at interpreter shutdown,
-        or short of memory): the call's results are read all the same."""
+        or short of memory): the call's results are read all the same. A bare
+        thread: Thread.start() waits on a Condition, in the caller's thread, where
+        Ctrl-C could leave its lock held and the thread stuck."""
         try:
-            threading.Thread(target=self._run, name="vyre-release", daemon=True).start()
+            _thread.start_new_thread(self._run, ())
         except (RuntimeError, MemoryError):
             return False
         self._looking = True
         return True
 
     def _run(self):
+        block_async_signals()                   # Ctrl-C belongs to the main thread
         looking = True
         try:
             while looking:
@@ -422,7 +425,7 @@ class _Releaser:
             for key, until in list(self._until.items()):
                 ring = key()
                 if ring is None or until <= now:
-                    del self._until[key]
+                    self._until.pop(key, None)  # (a finalizer run meanwhile may have)
                 if ring is not None and until <= now:
                     out.append((ring, ring.top))
                     ring.top = None             # glibc may now trim below it
@@ -650,8 +653,9 @@ class _RingReader:
 
 def _direct_table(ring, depth):
     """The slots of a sparse file table registered on `ring` for direct descriptors,
-    or 0 where the kernel cannot open into one: files are then opened as fds. File-index allocation came in Linux 5.19, with the SOCKET
-    opcode, which the probe must list: an older kernel ignoring file_index would
+    or 0 where the kernel cannot open into one: files are then opened as fds.
+    File-index allocation came in Linux 5.19, with the SOCKET opcode, which the
+    probe must list: an older kernel ignoring file_index would
     return a plain fd, whose "slot" nothing could close. Then one probe open and
     close of a slot must work."""
     if SOCKET_OPCODE not in ring.probe():

@@ -163,7 +163,10 @@ class BatchReader:
         syscalls (io_uring_enter calls: not the statx or fstat that sizes each whole
         file), the backend, and why it fell back (None when it did not); whether
         whole files open as direct descriptors (in each ring's file table, not the
-        process's: Linux 5.19, io_uring backend, not with direct=True)."""
+        process's: Linux 5.19, io_uring backend with three rings or more, not with
+        direct=True); reads made with pread because the file is on FUSE
+        (sync_reads), and calls handed to threads for that reason (fuse_calls). The
+        threads backend counts neither: None."""
         return {"files": self._files, "bytes": self._bytes, **self._backend.stats,
                 "backend": self.backend, "workers": self._backend.workers,
                 "fallback_reason": self.fallback_reason}
