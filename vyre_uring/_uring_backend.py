@@ -79,12 +79,12 @@ SPREAD_MIN_RANGES = 128
 COLD_PROBES = 8
 # A call of two or more files whose first is on FUSE, or of two or more ranges of a
 # FUSE file, goes to this many threads instead of the rings (each pread at most
-# PREAD_PIECE, as the rings', so a stopped call ends soon). A ring must pread FUSE files (see
-# _engine._FUSE_SUPER_MAGIC), one after another, and FUSE is where reads wait:
-# gcsfuse, s3fs, sshfs answer each over the network. Measured here (64 files of 64
-# KiB from tests/fusefs.py, whose reads wait 5 ms): one ring 770 ms, 4 threads 197
-# ms, 32 threads 49 ms. Files on FUSE elsewhere in a call the rings read themselves,
-# with pread.
+# PREAD_PIECE, as the rings', so a stopped call ends soon). A ring must pread FUSE
+# files (see _engine._FUSE_SUPER_MAGIC), one after another, and FUSE is where reads
+# wait: gcsfuse, s3fs, sshfs answer each over the network. Measured here (64 files
+# of 64 KiB from tests/fusefs.py, whose reads wait 5 ms): one ring 770 ms, 4
+# threads 197 ms, 32 threads 49 ms. Files on FUSE elsewhere in a call the rings read
+# themselves, with pread.
 FUSE_THREADS = 32
 # After a call of bytes results (read_files, iter_files, read_ranges,
 # read_path_ranges) that came to at most RETAIN_BYTES, each ring keeps a reference
@@ -92,13 +92,13 @@ FUSE_THREADS = 32
 # address: glibc then cannot hand the memory below it back to the kernel when the
 # caller drops the results (it trims only the free top of a heap), and the next
 # call's results reuse that memory instead of page-faulting on fresh pages, with
-# the GIL held. Call after call, each call's
-# results dropped (2 cores, cached): one ring, 10,000 files of 4 KiB, 204-209 k
-# files/s without, 293-351 k with; 10,000 ranges of 4 KiB of one file, 386 k
-# ranges/s without, 0.99-1.10 M with. A ring lets its top go RETAIN_S after the call that
-# kept it, unless another call keeps a new one first: what stays below a top can be
-# more than that call's results (all the process freed below it meanwhile), and a
-# process that has stopped calling gets it back.
+# the GIL held. Call after call, each call's results dropped (2 cores, cached): one
+# ring, 10,000 files of 4 KiB, 204-209 k files/s without, 293-351 k with; 10,000
+# ranges of 4 KiB of one file, 386 k ranges/s without, 0.99-1.10 M with. A ring
+# lets its top go RETAIN_S after the call that kept it, unless another call keeps a
+# new one first: what stays below a top can be more than that call's results (all
+# the process freed below it meanwhile), and a process that has stopped calling
+# gets it back.
 RETAIN_BYTES = 64 << 20
 RETAIN_S = 1.0
 # A ring just closed returns its locked memory asynchronously: ENOMEM right after
@@ -116,7 +116,8 @@ class UringBackend:
         self._rings = []
         self._lock = threading.Lock()           # the O_DIRECT refusal count
         self._refused_direct = 0
-        table = not direct and DIRECT_TABLE_RINGS is not None and workers >= DIRECT_TABLE_RINGS
+        table = not direct and DIRECT_TABLE_RINGS is not None and \
+            workers >= DIRECT_TABLE_RINGS
         try:
             for _ in range(workers):
                 try:
