@@ -359,17 +359,16 @@ class _Tops:
 
 class _Releaser:
     """Sets rings' tops, and lets each go RETAIN_S after it was set, from a thread
-    of its own: it looks every RETAIN_S / 4 while any is held, and otherwise waits
-    to be woken. It never ends (a thread ending while another forks leaves the
-    child's thread bookkeeping locked, under ASan). Its lock is acquired in C (Ctrl-C
-    in the caller's thread cannot land inside a Python-level __enter__ and leave it
-    held) and re-entrant (a finalizer that closes a reader may run inside it, where
-    the collector runs). Rings are held weakly, and tops are dropped outside it."""
+    that looks every RETAIN_S / 4 while any is held (and ends when none is). Its
+    lock is acquired in C (Ctrl-C in the caller's thread cannot land inside a
+    Python-level __enter__ and leave it held) and re-entrant (a finalizer that
+    closes a reader may run inside it, where the collector runs). Rings are held
+    weakly, and tops are dropped outside the lock."""
 
     def __init__(self):
         self._lock = threading.RLock()
         self._until = {}                        # weakref to a ring -> when its top goes
-        self._wake = None                       # released to wake the thread, once it runs
+        self._looking = False
 
     def hold(self, ring, top):
         until = time.monotonic() + RETAIN_S
@@ -377,23 +376,17 @@ class _Releaser:
         with self._lock:
             old = ring.top
             try:
-                if top is not None and self._wake is None and not self._start():
+                if top is not None and not self._looking and not self._start():
                     top = None                  # no thread can drop it: keep none
                 if top is None:
                     self._until.pop(key, None)
                 else:
                     self._until[key] = until
                 ring.top = top
-                wake = self._wake
             except BaseException:               # Ctrl-C: keep nothing
                 ring.top = None
                 self._until.pop(key, None)
                 raise
-        if top is not None and wake.locked():
-            try:
-                wake.release()                  # it looks from now on
-            except RuntimeError:
-                pass                            # (woken meanwhile)
         del old                                 # (freed outside the lock)
 
     def _start(self):
@@ -401,29 +394,30 @@ class _Releaser:
         or short of memory): the call's results are read all the same. A bare
         thread: Thread.start() waits on a Condition, in the caller's thread, where
         Ctrl-C could leave its lock held and the thread stuck."""
-        wake = _thread.allocate_lock()
-        wake.acquire()
         try:
-            _thread.start_new_thread(self._run, (wake,))
+            _thread.start_new_thread(self._run, ())
         except (RuntimeError, MemoryError):
             return False
-        self._wake = wake
+        self._looking = True
         return True
 
-    def _run(self, wake):
+    def _run(self):
         block_async_signals()                   # Ctrl-C belongs to the main thread
+        looking = True
         try:
-            while True:
-                wake.acquire(timeout=RETAIN_S / 4 if self._until else -1)
-                self._expired()                 # what it took is dropped here, unlocked
+            while looking:
+                time.sleep(RETAIN_S / 4)
+                looking, dropped = self._expired()
+                del dropped                     # tops and rings, outside the lock
         except BaseException:                   # (a MemoryError): the next hold starts one
             with self._lock:
-                self._wake = None
+                self._looking = False
             raise
 
     def _expired(self):
         """Take the tops that are due (and forget rings that are gone); returns
-        what was taken (tops and their rings) for the caller to drop."""
+        whether any is still held, and what was taken (tops and their rings) for
+        the caller to drop."""
         out = []
         with self._lock:
             now = time.monotonic()
@@ -434,7 +428,9 @@ class _Releaser:
                 if ring is not None and until <= now:
                     out.append((ring, ring.top))
                     ring.top = None             # glibc may now trim below it
-            return out
+            if not self._until:
+                self._looking = False
+            return self._looking, out
 
 
 def _new_releaser_in_child():
