@@ -226,8 +226,8 @@ class UringBackend:
                                                    stop, pack, tops)
                  for s in range(0, n, step)]
         parts = self._run(tasks, lambda value, exc: exc is None and progress(*value[1:]))
-        if tops is not None and not self._closed:
-            tops.keep(self._rings)
+        if tops is not None:
+            tops.keep(self)
         return [i for part in parts for i in part[0]]
 
     def read_ranges_into(self, path, buffer, offsets, lengths, buffer_offsets):
@@ -258,7 +258,8 @@ class UringBackend:
             return None if seq is None else seq[s:s + share]
 
         def on_file(fd, direct):
-            threads = self._fuse_threads() if n >= 2 and pread_only(fd) else None
+            pread = pread_only(fd)
+            threads = self._fuse_threads() if n >= 2 and pread else None
             if threads is not None and buffer is None:
                 return threads.read_ranges(path, *asked[:2], opened=(fd, direct))
             if threads is not None:
@@ -276,12 +277,12 @@ class UringBackend:
                         return r.read_ranges(fds[0], share_of(offsets, s),
                                              share_of(lengths, s), buffer,
                                              share_of(buffer_offsets, s), path, direct, stop,
-                                             counts, s, tops)
+                                             counts, s, tops, pread)
                     return _own_fds([fd], read) if reopen else read([fd])
                 return run
             parts = self._run([task(s) for s in range(0, n, share)])
-            if tops is not None and not self._closed:
-                tops.keep(self._rings)
+            if tops is not None:
+                tops.keep(self)
             if counts is not None:
                 return counts
             if not parts:
@@ -326,36 +327,33 @@ class UringBackend:
                                                               lengths, a, b, out, stop, tops)
                  for a, b in zip(cuts, cuts[1:]) if b > a]
         nbytes = sum(self._run(tasks))
-        if not self._closed:
-            tops.keep(self._rings)
+        tops.keep(self)
         return nbytes
 
 
 class _Tops:
-    """One call's results on each ring (see RETAIN_BYTES): how many bytes, and the
-    small one at the highest address; keep() then hands each ring what it keeps."""
+    """One call's results on each ring (see RETAIN_BYTES): of(ring) is the list its
+    jobs append (bytes, top) to; keep() then hands each ring what it keeps."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._rings = {}                        # _RingReader -> [bytes, top]
+        self._kept = {}                         # _RingReader -> its jobs' (bytes, top)
 
-    def add(self, ring, kept):
-        """What one job on `ring` kept: (bytes, top) pairs."""
+    def of(self, ring):
         with self._lock:
-            seen = self._rings.setdefault(ring, [0, None])
-            for nbytes, top in kept:
-                seen[0] += nbytes
-                if top is not None and (seen[1] is None or id(top) > id(seen[1])):
-                    seen[1] = top
+            return self._kept.setdefault(ring, [])
 
-    def keep(self, rings):
-        """After the call, whose jobs made all their results: each of `rings` (the
-        backend's) keeps its top of this call, if the call's results came to at
-        most RETAIN_BYTES, else none; a ring the call did not use, none."""
-        total = sum(nbytes for nbytes, _ in self._rings.values())
-        for ring in rings:
-            seen = self._rings.get(ring)
-            _releaser.hold(ring, seen[1] if seen is not None and total <= RETAIN_BYTES
+    def keep(self, backend):
+        """After the call, whose jobs made all their results: each of the backend's
+        rings keeps its top of this call (the highest), if the call's results came
+        to at most RETAIN_BYTES, else none; a ring the call did not use, none. A
+        closed backend's rings keep nothing."""
+        if backend._closed:
+            return
+        total = sum(nbytes for kept in self._kept.values() for nbytes, _ in kept)
+        for ring in backend._rings:
+            tops = [top for _, top in self._kept.get(ring, ()) if top is not None]
+            _releaser.hold(ring, max(tops, key=id) if tops and total <= RETAIN_BYTES
                            else None)
 
 
@@ -556,12 +554,10 @@ class _RingReader:
     def read_files(self, paths, start, stop, out, budget, call, pack, tops):
         """Files start..stop-1 into out (or into pack); returns (the indices deferred
         by the budget, files done, bytes read). `tops`: the call's _Tops, or None."""
-        kept = [] if tops is not None else None
         leftovers, nbytes = read_file_window(self.ring, paths, start, stop, out, OPEN_FLAGS,
                                              self.depth, self.stats, self.bounce, budget,
-                                             call, self.arena, pack, self.table, kept)
-        if tops is not None:
-            tops.add(self, kept)
+                                             call, self.arena, pack, self.table,
+                                             None if tops is None else tops.of(self))
         deferred = []
         for i, code, mode in leftovers:
             if code == DEFERRED:
@@ -571,21 +567,18 @@ class _RingReader:
         return deferred, stop - start - len(deferred), nbytes
 
     def read_ranges(self, fd, offsets, lengths, buffer, buffer_offsets, path, direct, call,
-                    out=None, out_start=0, tops=None):
+                    out, out_start, tops, pread):
+        """`pread`: the file's reads must be preads (pread_only), asked once a call."""
         # The fd as a registered file: each read then skips taking and dropping a
         # reference to the file (two atomics on a line that several rings share).
         # Registering costs two syscalls: worth it for many ranges only.
         registering = len(offsets) >= REGISTER_FILE_MIN_RANGES
         try:
             fixed = registering and self._register([fd])
-            kept = [] if tops is not None else None
-            got = read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
-                                  self.depth, self.stats, path,
-                                  self.bounce if direct else None, fixed, call, out,
-                                  out_start, kept)
-            if tops is not None:
-                tops.add(self, kept)
-            return got
+            return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
+                                   self.depth, self.stats, path,
+                                   self.bounce if direct else None, fixed, call, out,
+                                   out_start, None if tops is None else tops.of(self), pread)
         finally:
             if registering:
                 self._unregister(1)
@@ -644,12 +637,9 @@ class _RingReader:
 
     def read_path_ranges(self, files, order, first, offsets, lengths, f0, f1, out, call,
                          tops):
-        kept = []
-        nbytes = read_path_ranges_job(self.ring, files, order, first, offsets, lengths, f0,
-                                      f1, out, self.depth, self.stats, _file_error,
-                                      self.bounce, call, kept)
-        tops.add(self, kept)
-        return nbytes
+        return read_path_ranges_job(self.ring, files, order, first, offsets, lengths, f0,
+                                    f1, out, self.depth, self.stats, _file_error,
+                                    self.bounce, call, tops.of(self))
 
 
 def _direct_table(ring, depth):
