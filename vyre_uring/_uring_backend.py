@@ -359,16 +359,22 @@ class _Tops:
 
 class _Releaser:
     """Sets rings' tops, and lets each go RETAIN_S after it was set, from a thread
-    that looks every RETAIN_S / 4 while any is held (and ends when none is). Its
-    lock is acquired in C (Ctrl-C in the caller's thread cannot land inside a
-    Python-level __enter__ and leave it held) and re-entrant (a finalizer that
-    closes a reader may run inside it, where the collector runs). Rings are held
-    weakly, and tops are dropped outside the lock."""
+    of its own: it looks every RETAIN_S / 4 while any is held, and otherwise waits
+    to be woken. Its lock is acquired in C (Ctrl-C in the caller's thread cannot land
+    inside a Python-level __enter__ and leave it held) and re-entrant (a finalizer
+    that closes a reader may run inside it, where the collector runs). Rings are held
+    weakly, and tops are dropped outside it.
+
+    The thread never ends, and _start returns once it runs Python code: a thread
+    frees memory without the GIL as it starts and as it ends (CPython's own), and a
+    fork at that moment, under a malloc with no fork handler (GCC 12's ASan), leaves
+    the child's allocator locked. So the caller's own fork right after a call is safe
+    under ASan too."""
 
     def __init__(self):
         self._lock = threading.RLock()
         self._until = {}                        # weakref to a ring -> when its top goes
-        self._looking = False
+        self._wake = None                       # released to wake the thread, once it runs
 
     def hold(self, ring, top):
         until = time.monotonic() + RETAIN_S
@@ -376,17 +382,23 @@ class _Releaser:
         with self._lock:
             old = ring.top
             try:
-                if top is not None and not self._looking and not self._start():
+                if top is not None and self._wake is None and not self._start():
                     top = None                  # no thread can drop it: keep none
                 if top is None:
                     self._until.pop(key, None)
                 else:
                     self._until[key] = until
                 ring.top = top
+                wake = self._wake
             except BaseException:               # Ctrl-C: keep nothing
                 ring.top = None
                 self._until.pop(key, None)
                 raise
+        if top is not None and wake.locked():
+            try:
+                wake.release()                  # it looks from now on
+            except RuntimeError:
+                pass                            # (woken meanwhile)
         del old                                 # (freed outside the lock)
 
     def _start(self):
@@ -394,30 +406,32 @@ class _Releaser:
         or short of memory): the call's results are read all the same. A bare
         thread: Thread.start() waits on a Condition, in the caller's thread, where
         Ctrl-C could leave its lock held and the thread stuck."""
+        wake, running = _thread.allocate_lock(), _thread.allocate_lock()
+        wake.acquire()
+        running.acquire()
         try:
-            _thread.start_new_thread(self._run, ())
+            _thread.start_new_thread(self._run, (wake, running))
         except (RuntimeError, MemoryError):
             return False
-        self._looking = True
+        self._wake = wake
+        running.acquire()                       # (Ctrl-C here: it runs all the same)
         return True
 
-    def _run(self):
+    def _run(self, wake, running):
+        running.release()
         block_async_signals()                   # Ctrl-C belongs to the main thread
-        looking = True
         try:
-            while looking:
-                time.sleep(RETAIN_S / 4)
-                looking, dropped = self._expired()
-                del dropped                     # tops and rings, outside the lock
+            while True:
+                wake.acquire(timeout=RETAIN_S / 4 if self._until else -1)
+                self._expired()                 # what it took is dropped here, unlocked
         except BaseException:                   # (a MemoryError): the next hold starts one
             with self._lock:
-                self._looking = False
+                self._wake = None
             raise
 
     def _expired(self):
         """Take the tops that are due (and forget rings that are gone); returns
-        whether any is still held, and what was taken (tops and their rings) for
-        the caller to drop."""
+        what was taken (tops and their rings) for the caller to drop."""
         out = []
         with self._lock:
             now = time.monotonic()
@@ -428,9 +442,7 @@ class _Releaser:
                 if ring is not None and until <= now:
                     out.append((ring, ring.top))
                     ring.top = None             # glibc may now trim below it
-            if not self._until:
-                self._looking = False
-            return self._looking, out
+            return out
 
 
 def _new_releaser_in_child():
