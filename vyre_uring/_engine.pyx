@@ -1491,7 +1491,7 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     cdef Py_ssize_t i, n = stop - start
     cdef list names = []
     cdef list keep = [None] * n
-    cdef list leftovers = []
+    cdef list leftovers = [], made
     cdef object data, top = None
     if not 0 <= start <= stop <= len(paths) or stop > len(out):
         raise ValueError(f"window {start}:{stop} is outside the paths or out")
@@ -1538,18 +1538,13 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                 if pack is not None:
                     pack.p.offsets[start + i] = -1
                 leftovers.append((i, j.err[i], j.mode[i]))
-                continue
-            if pack is not None:
-                continue
-            data = keep[i]
-            if j.copied[i] or j.got[i] < j.want[i]:     # job memory, or it shrank
-                try:
-                    data = PyBytes_FromStringAndSize(j.dest[i], j.got[i])
-                except MemoryError:
-                    leftovers.append((i, ENOMEM, 0))
-                    continue
-            out[start + i] = data
-            top = _higher(top, data, j.got[i])
+        if pack is None:
+            made = _copy_out(&j, keep, leftovers)
+            for i in range(n):
+                data = made[i]
+                if data is not None:
+                    out[start + i] = data
+                    top = _higher(top, data, j.got[i])
         _add_stats(stats, &j)
         if kept is not None:
             kept.append((j.nbytes, top))
@@ -1558,6 +1553,46 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
         if j.arena != NULL:
             _arena_reset(j.arena)           # copied out: free for the next job
         _job_free(&j)
+
+
+cdef list _copy_out(Job *j, list keep, list leftovers):
+    """Each file's bytes object (None where it failed): those read into job memory
+    (the arena, or an unsized file's buffer) or that came out short are made here,
+    all at once with the GIL, and filled in one pass without it. That copy, and the
+    page faults of fresh result memory, are most of a small file's cost: under the
+    GIL they queued the other rings' jobs behind this one. A file that cannot have
+    its bytes fails ENOMEM, alone."""
+    cdef Py_ssize_t i, n = j.n, copies = 0
+    cdef list made = [None] * n
+    cdef object data
+    cdef char **to = <char **>calloc(max(n, 1), sizeof(char *))
+    if to == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            if j.err[i] != 0:
+                continue
+            if not j.copied[i] and j.got[i] == j.want[i]:
+                made[i] = keep[i]                   # read straight into it
+                continue
+            try:
+                data = PyBytes_FromStringAndSize(NULL, j.got[i])
+            except MemoryError:
+                j.err[i] = ENOMEM
+                leftovers.append((i, ENOMEM, 0))
+                continue
+            made[i] = data
+            to[i] = PyBytes_AS_STRING(data)
+            copies += 1
+        if copies == 0:
+            return made                             # (the GIL is not given up for nothing)
+        with nogil:                                 # (keep holds what short ones read)
+            for i in range(n):
+                if to[i] != NULL:
+                    memcpy(to[i], j.dest[i], <size_t>j.got[i])
+    finally:
+        free(to)
+    return made
 
 
 cdef inline bint _range_fits(int64_t o, int64_t m, int64_t b, int64_t buflen) \
