@@ -65,6 +65,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 cdef extern from "Python.h":
     bytes PyUnicode_EncodeFSDefault(object)
     Py_ssize_t PY_SSIZE_T_MAX
+    void PyObject_GC_UnTrack(PyObject *)
 from posix.fcntl cimport F_GETFL, F_SETFL, fcntl, open as c_open
 from posix.mman cimport madvise, MADV_HUGEPAGE
 from libc.errno cimport EFBIG, EINTR, EMFILE, ENFILE, ENOBUFS, ENOSYS
@@ -457,6 +458,8 @@ cdef struct Job:
     int64_t *want           # bytes wanted (unsized: its buffer, less the slack)
     int64_t *got            # bytes read so far
     char **dest             # where the item's bytes go
+    char **fill             # files: a new bytes object's memory that _copy_out copies
+                            # dest into, or NULL
     int32_t *err            # 0, an errno, or an ITEM_* code
     int32_t *mode           # files: st_mode
     uint8_t *unsized        # files: reports size 0; dest is the job's, grown to EOF
@@ -524,7 +527,7 @@ cdef void _advise_huge(char *p, int64_t size) noexcept nogil:
 
 # How many per-item arrays _job_alloc carves (each may take 7 bytes of padding).
 cdef enum:
-    _JOB_ARRAYS = 18
+    _JOB_ARRAYS = 19
 
 
 cdef inline void *_carve(char **cursor, Py_ssize_t m, size_t size) noexcept nogil:
@@ -543,7 +546,7 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     memset(j, 0, sizeof(Job))
     cdef Py_ssize_t m = max(n, 1)
     # The arrays carved below, by element type; each is padded to 8 bytes.
-    cdef size_t per_item = (2 * sizeof(char *) + 3 * sizeof(int64_t) +
+    cdef size_t per_item = (3 * sizeof(char *) + 3 * sizeof(int64_t) +
                             4 * sizeof(Py_ssize_t) + 5 * sizeof(int32_t) +
                             4 * sizeof(uint8_t))
     cdef char *cursor
@@ -561,6 +564,7 @@ cdef int _job_alloc(Job *j, Py_ssize_t n) except -1:
     cursor = <char *>j.block
     j.paths = <const char **>_carve(&cursor, m, sizeof(char *))
     j.dest = <char **>_carve(&cursor, m, sizeof(char *))
+    j.fill = <char **>_carve(&cursor, m, sizeof(char *))
     j.off = <int64_t *>_carve(&cursor, m, sizeof(int64_t))
     j.want = <int64_t *>_carve(&cursor, m, sizeof(int64_t))
     j.got = <int64_t *>_carve(&cursor, m, sizeof(int64_t))
@@ -1491,10 +1495,12 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     cdef Py_ssize_t i, n = stop - start
     cdef list names = []
     cdef list keep = [None] * n
-    cdef list leftovers = [], made
+    cdef list made = [None] * n         # the results (made up front: no MemoryError later)
+    cdef list leftovers = []
     cdef object data, top = None
     if not 0 <= start <= stop <= len(paths) or stop > len(out):
         raise ValueError(f"window {start}:{stop} is outside the paths or out")
+    PyObject_GC_UnTrack(<PyObject *>made)   # (it holds bytes only: no cycle to collect)
     if arena is None:
         arena = Arena()
     if pack is not None and (budget is not None or len(pack.offsets) < stop):
@@ -1539,7 +1545,7 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                     pack.p.offsets[start + i] = -1
                 leftovers.append((i, j.err[i], j.mode[i]))
         if pack is None:
-            made = _copy_out(&j, keep, leftovers)
+            _copy_out(&j, keep, made, leftovers)
             for i in range(n):
                 data = made[i]
                 if data is not None:
@@ -1555,44 +1561,38 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
         _job_free(&j)
 
 
-cdef list _copy_out(Job *j, list keep, list leftovers):
-    """Each file's bytes object (None where it failed): those read into job memory
-    (the arena, or an unsized file's buffer) or that came out short are made here,
-    all at once with the GIL, and filled in one pass without it. That copy, and the
-    page faults of fresh result memory, are most of a small file's cost: under the
-    GIL they queued the other rings' jobs behind this one. A file that cannot have
-    its bytes fails ENOMEM, alone."""
-    cdef Py_ssize_t i, n = j.n, copies = 0
-    cdef list made = [None] * n
+cdef int _copy_out(Job *j, list keep, list made, list leftovers) except -1:
+    """Each file's bytes object into made[i] (left None where it failed): those read
+    into job memory (the arena, or an unsized file's buffer) or that came out short
+    are made here, all at once with the GIL, and filled in one pass without it. That
+    copy, and the page faults of fresh result memory, are most of a small file's
+    cost: under the GIL they queued the other rings' jobs behind this one. A file
+    that cannot have its bytes fails ENOMEM, alone. `made` is one the collector does
+    not track: gc.get_objects() in another thread never sees the unfilled ones."""
+    cdef Py_ssize_t i, copies = 0
     cdef object data
-    cdef char **to = <char **>calloc(max(n, 1), sizeof(char *))
-    if to == NULL:
-        raise MemoryError()
-    try:
-        for i in range(n):
-            if j.err[i] != 0:
-                continue
-            if not j.copied[i] and j.got[i] == j.want[i]:
-                made[i] = keep[i]                   # read straight into it
-                continue
-            try:
-                data = PyBytes_FromStringAndSize(NULL, j.got[i])
-            except MemoryError:
-                j.err[i] = ENOMEM
-                leftovers.append((i, ENOMEM, 0))
-                continue
-            made[i] = data
-            to[i] = PyBytes_AS_STRING(data)
-            copies += 1
-        if copies == 0:
-            return made                             # (the GIL is not given up for nothing)
-        with nogil:                                 # (keep holds what short ones read)
-            for i in range(n):
-                if to[i] != NULL:
-                    memcpy(to[i], j.dest[i], <size_t>j.got[i])
-    finally:
-        free(to)
-    return made
+    for i in range(j.n):
+        if j.err[i] != 0:
+            continue
+        if not j.copied[i] and j.got[i] == j.want[i]:
+            made[i] = keep[i]                   # read straight into it
+            continue
+        try:
+            data = PyBytes_FromStringAndSize(NULL, j.got[i])
+        except MemoryError:
+            j.err[i] = ENOMEM
+            leftovers.append((i, ENOMEM, 0))
+            continue
+        made[i] = data
+        j.fill[i] = PyBytes_AS_STRING(data)
+        copies += 1
+    if copies == 0:
+        return 0                                # (the GIL is not given up for nothing)
+    with nogil:                                 # (keep holds what short ones read)
+        for i in range(j.n):
+            if j.fill[i] != NULL:
+                memcpy(j.fill[i], j.dest[i], <size_t>j.got[i])
+    return 0
 
 
 cdef inline bint _range_fits(int64_t o, int64_t m, int64_t b, int64_t buflen) \

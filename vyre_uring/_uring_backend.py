@@ -374,7 +374,9 @@ class _Releaser:
     def __init__(self):
         self._lock = threading.RLock()
         self._until = {}                        # weakref to a ring -> when its top goes
-        self._wake = None                       # released to wake the thread, once it runs
+        self._wake = _thread.allocate_lock()    # released: the thread looks now
+        self._wake.acquire()
+        self._running = False                   # set by the thread itself
 
     def hold(self, ring, top):
         until = time.monotonic() + RETAIN_S
@@ -382,51 +384,47 @@ class _Releaser:
         with self._lock:
             old = ring.top
             try:
-                if top is not None and self._wake is None and not self._start():
+                if top is not None and not self._running and not self._start():
                     top = None                  # no thread can drop it: keep none
                 if top is None:
                     self._until.pop(key, None)
                 else:
                     self._until[key] = until
                 ring.top = top
-                wake = self._wake
+                if top is not None and self._wake.locked():
+                    self._wake.release()        # (Ctrl-C after this: it is held and seen)
             except BaseException:               # Ctrl-C: keep nothing
                 ring.top = None
                 self._until.pop(key, None)
                 raise
-        if top is not None and wake.locked():
-            try:
-                wake.release()                  # it looks from now on
-            except RuntimeError:
-                pass                            # (woken meanwhile)
         del old                                 # (freed outside the lock)
 
     def _start(self):
         """Start the thread; False where none can start (at interpreter shutdown,
         or short of memory): the call's results are read all the same. A bare
         thread: Thread.start() waits on a Condition, in the caller's thread, where
-        Ctrl-C could leave its lock held and the thread stuck."""
-        wake, running = _thread.allocate_lock(), _thread.allocate_lock()
-        wake.acquire()
+        Ctrl-C could leave its lock held and the thread stuck. (Ctrl-C after the
+        start: the thread serves all the same; at worst a second one is started
+        later, and the two share the work.)"""
+        running = _thread.allocate_lock()
         running.acquire()
         try:
-            _thread.start_new_thread(self._run, (wake, running))
+            _thread.start_new_thread(self._run, (running,))
         except (RuntimeError, MemoryError):
             return False
-        self._wake = wake
-        running.acquire()                       # (Ctrl-C here: it runs all the same)
+        running.acquire()
         return True
 
-    def _run(self, wake, running):
+    def _run(self, running):
+        self._running = True
         running.release()
-        block_async_signals()                   # Ctrl-C belongs to the main thread
         try:
+            block_async_signals()               # Ctrl-C belongs to the main thread
             while True:
-                wake.acquire(timeout=RETAIN_S / 4 if self._until else -1)
+                self._wake.acquire(timeout=RETAIN_S / 4 if self._until else -1)
                 self._expired()                 # what it took is dropped here, unlocked
         except BaseException:                   # (a MemoryError): the next hold starts one
-            with self._lock:
-                self._wake = None
+            self._running = False
             raise
 
     def _expired(self):
