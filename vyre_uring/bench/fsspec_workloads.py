@@ -1,14 +1,15 @@
 """The fsspec rows of `vyre-uring bench`: vyre_uring.fsspec.VyreFileSystem against
 fsspec's own LocalFileSystem (the reference), on the run's data: cat of the small
-files, cat_ranges of random 4 KiB ranges of the large file (warm and cold) and of
-100 files of 1 MiB (10,000 ranges, warm), and
+files, cat_ranges of random 4 KiB ranges of the large file (warm, and cold beside the
+C program's reads of the same file: what the disk gives) and of 100 files of 1 MiB
+(10,000 ranges, warm), and
 fsspec.parquet.open_parquet_file of a parquet file with several row groups and a
 column subset. Rows whose libraries are not installed say so."""
 import os
 import random
 import time
 
-from . import cache
+from . import cache, native
 from .harness import Contender, Workload, missing
 
 LOCAL = "fsspec LocalFileSystem"
@@ -17,6 +18,7 @@ RANGES = 2_000                     # 4 KiB ranges per cat_ranges call
 RANGE_FILES = 100                  # ...and over many files: MANY_RANGES over these
 MANY_RANGES = 10_000
 DASK_FILES = 1_000                 # a task each: the scheduler needs ~3 ms per task
+DISK_QD = 256                      # the C program's reads in flight in the cold row
 
 
 def fsspec_workloads(ctx):
@@ -73,12 +75,17 @@ def _cat_ranges(ctx, local, ours):
                      check)
     warm = Workload("fsspec cat_ranges 4k warm", "ranges/s", rows(),
                     lambda: cache.warm([big]), reference=LOCAL)
+    # Cold, what the disk gives: the C program's random 4 KiB reads of the same file,
+    # as many, DISK_QD in flight from one thread.
+    disk = ctx.c("ranges_liburing", f"C liburing qd{DISK_QD} (the disk)",
+                 lambda b: native.run_c(b, big, bs, DISK_QD, RANGES, "rand"))
     why = cache.can_drop()
     if why:
         cold = Workload("fsspec cat_ranges 4k cold", "ranges/s",
-                        [Contender(c.name, why=why) for c in rows()], reference=LOCAL)
+                        [Contender(c.name, why=why) for c in rows() + [disk]],
+                        reference=LOCAL)
     else:
-        cold = Workload("fsspec cat_ranges 4k cold", "ranges/s", rows(),
+        cold = Workload("fsspec cat_ranges 4k cold", "ranges/s", rows() + [disk],
                         lambda: cache.drop([big]), reference=LOCAL)
     return [warm, cold]
 
