@@ -392,13 +392,14 @@ def test_a_job_interrupted_mid_wait_cancels_its_reads_before_raising():
             dest = bytearray(100)
             signal.setitimer(signal.ITIMER_REAL, 0.2)
             with pytest.raises(Interrupted):
-                read_ranges_job(ring, r, [0], [100], dest, [0], 8, stats, "pipe")
+                read_ranges_job(ring, r, [0], [100], dest, [0], 8, stats, "pipe", pread=False)
             assert ring.in_flight == 0
             os.write(w, b"x" * 100)        # nobody reads it any more
             assert dest == bytearray(100)
             fd = os.open(__file__, os.O_RDONLY)
             try:
-                got = read_ranges_job(ring, fd, [0, 5], [5, 5], None, None, 8, stats, __file__)
+                got = read_ranges_job(ring, fd, [0, 5], [5, 5], None, None, 8, stats, __file__,
+                                      pread=False)
             finally:
                 os.close(fd)
             assert got == [plain_read(__file__)[:5], plain_read(__file__)[5:10]]
@@ -425,14 +426,14 @@ def test_a_shared_counts_list_is_checked_before_anything_is_read(tmp_path):
             for out, start in (([None] * 3, 2), ([None] * 3, -1), ([None] * 1, 0)):
                 with pytest.raises(ValueError, match="no room"):
                     read_ranges_job(ring, fd, [0, 10], [10, 10], dest, [0, 10], 8, stats,
-                                    path, out=out, out_start=start)
+                                    path, out=out, out_start=start, pread=False)
                 assert dest == bytearray(20) and out[-1] is None
             with pytest.raises(ValueError, match="byte counts only"):
                 read_ranges_job(ring, fd, [0], [10], None, None, 8, stats, path,
-                                out=[None], out_start=0)
+                                out=[None], out_start=0, pread=False)
             out = [None] * 4
             assert read_ranges_job(ring, fd, [0, 10], [10, 10], dest, [0, 10], 8, stats,
-                                   path, out=out, out_start=1) is out
+                                   path, out=out, out_start=1, pread=False) is out
             assert out == [None, 10, 10, None] and dest == plain_read(path)[:20]
     finally:
         os.close(fd)

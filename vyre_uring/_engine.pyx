@@ -1649,7 +1649,7 @@ cdef bytes _range_bytes(Py_ssize_t i, int64_t size, name):
 def read_ranges_job(ring, int fd, offsets, lengths, buffer,
                     buffer_offsets, Py_ssize_t depth, stats, name, bounce=None,
                     bint fixed_file=False, Stop call=None, list out=None,
-                    Py_ssize_t out_start=0, list kept=None, bint pread=False):
+                    Py_ssize_t out_start=0, list kept=None, *, bint pread):
     """pread semantics for many ranges of one open fd, through `ring`: range i reads
     lengths[i] bytes at offsets[i], into buffer[buffer_offsets[i]:] (a writable
     buffer), or with buffer=None into a new bytes object. Short reads are resubmitted
@@ -1662,9 +1662,9 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
     0, which the reads then name instead. `call`: the call's Stop. With a buffer
     and `out`, the byte counts go into out[out_start:out_start + n] (rings sharing
     one call's list), and out is returned. Bytes results: `kept` (a list) gets
-    (bytes read, top) appended, as read_file_window's does. `pread`: fd's file is
-    one the ring must not read (pread_only, which the caller asks once a call):
-    every range is read with pread."""
+    (bytes read, top) appended, as read_file_window's does. `pread` (required, so
+    that no caller forgets it): fd's file is one the ring must not read (pread_only,
+    which the caller asks once a call): every range is read with pread."""
     ring_core(ring)                 # a Ring, or TypeError before any work
     cdef Job j
     cdef Hold *hold = NULL
