@@ -1495,12 +1495,14 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     cdef Py_ssize_t i, n = stop - start
     cdef list names = []
     cdef list keep = [None] * n
-    cdef list made = [None] * n         # the results (made up front: no MemoryError later)
+    cdef list made = None
     cdef list leftovers = []
     cdef object data, top = None
     if not 0 <= start <= stop <= len(paths) or stop > len(out):
         raise ValueError(f"window {start}:{stop} is outside the paths or out")
-    PyObject_GC_UnTrack(<PyObject *>made)   # (it holds bytes only: no cycle to collect)
+    if pack is None:                    # the results, made up front (no MemoryError
+        made = [None] * n               # later) and untracked (bytes only: no cycle)
+        PyObject_GC_UnTrack(<PyObject *>made)
     if arena is None:
         arena = Arena()
     if pack is not None and (budget is not None or len(pack.offsets) < stop):

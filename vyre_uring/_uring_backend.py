@@ -588,7 +588,8 @@ class _RingReader:
             return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
                                    self.depth, self.stats, path,
                                    self.bounce if direct else None, fixed, call, out,
-                                   out_start, None if tops is None else tops.of(self), pread=pread)
+                                   out_start, None if tops is None else tops.of(self),
+                                   pread=pread)
         finally:
             if registering:
                 self._unregister(1)
