@@ -87,18 +87,20 @@ COLD_PROBES = 8
 # themselves, with pread.
 FUSE_THREADS = 32
 # After a call of bytes results (read_files, iter_files, read_ranges,
-# read_path_ranges) that came to at most RETAIN_BYTES, each ring keeps a reference
-# (`top`) to its result from malloc's heap (see _engine._higher) at the highest
-# address: glibc then cannot hand the memory below it back to the kernel when the
-# caller drops the results (it trims only the free top of a heap), and the next
-# call's results reuse that memory instead of page-faulting on fresh pages, with
-# the GIL held. Call after call, each call's results dropped (2 cores, cached): one
-# ring, 10,000 files of 4 KiB, 204-209 k files/s without, 293-351 k with; 10,000
-# ranges of 4 KiB of one file, 386 k ranges/s without, 0.99-1.10 M with. A ring
-# lets its top go RETAIN_S after the call that kept it, unless another call keeps a
-# new one first: what stays below a top can be more than that call's results (all
-# the process freed below it meanwhile), and a process that has stopped calling
-# gets it back.
+# read_path_ranges) that came to at most RETAIN_BYTES, the backend keeps, for each
+# thread that ran the call's jobs, a reference (a `top`) to that thread's result
+# from malloc's heap (see _engine._higher) at the highest address: glibc then cannot
+# hand the memory below it back to the kernel when the caller drops the results (it
+# trims only the free top of a heap), and the next call's results reuse that memory
+# instead of page-faulting on fresh pages, with the GIL held. By thread, not by
+# ring: glibc gives each thread a heap (arena) of its own, and which ring a worker
+# thread takes changes from call to call. Call after call, each call's results
+# dropped (2 cores, cached): one ring, 10,000 files of 4 KiB, 204-209 k files/s
+# without, 293-351 k with; 10,000 ranges of 4 KiB of one file, 386 k ranges/s
+# without, 0.99-1.10 M with. A top goes RETAIN_S after the call that kept it,
+# unless a call of the same thread keeps a new one first: what stays below a top can
+# be more than that call's results (all the process freed below it meanwhile), and
+# a process that has stopped calling gets it back.
 RETAIN_BYTES = 64 << 20
 RETAIN_S = 1.0
 # A ring just closed returns its locked memory asynchronously: ENOMEM right after
@@ -158,6 +160,7 @@ class UringBackend:
     def close(self):
         with self._lock:
             self._closed = True                 # no FUSE threads made from now on
+        _releaser.drop(self)                    # the results it kept can go
         if getattr(self, "_workers", None) is not None:
             self._workers.close()
         if getattr(self, "_fuse", None) is not None:
@@ -170,7 +173,6 @@ class UringBackend:
         threads that do not exist here (the kernel keeps the parent's rings)."""
         for r in self._rings:
             r.ring.close()
-            r.top = None
         if self._workers is not None:
             self._workers.forget()
         if self._fuse is not None:
@@ -332,38 +334,39 @@ class UringBackend:
 
 
 class _Tops:
-    """One call's results on each ring (see RETAIN_BYTES): of(ring) is the list its
-    jobs append (bytes, top) to; keep() then hands each ring what it keeps."""
+    """One call's results, by the thread whose jobs made them (see RETAIN_BYTES):
+    of() is the list the calling thread's jobs append (bytes, top) to; keep() then
+    hands the backend each thread's top."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._kept = {}                         # _RingReader -> its jobs' (bytes, top)
+        self._kept = {}                         # thread ident -> its jobs' (bytes, top)
 
-    def of(self, ring):
+    def of(self):
         with self._lock:
-            return self._kept.setdefault(ring, [])
+            return self._kept.setdefault(threading.get_ident(), [])
 
     def keep(self, backend):
-        """After the call, whose jobs made all their results: each of the backend's
-        rings keeps its top of this call (the highest), if the call's results came
-        to at most RETAIN_BYTES, else none; a ring the call did not use, none. A
-        closed backend's rings keep nothing."""
+        """After the call, whose jobs made all their results: for each thread that
+        ran its jobs, the backend keeps that thread's top of this call (the highest)
+        if the call's results came to at most RETAIN_BYTES, else none. A thread that
+        ran none keeps what an earlier call left it; a closed backend, nothing."""
         if backend._closed:
             return
         total = sum(nbytes for kept in self._kept.values() for nbytes, _ in kept)
-        for ring in backend._rings:
-            tops = [top for _, top in self._kept.get(ring, ()) if top is not None]
-            _releaser.hold(ring, max(tops, key=id) if tops and total <= RETAIN_BYTES
-                           else None)
+        for thread, kept in self._kept.items():
+            tops = [top for _, top in kept if top is not None]
+            _releaser.hold(backend, thread, max(tops, key=id)
+                           if tops and total <= RETAIN_BYTES else None)
 
 
 class _Releaser:
-    """Sets rings' tops, and lets each go RETAIN_S after it was set, from a thread
-    of its own: it looks every RETAIN_S / 4 while any is held, and otherwise waits
-    to be woken. Its lock is acquired in C (Ctrl-C in the caller's thread cannot land
-    inside a Python-level __enter__ and leave it held) and re-entrant (a finalizer
-    that closes a reader may run inside it, where the collector runs). Rings are held
-    weakly, and tops are dropped outside it.
+    """Holds backends' tops, by backend and thread, and lets each go RETAIN_S
+    after it was set, from a thread of its own: it looks every RETAIN_S / 4 while
+    any is held, and otherwise waits to be woken. Its lock is acquired in C (Ctrl-C
+    in the caller's thread cannot land inside a Python-level __enter__ and leave it
+    held) and re-entrant (a finalizer that closes a reader may run inside it, where
+    the collector runs). Backends are held weakly, and tops are dropped outside it.
 
     The thread never ends, and _start returns once it runs Python code: a thread
     frees memory without the GIL as it starts and as it ends (CPython's own), and a
@@ -373,30 +376,40 @@ class _Releaser:
 
     def __init__(self):
         self._lock = threading.RLock()
-        self._until = {}                        # weakref to a ring -> when its top goes
+        # (weakref to a backend, thread ident) -> ((when it goes, top), ...), the
+        # highest top first
+        self._held = {}
         self._wake = _thread.allocate_lock()    # released: the thread looks now
         self._wake.acquire()
         self._running = False                   # set by the thread itself
 
-    def hold(self, ring, top):
+    def hold(self, backend, thread, top):
+        """`thread`'s top of `backend` becomes `top` (None: none). A higher top of
+        an earlier call stays until its own time: jobs go to whichever worker
+        thread is free, so a thread's share of a call's results changes from call
+        to call, and one whose share grows then finds the memory it used before."""
         until = time.monotonic() + RETAIN_S
-        key = weakref.ref(ring)
+        key = (weakref.ref(backend), thread)
         with self._lock:
-            old = ring.top
+            old = self._held.pop(key, ())
             try:
                 if top is not None and not self._running and not self._start():
                     top = None                  # no thread can drop it: keep none
-                if top is None:
-                    self._until.pop(key, None)
-                else:
-                    self._until[key] = until
-                ring.top = top
-                if top is not None and self._wake.locked():
-                    self._wake.release()        # (Ctrl-C after this: it is held and seen)
+                if top is not None:
+                    higher = tuple(kept for kept in old[:1] if id(kept[1]) > id(top))
+                    self._held[key] = higher + ((until, top),)
+                    if self._wake.locked():
+                        self._wake.release()    # (Ctrl-C after this: it is held and seen)
             except BaseException:               # Ctrl-C: keep nothing
-                ring.top = None
-                self._until.pop(key, None)
+                self._held.pop(key, None)
                 raise
+        del old                                 # (freed outside the lock)
+
+    def drop(self, backend):
+        """Let all of `backend`'s tops go (it closed)."""
+        ref = weakref.ref(backend)
+        with self._lock:
+            old = [self._held.pop(key, None) for key in list(self._held) if key[0] == ref]
         del old                                 # (freed outside the lock)
 
     def _start(self):
@@ -421,26 +434,30 @@ class _Releaser:
         try:
             block_async_signals()               # Ctrl-C belongs to the main thread
             while True:
-                self._wake.acquire(timeout=RETAIN_S / 4 if self._until else -1)
+                self._wake.acquire(timeout=RETAIN_S / 4 if self._held else -1)
                 self._expired()                 # what it took is dropped here, unlocked
         except BaseException:                   # (a MemoryError): the next hold starts one
             self._running = False
             raise
 
     def _expired(self):
-        """Take the tops that are due (and forget rings that are gone); returns
-        what was taken (tops and their rings) for the caller to drop."""
+        """Take the tops that are due, and those of backends that are gone; returns
+        them for the caller to drop, outside the lock."""
+        now = time.monotonic()
         out = []
         with self._lock:
-            now = time.monotonic()
-            for key, until in list(self._until.items()):
-                ring = key()
-                if ring is None or until <= now:
-                    self._until.pop(key, None)  # (a finalizer run meanwhile may have)
-                if ring is not None and until <= now:
-                    out.append((ring, ring.top))
-                    ring.top = None             # glibc may now trim below it
-            return out
+            for key, held in list(self._held.items()):
+                alive = key[0]() is not None
+                left = tuple(kept for kept in held if alive and kept[0] > now)
+                # (A finalizer run meanwhile, where the collector ran, may have
+                # dropped the key: then it stays dropped.)
+                if len(left) < len(held) and self._held.get(key) is held:
+                    out.append(held)
+                    if left:
+                        self._held[key] = left
+                    else:
+                        del self._held[key]
+        return out
 
 
 def _new_releaser_in_child():
@@ -531,7 +548,6 @@ class _RingReader:
     def __init__(self, queue_depth, direct, table):
         self.ring, self.depth = _sized_ring(queue_depth)
         self.stats = array.array("q", [0] * 5)
-        self.top = None                         # see RETAIN_BYTES
         self.arena = Arena()
         # Page-aligned, touched only as far as reads use it; registered, so that
         # O_DIRECT reads skip pinning its pages each time, where the kernel and
@@ -548,7 +564,6 @@ class _RingReader:
                 self.registration = f"refused: {exc}"
 
     def close(self):
-        _releaser.hold(self, None)              # the results it kept can go
         # Completes the last closes (ring.close() would only cancel and discard them).
         try:
             drain_jobs(self.ring, self.stats, CLOSE_PATIENCE_S)
@@ -567,7 +582,7 @@ class _RingReader:
         leftovers, nbytes = read_file_window(self.ring, paths, start, stop, out, OPEN_FLAGS,
                                              self.depth, self.stats, self.bounce, budget,
                                              call, self.arena, pack, self.table,
-                                             None if tops is None else tops.of(self))
+                                             None if tops is None else tops.of())
         deferred = []
         for i, code, mode in leftovers:
             if code == DEFERRED:
@@ -588,7 +603,7 @@ class _RingReader:
             return read_ranges_job(self.ring, fd, offsets, lengths, buffer, buffer_offsets,
                                    self.depth, self.stats, path,
                                    self.bounce if direct else None, fixed, call, out,
-                                   out_start, None if tops is None else tops.of(self),
+                                   out_start, None if tops is None else tops.of(),
                                    pread=pread)
         finally:
             if registering:
@@ -650,7 +665,7 @@ class _RingReader:
                          tops):
         return read_path_ranges_job(self.ring, files, order, first, offsets, lengths, f0,
                                     f1, out, self.depth, self.stats, _file_error,
-                                    self.bounce, call, tops.of(self))
+                                    self.bounce, call, tops.of())
 
 
 def _direct_table(ring, depth):
