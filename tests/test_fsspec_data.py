@@ -58,14 +58,22 @@ def test_open_parquet_file_prefetches_through_cat_ranges(data_dir):
 def client():
     distributed = pytest.importorskip("distributed")
     pytest.importorskip("dask.dataframe")
+    # LocalCluster sets its workers' environment in this process's own
+    # (MALLOC_TRIM_THRESHOLD_, PYTHONHASHSEED...), where later tests' children
+    # would inherit it: put it back after.
+    environ = dict(os.environ)
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        dashboard_address=None, timeout=CLUSTER_TIMEOUT_S)
-    c = distributed.Client(cluster, timeout=CLUSTER_TIMEOUT_S)
     try:
-        yield c
+        c = distributed.Client(cluster, timeout=CLUSTER_TIMEOUT_S)
+        try:
+            yield c
+        finally:
+            c.close(timeout=CLUSTER_TIMEOUT_S)
     finally:
-        c.close(timeout=CLUSTER_TIMEOUT_S)
         cluster.close(timeout=CLUSTER_TIMEOUT_S)
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def both(fn, url):

@@ -100,7 +100,8 @@ FUSE_THREADS = 32
 # without, 0.99-1.10 M with. A top goes RETAIN_S after the call that kept it,
 # unless a call of the same thread keeps a new one first: what stays below a top can
 # be more than that call's results (all the process freed below it meanwhile), and
-# a process that has stopped calling gets it back.
+# a process that has stopped calling gets it back. A call with a byte budget
+# (iter_files) keeps only a result of up to 64 KiB: the budget bounds what it holds.
 RETAIN_BYTES = 64 << 20
 RETAIN_S = 1.0
 # A ring just closed returns its locked memory asynchronously: ENOMEM right after
@@ -449,20 +450,23 @@ class _Releaser:
             for key, held in list(self._held.items()):
                 alive = key[0]() is not None
                 left = tuple(kept for kept in held if alive and kept[0] > now)
-                # (A finalizer run meanwhile, where the collector ran, may have
-                # dropped the key: then it stays dropped.)
-                if len(left) < len(held) and self._held.get(key) is held:
+                if len(left) < len(held):
                     out.append(held)
-                    if left:
-                        self._held[key] = left
-                    else:
-                        del self._held[key]
+                    # A finalizer run meanwhile (where the collector ran: after
+                    # any call) may have dropped the key: then it stays dropped.
+                    # No call between this look and the change.
+                    if key in self._held and self._held[key] is held:
+                        if left:
+                            self._held[key] = left
+                        else:
+                            del self._held[key]
         return out
 
 
 def _new_releaser_in_child():
     global _releaser
-    _releaser = _Releaser()         # the parent's thread (and lock) are not here
+    held, _releaser = _releaser._held, _Releaser()  # the parent's thread (and lock)
+    held.clear()                    # are not here: its tops go now, or never would
 
 
 _releaser = _Releaser()
