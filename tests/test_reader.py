@@ -833,61 +833,6 @@ def test_a_call_reuses_the_memory_of_the_last_calls_dropped_results(tmp_path, wo
         f"{faults} page faults for {len(paths)} results, call by call"
 
 
-_LARGE_CHILD = """
-import os, resource, statistics, sys, time
-from vyre_uring import BatchReader
-path, workers, calls, idle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-size, n = 600_000, 40
-offsets, faults = [k * size for k in range(n)], []
-with BatchReader(backend="io_uring", workers=workers) as r:
-    for _ in range(3):
-        assert len(r.read_ranges(path, offsets, [size] * n)) == n     # dropped at once
-    for _ in range(calls):
-        time.sleep(idle)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        out = r.read_ranges(path, offsets, [size] * n)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-        assert [len(d) for d in out] == [size] * n
-        del out
-print(statistics.median(faults))
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or UNDER_ASAN,
-                    reason="measures glibc's malloc handing freed memory back (ASan "
-                           "replaces malloc)")
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_call_reuses_the_memory_of_the_last_calls_large_results(tmp_path, workers):
-    # Results of 600 KB: glibc maps the first call's, each its own mapping, and,
-    # once one is freed, raises its mapping threshold above their size (and its
-    # trim threshold to twice that); from then on they come from the heap, which it
-    # trims when they are dropped. The kept top holds the heap below it for the
-    # next call, whatever the results' size. In a child: a freed block of many
-    # megabytes in this process (a test's file contents) would have raised the trim
-    # threshold above the results' total, and nothing would be trimmed.
-    from vyre_uring._uring_backend import RETAIN_S
-    path = tmp_path / "f"
-    with open(path, "wb") as f:
-        for _ in range(40 * 600_000 // 100_000):
-            f.write(os.urandom(100_000))
-    pages = 40 * 600_000 // 4096
-
-    # glibc's own settings: with a threshold set (MALLOC_TRIM_THRESHOLD_, as Dask
-    # sets for its workers), it stops raising its mapping threshold, and each such
-    # result is a mapping of its own, which no kept top can hold.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-
-    def faults(calls, idle):
-        out = subprocess.run([sys.executable, "-c", _LARGE_CHILD, str(path), str(workers),
-                              str(calls), str(idle)], capture_output=True, text=True,
-                             timeout=60, env=env)
-        assert out.returncode == 0, out.stderr
-        return float(out.stdout)
-    assert faults(5, 0) < pages // 4                    # kept (the median call)
-    assert faults(1, RETAIN_S + 1.0) > pages // 2       # given back: what the test sees
-
-
 _IDLE_CHILD = """
 import os, resource, sys, time
 from vyre_uring import BatchReader

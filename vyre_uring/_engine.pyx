@@ -1552,7 +1552,7 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                 data = made[i]
                 if data is not None:
                     out[start + i] = data
-                    top = _higher(top, data, j.got[i], budget is None)
+                    top = _higher(top, data, j.got[i])
         _add_stats(stats, &j)
         if kept is not None:
             kept.append((j.nbytes, top))
@@ -1628,25 +1628,18 @@ cdef int64_t _known_size(int fd) noexcept:
     return -1
 
 
-cdef extern from "<malloc.h>" nogil:
-    size_t malloc_usable_size(void *ptr)
-
-
-cdef object _higher(object top, object data, int64_t size, bint any_size=True):
-    """`data` (a result of `size` bytes) if it comes from malloc's heap and lies at
-    a higher address than `top`, else `top`: a job's `kept` top, which the backend
-    holds on to (RETAIN_BYTES). From the heap: over 512 bytes (pymalloc's largest,
-    whose arenas are mappings of their own, as b"" is static), and not a mapping of
-    its own, as glibc makes a block of its mapping threshold or more (128 KiB, and
-    raised to the largest such block freed since, up to 32 MiB). glibc's heap
-    blocks are 16-byte multiples that lend the caller all but 8 bytes of their
-    header; a mapped block is whole pages, of which the caller gets all but 16: so
-    a heap block's usable size is 8 more than a multiple of 16, and a mapped
-    block's a multiple of 16. Without `any_size` (a call with a byte budget, which
-    bounds what the reader holds), only a result of up to ARENA_MAX."""
-    if size > 512 and (size <= _ARENA_MAX or
-                       any_size and malloc_usable_size(<void *>data) % 16 == 8) and \
-            (top is None or <size_t><PyObject *>data > <size_t><PyObject *>top):
+cdef object _higher(object top, object data, int64_t size):
+    """`data` (a result of `size` bytes) if it comes from malloc's heap (over 512
+    bytes, pymalloc's largest, whose arenas are mappings of their own, as b"" is
+    static; at most ARENA_MAX, far below malloc's mapping threshold) and lies at a
+    higher address than `top`, else `top`: a job's `kept` top, which the backend
+    holds on to (RETAIN_BYTES). Not a larger one, though glibc serves those from
+    its heap too once it has raised its mapping threshold: which of them are
+    mappings of their own only malloc's internals tell (malloc_usable_size), and
+    Python's debug allocators and mimalloc hand out pointers that are not
+    malloc's."""
+    if 512 < size <= _ARENA_MAX and (top is None or
+                                     <size_t><PyObject *>data > <size_t><PyObject *>top):
         return data
     return top
 

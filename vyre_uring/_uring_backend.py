@@ -100,8 +100,7 @@ FUSE_THREADS = 32
 # without, 0.99-1.10 M with. A top goes RETAIN_S after the call that kept it,
 # unless a call of the same thread keeps a new one first: what stays below a top can
 # be more than that call's results (all the process freed below it meanwhile), and
-# a process that has stopped calling gets it back. A call with a byte budget
-# (iter_files) keeps only a result of up to 64 KiB: the budget bounds what it holds.
+# a process that has stopped calling gets it back.
 RETAIN_BYTES = 64 << 20
 RETAIN_S = 1.0
 # A ring just closed returns its locked memory asynchronously: ENOMEM right after
