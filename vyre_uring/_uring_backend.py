@@ -339,12 +339,11 @@ class _Tops:
     hands the backend each thread's top."""
 
     def __init__(self):
-        self._lock = threading.Lock()
         self._kept = {}                         # thread ident -> its jobs' (bytes, top)
 
     def of(self):
-        with self._lock:
-            return self._kept.setdefault(threading.get_ident(), [])
+        # One setdefault with an int key runs no Python code: atomic, no lock needed.
+        return self._kept.setdefault(threading.get_ident(), [])
 
     def keep(self, backend):
         """After the call, whose jobs made all their results: for each thread that
