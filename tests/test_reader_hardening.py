@@ -1137,3 +1137,47 @@ def test_a_progress_callback_may_call_the_same_reader(tmp_path, backend, workers
     right data and deadlocks nothing."""
     run_scenario("scenario_reentrant", timeout=20, tmp=str(tmp_path), backend=backend,
                  workers=workers)
+
+
+@pytest.mark.parametrize("call", ["read_files", "read_ranges", "read_path_ranges"])
+def test_results_being_read_into_are_not_reachable_through_gc(tmp_path, call):
+    # A bytes result the kernel is still writing must not be reachable by Python
+    # code while a call runs: another thread walking gc.get_objects() and their
+    # referents (a debugger, a memory profiler) would see it half-written, and
+    # could hash it (bytes cache their hash). Files of 4 MiB of 0xAB each are read
+    # into their bytes directly, over and over; a thread looks at every bytes
+    # object of that size it can reach and checks it is whole.
+    size, files = 4 << 20, 4
+    paths = []
+    for k in range(files):
+        paths.append(str(tmp_path / f"f{k}"))
+        with open(paths[-1], "wb") as f:
+            f.write(b"\xab" * size)
+    seen, torn, stop = [0], [], threading.Event()
+
+    def look():
+        while not stop.is_set():
+            for obj in gc.get_objects():
+                for ref in gc.get_referents(obj):
+                    if type(ref) is bytes and len(ref) == size:
+                        seen[0] += 1
+                        if ref.count(0xAB) != size:
+                            torn.append(type(obj).__name__)     # (not obj: kept alive)
+    with BatchReader(backend="io_uring", workers=2) as r:
+        reads = {"read_files": lambda: r.read_files(paths),
+                 "read_ranges": lambda: r.read_ranges(paths[0], [0, 0], [size, size]),
+                 "read_path_ranges": lambda: r.read_path_ranges(paths, [0] * files,
+                                                                [size] * files)}
+        looker = threading.Thread(target=look)
+        looker.start()
+        try:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                out = reads[call]()
+                assert all(d == b"\xab" * size for d in out)
+                del out
+        finally:
+            stop.set()
+            looker.join()
+    assert seen[0], "the looking thread never saw a result: it looked at nothing"
+    assert not torn, f"{len(torn)} half-read results reachable, from {set(torn)}"

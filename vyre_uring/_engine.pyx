@@ -1468,6 +1468,16 @@ cdef void _place(PackState *p, Job *j, Py_ssize_t i, Py_ssize_t start) noexcept:
     p.lengths[start + i] = j.got[i]
 
 
+cdef inline object _untracked(object container):
+    """`container` (a list or tuple that holds results being read into, and no
+    object that could lead back to it), untracked by the collector: gc.get_objects()
+    in another thread then never reaches a result the kernel is still writing (its
+    referents would be the half-written bytes, whose hash bytes would cache).
+    Reference counting frees it as before; it is in no cycle."""
+    PyObject_GC_UnTrack(<PyObject *>container)
+    return container
+
+
 def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                      list out, int open_flags, Py_ssize_t depth, stats, bounce=None,
                      ByteBudget budget=None, Stop call=None, Arena arena=None,
@@ -1494,15 +1504,14 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
     cdef Hold *hold = NULL
     cdef Py_ssize_t i, n = stop - start
     cdef list names = []
-    cdef list keep = [None] * n
+    cdef list keep = _untracked([None] * n)
     cdef list made = None
     cdef list leftovers = []
     cdef object data, top = None
     if not 0 <= start <= stop <= len(paths) or stop > len(out):
         raise ValueError(f"window {start}:{stop} is outside the paths or out")
     if pack is None:                    # the results, made up front (no MemoryError
-        made = [None] * n               # later) and untracked (bytes only: no cycle)
-        PyObject_GC_UnTrack(<PyObject *>made)
+        made = _untracked([None] * n)   # later)
     if arena is None:
         arena = Arena()
     if pack is not None and (budget is not None or len(pack.offsets) < stop):
@@ -1531,7 +1540,7 @@ def read_file_window(ring, paths, Py_ssize_t start, Py_ssize_t stop,
                 j.left -= 1
         # The hold keeps the Packing, and so its export of the caller's buffer, for
         # as long as any read into it may be in flight.
-        hold = hold_object((names, keep, pack), bounce is not None)
+        hold = hold_object(_untracked((names, keep, pack)), bounce is not None)
         hold.refs += 1              # the job's own: the hold outlives every reap
         try:
             if bounce is not None:
@@ -1694,7 +1703,7 @@ def read_ranges_job(ring, int fd, offsets, lengths, buffer,
         _job_alloc(&j, n)
         j.depth = max(depth, 1)
         j.stop = &call.flag if call is not None else NULL
-        keep = [None] * n if buffer is None else None     # the bytes objects read into
+        keep = _untracked([None] * n) if buffer is None else None   # the bytes read into
         hold = hold_object(keep, (buffer is not None) + (bounce is not None))
         hold.refs += 1              # the job's own: the hold outlives every reap
         int_array_open(&length, lengths, "lengths", False, False)

@@ -231,7 +231,7 @@ cdef int64_t _read_window(object ring, FileWindow *w, list files, Py_ssize_t pos
     cdef Py_ssize_t k, t, i, r, base = first[pos]
     cdef Py_ssize_t n = first[pos + w.opened] - base
     cdef int64_t o
-    cdef list keep = [None] * n
+    cdef list keep = _untracked([None] * n)
     cdef object exc, top = None
     cdef bint fuse
     memset(&j, 0, sizeof(Job))
