@@ -89,7 +89,7 @@ class ThreadsBackend:
         caller's: the EMFILE stands."""
         since = None
         while True:
-            self._gate.enter(stop)
+            closes = self._gate.enter(stop)
             opened = False
 
             def counted(fd, direct):
@@ -99,7 +99,7 @@ class ThreadsBackend:
             try:
                 return with_file(path, self.direct, counted)
             except OSError as exc:
-                if exc.errno != errno.EMFILE or opened or not self._gate.refused():
+                if exc.errno != errno.EMFILE or opened or not self._gate.refused(closes):
                     raise
                 since = since or time.monotonic()
                 if time.monotonic() - since >= FD_WAIT_S:
@@ -334,30 +334,36 @@ class _FdGate:
         self._cond = threading.Condition(threading.Lock())
         self._cap = self._most = threads
         self._inside = 0
+        self._closes = 0                    # files closed by the threads, ever
 
     def enter(self, stop):
+        """Wait for room; returns the count of closes so far, for refused()."""
         with self._cond:
             while self._inside >= self._cap:
                 if stop.is_set:
                     raise CallStopped()
                 self._cond.wait(0.1)
             self._inside += 1
+            return self._closes
 
     def leave(self, opened):
         with self._cond:
             self._inside -= 1
             if opened:
+                self._closes += 1
                 self._cap = min(self._most, self._cap + 1)
             self._cond.notify(2 if opened else 1)     # room for this one, and one more
 
-    def refused(self):
-        """An open met the fd limit: whether to try again (others hold fds, which
-        they will close; as many as they now may)."""
+    def refused(self, closes):
+        """An open met the fd limit: whether to try again. Yes if others hold fds,
+        which they will close (as many as they now may hold), or if any closed one
+        since the open began (`closes`, from enter): the fds the limit counted may
+        be free already, with no one left inside to wait for."""
         with self._cond:
             others = self._inside - 1
             if others > 0:
                 self._cap = others
-            return others > 0
+            return others > 0 or self._closes != closes
 
 
 def _read_unsized(fd, path, budget, stop):
