@@ -88,6 +88,21 @@ def test_paths_may_be_str_bytes_or_pathlike(tmp_path, backend):
     assert got == [plain_read(p)] * 3
 
 
+
+def test_non_ascii_and_undecodable_names_are_read_by_their_encoded_path(tmp_path, backend):
+    # ASCII str paths go to the kernel as the str's own buffer; the others are
+    # encoded as os.fsencode does (a name that is not UTF-8 comes as surrogates).
+    names = ["plain.txt", "café.txt", "数据.bin", os.fsdecode(b"raw-\xff\xfe.bin")]
+    paths = []
+    for k, name in enumerate(names):
+        (tmp_path / name).write_bytes(bytes([k]) * (100 + k))
+        paths.append(str(tmp_path / name))
+
+    class Str(str):
+        pass
+    got = read_files(paths + [Str(paths[0])], backend=backend, workers=1)
+    assert got == [plain_read(p) for p in paths] + [plain_read(paths[0])]
+
 def non_regular_paths(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

@@ -64,6 +64,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 cdef extern from "Python.h":
     bytes PyUnicode_EncodeFSDefault(object)
+    bint PyUnicode_IS_ASCII(object)
+    const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
     Py_ssize_t PY_SSIZE_T_MAX
     void PyObject_GC_UnTrack(PyObject *)
 from posix.fcntl cimport F_GETFL, F_SETFL, fcntl, open as c_open
@@ -1439,9 +1441,23 @@ cdef int _add_stats(object stats, Job *j) except -1:
     return 0
 
 
+# Whether an ASCII str encodes to itself in the filesystem encoding (it does in
+# every encoding Python runs with on Linux; this proves it for the one in use).
+cdef bint _ASCII_IS_FS = os.fsencode("".join(map(chr, range(1, 128)))) == bytes(range(1, 128))
+
+
 cdef const char *_path_of(object p, list names) except? NULL:
-    """p as bytes (kept in `names`), or NULL when it holds a NUL byte."""
+    """p as a NUL-terminated path that `names` keeps alive, or NULL when it holds a
+    NUL byte. An ASCII str needs no bytes object: its UTF-8 form, which is its
+    encoded path, is the str's own buffer. Making those objects, and freeing them,
+    takes the GIL, which many rings queue for."""
     cdef bytes b
+    cdef const char *c
+    cdef Py_ssize_t size
+    if type(p) is str and _ASCII_IS_FS and PyUnicode_IS_ASCII(p):
+        c = PyUnicode_AsUTF8AndSize(p, &size)
+        names.append(p)
+        return c if strlen(c) == <size_t>size else NULL
     if type(p) is str:
         b = PyUnicode_EncodeFSDefault(p)
     elif type(p) is bytes:
