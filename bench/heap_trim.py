@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+from synthetic import uniform_files
+
 FOLDER = "/tmp/vyre-trim"
 SETS = {"10,000 x 4 KiB": (10_000, 4096), "200 x 1 MiB": (200, 1 << 20)}
 TRIM = "glibc.malloc.trim_threshold=1073741824"
@@ -18,14 +20,7 @@ TUNABLES = ["", "glibc.malloc.hugetlb=1", TRIM, TRIM + ":glibc.malloc.mmap_thres
 
 def paths(name):
     count, size = SETS[name]
-    folder = os.path.join(FOLDER, f"{count}x{size}")
-    os.makedirs(folder, exist_ok=True)
-    out = [os.path.join(folder, f"f{i:05d}") for i in range(count)]
-    for p in out:
-        if not os.path.exists(p) or os.path.getsize(p) != size:
-            with open(p, "wb") as f:
-                f.write(os.urandom(size))
-    return out
+    return uniform_files(os.path.join(FOLDER, f"{count}x{size}"), count, size)
 
 
 def measure(name, workers):
