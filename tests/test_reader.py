@@ -88,7 +88,6 @@ def test_paths_may_be_str_bytes_or_pathlike(tmp_path, backend):
     assert got == [plain_read(p)] * 3
 
 
-
 def test_non_ascii_and_undecodable_names_are_read_by_their_encoded_path(tmp_path, backend):
     # ASCII str paths go to the kernel as the str's own buffer; the others are
     # encoded as os.fsencode does (a name that is not UTF-8 comes as surrogates).
@@ -100,8 +99,11 @@ def test_non_ascii_and_undecodable_names_are_read_by_their_encoded_path(tmp_path
 
     class Str(str):
         pass
-    got = read_files(paths + [Str(paths[0])], backend=backend, workers=1)
-    assert got == [plain_read(p) for p in paths] + [plain_read(paths[0])]
+    got = read_files(paths + [Str(paths[0]), paths[0] + "\0x"], backend=backend,
+                     workers=1, on_error="return")
+    assert got[:-1] == [plain_read(p) for p in paths] + [plain_read(paths[0])]
+    assert isinstance(got[-1], OSError) and got[-1].errno == errno.EINVAL   # (ASCII)
+
 
 def non_regular_paths(tmp_path):
     fifo = tmp_path / "fifo"

@@ -64,8 +64,21 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 cdef extern from "Python.h":
     bytes PyUnicode_EncodeFSDefault(object)
-    bint PyUnicode_IS_ASCII(object)
     const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
+
+cdef extern from *:
+    """
+    /* Whether a str is all ASCII. Before 3.12 a str made through the legacy C API
+       may not be "ready", which PyUnicode_IS_ASCII asserts in debug builds. */
+    static int vy_str_is_ascii(PyObject *s) {
+    #if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(s) < 0)
+            return -1;
+    #endif
+        return PyUnicode_IS_ASCII(s) ? 1 : 0;
+    }
+    """
+    int vy_str_is_ascii(object) except -1
     Py_ssize_t PY_SSIZE_T_MAX
     void PyObject_GC_UnTrack(PyObject *)
 from posix.fcntl cimport F_GETFL, F_SETFL, fcntl, open as c_open
@@ -1443,7 +1456,14 @@ cdef int _add_stats(object stats, Job *j) except -1:
 
 # Whether an ASCII str encodes to itself in the filesystem encoding (it does in
 # every encoding Python runs with on Linux; this proves it for the one in use).
-cdef bint _ASCII_IS_FS = os.fsencode("".join(map(chr, range(1, 128)))) == bytes(range(1, 128))
+cdef bint _ascii_is_fs():
+    try:
+        return os.fsencode("".join(map(chr, range(1, 128)))) == bytes(range(1, 128))
+    except UnicodeError:            # an encoding that cannot even encode ASCII
+        return False
+
+
+cdef bint _ASCII_IS_FS = _ascii_is_fs()
 
 
 cdef const char *_path_of(object p, list names) except? NULL:
@@ -1454,7 +1474,7 @@ cdef const char *_path_of(object p, list names) except? NULL:
     cdef bytes b
     cdef const char *c
     cdef Py_ssize_t size
-    if type(p) is str and _ASCII_IS_FS and PyUnicode_IS_ASCII(p):
+    if type(p) is str and _ASCII_IS_FS and vy_str_is_ascii(p):
         c = PyUnicode_AsUTF8AndSize(p, &size)
         names.append(p)
         return c if strlen(c) == <size_t>size else NULL
