@@ -170,6 +170,9 @@ cdef uint32_t _next_job_id = 0
 # atomic, as jobs run without the GIL. A job that meets EMFILE while other jobs
 # hold fds waits for them rather than failing the file.
 cdef int64_t _fds_held = 0
+# fds that jobs have closed, ever: a wait for other jobs' fds measures its patience
+# from the last close, so that it goes on while they read and close files.
+cdef int64_t _fds_closed = 0
 
 
 def _forget_fds_in_child():
@@ -179,7 +182,8 @@ def _forget_fds_in_child():
 
 
 os.register_at_fork(after_in_child=_forget_fds_in_child)
-# How long a job waits for other jobs' fds before EMFILE fails a file after all.
+# How long a job waits for other jobs' fds, with none of them closed meanwhile,
+# before EMFILE fails a file after all.
 cdef double _FD_WAIT_S = 5.0
 cdef double _FD_GRACE_S = 0.02
 
@@ -189,6 +193,26 @@ cdef inline double _fd_patience() noexcept nogil:
     closed (_FD_WAIT_S); with none held, only closes still being carried out
     (_FD_GRACE_S)."""
     return _FD_WAIT_S if vy_i64_load(&_fds_held) > 0 else _FD_GRACE_S
+
+
+cdef bint _may_wait_for_fds(double *since, int64_t *closed) noexcept nogil:
+    """At the fd limit, with no fd of one's own to close: whether to keep trying.
+    The patience counts from the first refusal (since[0] == 0 before it) or from
+    the last fd a job closed after it (closed[0]: _fds_closed then): files other
+    jobs read slowly (FUSE, a cold disk) hold their fds long, but a wait that sees
+    them closed is not stuck."""
+    cdef double now = vy_monotonic()
+    cdef int64_t c = vy_i64_load(&_fds_closed)
+    if since[0] == 0 or c != closed[0]:
+        since[0] = now
+        closed[0] = c
+    return now - since[0] < _fd_patience()
+
+
+cdef inline void _fds_gone(int64_t n) noexcept nogil:
+    """n fds that jobs held are closed (or handed to the kernel, which closes them)."""
+    vy_i64_add(&_fds_held, -n)
+    vy_i64_add(&_fds_closed, n)
 
 # Results at least this large ask for transparent huge pages: the kernel then
 # faults their memory in 2 MiB at a time, not 4 KiB, which on a VM is most of
@@ -496,7 +520,8 @@ cdef struct Job:
     Py_ssize_t held         # fds the job opened and has not handed to a close
     Py_ssize_t closing      # fds in close requests not yet submitted
     Py_ssize_t fd_cap       # at most this many opening + held (lowered by EMFILE)
-    double fd_wait_since    # > 0: waiting for other jobs' fds since then
+    double fd_wait_since    # > 0: waiting for other jobs' fds since then...
+    int64_t fd_wait_closed  # ...when _fds_closed was this (_may_wait_for_fds)
     bint fd_wait            # an open met EMFILE while only other jobs held fds
     Py_ssize_t *readq       # a ring of items waiting for a read request (capacity n)
     Py_ssize_t rq_head, rq_len
@@ -790,13 +815,13 @@ cdef inline char *_read_target(Job *j, Py_ssize_t i) noexcept nogil:
 cdef inline void _release_fd(Job *j) noexcept nogil:
     """One of the job's fds is closed."""
     j.held -= 1
-    vy_i64_add(&_fds_held, -1)
+    _fds_gone(1)
 
 
 cdef inline void _closes_submitted(Job *j) noexcept nogil:
     """The close requests filled so far went to the kernel (which closes a regular
     file's fd while submitting): their fds no longer count as held."""
-    vy_i64_add(&_fds_held, -j.closing)
+    _fds_gone(j.closing)
     j.closing = 0
 
 
@@ -1004,18 +1029,14 @@ cdef void _read_now(Job *j, Py_ssize_t i) noexcept nogil:
 cdef bint _may_retry_open(Job *j) noexcept nogil:
     """An open met the fd limit: whether to open the file again later. When this
     job holds fds, it opens fewer at a time from now on; when only other jobs do,
-    it waits for them to close some (for at most _FD_WAIT_S). When none does, the
+    it waits for them to close some (_may_wait_for_fds). When none does, the
     limit is the caller's: after a short grace for closes still being carried out,
     the file fails with EMFILE."""
-    cdef double now
     if j.opening + j.held:
         j.fd_cap = max(1, j.opening + j.held)
         return True
-    now = vy_monotonic()
-    if j.fd_wait_since == 0:
-        j.fd_wait_since = now
     j.fd_wait = True
-    return now - j.fd_wait_since < _fd_patience()
+    return _may_wait_for_fds(&j.fd_wait_since, &j.fd_wait_closed)
 
 
 cdef void _on_open(Job *j, Py_ssize_t i, int32_t res) noexcept nogil:

@@ -90,7 +90,7 @@ cdef void _window_free(FileWindow *w) noexcept nogil:
         for k in range(w.n):
             if w.fd[k] >= 0:
                 close(w.fd[k])
-                vy_i64_add(&_fds_held, -1)
+                _fds_gone(1)
     free(w.names); free(w.fd); free(w.size); free(w.err); free(w.mode); free(w.direct)
     memset(w, 0, sizeof(FileWindow))
 
@@ -130,13 +130,14 @@ cdef void _open_window(FileWindow *w, bint direct, const int *stop) noexcept nog
 cdef int _open_at_limit(const char *p, bint direct, stat_t *st, const int *stop) \
         noexcept nogil:
     """_open_stat at the fd limit with no fd of our own to close: other jobs' fds
-    are waited for (at most _FD_WAIT_S), or when none holds any, closes still being
+    are waited for (_may_wait_for_fds), or when none holds any, closes still being
     carried out (_FD_GRACE_S); then the file fails with EMFILE. The call's Stop ends
     the wait."""
-    cdef double since = vy_monotonic()
+    cdef double since = 0
+    cdef int64_t closed = 0
     cdef int fd = -EMFILE
     while (fd == -EMFILE or fd == -ENFILE) and not (stop != NULL and vy_flag_get(stop)) \
-            and vy_monotonic() - since < _fd_patience():
+            and _may_wait_for_fds(&since, &closed):
         usleep(1000)
         fd = _open_stat(p, direct, st)
     return fd

@@ -23,7 +23,8 @@ __all__ = ["ThreadsBackend"]
 # One pread carries at most this much, so that an abandoned call stops soon.
 MAX_PREAD = 64 << 20
 # An open at the fd limit while other threads here hold fds tries again as they
-# close them, for at most this long (as the io_uring backend's jobs do).
+# close them, until this long passes with none closed (as the io_uring backend's
+# jobs do).
 FD_WAIT_S = 5.0
 
 
@@ -84,10 +85,11 @@ class ThreadsBackend:
     def _with_file(self, path, fn, stop):
         """with_file(path, self.direct, fn), through the backend's _FdGate: an open
         that meets the fd limit while other threads here hold fds (or are opening
-        one) waits for them to close some and tries again, for at most FD_WAIT_S. On
+        one) waits for them to close some and tries again, until FD_WAIT_S pass with
+        none closed: files on FUSE hold fds as long as their slow reads take. On
         FUSE a call runs FUSE_THREADS of these at once. Else the limit is the
         caller's: the EMFILE stands."""
-        since = None
+        since = seen = None
         while True:
             closes = self._gate.enter(stop)
             opened = False
@@ -101,8 +103,9 @@ class ThreadsBackend:
             except OSError as exc:
                 if exc.errno != errno.EMFILE or opened or not self._gate.refused(closes):
                     raise
-                since = since or time.monotonic()
-                if time.monotonic() - since >= FD_WAIT_S:
+                if closes != seen:          # first refusal, or files closed since
+                    since, seen = time.monotonic(), closes
+                elif time.monotonic() - since >= FD_WAIT_S:
                     raise
             finally:
                 self._gate.leave(opened)    # after with_file closed the fd
