@@ -5,7 +5,7 @@ beside back-to-back read_files() (then read_files_into()) calls of 10,000 cached
 its rate alone, and the reader's rate meanwhile against its rate with no such
 thread. Three passes. Run: python bench/gil_free.py [--switch-interval S] (it
 writes /tmp/vyre-gil, 40 MB, and leaves it for the next run). Each trip a reader's
-thread makes to the GIL waits up to the switch interval (sys.setswitchinterval,
+thread makes to the GIL can wait up to the switch interval (sys.setswitchinterval,
 5 ms by default) while the busy thread holds it."""
 import argparse
 import os

@@ -65,6 +65,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 cdef extern from "Python.h":
     bytes PyUnicode_EncodeFSDefault(object)
     const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
+    Py_ssize_t PY_SSIZE_T_MAX
+    void PyObject_GC_UnTrack(PyObject *)
 
 cdef extern from *:
     """
@@ -79,8 +81,6 @@ cdef extern from *:
     }
     """
     int vy_str_is_ascii(object) except -1
-    Py_ssize_t PY_SSIZE_T_MAX
-    void PyObject_GC_UnTrack(PyObject *)
 from posix.fcntl cimport F_GETFL, F_SETFL, fcntl, open as c_open
 from posix.mman cimport madvise, MADV_HUGEPAGE
 from libc.errno cimport EFBIG, EINTR, EMFILE, ENFILE, ENOBUFS, ENOSYS
@@ -171,7 +171,9 @@ cdef uint32_t _next_job_id = 0
 # hold fds waits for them rather than failing the file.
 cdef int64_t _fds_held = 0
 # fds that jobs have closed, ever: a wait for other jobs' fds measures its patience
-# from the last close, so that it goes on while they read and close files.
+# from the last close, so that it goes on while they read and close files. Relaxed,
+# as _fds_held (counters.h): it is only compared with an earlier value of itself,
+# and publishes nothing.
 cdef int64_t _fds_closed = 0
 
 
@@ -820,9 +822,11 @@ cdef inline void _release_fd(Job *j) noexcept nogil:
 
 cdef inline void _closes_submitted(Job *j) noexcept nogil:
     """The close requests filled so far went to the kernel (which closes a regular
-    file's fd while submitting): their fds no longer count as held."""
-    _fds_gone(j.closing)
-    j.closing = 0
+    file's fd while submitting): their fds no longer count as held. (After every
+    submit: no atomic at all when it carried no close.)"""
+    if j.closing:
+        _fds_gone(j.closing)
+        j.closing = 0
 
 
 cdef inline bint _may_open(Job *j) noexcept nogil:

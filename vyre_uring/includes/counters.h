@@ -1,7 +1,7 @@
 /* Counters and flags that the reader's jobs share across threads without the GIL:
- * the byte budget of iter_files, the fds all jobs hold, a call's stop flag, a staging
- * plan's load counter and failed flag. None of
- * them publishes other data, so relaxed atomics suffice: each is a number that must
+ * the byte budget of iter_files, the fds all jobs hold (and have closed), a call's
+ * stop flag, a staging plan's load counter and failed flag. None of them publishes
+ * other data, so relaxed atomics suffice: each is a number that must
  * not tear or lose an update, read again on the next round of a job's loop. */
 #ifndef VYRE_URING_COUNTERS_H
 #define VYRE_URING_COUNTERS_H
